@@ -1,0 +1,1 @@
+"""ordertrack: keeps orders' delivery status current from the couriers' tracking APIs."""

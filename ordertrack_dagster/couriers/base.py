@@ -1,0 +1,449 @@
+"""What every courier shares: the fetch engine, its retry and rate-limit rules, and the types
+that carry answers from the wire to the mapping step.
+
+A courier module only says how to build one request, how to split an answer into one raw
+answer per tracking key, how to log in, and how to read one raw answer. Batching, workers,
+pacing, retries with backoff and jitter, rate-limit pauses, the request budget and
+per-batch failure isolation live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.statuses import Canonical
+
+INDIA = ZoneInfo("Asia/Kolkata")
+
+DEFAULT_RETRY_AFTER_SECONDS = 300.0
+MAX_ATTEMPTS = 3
+# A pause shorter than this is waited out inside the run; a longer one defers the rest.
+MAX_INLINE_WAIT_SECONDS = 45.0
+
+
+class Outcome(StrEnum):
+    """What became of one tracking key in one run."""
+
+    MAPPED = "mapped"  # the raw status maps onto a canonical status
+    NO_CHANGE = "no_change"  # the mapping says "no change"
+    UNMAPPED = "unmapped"  # unknown raw status: alert, treated as no change
+    REFERENCE_MISMATCH = "reference_mismatch"  # answered for another order: alert, no update
+    NOT_FOUND = "not_found"  # asked and not answered: alert, stays due
+    FAILED = "failed"  # transport or parse failure: alert, stays due
+    DEFERRED = "deferred"  # not asked (rate limit pause or budget): stays due
+
+    @property
+    def was_read(self) -> bool:
+        """SPEC §6: the courier's answer was received and read, so the poll is recorded."""
+        return self in _READ_OUTCOMES
+
+
+_READ_OUTCOMES = frozenset(
+    {Outcome.MAPPED, Outcome.NO_CHANGE, Outcome.UNMAPPED, Outcome.REFERENCE_MISMATCH}
+)
+
+
+@dataclass(frozen=True)
+class OrderContext:
+    """What a courier module may need of the order to read its answer."""
+
+    order_id: str
+    tracking_key: str
+
+
+@dataclass(frozen=True)
+class Interpretation:
+    """One tracking key's answer, read and mapped (the pure half of a courier module)."""
+
+    outcome: Outcome
+    courier_status: str | None = None  # what is stored in orders.courier_status
+    status: Canonical | None = None  # set only for Outcome.MAPPED
+    event_time: datetime | None = None  # the courier's time for the status, UTC
+    alert: str | None = None  # why ops should look, if they should
+    stop_tracking: bool = False  # set being_tracked: false (fallback end states)
+
+
+class FetchState(StrEnum):
+    """How asking about one key went, before its answer is read."""
+
+    ANSWERED = "answered"
+    NOT_ANSWERED = "not_answered"  # the courier left it out or said it does not know it
+    FAILED = "failed"  # transport, HTTP, login or shape failure after bounded retries
+    DEFERRED = "deferred"  # not asked: rate-limit pause or request budget
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    """One row per tracking key asked: exactly what came back, kept for analysts."""
+
+    tracking_key: str
+    state: FetchState
+    batch: int
+    http_status: int | None
+    fetched_at: datetime
+    latency_ms: float | None
+    attempts: int
+    raw: str | None  # this key's answer as JSON text; None when there was none
+    error: str | None
+
+
+@dataclass
+class FetchStats:
+    """Counts for the run's metadata and the benchmark."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    logins: int = 0
+    batches_failed: int = 0
+    batches_deferred: int = 0
+    paused_until: datetime | None = None
+
+
+class BatchFailure(Exception):
+    """A batch that cannot be answered now; `retryable` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool, http_status: int | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.http_status = http_status
+
+
+class RateLimited(Exception):
+    """The courier said stop: no request until `resume_at`."""
+
+    def __init__(self, resume_at: datetime, http_status: int):
+        super().__init__(f"rate limited (HTTP {http_status}) until {resume_at.isoformat()}")
+        self.resume_at = resume_at
+        self.http_status = http_status
+
+
+class NotAnswered(Exception):
+    """The courier answered the batch but knows none of its keys (an error body)."""
+
+
+class AuthFailure(Exception):
+    """Login failed; never retried in a loop (couriers lock accounts)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, as a courier module describes it."""
+
+    method: str
+    url: str
+    params: Mapping[str, str] | None = None
+    json: Any = None
+
+
+@dataclass
+class _Batch:
+    index: int
+    keys: list[str]
+    attempts: int = 0
+
+
+@dataclass
+class FetchResult:
+    records: list[FetchRecord]
+    stats: FetchStats = field(default_factory=FetchStats)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> datetime:
+    """Retry-After as seconds, a Unix time or an HTTP date; five minutes when absent or odd."""
+    default = now + timedelta(seconds=DEFAULT_RETRY_AFTER_SECONDS)
+    if not value or not value.strip():
+        return default
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return default
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if number > 1_000_000_000:  # a Unix time, not a delay
+        return datetime.fromtimestamp(number, UTC)
+    return now + timedelta(seconds=max(0.0, number))
+
+
+def parse_courier_time(value: Any) -> datetime | None:
+    """A courier timestamp as UTC; zone-less values are India time. None when unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip().replace(" ", "T", 1) if "T" not in value else value.strip()
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=INDIA)
+    return parsed.astimezone(UTC)
+
+
+def decode_json(response: httpx.Response) -> Any:
+    """The JSON body, or a retryable failure for HTML, XML, empty or truncated bodies."""
+    text = response.text
+    try:
+        return json.loads(text)
+    except ValueError:
+        snippet = " ".join(text[:80].split())
+        raise BatchFailure(
+            f"HTTP {response.status_code} with a body that is not JSON: {snippet!r}",
+            retryable=True,
+            http_status=response.status_code,
+        ) from None
+
+
+class CourierClient(ABC):
+    """Asks one courier about many tracking keys, honouring its limits.
+
+    One instance serves one run. Workers pull batches from a queue: `flow.workers` of them,
+    each pausing `flow.pause_seconds` between its calls, so "50 requests in flight" and
+    "3 workers, 5 s apart" are the same mechanism.
+    """
+
+    #: HTTP statuses that mean "stop sending" for this courier, besides 429.
+    block_statuses: frozenset[int] = frozenset()
+    block_seconds: float = DEFAULT_RETRY_AFTER_SECONDS
+
+    def __init__(self, flow: Flow, state: CourierState, *, max_attempts: int = MAX_ATTEMPTS):
+        self.flow = flow
+        self.state = state
+        self.max_attempts = max_attempts
+        self.stats = FetchStats()
+        self._resume_at: datetime | None = None
+        self._records: list[FetchRecord] = []
+
+    # -- what a courier module provides -------------------------------------------------
+
+    @abstractmethod
+    def build_request(self, keys: Sequence[str]) -> Request:
+        """The request that asks about these keys."""
+
+    @abstractmethod
+    def split_answer(self, keys: Sequence[str], payload: Any) -> dict[str, Any]:
+        """One raw answer per key that was answered; raise BatchFailure for a batch error."""
+
+    async def auth_headers(self, http: httpx.AsyncClient) -> dict[str, str]:
+        """Headers that authenticate a request; a login happens here, once, when needed."""
+        return {}
+
+    async def on_unauthorized(self, http: httpx.AsyncClient, rejected: dict[str, str]) -> bool:
+        """React to a 401; True when a fresh token makes a retry worthwhile."""
+        return False
+
+    # -- the engine ---------------------------------------------------------------------
+
+    async def fetch(self, keys: Sequence[str]) -> FetchResult:
+        """Ask about every key; every key gets exactly one FetchRecord."""
+        self._resume_at = self.state.paused_until(self.flow.budget_scope)
+        batches = [
+            _Batch(index, list(keys[start : start + self.flow.batch_size]))
+            for index, start in enumerate(range(0, len(keys), self.flow.batch_size))
+        ]
+        queue: asyncio.Queue[_Batch] = asyncio.Queue()
+        for batch in batches:
+            queue.put_nowait(batch)
+        limits = httpx.Limits(
+            max_connections=self.flow.workers, max_keepalive_connections=self.flow.workers
+        )
+        timeout = httpx.Timeout(self.flow.timeout_seconds)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+            workers = [
+                asyncio.create_task(self._worker(http, queue))
+                for _ in range(min(self.flow.workers, len(batches)) or 0)
+            ]
+            await asyncio.gather(*workers)
+        self.state.flush_budget(self.flow.budget_scope)
+        self.stats.paused_until = self._resume_at
+        return FetchResult(records=self._records, stats=self.stats)
+
+    async def _worker(self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch]) -> None:
+        while not queue.empty():
+            batch = queue.get_nowait()
+            if not await self._wait_for_permission():
+                self._defer(batch, f"courier paused until {self._resume_at:%Y-%m-%d %H:%M:%S}Z")
+                continue
+            if not await self._acquire_budget():
+                self._defer(batch, "request budget for this window is used up")
+                continue
+            await self._run_batch(http, queue, batch)
+            if self.flow.pause_seconds and not queue.empty():
+                await asyncio.sleep(self.flow.pause_seconds)
+
+    async def _wait_for_permission(self) -> bool:
+        """False when a rate-limit pause is too long to wait out inside this run."""
+        if self._resume_at is None:
+            return True
+        wait = (self._resume_at - datetime.now(UTC)).total_seconds()
+        if wait <= 0:
+            return True
+        if wait > MAX_INLINE_WAIT_SECONDS:
+            return False
+        await asyncio.sleep(wait)
+        return True
+
+    async def _acquire_budget(self) -> bool:
+        budget = self.flow.rate_budget
+        while True:
+            wait = self.state.reserve_request(self.flow.budget_scope, budget)
+            if wait is None:
+                return True
+            if wait > MAX_INLINE_WAIT_SECONDS:
+                return False
+            await asyncio.sleep(wait)
+
+    async def _run_batch(
+        self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch], batch: _Batch
+    ) -> None:
+        batch.attempts += 1
+        started = time.perf_counter()
+        fetched_at = datetime.now(UTC)
+        http_status: int | None = None
+        try:
+            http_status, answers = await self._send(http, batch.keys)
+        except NotAnswered as reason:
+            self._record_all(
+                batch,
+                FetchState.NOT_ANSWERED,
+                f"not answered: {reason}",
+                200,
+                fetched_at,
+                (time.perf_counter() - started) * 1000,
+            )
+            return
+        except RateLimited as limited:
+            self.stats.rate_limited += 1
+            self._pause(limited.resume_at)
+            self._defer(batch, str(limited), http_status=limited.http_status)
+            return
+        except AuthFailure as failure:
+            self._fail(batch, f"login failed: {failure}", None, fetched_at, started)
+            return
+        except BatchFailure as failure:
+            if failure.retryable and batch.attempts < self.max_attempts:
+                self.stats.retries += 1
+                await asyncio.sleep(_backoff_seconds(batch.attempts))
+                await self._run_batch(http, queue, batch)
+                return
+            self._fail(batch, str(failure), failure.http_status, fetched_at, started)
+            return
+        latency_ms = (time.perf_counter() - started) * 1000
+        for key in batch.keys:
+            answer = answers.get(key)
+            self._records.append(
+                FetchRecord(
+                    tracking_key=key,
+                    state=FetchState.NOT_ANSWERED if answer is None else FetchState.ANSWERED,
+                    batch=batch.index,
+                    http_status=http_status,
+                    fetched_at=fetched_at,
+                    latency_ms=latency_ms,
+                    attempts=batch.attempts,
+                    raw=None if answer is None else json.dumps(answer, ensure_ascii=False),
+                    error=None if answer is not None else "asked but not answered",
+                )
+            )
+
+    async def _send(self, http: httpx.AsyncClient, keys: Sequence[str]) -> tuple[int, dict]:
+        """One request (and at most one re-authentication); the per-key answers."""
+        spec = self.build_request(keys)
+        for attempt in range(2):
+            headers = await self.auth_headers(http)
+            self.stats.requests += 1
+            try:
+                response = await http.request(
+                    spec.method, spec.url, params=spec.params, json=spec.json, headers=headers
+                )
+            except httpx.TimeoutException:
+                raise BatchFailure("timed out", retryable=True) from None
+            except httpx.TransportError as error:
+                raise BatchFailure(f"connection failed: {error!r}", retryable=True) from None
+            if (
+                response.status_code == 401
+                and attempt == 0
+                and await self.on_unauthorized(http, headers)
+            ):
+                continue
+            return response.status_code, self._read(response, keys)
+        raise AssertionError("unreachable")
+
+    def _read(self, response: httpx.Response, keys: Sequence[str]) -> dict[str, Any]:
+        status = response.status_code
+        now = datetime.now(UTC)
+        if status == 429:
+            raise RateLimited(parse_retry_after(response.headers.get("Retry-After"), now), status)
+        if status in self.block_statuses:
+            raise RateLimited(now + timedelta(seconds=self.block_seconds), status)
+        if status >= 500:
+            raise BatchFailure(f"HTTP {status}", retryable=True, http_status=status)
+        if status == 401:
+            raise BatchFailure("HTTP 401: credentials refused", retryable=False, http_status=401)
+        return self.split_answer(keys, decode_json(response))
+
+    def _pause(self, resume_at: datetime) -> None:
+        if self._resume_at is None or resume_at > self._resume_at:
+            self._resume_at = resume_at
+            self.state.pause(self.flow.budget_scope, resume_at)
+
+    def _defer(self, batch: _Batch, reason: str, http_status: int | None = None) -> None:
+        self.stats.batches_deferred += 1
+        self._record_all(batch, FetchState.DEFERRED, reason, http_status, datetime.now(UTC), None)
+
+    def _fail(
+        self,
+        batch: _Batch,
+        reason: str,
+        http_status: int | None,
+        fetched_at: datetime,
+        started: float,
+    ) -> None:
+        self.stats.batches_failed += 1
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._record_all(batch, FetchState.FAILED, reason, http_status, fetched_at, latency_ms)
+
+    def _record_all(
+        self,
+        batch: _Batch,
+        state: FetchState,
+        error: str,
+        http_status: int | None,
+        fetched_at: datetime,
+        latency_ms: float | None,
+    ) -> None:
+        for key in batch.keys:
+            self._records.append(
+                FetchRecord(
+                    key,
+                    state,
+                    batch.index,
+                    http_status,
+                    fetched_at,
+                    latency_ms,
+                    batch.attempts,
+                    None,
+                    error,
+                )
+            )
+
+
+def _backoff_seconds(attempt: int) -> float:
+    """Exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... capped at 8 s."""
+    return random.uniform(0, min(8.0, 0.5 * 2 ** (attempt - 1)))

@@ -1,0 +1,153 @@
+"""Courier state that must outlive one process: rate-limit pauses, request budgets, tokens.
+
+Kept in MongoDB's `ordertrack_state` collection (SPEC §4), where every run on every machine
+sees it. The old service kept it in memory and forgot a courier's "stop" on restart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pymongo.database import Database
+
+from ordertrack_dagster.flows import RateBudget
+
+STATE_COLLECTION = "ordertrack_state"
+BUDGET_FLUSH_SECONDS = 5.0
+BUCKETS_PER_WINDOW = 30
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    token: str
+    expires_at: datetime
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """pymongo returns naive UTC datetimes; make them comparable with aware ones."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+class CourierState:
+    """Pauses, budgets and tokens of the couriers, persisted in MongoDB."""
+
+    def __init__(self, db: Database):
+        self._collection = db[STATE_COLLECTION]
+        # scope -> bucket start (epoch seconds) -> requests counted
+        self._buckets: dict[str, dict[int, int]] = {}
+        self._unflushed: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self._last_flush = time.monotonic()
+
+    # -- rate-limit pauses --------------------------------------------------------------
+
+    def paused_until(self, scope: str) -> datetime | None:
+        """The stored resume time, if it lies in the future."""
+        doc = self._collection.find_one({"_id": f"pause:{scope}"}, {"resume_at": 1})
+        resume_at = _aware(doc.get("resume_at")) if doc else None
+        return resume_at if resume_at and resume_at > datetime.now(UTC) else None
+
+    def pause(self, scope: str, resume_at: datetime, reason: str = "") -> None:
+        """Store a pause; a later resume time wins over an earlier one."""
+        self._collection.update_one(
+            {"_id": f"pause:{scope}"},
+            {
+                "$max": {"resume_at": resume_at},
+                "$set": {"reason": reason, "set_at": datetime.now(UTC)},
+            },
+            upsert=True,
+        )
+
+    def clear_pause(self, scope: str) -> None:
+        self._collection.delete_one({"_id": f"pause:{scope}"})
+
+    # -- request budgets ----------------------------------------------------------------
+
+    def reserve_request(self, scope: str, budget: RateBudget | None) -> float | None:
+        """Count one request against the budget; seconds to wait instead when it is used up."""
+        if budget is None:
+            return None
+        now = time.time()
+        width = budget.window_seconds / BUCKETS_PER_WINDOW
+        buckets = self._load_buckets(scope)
+        horizon = now - budget.window_seconds
+        for start in [start for start in buckets if start + width <= horizon]:
+            del buckets[start]
+        if sum(buckets.values()) >= budget.requests:
+            oldest = min(buckets)
+            return max(0.05, oldest + width - horizon)
+        current = int(math.floor(now / width) * width)
+        buckets[current] = buckets.get(current, 0) + 1
+        self._unflushed[scope][current] += 1
+        if time.monotonic() - self._last_flush >= BUDGET_FLUSH_SECONDS:
+            self.flush_budget(scope)
+        return None
+
+    def requests_in_window(self, scope: str, budget: RateBudget) -> int:
+        """Requests counted in the current window (for reports and the benchmark)."""
+        horizon = time.time() - budget.window_seconds
+        width = budget.window_seconds / BUCKETS_PER_WINDOW
+        return sum(n for start, n in self._load_buckets(scope).items() if start + width > horizon)
+
+    def flush_budget(self, scope: str) -> None:
+        """Add this process's counts to the shared ones (`$inc` merges concurrent runs)."""
+        counts = self._unflushed.pop(scope, None)
+        self._last_flush = time.monotonic()
+        if not counts:
+            return
+        stale_before = time.time() - 3600
+        stored = self._collection.find_one({"_id": f"budget:{scope}"}) or {}
+        stale = {f"buckets.{k}": "" for k in stored.get("buckets", {}) if int(k) < stale_before}
+        update: dict = {"$inc": {f"buckets.{start}": n for start, n in counts.items()}}
+        if stale:
+            update["$unset"] = stale
+        self._collection.update_one({"_id": f"budget:{scope}"}, update, upsert=True)
+
+    def _load_buckets(self, scope: str) -> dict[int, int]:
+        if scope not in self._buckets:
+            doc = self._collection.find_one({"_id": f"budget:{scope}"}) or {}
+            self._buckets[scope] = {int(k): int(v) for k, v in doc.get("buckets", {}).items()}
+        return self._buckets[scope]
+
+    # -- tokens -------------------------------------------------------------------------
+
+    def cached_token(self, name: str) -> CachedToken | None:
+        """A stored token that is still valid for at least a minute."""
+        doc = self._collection.find_one({"_id": f"token:{name}"})
+        if not doc or not doc.get("token"):
+            return None
+        expires_at = _aware(doc.get("expires_at"))
+        if expires_at is None or (expires_at - datetime.now(UTC)).total_seconds() < 60:
+            return None
+        return CachedToken(doc["token"], expires_at)
+
+    def save_token(self, name: str, token: CachedToken) -> None:
+        self._collection.update_one(
+            {"_id": f"token:{name}"},
+            {
+                "$set": {
+                    "token": token.token,
+                    "expires_at": token.expires_at,
+                    "saved_at": datetime.now(UTC),
+                }
+            },
+            upsert=True,
+        )
+
+    def login_blocked_until(self, name: str) -> datetime | None:
+        """After a failed login no process tries again before this time (accounts lock)."""
+        doc = self._collection.find_one({"_id": f"login_block:{name}"})
+        until = _aware(doc.get("until")) if doc else None
+        return until if until and until > datetime.now(UTC) else None
+
+    def block_login(self, name: str, until: datetime, reason: str) -> None:
+        self._collection.update_one(
+            {"_id": f"login_block:{name}"},
+            {"$set": {"until": until, "reason": reason}},
+            upsert=True,
+        )

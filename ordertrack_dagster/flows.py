@@ -1,0 +1,155 @@
+"""The five tracking flows: the one table that schedules, selection, clients and pacing read.
+
+Every other module takes its numbers from here, so changing a cap or a cron is a one-line
+change that the partitions, schedules and courier clients all follow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Selection(StrEnum):
+    """Which SPEC §2 filter a flow adds to the base filter."""
+
+    WAYBILL = "waybill"  # awb_number set, no LR number, primary source
+    LR_NUMBER = "lr_number"  # delhivery_lr_number set, primary source
+    NON_PRIMARY_WAYBILL = "non_primary_waybill"  # awb_number set, no LR, non-primary source
+
+
+@dataclass(frozen=True)
+class RateBudget:
+    """How many requests the client allows itself per sliding window (below the courier's limit)."""
+
+    requests: int
+    window_seconds: float
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One tracking flow; its key is the Dagster partition key."""
+
+    key: str
+    courier_label: str  # how alerts and Slack messages name the courier
+    booking_courier_pattern: str  # case-insensitive regex on orders.bookingCourier
+    selection: Selection
+    cron: str
+    cap: int | None  # at most this many orders per run, oldest-polled first
+    batch_size: int  # tracking keys per request
+    concurrency: int  # requests in flight (or workers, for one-key-per-request flows)
+    concurrency_env: str | None  # environment variable that overrides `concurrency`
+    pause_seconds: float  # each worker waits this long between its calls
+    timeout_seconds: float  # per request
+    rate_budget: RateBudget | None  # client-side budget, shared by every run of the courier
+    budget_scope: str  # flows that share one courier limit share one budget scope
+
+    @property
+    def workers(self) -> int:
+        """Concurrency, with the old service's environment override honoured."""
+        if self.concurrency_env and os.environ.get(self.concurrency_env, "").strip():
+            return max(1, int(os.environ[self.concurrency_env]))
+        return self.concurrency
+
+    @property
+    def tracking_key_field(self) -> str:
+        """The orders field that holds what the courier is asked about."""
+        return "delhivery_lr_number" if self.selection is Selection.LR_NUMBER else "awb_number"
+
+
+# Delhivery allows 750 requests per 5 minutes per IP for the express APIs (B2C and the
+# single-waybill path share it); we stay at 700. B2B allows 500; we stay at 480.
+_DELHIVERY_EXPRESS_BUDGET = RateBudget(requests=700, window_seconds=300)
+
+FLOWS: dict[str, Flow] = {
+    flow.key: flow
+    for flow in (
+        Flow(
+            key="delhivery_b2c",
+            courier_label="Delhivery B2C",
+            booking_courier_pattern="Delhivery",
+            selection=Selection.WAYBILL,
+            cron="*/8 * * * *",
+            cap=36_000,
+            batch_size=50,
+            concurrency=50,
+            concurrency_env=None,
+            pause_seconds=0.0,
+            timeout_seconds=20.0,
+            rate_budget=_DELHIVERY_EXPRESS_BUDGET,
+            budget_scope="delhivery_express",
+        ),
+        Flow(
+            key="delhivery_b2b",
+            courier_label="Delhivery B2B",
+            booking_courier_pattern="Delhivery",
+            selection=Selection.LR_NUMBER,
+            cron="*/8 * * * *",
+            cap=480,
+            batch_size=1,
+            concurrency=3,
+            concurrency_env="B2B_TRACKING_WORKERS",
+            pause_seconds=0.0,
+            timeout_seconds=20.0,
+            rate_budget=RateBudget(requests=480, window_seconds=300),
+            budget_scope="delhivery_b2b",
+        ),
+        Flow(
+            key="shiprocket",
+            courier_label="Shiprocket",
+            booking_courier_pattern="Shiprocket",
+            selection=Selection.WAYBILL,
+            cron="*/8 * * * *",
+            cap=None,
+            batch_size=50,
+            concurrency=50,
+            concurrency_env=None,
+            pause_seconds=0.0,
+            timeout_seconds=30.0,
+            rate_budget=None,
+            budget_scope="shiprocket",
+        ),
+        Flow(
+            key="velocity",
+            courier_label="Velocity",
+            booking_courier_pattern="velocity",
+            selection=Selection.WAYBILL,
+            cron="*/8 * * * *",
+            cap=10_000,
+            batch_size=45,
+            concurrency=10,
+            concurrency_env=None,
+            pause_seconds=0.0,
+            timeout_seconds=30.0,
+            rate_budget=None,
+            budget_scope="velocity",
+        ),
+        Flow(
+            key="delhivery_fallback",
+            courier_label="Delhivery (fallback)",
+            booking_courier_pattern="Delhivery",
+            selection=Selection.NON_PRIMARY_WAYBILL,
+            cron="0 */2 * * *",
+            cap=None,
+            batch_size=1,
+            concurrency=3,
+            concurrency_env="FALLBACK_TRACKING_WORKERS",
+            pause_seconds=5.0,
+            timeout_seconds=30.0,
+            rate_budget=_DELHIVERY_EXPRESS_BUDGET,
+            budget_scope="delhivery_express",
+        ),
+    )
+}
+
+# The flows whose courier modules exist; the partition set is built from this list.
+IMPLEMENTED_FLOWS: tuple[str, ...] = ("delhivery_b2c",)
+
+
+def get_flow(key: str) -> Flow:
+    """The flow for a partition key, with a clear error for an unknown one."""
+    try:
+        return FLOWS[key]
+    except KeyError:
+        raise ValueError(f"unknown flow {key!r}; known flows: {', '.join(FLOWS)}") from None

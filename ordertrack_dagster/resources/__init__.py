@@ -1,0 +1,1 @@
+"""Resources shared by every concern: MongoDB, S3 and Slack."""

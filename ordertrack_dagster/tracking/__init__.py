@@ -1,0 +1,1 @@
+"""The tracking concern: selection, mapping, the MongoDB write, and their assets."""

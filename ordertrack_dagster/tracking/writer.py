@@ -1,0 +1,390 @@
+"""SPEC §6: turning mapped answers into MongoDB writes, and applying them in bulk.
+
+`plan_writes` is pure: it decides per order what to write and builds the operations.
+`apply_plan` sends them as a few bulk writes. The filters repeat the transition rule of
+`statuses.py` inside MongoDB, so a concurrent run, a stale snapshot or an out-of-order
+answer can never move an order backwards or append a History entry twice.
+
+Side effects are not sent here. An order's first entry into a status that has one leaves a
+marker in the same document update (`ordertrack_outbox.<event>`), atomically with the
+status change; the effects assets drain those markers, so a crash between the write and
+the send loses nothing and repeats nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from bson import ObjectId
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, OperationFailure
+
+from ordertrack_dagster.couriers.base import INDIA, Outcome
+from ordertrack_dagster.statuses import (
+    Canonical,
+    is_allowed,
+    refused_predecessors,
+    timestamp_key,
+)
+
+OUTBOX_FIELD = "ordertrack_outbox"
+BULK_CHUNK = 10_000
+
+
+class Action(StrEnum):
+    """What the write step did with one polled order."""
+
+    STATUS_CHANGED = "status_changed"
+    POLL_RECORDED = "poll_recorded"  # answer read; status left as it was
+    REFUSED = "refused"  # the move would go backwards: alert, status left alone
+    UNTOUCHED = "untouched"  # not answered, failed or deferred: stays first in line
+
+
+class Event(StrEnum):
+    """Side effects that the first entry into a status triggers (SPEC §7)."""
+
+    CRM_RTO = "crm_rto"
+    SLACK_CANCELLED = "slack_booking_cancelled"
+    SLACK_LOST_DESTROY = "slack_lost_destroy"
+    SLACK_B2B_SAME_DAY_DELIVERY = "slack_b2b_same_day_delivery"
+
+
+@dataclass(frozen=True)
+class StatusCatalogue:
+    """The `status` collection: canonical name <-> status_id and document _id."""
+
+    ids: dict[Canonical, int]
+    object_ids: dict[Canonical, ObjectId]
+
+    @classmethod
+    def load(cls, db: Database) -> StatusCatalogue:
+        ids: dict[Canonical, int] = {}
+        object_ids: dict[Canonical, ObjectId] = {}
+        names = {status.value: status for status in Canonical}
+        for doc in db["status"].find({"name": {"$in": list(names)}}):
+            status = names[doc["name"]]
+            ids[status] = int(doc["status_id"])
+            object_ids[status] = doc["_id"]
+        return cls(ids=ids, object_ids=object_ids)
+
+    def name_of(self, status_id: int | None) -> Canonical | None:
+        """The canonical status behind an id; None for non-canonical ids (booked, ...)."""
+        for status, known in self.ids.items():
+            if known == status_id:
+                return status
+        return None
+
+
+@dataclass(frozen=True)
+class PolledOrder:
+    """One row of the mapped status updates, as the writer needs it."""
+
+    order_oid: ObjectId
+    order_id: str
+    tracking_key: str
+    current_status_id: int | None
+    booked_at: datetime | None
+    outcome: Outcome
+    courier_status: str | None
+    status: Canonical | None
+    event_time: datetime | None
+    stop_tracking: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    order_oid: ObjectId
+    action: Action
+    from_status: str | None
+    to_status: str | None
+    events: tuple[Event, ...] = ()
+    alert: str | None = None
+
+
+@dataclass
+class WritePlan:
+    order_ops: list[UpdateOne] = field(default_factory=list)
+    tracking_ops: list[UpdateOne] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+
+
+@dataclass
+class WriteReport:
+    """What MongoDB said: counts, round trips and the operations it rejected."""
+
+    orders_matched: int = 0
+    orders_modified: int = 0
+    tracking_upserted: int = 0
+    tracking_modified: int = 0
+    bulk_calls: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+def _literal(value: Any) -> dict[str, Any]:
+    """Values inside pipeline updates must not be read as field paths (`$`-prefixed text)."""
+    return {"$literal": value}
+
+
+def _events_for(order: PolledOrder, new: Canonical, flow_key: str) -> tuple[Event, ...]:
+    if new in (Canonical.RTO, Canonical.RTO_IN_TRANSIT):
+        return (Event.CRM_RTO,)
+    if new is Canonical.BOOKING_CANCELLED:
+        return (Event.SLACK_CANCELLED,)
+    if new in (Canonical.LOST, Canonical.DESTROY):
+        return (Event.SLACK_LOST_DESTROY,)
+    if new is Canonical.DELIVERED and flow_key == "delhivery_b2b" and _same_india_day(order):
+        return (Event.SLACK_B2B_SAME_DAY_DELIVERY,)
+    return ()
+
+
+def _same_india_day(order: PolledOrder) -> bool:
+    if order.booked_at is None or order.event_time is None:
+        return False
+    return order.booked_at.astimezone(INDIA).date() == order.event_time.astimezone(INDIA).date()
+
+
+def _poll_op(order: PolledOrder, now: datetime) -> UpdateOne:
+    fields: dict[str, Any] = {"last_tracking_time": now}
+    if order.courier_status is not None:
+        fields["courier_status"] = order.courier_status
+    if order.stop_tracking:
+        fields["being_tracked"] = False
+    return UpdateOne({"_id": order.order_oid}, {"$set": fields})
+
+
+def _status_op(
+    order: PolledOrder,
+    new: Canonical,
+    catalogue: StatusCatalogue,
+    events: Sequence[Event],
+    flow_key: str,
+    now: datetime,
+) -> UpdateOne:
+    """The conditional status change: applies only if the stored status still allows it."""
+    refused_ids = [catalogue.ids[s] for s in refused_predecessors(new) if s in catalogue.ids]
+    new_oid = catalogue.object_ids[new]
+    history = "$order_status_map"
+    stamp = f"tracking_timestamps.{timestamp_key(new)}"
+    changes: dict[str, Any] = {
+        "order_status": _literal(catalogue.ids[new]),
+        # append only when different from the last element; a non-array is left alone
+        "order_status_map": {
+            "$cond": [
+                {"$isArray": history},
+                {
+                    "$cond": [
+                        {"$eq": [{"$arrayElemAt": [history, -1]}, _literal(new_oid)]},
+                        history,
+                        {"$concatArrays": [history, [_literal(new_oid)]]},
+                    ]
+                },
+                {"$ifNull": [history, [_literal(new_oid)]]},
+            ]
+        },
+        stamp: {"$ifNull": [f"${stamp}", _literal(now)]},
+    }
+    if events:
+        marker = {
+            event.value: _literal(
+                {
+                    "status": new.value,
+                    "flow": flow_key,
+                    "tracking_key": order.tracking_key,
+                    "queued_at": now,
+                }
+            )
+            for event in events
+        }
+        guard: Any = True
+        if Event.CRM_RTO in events:
+            # first entry into either return status only (the old service's guard)
+            guard = {
+                "$and": [
+                    {"$eq": [{"$ifNull": ["$tracking_timestamps.rto", None]}, None]},
+                    {"$eq": [{"$ifNull": ["$tracking_timestamps.rto_in_transit", None]}, None]},
+                ]
+            }
+        changes[OUTBOX_FIELD] = {
+            "$mergeObjects": [
+                {"$ifNull": [f"${OUTBOX_FIELD}", {}]},
+                {"$cond": [guard, marker, {}]},
+            ]
+        }
+    return UpdateOne(
+        {"_id": order.order_oid, "order_status": {"$nin": refused_ids}},
+        [{"$set": changes}],
+    )
+
+
+def _tracking_op(order: PolledOrder, new: Canonical, now: datetime) -> UpdateOne:
+    """Upsert orderTracking: currentStatus and a History entry, atomically de-duplicated."""
+    refused = sorted(s.value for s in refused_predecessors(new))
+    entry = {"status": new.value, "timeStamp": order.event_time or now}
+    last_status = {
+        "$getField": {
+            "field": "status",
+            "input": {"$arrayElemAt": [{"$ifNull": ["$History", []]}, -1]},
+        }
+    }
+    allowed = {"$not": [{"$in": [{"$ifNull": ["$currentStatus", None]}, _literal(refused)]}]}
+    append = {"$and": [allowed, {"$ne": [last_status, _literal(new.value)]}]}
+    return UpdateOne(
+        {"orderId": order.order_oid},
+        [
+            {
+                "$set": {
+                    "History": {
+                        "$cond": [
+                            append,
+                            {"$concatArrays": [{"$ifNull": ["$History", []]}, [_literal(entry)]]},
+                            "$History",
+                        ]
+                    },
+                    "currentStatus": {"$cond": [allowed, _literal(new.value), "$currentStatus"]},
+                }
+            }
+        ],
+        upsert=True,
+    )
+
+
+def plan_writes(
+    orders: Iterable[PolledOrder],
+    catalogue: StatusCatalogue,
+    flow_key: str,
+    now: datetime,
+) -> WritePlan:
+    """Decide, per polled order, what SPEC §6 asks to write; build the bulk operations."""
+    plan = WritePlan()
+    for order in orders:
+        current = catalogue.name_of(order.current_status_id)
+        from_status = current.value if current else _as_text(order.current_status_id)
+        if not order.outcome.was_read:
+            if order.stop_tracking:
+                plan.order_ops.append(_poll_op(order, now))
+            plan.decisions.append(Decision(order.order_oid, Action.UNTOUCHED, from_status, None))
+            continue
+        plan.order_ops.append(_poll_op(order, now))
+        new = order.status if order.outcome is Outcome.MAPPED else None
+        if new is None or new == current:
+            plan.decisions.append(
+                Decision(order.order_oid, Action.POLL_RECORDED, from_status, from_status)
+            )
+            continue
+        if new not in catalogue.ids:
+            plan.decisions.append(
+                Decision(
+                    order.order_oid,
+                    Action.POLL_RECORDED,
+                    from_status,
+                    from_status,
+                    alert=f"status {new.value!r} is missing from the status collection",
+                )
+            )
+            continue
+        if not is_allowed(current, new):
+            plan.decisions.append(
+                Decision(
+                    order.order_oid,
+                    Action.REFUSED,
+                    from_status,
+                    new.value,
+                    alert=f"refused move {from_status!r} -> {new.value!r} (would go backwards)",
+                )
+            )
+            continue
+        events = _events_for(order, new, flow_key)
+        plan.order_ops.append(_status_op(order, new, catalogue, events, flow_key, now))
+        plan.tracking_ops.append(_tracking_op(order, new, now))
+        plan.decisions.append(
+            Decision(order.order_oid, Action.STATUS_CHANGED, from_status, new.value, events)
+        )
+    return plan
+
+
+def _as_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def apply_plan(db: Database, plan: WritePlan) -> WriteReport:
+    """Send the plan as chunked unordered bulk writes; isolate any operation MongoDB rejects."""
+    report = WriteReport()
+    for start in range(0, len(plan.order_ops), BULK_CHUNK):
+        matched, modified, _ = _bulk(
+            db["orders"], plan.order_ops[start : start + BULK_CHUNK], report
+        )
+        report.orders_matched += matched
+        report.orders_modified += modified
+    for start in range(0, len(plan.tracking_ops), BULK_CHUNK):
+        _, modified, upserted = _bulk(
+            db["orderTracking"], plan.tracking_ops[start : start + BULK_CHUNK], report
+        )
+        report.tracking_modified += modified
+        report.tracking_upserted += upserted
+    return report
+
+
+def _bulk(
+    collection: Collection, ops: list[UpdateOne], report: WriteReport
+) -> tuple[int, int, int]:
+    """One bulk write; if the server rejects it, retry operation by operation.
+
+    MongoDB reports per-operation errors; some compatible servers fail the whole command
+    instead. Either way the good operations land and the bad ones are named.
+    """
+    if not ops:
+        return 0, 0, 0
+    report.bulk_calls += 1
+    try:
+        result = collection.bulk_write(ops, ordered=False)
+        return result.matched_count, result.modified_count, result.upserted_count
+    except BulkWriteError as error:
+        details = error.details
+        failed = {item["index"] for item in details.get("writeErrors", [])}
+        retry = [op for index, op in enumerate(ops) if index in failed]
+        matched, modified, upserted = (
+            details.get("nMatched", 0),
+            details.get("nModified", 0),
+            details.get("nUpserted", 0),
+        )
+        if len(retry) == len(ops):  # nothing landed: avoid a loop, go one by one
+            return _one_by_one(collection, ops, report)
+        more = _one_by_one(collection, retry, report)
+        return matched + more[0], modified + more[1], upserted + more[2]
+    except OperationFailure:
+        return _one_by_one(collection, ops, report)
+
+
+def _one_by_one(
+    collection: Collection, ops: list[UpdateOne], report: WriteReport
+) -> tuple[int, int, int]:
+    matched = modified = upserted = 0
+    for op in ops:
+        report.bulk_calls += 1
+        try:
+            result = collection.bulk_write([op], ordered=True)
+        except (BulkWriteError, OperationFailure) as error:
+            message = getattr(error, "details", None) or str(error)
+            if "E11000" in str(message):  # a concurrent upsert won the race: retry as update
+                try:
+                    result = collection.bulk_write([op], ordered=True)
+                except (BulkWriteError, OperationFailure) as again:
+                    report.rejected.append(f"{collection.name}: {_describe(op)}: {again}")
+                    continue
+            else:
+                report.rejected.append(f"{collection.name}: {_describe(op)}: {error}")
+                continue
+        matched += result.matched_count
+        modified += result.modified_count
+        upserted += result.upserted_count
+    return matched, modified, upserted
+
+
+def _describe(op: UpdateOne) -> str:
+    return f"update {op._filter.get('_id') or op._filter.get('orderId')}"

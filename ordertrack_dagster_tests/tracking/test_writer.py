@@ -1,0 +1,338 @@
+"""SPEC §6 write rules against a real MongoDB-wire server (SecantusDB)."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from bson import ObjectId
+
+from ordertrack_dagster.couriers.base import Outcome
+from ordertrack_dagster.statuses import Canonical as C
+from ordertrack_dagster.tracking.writer import (
+    OUTBOX_FIELD,
+    Action,
+    Event,
+    PolledOrder,
+    StatusCatalogue,
+    apply_plan,
+    plan_writes,
+)
+
+NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
+STATUS_IDS = {
+    "booked": 4,
+    C.PENDING: 5,
+    C.IN_TRANSIT: 6,
+    C.OUT_FOR_DELIVERY: 7,
+    C.NDR: 8,
+    C.RTO_IN_TRANSIT: 9,
+    C.RTO: 11,
+    C.DELIVERED: 10,
+    C.LOST: 12,
+    C.DESTROY: 13,
+    C.BOOKING_CANCELLED: 15,
+}
+
+
+@pytest.fixture
+def catalogue(db):
+    db["status"].insert_many(
+        [
+            {"_id": ObjectId(), "status_id": sid, "name": str(name)}
+            for name, sid in STATUS_IDS.items()
+        ]
+    )
+    return StatusCatalogue.load(db)
+
+
+def make_order(db, status=C.IN_TRANSIT, **extra):
+    doc = {
+        "order_id": "2237",
+        "order_status": STATUS_IDS[status],
+        "order_status_map": [],
+        "awb_number": "26805710004060",
+        "stockShipStatus": "untouched",
+        **extra,
+    }
+    return db["orders"].insert_one(doc).inserted_id
+
+
+def polled(oid, current, new=None, outcome=Outcome.MAPPED, courier_status="ud-x", **extra):
+    return PolledOrder(
+        order_oid=oid,
+        order_id="2237",
+        tracking_key="26805710004060",
+        current_status_id=STATUS_IDS.get(current, current),
+        booked_at=extra.pop("booked_at", NOW - timedelta(days=2)),
+        outcome=outcome,
+        courier_status=courier_status,
+        status=new,
+        event_time=extra.pop("event_time", NOW - timedelta(hours=1)),
+        **extra,
+    )
+
+
+def write(db, catalogue, orders, flow="delhivery_b2c", now=NOW):
+    plan = plan_writes(orders, catalogue, flow, now)
+    return plan, apply_plan(db, plan)
+
+
+def test_status_change_writes_every_field(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT)
+    plan, report = write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.OUT_FOR_DELIVERY)])
+    doc = db["orders"].find_one({"_id": oid})
+    assert plan.decisions[0].action == Action.STATUS_CHANGED
+    assert doc["order_status"] == STATUS_IDS[C.OUT_FOR_DELIVERY]
+    assert doc["order_status_map"] == [catalogue.object_ids[C.OUT_FOR_DELIVERY]]
+    assert doc["tracking_timestamps"]["out_for_delivery"] == NOW
+    assert doc["last_tracking_time"] == NOW
+    assert doc["courier_status"] == "ud-x"
+    assert doc["stockShipStatus"] == "untouched"
+    tracking = db["orderTracking"].find_one({"orderId": oid})
+    assert tracking["currentStatus"] == "out_for_delivery"
+    assert tracking["History"] == [
+        {"status": "out_for_delivery", "timeStamp": NOW - timedelta(hours=1)}
+    ]
+    assert report.rejected == []
+
+
+def test_rerun_on_the_same_answer_changes_nothing(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT)
+    write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.DELIVERED)])
+    first = db["orders"].find_one({"_id": oid})
+    # a re-run with the same (stale) snapshot and the same answer
+    plan, report = write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.DELIVERED)], now=NOW)
+    assert report.orders_modified == 0
+    assert db["orders"].find_one({"_id": oid}) == first
+    assert len(db["orderTracking"].find_one({"orderId": oid})["History"]) == 1
+    # a re-run with a fresh snapshot records the poll only
+    later = NOW + timedelta(minutes=8)
+    plan, _ = write(db, catalogue, [polled(oid, C.DELIVERED, C.DELIVERED)], now=later)
+    assert plan.decisions[0].action == Action.POLL_RECORDED
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc["last_tracking_time"] == later
+    assert doc["order_status_map"] == first["order_status_map"]
+
+
+def test_backward_move_is_refused_with_an_alert(db, catalogue):
+    oid = make_order(db, C.RTO)
+    plan, _ = write(db, catalogue, [polled(oid, C.RTO, C.IN_TRANSIT)])
+    assert plan.decisions[0].action == Action.REFUSED
+    assert "refused" in plan.decisions[0].alert
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc["order_status"] == STATUS_IDS[C.RTO]
+    assert doc["last_tracking_time"] == NOW  # the poll itself is recorded
+    assert db["orderTracking"].find_one({"orderId": oid}) is None
+
+
+def test_stale_snapshot_cannot_move_an_order_backwards(db, catalogue):
+    """The snapshot says in transit, but another run already delivered the order."""
+    oid = make_order(db, C.DELIVERED)
+    db["orderTracking"].insert_one(
+        {"orderId": oid, "currentStatus": "delivered", "History": [{"status": "delivered"}]}
+    )
+    _, report = write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.OUT_FOR_DELIVERY)])
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc["order_status"] == STATUS_IDS[C.DELIVERED]
+    assert "out_for_delivery" not in doc.get("tracking_timestamps", {})
+    tracking = db["orderTracking"].find_one({"orderId": oid})
+    assert tracking["currentStatus"] == "delivered"
+    assert [h["status"] for h in tracking["History"]] == ["delivered"]
+
+
+def test_non_canonical_status_may_move_anywhere(db, catalogue):
+    oid = make_order(db, "booked")
+    plan, _ = write(db, catalogue, [polled(oid, "booked", C.PENDING)])
+    assert plan.decisions[0].action == Action.STATUS_CHANGED
+    assert db["orders"].find_one({"_id": oid})["order_status"] == STATUS_IDS[C.PENDING]
+
+
+def test_first_time_timestamps_are_never_overwritten(db, catalogue):
+    earlier = NOW - timedelta(days=3)
+    oid = make_order(db, C.NDR, tracking_timestamps={"out_for_delivery": earlier})
+    write(db, catalogue, [polled(oid, C.NDR, C.OUT_FOR_DELIVERY)])
+    assert db["orders"].find_one({"_id": oid})["tracking_timestamps"]["out_for_delivery"] == earlier
+
+
+def test_status_map_appends_only_when_different_from_the_last(db, catalogue):
+    same = catalogue.object_ids[C.OUT_FOR_DELIVERY]
+    oid = make_order(db, "booked", order_status_map=[same])
+    write(db, catalogue, [polled(oid, "booked", C.OUT_FOR_DELIVERY)])
+    assert db["orders"].find_one({"_id": oid})["order_status_map"] == [same]
+
+
+def test_a_corrupt_status_map_is_left_alone(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT, order_status_map="corrupt")
+    write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.DELIVERED)])
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc["order_status_map"] == "corrupt"
+    assert doc["order_status"] == STATUS_IDS[C.DELIVERED]
+
+
+def test_history_keeps_other_fields_and_appends_after_existing_entries(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT)
+    db["orderTracking"].insert_one(
+        {
+            "orderId": oid,
+            "currentStatus": "in transit",
+            "stockShipStatus": "keep",
+            "History": [{"status": "in transit", "timeStamp": NOW - timedelta(days=1)}],
+        }
+    )
+    write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.DELIVERED)])
+    tracking = db["orderTracking"].find_one({"orderId": oid})
+    assert tracking["stockShipStatus"] == "keep"
+    assert [h["status"] for h in tracking["History"]] == ["in transit", "delivered"]
+
+
+def test_two_concurrent_writers_append_history_once(db, catalogue):
+    oids = [make_order(db, C.IN_TRANSIT, order_id=str(n)) for n in range(40)]
+    orders = [polled(oid, C.IN_TRANSIT, C.DELIVERED) for oid in oids]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            write(db, catalogue, orders)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for oid in oids:
+        tracking = list(db["orderTracking"].find({"orderId": oid}))
+        assert len(tracking) == 1
+        assert [h["status"] for h in tracking[0]["History"]] == ["delivered"]
+        doc = db["orders"].find_one({"_id": oid})
+        assert doc["order_status_map"] == [catalogue.object_ids[C.DELIVERED]]
+        assert OUTBOX_FIELD not in doc  # delivered has no side effect on B2C
+
+
+def test_unread_answers_leave_the_order_untouched(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT)
+    before = db["orders"].find_one({"_id": oid})
+    for outcome in (Outcome.NOT_FOUND, Outcome.FAILED, Outcome.DEFERRED):
+        plan, _ = write(db, catalogue, [polled(oid, C.IN_TRANSIT, None, outcome=outcome)])
+        assert plan.decisions[0].action == Action.UNTOUCHED
+    assert db["orders"].find_one({"_id": oid}) == before
+
+
+@pytest.mark.parametrize(
+    "outcome", [Outcome.NO_CHANGE, Outcome.UNMAPPED, Outcome.REFERENCE_MISMATCH]
+)
+def test_read_answers_record_the_poll_without_a_status(db, catalogue, outcome):
+    oid = make_order(db, C.IN_TRANSIT)
+    write(
+        db, catalogue, [polled(oid, C.IN_TRANSIT, None, outcome=outcome, courier_status="ud-odd")]
+    )
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc["order_status"] == STATUS_IDS[C.IN_TRANSIT]
+    assert (doc["last_tracking_time"], doc["courier_status"]) == (NOW, "ud-odd")
+
+
+def test_dollar_prefixed_courier_text_is_stored_verbatim(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT)
+    write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.DELIVERED, courier_status="$where")])
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc["courier_status"] == "$where"
+    assert doc["order_status"] == STATUS_IDS[C.DELIVERED]
+
+
+def test_stop_tracking_sets_being_tracked_false(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT)
+    write(
+        db,
+        catalogue,
+        [polled(oid, C.IN_TRANSIT, None, outcome=Outcome.NO_CHANGE, stop_tracking=True)],
+    )
+    assert db["orders"].find_one({"_id": oid})["being_tracked"] is False
+
+
+def test_rto_queues_the_crm_event_only_on_first_entry(db, catalogue):
+    oid = make_order(db, C.NDR)
+    plan, _ = write(db, catalogue, [polled(oid, C.NDR, C.RTO_IN_TRANSIT)])
+    assert plan.decisions[0].events == (Event.CRM_RTO,)
+    marker = db["orders"].find_one({"_id": oid})[OUTBOX_FIELD]
+    assert marker[Event.CRM_RTO]["status"] == "rto in transit"
+    # the effects step drains the marker; entering rto later must not queue it again
+    db["orders"].update_one({"_id": oid}, {"$unset": {OUTBOX_FIELD: ""}})
+    write(db, catalogue, [polled(oid, C.RTO_IN_TRANSIT, C.RTO)])
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc["order_status"] == STATUS_IDS[C.RTO]
+    assert doc.get(OUTBOX_FIELD, {}) == {}
+
+
+def test_rto_after_an_old_return_timestamp_queues_nothing(db, catalogue):
+    oid = make_order(db, C.NDR, tracking_timestamps={"rto": NOW - timedelta(days=9)})
+    write(db, catalogue, [polled(oid, C.NDR, C.RTO)])
+    assert db["orders"].find_one({"_id": oid}).get(OUTBOX_FIELD, {}) == {}
+
+
+@pytest.mark.parametrize(
+    "new, event",
+    [
+        (C.BOOKING_CANCELLED, Event.SLACK_CANCELLED),
+        (C.LOST, Event.SLACK_LOST_DESTROY),
+        (C.DESTROY, Event.SLACK_LOST_DESTROY),
+    ],
+)
+def test_final_statuses_queue_their_slack_event(db, catalogue, new, event):
+    oid = make_order(db, C.IN_TRANSIT)
+    write(db, catalogue, [polled(oid, C.IN_TRANSIT, new)])
+    assert event in db["orders"].find_one({"_id": oid})[OUTBOX_FIELD]
+
+
+def test_same_day_b2b_delivery_queues_its_message(db, catalogue):
+    booked = datetime(2024, 9, 22, 3, 0, tzinfo=UTC)
+    same_day = make_order(db, C.OUT_FOR_DELIVERY)
+    next_day = make_order(db, C.OUT_FOR_DELIVERY)
+    write(
+        db,
+        catalogue,
+        [
+            polled(
+                same_day,
+                C.OUT_FOR_DELIVERY,
+                C.DELIVERED,
+                booked_at=booked,
+                event_time=booked + timedelta(hours=9),
+            ),
+            polled(
+                next_day,
+                C.OUT_FOR_DELIVERY,
+                C.DELIVERED,
+                booked_at=booked,
+                event_time=booked + timedelta(hours=22),
+            ),
+        ],
+        flow="delhivery_b2b",
+    )
+    assert (
+        Event.SLACK_B2B_SAME_DAY_DELIVERY in db["orders"].find_one({"_id": same_day})[OUTBOX_FIELD]
+    )
+    assert OUTBOX_FIELD not in db["orders"].find_one({"_id": next_day})
+
+
+def test_many_orders_take_few_round_trips(db, catalogue):
+    oids = (
+        db["orders"]
+        .insert_many(
+            [{"order_id": str(n), "order_status": STATUS_IDS[C.IN_TRANSIT]} for n in range(500)]
+        )
+        .inserted_ids
+    )
+    orders = [
+        polled(
+            oid,
+            C.IN_TRANSIT,
+            C.DELIVERED if n % 2 else None,
+            outcome=Outcome.MAPPED if n % 2 else Outcome.NO_CHANGE,
+        )
+        for n, oid in enumerate(oids)
+    ]
+    _, report = write(db, catalogue, orders)
+    assert report.bulk_calls == 2  # one for orders, one for orderTracking
+    assert db["orders"].count_documents({"order_status": STATUS_IDS[C.DELIVERED]}) == 250
