@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ordertrack_dagster.couriers import delhivery
+from ordertrack_dagster.couriers import delhivery, delhivery_b2b, shiprocket, velocity
 from ordertrack_dagster.couriers.base import Interpretation, OrderContext
 
 Interpreter = Callable[[Any, OrderContext, datetime], Interpretation]
@@ -23,4 +23,8 @@ class CourierBinding:
 
 COURIERS: dict[str, CourierBinding] = {
     "delhivery_b2c": CourierBinding("delhivery", delhivery.interpret_express),
+    "delhivery_b2b": CourierBinding("delhivery_b2b", delhivery_b2b.interpret),
+    "shiprocket": CourierBinding("shiprocket", shiprocket.interpret),
+    "velocity": CourierBinding("velocity", velocity.interpret),
+    "delhivery_fallback": CourierBinding("delhivery", delhivery.interpret_fallback),
 }

@@ -10,9 +10,11 @@ per-batch failure isolation live here once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import random
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -26,7 +28,7 @@ import httpx
 
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow
-from ordertrack_dagster.statuses import Canonical
+from ordertrack_dagster.statuses import Canonical, normalise_raw_status
 
 INDIA = ZoneInfo("Asia/Kolkata")
 
@@ -136,6 +138,10 @@ class RateLimited(Exception):
 class NotAnswered(Exception):
     """The courier answered the batch but knows none of its keys (an error body)."""
 
+    def __init__(self, message: str, *, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+
 
 class AuthFailure(Exception):
     """Login failed; never retried in a loop (couriers lock accounts)."""
@@ -158,10 +164,35 @@ class _Batch:
     attempts: int = 0
 
 
-@dataclass
+@dataclass(repr=False)
 class FetchResult:
     records: list[FetchRecord]
     stats: FetchStats = field(default_factory=FetchStats)
+
+    def __repr__(self) -> str:
+        # asyncio.run() reprs its task's result on the way out (the SIGINT handler check of
+        # Python 3.11); the default repr would spell out every record of a 36,000-key run.
+        return f"FetchResult({len(self.records)} records, {self.stats!r})"
+
+
+def blocking_pause(state: CourierState, scope: str, now: datetime) -> datetime | None:
+    """The stored resume time when it is too far off to wait out inside a run, else None.
+
+    Schedules skip and unforced runs stop on such a pause: the run would only defer.
+    """
+    resume_at = state.paused_until(scope)
+    if resume_at is None or (resume_at - now).total_seconds() <= MAX_INLINE_WAIT_SECONDS:
+        return None
+    return resume_at
+
+
+def describe_pause(flow: Flow, resume_at: datetime) -> str:
+    """How ops read a stored pause: the courier and the resume time in UTC and India time."""
+    return (
+        f"{flow.courier_label} is paused by a courier rate limit until "
+        f"{resume_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
+        f"({resume_at.astimezone(INDIA):%H:%M:%S} India time)"
+    )
 
 
 def parse_retry_after(value: str | None, now: datetime) -> datetime:
@@ -197,6 +228,61 @@ def parse_courier_time(value: Any) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+def first_entry(value: Any) -> dict[str, Any]:
+    """`value[0]` of a list of objects (`shipment_track[0]`, `wbns[0]`); {} when there is none."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return value[0]
+    return {}
+
+
+def newest_activity_time(activities: Any) -> datetime | None:
+    """The newest readable activity `date`, UTC (SPEC §6 History time of Shiprocket, Velocity).
+
+    Couriers list activities newest first; taking the latest date does not rely on it.
+    """
+    if not isinstance(activities, list):
+        return None
+    times = [parse_courier_time(item.get("date")) for item in activities if isinstance(item, dict)]
+    return max((when for when in times if when is not None), default=None)
+
+
+StatusTable = Mapping[str, Canonical | None]
+
+
+def read_status(
+    candidates: Sequence[tuple[Any, StatusTable]], event_time: datetime | None
+) -> Interpretation:
+    """Map the first raw status its table knows: SPEC §5's "status from X, else Y".
+
+    `courier_status` is the raw value actually used, as the courier sent it. When none maps,
+    the answer is unmapped (no change, and an alert naming every raw value seen); an answer
+    without any status is malformed.
+    """
+    present = [
+        (str(raw).strip(), table)
+        for raw, table in candidates
+        if raw is not None and str(raw).strip()
+    ]
+    for raw, table in present:
+        key = normalise_raw_status(raw)
+        if key in table:
+            status = table[key]
+            return Interpretation(
+                Outcome.MAPPED if status else Outcome.NO_CHANGE,
+                courier_status=raw,
+                status=status,
+                event_time=event_time,
+            )
+    if not present:
+        return Interpretation(Outcome.FAILED, alert="malformed answer: no status")
+    return Interpretation(
+        Outcome.UNMAPPED,
+        courier_status=present[0][0],
+        event_time=event_time,
+        alert="unmapped status " + " / ".join(repr(raw) for raw, _ in present),
+    )
+
+
 def decode_json(response: httpx.Response) -> Any:
     """The JSON body, or a retryable failure for HTML, XML, empty or truncated bodies."""
     text = response.text
@@ -230,6 +316,7 @@ class CourierClient(ABC):
         self.stats = FetchStats()
         self._resume_at: datetime | None = None
         self._records: list[FetchRecord] = []
+        self._tls: ssl.SSLContext | None = None
 
     # -- what a courier module provides -------------------------------------------------
 
@@ -251,9 +338,14 @@ class CourierClient(ABC):
 
     # -- the engine ---------------------------------------------------------------------
 
-    async def fetch(self, keys: Sequence[str]) -> FetchResult:
-        """Ask about every key; every key gets exactly one FetchRecord."""
-        self._resume_at = self.state.paused_until(self.flow.budget_scope)
+    async def fetch(self, keys: Sequence[str], *, ignore_stored_pause: bool = False) -> FetchResult:
+        """Ask about every key; every key gets exactly one FetchRecord.
+
+        `ignore_stored_pause` (a run forced by ops) starts as if no pause were stored; a rate
+        limit met during the run still pauses it.
+        """
+        stored = None if ignore_stored_pause else self.state.paused_until(self.flow.budget_scope)
+        self._resume_at = stored
         batches = [
             _Batch(index, list(keys[start : start + self.flow.batch_size]))
             for index, start in enumerate(range(0, len(keys), self.flow.batch_size))
@@ -261,19 +353,30 @@ class CourierClient(ABC):
         queue: asyncio.Queue[_Batch] = asyncio.Queue()
         for batch in batches:
             queue.put_nowait(batch)
-        limits = httpx.Limits(
-            max_connections=self.flow.workers, max_keepalive_connections=self.flow.workers
-        )
-        timeout = httpx.Timeout(self.flow.timeout_seconds)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+        async with contextlib.AsyncExitStack() as connections:
             workers = [
-                asyncio.create_task(self._worker(http, queue))
-                for _ in range(min(self.flow.workers, len(batches)) or 0)
+                self._worker(await connections.enter_async_context(self._connection()), queue)
+                for _ in range(min(self.flow.workers, len(batches)))
             ]
             await asyncio.gather(*workers)
         self.state.flush_budget(self.flow.budget_scope)
         self.stats.paused_until = self._resume_at
         return FetchResult(records=self._records, stats=self.stats)
+
+    def _connection(self) -> httpx.AsyncClient:
+        """A worker's own keep-alive connection.
+
+        One shared pool of 50 connections costs more CPU than the requests themselves: httpx
+        scans (and polls) every pooled connection on each request and each response. A pool of
+        one per worker makes that constant; the TLS context is built once and shared.
+        """
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.flow.timeout_seconds),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            verify=self._tls,
+        )
 
     async def _worker(self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch]) -> None:
         while not queue.empty():
@@ -324,7 +427,7 @@ class CourierClient(ABC):
                 batch,
                 FetchState.NOT_ANSWERED,
                 f"not answered: {reason}",
-                200,
+                reason.http_status,
                 fetched_at,
                 (time.perf_counter() - started) * 1000,
             )
@@ -396,7 +499,12 @@ class CourierClient(ABC):
             raise BatchFailure(f"HTTP {status}", retryable=True, http_status=status)
         if status == 401:
             raise BatchFailure("HTTP 401: credentials refused", retryable=False, http_status=401)
-        return self.split_answer(keys, decode_json(response))
+        try:
+            return self.split_answer(keys, decode_json(response))
+        except (NotAnswered, BatchFailure) as answer_error:
+            # couriers answer "unknown key" with 200 or 404: the record keeps which it was
+            answer_error.http_status = answer_error.http_status or status
+            raise
 
     def _pause(self, resume_at: datetime) -> None:
         if self._resume_at is None or resume_at > self._resume_at:

@@ -13,14 +13,23 @@ from typing import Any
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
+    Config,
+    Failure,
     MetadataValue,
     Output,
     StaticPartitionsDefinition,
     asset,
 )
+from pydantic import Field
 
 from ordertrack_dagster.couriers import COURIERS
-from ordertrack_dagster.couriers.base import FetchRecord, FetchResult, FetchState
+from ordertrack_dagster.couriers.base import (
+    FetchRecord,
+    FetchResult,
+    FetchState,
+    blocking_pause,
+    describe_pause,
+)
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import IMPLEMENTED_FLOWS, Flow, get_flow
 from ordertrack_dagster.resources.mongo import COMMANDS, MongoResource, ensure_indexes
@@ -132,9 +141,33 @@ def pending_orders(context: AssetExecutionContext, mongo: MongoResource) -> Outp
     )
 
 
-def _fetch(flow: Flow, courier: Any, state: CourierState, keys: list[str]) -> FetchResult:
+def _fetch(
+    flow: Flow, courier: Any, state: CourierState, keys: list[str], force: bool
+) -> FetchResult:
     client = courier.client(flow, state)
-    return asyncio.run(client.fetch(keys))
+    return asyncio.run(client.fetch(keys, ignore_stored_pause=force))
+
+
+class CourierRequestConfig(Config):
+    """Run config of `raw_courier_responses`; the defaults are what schedules run with."""
+
+    force: bool = Field(
+        default=False,
+        description="Ignore a stored courier pause (rate limit) and ask the courier anyway; "
+        "without it a run during a pause stops before sending anything.",
+    )
+
+
+def _stop_if_paused(flow: Flow, state: CourierState) -> None:
+    """A run during a stored pause would only defer every key: say so and stop (ops can force)."""
+    resume_at = blocking_pause(state, flow.budget_scope, datetime.now(UTC))
+    if resume_at is not None:
+        raise Failure(
+            description=f"{describe_pause(flow, resume_at)}, so this run stops before asking it. "
+            "To ask anyway, launch again with run config "
+            "`ops: {raw_courier_responses: {config: {force: true}}}`.",
+            allow_retries=False,
+        )
 
 
 def _odd_key_records(keys: list[str]) -> list[FetchRecord]:
@@ -154,7 +187,7 @@ def _odd_key_records(keys: list[str]) -> list[FetchRecord]:
     description="What the courier answered, one row per tracking key asked; kept for every run.",
 )
 def raw_courier_responses(
-    context: AssetExecutionContext, pending_orders: pd.DataFrame
+    context: AssetExecutionContext, config: CourierRequestConfig, pending_orders: pd.DataFrame
 ) -> Output[pd.DataFrame]:
     flow = _flow(context)
     binding = COURIERS[flow.key]
@@ -163,9 +196,12 @@ def raw_courier_responses(
     odd = [key for key in keys if tracking_key_problem(key) is not None]
     state = CourierState(context.resources.mongo.get_database())
     courier = getattr(context.resources, binding.resource_key)
-    started = time.perf_counter()
-    result = _fetch(flow, courier, state, good) if good else FetchResult(records=[])
+    if good and not config.force:
+        _stop_if_paused(flow, state)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = _fetch(flow, courier, state, good, config.force) if good else FetchResult(records=[])
     fetch_seconds = time.perf_counter() - started
+    fetch_cpu_seconds = time.process_time() - cpu_started
     records = result.records + _odd_key_records(odd)
     frame = pd.DataFrame([record.__dict__ for record in records])
     if frame.empty:
@@ -189,6 +225,8 @@ def raw_courier_responses(
         "batches_failed": stats.batches_failed,
         "batches_deferred": stats.batches_deferred,
         "fetch_seconds": round(fetch_seconds, 3),
+        # CPU of this process while asking: what the client itself costs per request
+        "fetch_cpu_seconds": round(fetch_cpu_seconds, 3),
         "latency_ms_p50": round(float(latencies.median()), 1) if len(latencies) else 0.0,
         "latency_ms_p99": round(float(latencies.quantile(0.99)), 1) if len(latencies) else 0.0,
     }

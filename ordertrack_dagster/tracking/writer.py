@@ -1,9 +1,10 @@
 """SPEC §6: turning mapped answers into MongoDB writes, and applying them in bulk.
 
 `plan_writes` is pure: it decides per order what to write and builds the operations.
-`apply_plan` sends them as a few bulk writes. The filters repeat the transition rule of
-`statuses.py` inside MongoDB, so a concurrent run, a stale snapshot or an out-of-order
-answer can never move an order backwards or append a History entry twice.
+`apply_plan` sends them as a few bulk writes, one operation per polled order (plus one per
+orderTracking change). The guards inside the updates repeat the transition rule of
+`statuses.py` in MongoDB, so a concurrent run, a stale snapshot or an out-of-order answer can
+never move an order backwards or append a History entry twice.
 
 Side effects are not sent here. An order's first entry into a status that has one leaves a
 marker in the same document update (`ordertrack_outbox.<event>`), atomically with the
@@ -149,13 +150,18 @@ def _same_india_day(order: PolledOrder) -> bool:
     return order.booked_at.astimezone(INDIA).date() == order.event_time.astimezone(INDIA).date()
 
 
-def _poll_op(order: PolledOrder, now: datetime) -> UpdateOne:
+def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
+    """What recording a poll writes, whatever becomes of the status (SPEC §6)."""
     fields: dict[str, Any] = {"last_tracking_time": now}
     if order.courier_status is not None:
         fields["courier_status"] = order.courier_status
     if order.stop_tracking:
         fields["being_tracked"] = False
-    return UpdateOne({"_id": order.order_oid}, {"$set": fields})
+    return fields
+
+
+def _poll_op(order: PolledOrder, now: datetime) -> UpdateOne:
+    return UpdateOne({"_id": order.order_oid}, {"$set": _poll_fields(order, now)})
 
 
 def _status_op(
@@ -166,7 +172,13 @@ def _status_op(
     flow_key: str,
     now: datetime,
 ) -> UpdateOne:
-    """The conditional status change: applies only if the stored status still allows it."""
+    """The poll and the status change as one update of the order.
+
+    The poll fields always land; the status fields change only if the stored status still
+    allows the move (MongoDB evaluates the guard on the stored document, so a concurrent run
+    or a stale snapshot cannot move the order backwards). One operation instead of a poll
+    update plus a conditional one halves the writes of a changed order.
+    """
     refused_ids = [catalogue.ids[s] for s in refused_predecessors(new) if s in catalogue.ids]
     new_oid = catalogue.object_ids[new]
     history = "$order_status_map"
@@ -216,10 +228,10 @@ def _status_op(
                 {"$cond": [guard, marker, {}]},
             ]
         }
-    return UpdateOne(
-        {"_id": order.order_oid, "order_status": {"$nin": refused_ids}},
-        [{"$set": changes}],
-    )
+    allowed = {"$not": [{"$in": ["$order_status", _literal(refused_ids)]}]}
+    guarded = {name: {"$cond": [allowed, value, f"${name}"]} for name, value in changes.items()}
+    poll = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
+    return UpdateOne({"_id": order.order_oid}, [{"$set": {**poll, **guarded}}])
 
 
 def _tracking_op(order: PolledOrder, new: Canonical, now: datetime) -> UpdateOne:
@@ -254,6 +266,36 @@ def _tracking_op(order: PolledOrder, new: Canonical, now: datetime) -> UpdateOne
     )
 
 
+def _unchanged(
+    order: PolledOrder,
+    current: Canonical | None,
+    from_status: str | None,
+    new: Canonical | None,
+    catalogue: StatusCatalogue,
+) -> Decision | None:
+    """The decision for an answer that leaves the status alone (the poll is still recorded);
+    None when the answer moves the order."""
+    if new is None or new == current:
+        return Decision(order.order_oid, Action.POLL_RECORDED, from_status, from_status)
+    if new not in catalogue.ids:
+        return Decision(
+            order.order_oid,
+            Action.POLL_RECORDED,
+            from_status,
+            from_status,
+            alert=f"status {new.value!r} is missing from the status collection",
+        )
+    if not is_allowed(current, new):
+        return Decision(
+            order.order_oid,
+            Action.REFUSED,
+            from_status,
+            new.value,
+            alert=f"refused move {from_status!r} -> {new.value!r} (would go backwards)",
+        )
+    return None
+
+
 def plan_writes(
     orders: Iterable[PolledOrder],
     catalogue: StatusCatalogue,
@@ -270,34 +312,11 @@ def plan_writes(
                 plan.order_ops.append(_poll_op(order, now))
             plan.decisions.append(Decision(order.order_oid, Action.UNTOUCHED, from_status, None))
             continue
-        plan.order_ops.append(_poll_op(order, now))
         new = order.status if order.outcome is Outcome.MAPPED else None
-        if new is None or new == current:
-            plan.decisions.append(
-                Decision(order.order_oid, Action.POLL_RECORDED, from_status, from_status)
-            )
-            continue
-        if new not in catalogue.ids:
-            plan.decisions.append(
-                Decision(
-                    order.order_oid,
-                    Action.POLL_RECORDED,
-                    from_status,
-                    from_status,
-                    alert=f"status {new.value!r} is missing from the status collection",
-                )
-            )
-            continue
-        if not is_allowed(current, new):
-            plan.decisions.append(
-                Decision(
-                    order.order_oid,
-                    Action.REFUSED,
-                    from_status,
-                    new.value,
-                    alert=f"refused move {from_status!r} -> {new.value!r} (would go backwards)",
-                )
-            )
+        unchanged = _unchanged(order, current, from_status, new, catalogue)
+        if unchanged is not None:
+            plan.order_ops.append(_poll_op(order, now))
+            plan.decisions.append(unchanged)
             continue
         events = _events_for(order, new, flow_key)
         plan.order_ops.append(_status_op(order, new, catalogue, events, flow_key, now))

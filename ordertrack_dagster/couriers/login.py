@@ -1,0 +1,171 @@
+"""Couriers that log in for a token: one token per account, shared by every worker and run.
+
+The token is cached in `ordertrack_state`, so later runs (on any machine) reuse it instead of
+logging in again. A 401 is answered by one worker while the others wait on a lock; a worker
+that wakes up to a token other than the one it sent simply retries with it. Couriers lock
+accounts after failed logins (and Velocity revokes older tokens on every login), so a failed
+login is never retried in a loop: it fails the rest of the run and, when the courier refused
+the credentials, blocks logins for every process for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import abstractmethod
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import httpx
+
+from ordertrack_dagster.couriers.base import (
+    AuthFailure,
+    BatchFailure,
+    CourierClient,
+    RateLimited,
+    Request,
+    parse_retry_after,
+)
+from ordertrack_dagster.couriers.state import CachedToken, CourierState
+from ordertrack_dagster.flows import Flow
+
+
+class LoginClient(CourierClient):
+    """A courier client whose requests carry a token obtained by logging in."""
+
+    #: The courier's name in `ordertrack_state` (the account name is appended).
+    token_name: ClassVar[str]
+    #: After a refused login no process logs in again for this long.
+    login_block_seconds: ClassVar[float] = 600.0
+    #: Token refreshes after the run's first login are at least this far apart.
+    min_refresh_seconds: ClassVar[float] = 0.0
+
+    def __init__(self, flow: Flow, state: CourierState, url: str, username: str, password: str):
+        super().__init__(flow, state)
+        self.url = url.rstrip("/")
+        self._username = username
+        self._password = password
+        self.token_key = f"{self.token_name}:{username}"
+        self._lock = asyncio.Lock()
+        self._token: CachedToken | None = None
+        self._logged_in = False  # the run's first login is not a refresh
+        self._last_refresh: float | None = None  # time.monotonic() of the last refresh
+        self._failure: str | None = None  # set once a login failed: the run stops logging in
+
+    # -- what a courier module provides -------------------------------------------------
+
+    @abstractmethod
+    def login_request(self, username: str, password: str) -> Request:
+        """The login call."""
+
+    @abstractmethod
+    def read_login(self, payload: Any, now: datetime) -> CachedToken | None:
+        """The token and its expiry from a successful login answer; None if there is none."""
+
+    @abstractmethod
+    def token_headers(self, token: str) -> dict[str, str]:
+        """Headers that present the token."""
+
+    # -- the token discipline -----------------------------------------------------------
+
+    async def auth_headers(self, http: httpx.AsyncClient) -> dict[str, str]:
+        self._raise_if_failed()
+        if self._token is None:
+            async with self._lock:
+                self._raise_if_failed()
+                if self._token is None:
+                    self._token = self.state.cached_token(self.token_key) or await self._login(http)
+        return self.token_headers(self._token.token)
+
+    async def on_unauthorized(self, http: httpx.AsyncClient, rejected: dict[str, str]) -> bool:
+        async with self._lock:
+            self._raise_if_failed()
+            if self._token is not None and self.token_headers(self._token.token) != rejected:
+                return True  # another worker refreshed while this request was out
+            stored = self.state.cached_token(self.token_key)
+            if stored is not None and self.token_headers(stored.token) != rejected:
+                self._token = stored  # another run logged in (and may have revoked ours)
+                return True
+            self._check_refresh_spacing()
+            self._token = await self._login(http)
+            return True
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise AuthFailure(self._failure)
+
+    def _check_refresh_spacing(self) -> None:
+        if self._last_refresh is None:  # no refresh yet (the run's first login is none)
+            return
+        since = time.monotonic() - self._last_refresh
+        if since < self.min_refresh_seconds:
+            raise BatchFailure(
+                f"HTTP 401 {since:.0f} s after the last token refresh; not refreshing again"
+                f" within {self.min_refresh_seconds:.0f} s",
+                retryable=False,
+                http_status=401,
+            )
+
+    async def _login(self, http: httpx.AsyncClient) -> CachedToken:
+        """Log in once. Failures are final for the run; refusals also block other runs."""
+        now = datetime.now(UTC)
+        blocked = self.state.login_blocked_until(self.token_key)
+        if blocked is not None:
+            raise self._give_up(
+                f"logins are blocked until {blocked:%Y-%m-%d %H:%M:%S}Z after a failed login",
+                block=False,
+            )
+        if self._resume_at is not None and self._resume_at > now:
+            raise RateLimited(self._resume_at, 429)  # the courier said stop, logins included
+        if self._logged_in:
+            self._last_refresh = time.monotonic()
+        self._logged_in = True
+        self.stats.logins += 1
+        spec = self.login_request(self._username, self._password)
+        try:
+            response = await http.request(spec.method, spec.url, json=spec.json)
+        except httpx.HTTPError as error:
+            # `from None`: the request behind the error holds the password
+            raise self._give_up(
+                f"login request failed ({type(error).__name__})", block=False
+            ) from None
+        status = response.status_code
+        if status == 429:
+            raise RateLimited(parse_retry_after(response.headers.get("Retry-After"), now), status)
+        if status >= 500:
+            raise self._give_up(f"login answered HTTP {status}", block=False)
+        payload = _json_or_none(response)
+        token = self.read_login(payload, now) if status < 300 else None
+        if token is None:
+            raise self._give_up(
+                f"login refused (HTTP {status}{_courier_message(payload)})", block=True
+            )
+        self.state.save_token(self.token_key, token)
+        return token
+
+    def _give_up(self, reason: str, *, block: bool) -> AuthFailure:
+        self._failure = reason
+        if block:
+            until = datetime.now(UTC) + timedelta(seconds=self.login_block_seconds)
+            self.state.block_login(self.token_key, until, reason)
+        return AuthFailure(reason)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _courier_message(payload: Any) -> str:
+    """The courier's own words on a refused login (never the credentials)."""
+    if not isinstance(payload, dict):
+        return ""
+    message = payload.get("message")
+    error = payload.get("error")
+    if message is None and isinstance(error, dict):
+        message = error.get("message")
+    elif message is None:
+        message = error
+    return f": {str(message)[:200]}" if message else ""

@@ -1,0 +1,52 @@
+"""Where the side effects go and how failing ones are retried (SPEC §7, §8)."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from ordertrack_dagster.effects.outbox import RetryPolicy
+from ordertrack_dagster.tracking.writer import Event
+
+
+class EffectsSettings(ConfigurableResource):
+    """Bucket, Slack channels and retry policy of the effects. Unset channels fail the
+    delivery (visible, retried) rather than dropping it."""
+
+    bucket: str | None = Field(default=None, description="AWS_S3_BUCKET")
+    prefix: str = Field(default="ordertrack", description="key prefix of the logs")
+    booking_cancelled_channel: str | None = Field(
+        default=None, description="BOOKING_CANCELED_CHANNEL_ID"
+    )
+    lost_destroy_channel: str | None = Field(
+        default=None, description="LOST_DESTROY_SLACK_CHANNEL_ID"
+    )
+    b2b_delivered_channel: str | None = Field(
+        default=None, description="DELIVERED_B2B_SLACK_CHANNEL_ID"
+    )
+    alerts_channel: str | None = Field(default=None, description="TRACKING_ALERTS_SLACK_CHANNEL")
+    query_channel: str | None = Field(default=None, description="TRACKING_QUERY_SLACK_CHANNEL")
+    webserver_url: str | None = Field(
+        default=None, description="DAGSTER_WEBSERVER_URL: emails link to the run"
+    )
+    max_attempts: int = Field(default=8, description="failed attempts before a dead letter")
+    retry_base_seconds: float = Field(default=60.0, description="first backoff; doubles")
+    retry_cap_seconds: float = Field(default=6 * 3600.0, description="longest backoff")
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_failures=self.max_attempts,
+            base_seconds=self.retry_base_seconds,
+            cap_seconds=self.retry_cap_seconds,
+        )
+
+    def status_channel(self, kind: str) -> str | None:
+        """The channel of a status event's Slack message."""
+        return {
+            Event.SLACK_CANCELLED.value: self.booking_cancelled_channel,
+            Event.SLACK_LOST_DESTROY.value: self.lost_destroy_channel,
+            Event.SLACK_B2B_SAME_DAY_DELIVERY.value: self.b2b_delivered_channel,
+        }.get(kind)
+
+    def run_url(self, run_id: str) -> str | None:
+        return f"{self.webserver_url.rstrip('/')}/runs/{run_id}" if self.webserver_url else None

@@ -1,0 +1,172 @@
+"""Freshness: are the orders a flow is due to track actually being polled?
+
+A run can succeed while orders fall behind (a courier pause, failed batches, a cap too small,
+a stopped schedule or a stuck run). One check per flow, on `order_status_writes`, counts the
+flow's due orders (its SPEC §2 selection) whose last poll is older than a threshold, three
+schedule intervals unless configured. The checks run on their own schedule, apart from the
+tracking runs, so they also notice when no run happens at all.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSpec,
+    Config,
+    multi_asset_check,
+)
+from pydantic import Field
+from pymongo.database import Database
+
+from ordertrack_dagster.flows import Flow, get_flow
+from ordertrack_dagster.orchestration.guards import schedule_interval
+from ordertrack_dagster.resources.mongo import MongoResource
+from ordertrack_dagster.tracking.assets import flow_partitions, order_status_writes
+from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
+
+FRESHNESS_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """Due orders not polled since `cutoff`: how many, and the one waiting longest."""
+
+    cutoff: datetime
+    count: int
+    oldest_order_id: str | None = None
+    oldest_polled_at: datetime | None = None  # None: never polled
+    oldest_booked_at: datetime | None = None
+
+
+def default_max_age(flow: Flow) -> timedelta:
+    return FRESHNESS_INTERVALS * schedule_interval(flow.cron)
+
+
+def stale_filter(selection: dict[str, Any], cutoff: datetime) -> dict[str, Any]:
+    """A flow's selection filter, narrowed to orders last polled before `cutoff`.
+
+    A never-polled order counts only once it was booked before `cutoff`: an order booked a
+    minute ago has simply not met its first run yet.
+    """
+    return {
+        "$and": [
+            selection,
+            {
+                "$or": [
+                    {"last_tracking_time": {"$lt": cutoff}},
+                    {"last_tracking_time": None, "isBooked.timestamp": {"$lt": cutoff}},
+                ]
+            },
+        ]
+    }
+
+
+def find_stale(
+    db: Database, flow: Flow, policy: SelectionPolicy, now: datetime, max_age: timedelta
+) -> Staleness:
+    """Two cheap queries: a count, and the single oldest order in selection order."""
+    cutoff = now - max_age
+    selection = build_query(flow, policy, now)
+    query = stale_filter(selection.filter, cutoff)
+    count = db["orders"].count_documents(query)
+    if not count:
+        return Staleness(cutoff=cutoff, count=0)
+    projection = {"order_id": 1, "last_tracking_time": 1, "isBooked.timestamp": 1}
+    oldest = db["orders"].find_one(query, projection, sort=selection.sort)
+    if oldest is None:  # polled between the two queries
+        return Staleness(cutoff=cutoff, count=count)
+    return Staleness(
+        cutoff=cutoff,
+        count=count,
+        oldest_order_id=str(oldest.get("order_id")),
+        oldest_polled_at=oldest.get("last_tracking_time"),
+        oldest_booked_at=(oldest.get("isBooked") or {}).get("timestamp"),
+    )
+
+
+def _when(value: datetime | None) -> str:
+    return "never" if value is None else value.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def describe_staleness(flow: Flow, stale: Staleness, max_age: timedelta) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "flow": flow.key,
+        "stale_orders": stale.count,
+        "max_age_minutes": round(max_age.total_seconds() / 60, 1),
+        "cutoff": _when(stale.cutoff),
+    }
+    if stale.oldest_order_id is not None:
+        metadata |= {
+            "oldest_order_id": stale.oldest_order_id,
+            "oldest_last_tracking_time": _when(stale.oldest_polled_at),
+            "oldest_booked_at": _when(stale.oldest_booked_at),
+        }
+    return metadata
+
+
+class FreshnessConfig(Config):
+    max_age_minutes: float | None = Field(
+        default=None,
+        description="How long a due order may go unpolled; default three schedule intervals.",
+    )
+
+
+def check_name(flow_key: str) -> str:
+    return f"{flow_key}_due_orders_polled"
+
+
+def evaluate_flow(
+    db: Database, flow: Flow, max_age: timedelta | None, now: datetime
+) -> AssetCheckResult:
+    """One flow's check result, for the check of that name."""
+    max_age = max_age or default_max_age(flow)
+    stale = find_stale(db, flow, SelectionPolicy.from_env(), now, max_age)
+    metadata = describe_staleness(flow, stale, max_age)
+    if stale.count:
+        description = (
+            f"{stale.count} {flow.key} orders due for tracking were not polled for over "
+            f"{metadata['max_age_minutes']} minutes; oldest: order {stale.oldest_order_id} "
+            f"(last polled {_when(stale.oldest_polled_at)})"
+        )
+    else:
+        description = f"every due {flow.key} order was polled since {_when(stale.cutoff)}"
+    return AssetCheckResult(
+        asset_key=order_status_writes.key,
+        check_name=check_name(flow.key),
+        passed=stale.count == 0,
+        description=description,
+        metadata=metadata,
+    )
+
+
+_FLOW_OF_CHECK = {check_name(key): key for key in flow_partitions.get_partition_keys()}
+
+
+@multi_asset_check(
+    name="due_orders_polled",
+    specs=[
+        AssetCheckSpec(
+            name=name,
+            asset=order_status_writes,
+            description=f"Every order the {key} flow is due to track was polled within three "
+            "schedule intervals (or max_age_minutes); reports how many were not and the oldest.",
+        )
+        for name, key in _FLOW_OF_CHECK.items()
+    ],
+    can_subset=True,
+)
+def due_orders_polled(
+    context: AssetCheckExecutionContext, config: FreshnessConfig, mongo: MongoResource
+) -> Iterator[AssetCheckResult]:
+    max_age = timedelta(minutes=config.max_age_minutes) if config.max_age_minutes else None
+    db = mongo.get_database()
+    now = datetime.now(UTC)
+    for key in sorted(context.selected_asset_check_keys, key=lambda k: k.name):
+        yield evaluate_flow(db, get_flow(_FLOW_OF_CHECK[key.name]), max_age, now)
+
+
+CHECKS = [due_orders_polled]

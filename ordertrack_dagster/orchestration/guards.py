@@ -1,0 +1,109 @@
+"""Whether a flow may start now: the rules its schedule and the start-up sensor share.
+
+SPEC §1: a tick that finds its flow still running is skipped, not queued. SPEC §4: a stored
+courier pause holds the flow until its resume time. Both rules read shared state (the Dagster
+instance and MongoDB), so they hold across processes, machines and restarts.
+"""
+
+import os
+from datetime import UTC, datetime, timedelta
+from functools import cache
+
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRecord,
+    RunsFilter,
+)
+
+# Dagster has no public cron iterator; this one is what its own schedules use.
+from dagster._utils.schedules import cron_string_iterator
+
+from ordertrack_dagster.couriers.base import blocking_pause, describe_pause
+from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.flows import Flow
+
+FLOW_TAG = "ordertrack/flow"  # SPEC §9: on every run a schedule or sensor launches
+PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run, UI runs too
+
+# The old cron service ran on India time: "0 */2 * * *" fires on even hours there (in UTC
+# it would fire at half past in India). India has no daylight saving, so no tick is ever
+# skipped or doubled.
+SCHEDULE_TIMEZONE = "Asia/Kolkata"
+
+# A run in any of these may still send courier requests or write orders. NOT_STARTED and
+# QUEUED count too: the run coordinator would start them after this tick's run.
+IN_FLIGHT_STATUSES = (
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+)
+
+
+def automation_on_by_default() -> bool:
+    """SPEC §8: `ENV=PROD` turns schedules and sensors on; anywhere else they start stopped."""
+    return os.environ.get("ENV", "").strip() == "PROD"
+
+
+def default_schedule_status() -> DefaultScheduleStatus:
+    on = automation_on_by_default()
+    return DefaultScheduleStatus.RUNNING if on else DefaultScheduleStatus.STOPPED
+
+
+def default_sensor_status() -> DefaultSensorStatus:
+    on = automation_on_by_default()
+    return DefaultSensorStatus.RUNNING if on else DefaultSensorStatus.STOPPED
+
+
+@cache
+def schedule_interval(cron: str) -> timedelta:
+    """The longest gap between two consecutive ticks of `cron` over a week.
+
+    `*/8 * * * *` gives 8 minutes (not the 4 between :56 and :00), so "within one interval"
+    never expects a run the schedule could not have made.
+    """
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    end = start + timedelta(days=7)
+    ticks = cron_string_iterator(start.timestamp(), cron, SCHEDULE_TIMEZONE)
+    previous = next(ticks)
+    longest = timedelta(0)
+    for tick in ticks:
+        longest = max(longest, tick - previous)
+        if tick > end:
+            return longest
+        previous = tick
+    raise AssertionError("unreachable: a cron iterator never ends")
+
+
+def in_flight_run(instance: DagsterInstance, flow_key: str) -> RunRecord | None:
+    """A run of the flow that has not finished, launched by us or by hand (UI, CLI)."""
+    for tag in (FLOW_TAG, PARTITION_TAG):
+        records = instance.get_run_records(
+            RunsFilter(tags={tag: flow_key}, statuses=list(IN_FLIGHT_STATUSES)), limit=1
+        )
+        if records:
+            return records[0]
+    return None
+
+
+def describe_run(record: RunRecord) -> str:
+    run = record.dagster_run
+    created = record.create_timestamp.astimezone(UTC)
+    return f"run {run.run_id} ({run.status.value}, created {created:%Y-%m-%d %H:%M:%S} UTC)"
+
+
+def hold_reason(
+    instance: DagsterInstance, flow: Flow, state: CourierState, now: datetime
+) -> str | None:
+    """Why the flow must not start now, or None when it may."""
+    running = in_flight_run(instance, flow.key)
+    if running is not None:
+        return f"{flow.key} has a run in flight, {describe_run(running)}: skipped, not queued"
+    resume_at = blocking_pause(state, flow.budget_scope, now)
+    if resume_at is not None:
+        return f"{describe_pause(flow, resume_at)}; skipped until then"
+    return None

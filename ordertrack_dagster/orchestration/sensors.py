@@ -1,0 +1,210 @@
+"""Sensors: the start-up runs (SPEC §1) and the Slack alert on a failed run.
+
+The old service ran every flow once when it started. Here "started" means a new Dagster
+daemon process: the sensor daemon's id changes on every (re)start, and the cursor remembers
+the id it already handled, so later ticks of the same daemon request nothing.
+"""
+
+import os
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from dagster import (
+    AssetRecordsFilter,
+    DagsterEvent,
+    DagsterInstance,
+    RunFailureSensorContext,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    sensor,
+)
+from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
+
+from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.effects.settings import EffectsSettings
+from ordertrack_dagster.flows import Flow, get_flow
+from ordertrack_dagster.orchestration.guards import (
+    FLOW_TAG,
+    PARTITION_TAG,
+    default_sensor_status,
+    describe_run,
+    hold_reason,
+    schedule_interval,
+)
+from ordertrack_dagster.orchestration.jobs import tracking_job
+from ordertrack_dagster.resources.mongo import MongoResource
+from ordertrack_dagster.resources.slack import OrdertrackSlackResource
+from ordertrack_dagster.tracking.assets import flow_partitions, order_status_writes
+
+STARTUP_SENSOR = "tracking_startup_runs"
+FAILURE_SENSOR = "tracking_run_failure_alert"
+NO_HEARTBEAT = "no-daemon-heartbeat"
+MAX_ERROR_CHARS = 600
+_SECRET_NAME_PARTS = ("TOKEN", "PASSWORD", "SECRET")
+
+
+# -- start-up runs -----------------------------------------------------------------------
+
+
+def daemon_id(instance: DagsterInstance) -> str:
+    """The id of the sensor daemon now running; a new one after every daemon (re)start.
+
+    An instance set to skip heartbeats has none: then only the sensor's very first tick runs.
+    """
+    heartbeat = instance.get_daemon_heartbeats().get("SENSOR")
+    return heartbeat.daemon_id if heartbeat and heartbeat.daemon_id else NO_HEARTBEAT
+
+
+def recent_run(instance: DagsterInstance, flow: Flow, now: datetime) -> str | None:
+    """What shows the flow ran within one schedule interval (a tagged run or a write), if any."""
+    since = now - schedule_interval(flow.cron)
+    runs = instance.get_run_records(
+        RunsFilter(tags={FLOW_TAG: flow.key}, created_after=since), limit=1
+    )
+    if runs:
+        return f"ran recently: {describe_run(runs[0])}"
+    writes = instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=order_status_writes.key,
+            asset_partitions=[flow.key],
+            after_timestamp=since.timestamp(),
+        ),
+        limit=1,
+    ).records
+    if writes:
+        written = datetime.fromtimestamp(writes[0].timestamp, UTC)
+        return (
+            f"ran recently: order_status_writes materialized {written:%Y-%m-%d %H:%M:%S} UTC "
+            f"by run {writes[0].run_id}"
+        )
+    return None
+
+
+def build_startup_sensor() -> SensorDefinition:
+    @sensor(
+        name=STARTUP_SENSOR,
+        job=tracking_job,
+        minimum_interval_seconds=30,
+        default_status=default_sensor_status(),
+        description="When the daemon starts, runs each flow once unless it ran within its "
+        "schedule interval, is still running or its courier is paused.",
+    )
+    def _startup_runs(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
+        started_by = daemon_id(context.instance)
+        if context.cursor == started_by:
+            return SensorResult(
+                skip_reason=SkipReason(f"start-up runs already handled for daemon {started_by}")
+            )
+        state = CourierState(mongo.get_database())
+        now = datetime.now(UTC)
+        requests: list[RunRequest] = []
+        held: list[str] = []
+        for key in flow_partitions.get_partition_keys():
+            flow = get_flow(key)
+            reason = hold_reason(context.instance, flow, state, now) or recent_run(
+                context.instance, flow, now
+            )
+            if reason is not None:
+                held.append(f"{key}: {reason}")
+                continue
+            requests.append(
+                RunRequest(
+                    run_key=f"startup:{started_by}:{key}",
+                    partition_key=key,
+                    tags={FLOW_TAG: key},
+                )
+            )
+        for line in held:
+            context.log.info(f"no start-up run for {line}")
+        skip = None if requests else SkipReason("no start-up run needed: " + "; ".join(held))
+        return SensorResult(run_requests=requests, skip_reason=skip, cursor=started_by)
+
+    return _startup_runs
+
+
+# -- run failure alerts ------------------------------------------------------------------
+
+
+def redact(text: str) -> str:
+    """Blank out every secret the environment holds (SPEC §8: never in a Slack message)."""
+    secrets = [
+        value
+        for name, value in os.environ.items()
+        if any(part in name.upper() for part in _SECRET_NAME_PARTS) and len(value.strip()) >= 4
+    ]
+    mongo_password = urlsplit(os.environ.get("MONGODB_URI", "")).password
+    if mongo_password:
+        secrets.append(mongo_password)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def step_error(event: DagsterEvent) -> str:
+    """`step: message` of a step failure: the Failure's description, else the root cause."""
+    data = event.step_failure_data
+    if data.user_failure_data and data.user_failure_data.description:
+        return f"{event.step_key}: {data.user_failure_data.description}"
+    error = data.error
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return f"{event.step_key}: {error.message.strip() if error else 'unknown error'}"
+
+
+def failure_text(
+    flow: str, run_id: str, job_name: str, errors: list[str], run_url: str | None
+) -> str:
+    """The Slack message: which flow, which run, what went wrong, and where to look."""
+    error = "\n".join(errors)
+    if len(error) > MAX_ERROR_CHARS:
+        error = error[: MAX_ERROR_CHARS - 1] + "…"
+    lines = [
+        f":rotating_light: Tracking run failed — flow *{flow}*",
+        f"run `{run_id}` (job {job_name})",
+        f"error: {error}",
+    ]
+    if run_url:
+        lines.append(f"<{run_url}|Open the run in Dagster>")
+    return redact("\n".join(lines))
+
+
+def build_failure_sensor() -> SensorDefinition:
+    @run_failure_sensor(
+        name=FAILURE_SENSOR,
+        default_status=default_sensor_status(),
+        description="Posts every failed run of this code location to Slack "
+        "(TRACKING_ALERTS_SLACK_CHANNEL), linked when DAGSTER_WEBSERVER_URL is set.",
+    )
+    def _failure_alert(
+        context: RunFailureSensorContext, slack: OrdertrackSlackResource, effects: EffectsSettings
+    ) -> None:
+        channel = effects.alerts_channel
+        if not channel:
+            raise ValueError("TRACKING_ALERTS_SLACK_CHANNEL is not set: failures cannot be posted")
+        run = context.dagster_run
+        errors = [step_error(event) for event in context.get_step_failure_events()]
+        text = failure_text(
+            flow=run.tags.get(FLOW_TAG) or run.tags.get(PARTITION_TAG) or "(none)",
+            run_id=run.run_id,
+            job_name=run.job_name,
+            errors=errors or [context.failure_event.message or "the run failed"],
+            run_url=effects.run_url(run.run_id),
+        )
+        client = slack.get_client()
+        client.retry_handlers.append(ServerErrorRetryHandler(max_retry_count=2))
+        client.chat_postMessage(channel=channel, text=text)
+
+    return _failure_alert
+
+
+def build_sensors() -> list[SensorDefinition]:
+    """Both sensors (default status read from ENV now)."""
+    return [build_startup_sensor(), build_failure_sensor()]
+
+
+SENSORS = build_sensors()

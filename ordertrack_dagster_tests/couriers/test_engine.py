@@ -1,0 +1,236 @@
+"""The fetch engine every courier shares: retries, isolation, pauses, budgets, and the shared
+answer-reading helpers. Run against the simulator through the Delhivery B2C client (the
+engine's behaviour does not depend on the courier)."""
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from ordertrack_dagster.couriers.base import (
+    MAX_ATTEMPTS,
+    BatchFailure,
+    FetchState,
+    Outcome,
+    decode_json,
+    first_entry,
+    newest_activity_time,
+    parse_courier_time,
+    parse_retry_after,
+    read_status,
+)
+from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.flows import RateBudget
+from ordertrack_dagster.statuses import Canonical as C
+from ordertrack_dagster_tests.helpers import (
+    courier_client,
+    records_by_key,
+    register_shipments,
+    run_fetch,
+    simulator_counts,
+)
+
+FLOW = "delhivery_b2c"
+SCOPE = "delhivery_express"
+ONE_AT_A_TIME = {"batch_size": 1, "concurrency": 1}
+
+
+@pytest.fixture
+def state(db):
+    return CourierState(db)
+
+
+def client(stack, state, **flow_changes):
+    return courier_client(FLOW, stack.env, state, flow_changes=flow_changes)
+
+
+def _close(actual: datetime | None, expected: datetime, seconds: float = 5.0) -> bool:
+    return actual is not None and abs(actual - expected) < timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "kind", ["http_500", "http_502", "http_503", "html", "xml", "truncated_json", "empty"]
+)
+def test_a_bad_answer_is_retried_then_read(stack, state, kind):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit"])
+    stack.simulator.inject_fault(FLOW, kind)
+    result = run_fetch(client(stack, state), keys)
+    record = records_by_key(result)[keys[0]]
+    assert (record.state, record.attempts, record.http_status) == (FetchState.ANSWERED, 2, 200)
+    assert result.stats.retries == 1
+
+
+def test_a_timeout_is_retried(stack, state):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit"])
+    stack.simulator.inject_fault(FLOW, "timeout", seconds=1.5)
+    result = run_fetch(client(stack, state, timeout_seconds=0.4), keys)
+    record = records_by_key(result)[keys[0]]
+    assert (record.state, record.attempts) == (FetchState.ANSWERED, 2)
+
+
+def test_a_batch_that_keeps_failing_fails_alone(stack, state):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit", "delivered"])
+    stack.simulator.inject_fault(FLOW, "http_500", count=MAX_ATTEMPTS)
+    result = run_fetch(client(stack, state, **ONE_AT_A_TIME), keys)
+    failed, answered = (records_by_key(result)[key] for key in keys)
+    assert (failed.state, failed.attempts, failed.http_status) == (FetchState.FAILED, 3, 500)
+    assert failed.error == "HTTP 500" and failed.raw is None
+    assert answered.state == FetchState.ANSWERED
+    assert result.stats.batches_failed == 1
+
+
+@pytest.mark.parametrize("retry_after_format", ["seconds", "unix", "http_date"])
+def test_429_pauses_the_courier_for_this_and_later_runs(stack, state, retry_after_format):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 3)
+    stack.simulator.inject_fault(
+        FLOW, "rate_limited", retry_after=600, retry_after_format=retry_after_format
+    )
+    before = simulator_counts(stack.simulator, FLOW)["requests"]
+    result = run_fetch(client(stack, state, **ONE_AT_A_TIME), keys)
+    records = [records_by_key(result)[key] for key in keys]
+    assert {record.state for record in records} == {FetchState.DEFERRED}
+    assert records[0].http_status == 429 and "rate limited" in records[0].error
+    assert "paused until" in records[1].error
+    resume_at = state.paused_until(SCOPE)
+    assert _close(resume_at, datetime.now(UTC) + timedelta(seconds=600))
+    assert _close(result.stats.paused_until, resume_at, seconds=0.01)
+    assert simulator_counts(stack.simulator, FLOW)["requests"] == before + 1
+
+    later = run_fetch(client(stack, state), keys)  # a later run, another process
+    assert {record.state for record in later.records} == {FetchState.DEFERRED}
+    assert simulator_counts(stack.simulator, FLOW)["requests"] == before + 1
+
+
+def test_a_short_retry_after_is_waited_out_inside_the_run(stack, state):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit", "delivered"])
+    stack.simulator.inject_fault(FLOW, "rate_limited", retry_after=1)
+    result = run_fetch(client(stack, state, **ONE_AT_A_TIME), keys)
+    limited, later = (records_by_key(result)[key] for key in keys)
+    assert limited.state == FetchState.DEFERRED
+    assert later.state == FetchState.ANSWERED
+
+
+def test_delhivery_403_is_a_firewall_block_of_eight_minutes(stack, state):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit", "delivered"])
+    stack.simulator.inject_fault(FLOW, "forbidden")
+    result = run_fetch(client(stack, state, **ONE_AT_A_TIME), keys)
+    assert {record.state for record in result.records} == {FetchState.DEFERRED}
+    assert records_by_key(result)[keys[0]].http_status == 403
+    assert _close(state.paused_until(SCOPE), datetime.now(UTC) + timedelta(minutes=8))
+
+
+def test_the_request_budget_defers_what_it_cannot_cover(stack, state):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit", "delivered"])
+    budget = RateBudget(requests=1, window_seconds=300)
+    result = run_fetch(client(stack, state, default_rate_budget=budget, **ONE_AT_A_TIME), keys)
+    asked, deferred = (records_by_key(result)[key] for key in keys)
+    assert asked.state == FetchState.ANSWERED
+    assert deferred.state == FetchState.DEFERRED and "budget" in deferred.error
+    assert state.requests_in_window(SCOPE, budget) == 1
+
+
+def test_unknown_keys_are_not_answered_with_the_http_status_kept(stack, state):
+    known, unknown = register_shipments(stack.simulator, FLOW, ["in_transit", None])
+    mixed = records_by_key(run_fetch(client(stack, state), [known, unknown]))
+    assert mixed[known].state == FetchState.ANSWERED
+    assert mixed[unknown].state == FetchState.NOT_ANSWERED
+    alone = records_by_key(run_fetch(client(stack, state), [unknown]))[unknown]
+    assert (alone.state, alone.http_status) == (FetchState.NOT_ANSWERED, 200)
+    assert "No such waybill" in alone.error
+
+
+def test_a_refused_connection_fails_the_batch_after_retries(state):
+    nowhere = "http://127.0.0.1:9/"  # the discard port: nothing listens
+    env = {"DELHIVERY_URL": nowhere, "DELHIVERY_FALLBACK_URL": nowhere}
+    dead = courier_client(FLOW, env | {"DELHIVERY_AUTH_TOKEN_B2C": "t"}, state)
+    record = run_fetch(dead, ["26805710004060"]).records[0]
+    assert (record.state, record.attempts) == (FetchState.FAILED, MAX_ATTEMPTS)
+    assert "connection failed" in record.error
+
+
+# -- pure helpers -----------------------------------------------------------------------
+
+NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("120", NOW + timedelta(seconds=120)),
+        ("1727000000", datetime.fromtimestamp(1727000000, UTC)),
+        ("Sun, 22 Sep 2024 06:10:00 GMT", NOW + timedelta(minutes=10)),
+        (None, NOW + timedelta(minutes=5)),
+        ("soon", NOW + timedelta(minutes=5)),
+        ("-3", NOW),
+    ],
+)
+def test_retry_after_forms(value, expected):
+    assert parse_retry_after(value, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("2024-09-21T17:22:31.5", datetime(2024, 9, 21, 11, 52, 31, 500000, tzinfo=UTC)),
+        ("2022-07-19 11:37:00", datetime(2022, 7, 19, 6, 7, tzinfo=UTC)),
+        ("2025-07-30T17:39:29+05:30", datetime(2025, 7, 30, 12, 9, 29, tzinfo=UTC)),
+        ("2024-09-21T08:00:00Z", datetime(2024, 9, 21, 8, 0, tzinfo=UTC)),
+        ("", None),
+        ("yesterday", None),
+        (1727000000, None),
+    ],
+)
+def test_courier_times_are_india_time_unless_zoned(value, expected):
+    assert parse_courier_time(value) == expected
+
+
+def test_newest_activity_time_takes_the_latest_readable_date():
+    activities = [
+        {"date": "2022-07-19 08:57:00"},
+        {"date": "2022-07-19 11:37:00"},
+        {"date": "NA"},
+        "junk",
+    ]
+    assert newest_activity_time(activities) == datetime(2022, 7, 19, 6, 7, tzinfo=UTC)
+    assert newest_activity_time([]) is None
+    assert newest_activity_time(None) is None
+
+
+@pytest.mark.parametrize("value", [None, [], ["x"], {}, "text"])
+def test_first_entry_is_empty_without_a_list_of_objects(value):
+    assert first_entry(value) == {}
+
+
+TABLE = {"DELIVERED": C.DELIVERED, "MANIFESTED": None}
+
+
+def test_read_status_takes_the_first_candidate_that_maps():
+    reading = read_status([("Misrouted", TABLE), ("Delivered", TABLE)], NOW)
+    assert (reading.outcome, reading.status, reading.courier_status) == (
+        Outcome.MAPPED,
+        C.DELIVERED,
+        "Delivered",
+    )
+    assert reading.event_time == NOW
+
+
+def test_read_status_no_change_is_a_mapping_too():
+    reading = read_status([(None, TABLE), ("manifested", TABLE), ("Delivered", TABLE)], None)
+    assert (reading.outcome, reading.courier_status) == (Outcome.NO_CHANGE, "manifested")
+
+
+def test_read_status_unmapped_names_every_raw_value():
+    reading = read_status([("Misrouted", TABLE), (39, TABLE), ("", TABLE)], NOW)
+    assert reading.outcome == Outcome.UNMAPPED and reading.status is None
+    assert reading.courier_status == "Misrouted"
+    assert "'Misrouted'" in reading.alert and "'39'" in reading.alert
+
+
+def test_read_status_without_any_status_is_malformed():
+    assert read_status([(None, TABLE), ("  ", TABLE)], NOW).outcome == Outcome.FAILED
+
+
+def test_a_response_that_is_not_json_is_a_retryable_failure():
+    with pytest.raises(BatchFailure) as failure:
+        decode_json(httpx.Response(200, text="<html>maintenance</html>"))
+    assert failure.value.retryable and failure.value.http_status == 200

@@ -1,0 +1,221 @@
+"""Effects under failure, against the stack's servers: a crash between write and send,
+outages, a slow CRM, repeated failures and Slack's rate limit."""
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+from bson import ObjectId
+
+from ordertrack_dagster.couriers.base import Outcome
+from ordertrack_dagster.devstack.seed import seed_reference_data
+from ordertrack_dagster.devstack.stack import SLACK_CHANNELS
+from ordertrack_dagster.effects.crm import CrmResource
+from ordertrack_dagster.statuses import Canonical
+from ordertrack_dagster.tracking.writer import (
+    OUTBOX_FIELD,
+    PolledOrder,
+    StatusCatalogue,
+    apply_plan,
+    plan_writes,
+)
+from ordertrack_dagster_tests.effects.support import (
+    EFFECTS,
+    FLOW,
+    Runner,
+    checks,
+    delivery_config,
+    fetch,
+    link,
+    mentioning,
+    metadata,
+    outbox,
+    webhooks_for,
+)
+from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
+
+pytestmark = pytest.mark.slow
+
+OUTBOX_AND_CRM = ("effects_outbox", "crm_rto_webhooks")
+OUTBOX_AND_SLACK = ("effects_outbox", "slack_status_alerts")
+
+
+def write_markers(db, statuses, order_ids=()):
+    """Move fresh in-transit orders to `statuses` with the real write path, as a run that
+    crashed right after its MongoDB write leaves them: markers written, nothing sent."""
+    reference = seed_reference_data(db)
+    now = datetime.now(UTC)
+    in_transit = reference.statuses[Canonical.IN_TRANSIT]["status_id"]
+    order_ids = [*order_ids, *(f"OT-{ObjectId()}" for _ in statuses)]
+    orders = [
+        {
+            "_id": ObjectId(),
+            "order_id": order_ids[index],
+            "order_status": in_transit,
+            "awb_number": f"9{index}{int(time.time() * 1e6)}",
+            "marketplace": reference.marketplaces["woocommerce"],
+            "customer": {"phone": "9123456789"},
+            "total_amt": 2599.5,
+        }
+        for index, _ in enumerate(statuses)
+    ]
+    db["orders"].insert_many(orders)
+    polled = [
+        PolledOrder(
+            order["_id"],
+            order["order_id"],
+            order["awb_number"],
+            in_transit,
+            now,
+            Outcome.MAPPED,
+            "x",
+            status,
+            now,
+        )
+        for order, status in zip(orders, statuses, strict=True)
+    ]
+    apply_plan(db, plan_writes(polled, StatusCatalogue.load(db), FLOW, now))
+    return orders
+
+
+def test_markers_of_a_crashed_run_are_delivered_once_by_the_next_run(
+    stack, stack_env, db, instance
+):
+    lost, cancelled, rto = write_markers(
+        db,
+        [Canonical.LOST, Canonical.BOOKING_CANCELLED, Canonical.RTO],
+        order_ids=["<!channel> & <@U1>"],
+    )
+    assert db["orders"].count_documents({OUTBOX_FIELD: {"$exists": True}}) == 3
+    runner = Runner(instance)
+    assert runner.run().success  # the next run of the flow
+    assert runner.run(*OUTBOX_AND_CRM, "slack_status_alerts").success  # effects re-run alone
+    [webhook] = webhooks_for(stack, [rto["order_id"]])
+    assert webhook["body"]["order_source"] == "WooCommerce"
+    assert webhook["body"]["tracking_status"] == "rto"
+    lost_channel = stack.slack_messages(SLACK_CHANNELS["LOST_DESTROY_SLACK_CHANNEL_ID"])
+    [message] = mentioning(lost_channel, lost["awb_number"])
+    assert "*Order:* &lt;!channel&gt; &amp; &lt;@U1&gt;\n" in message["text"]
+    cancelled_channel = stack.slack_messages(SLACK_CHANNELS["BOOKING_CANCELED_CHANNEL_ID"])
+    assert len(mentioning(cancelled_channel, cancelled["order_id"])) == 1
+    assert db["orders"].count_documents({OUTBOX_FIELD: {"$exists": True}}) == 0
+
+
+def test_outages_leave_status_writes_alone_and_lose_nothing(stack, stack_env, db, instance):
+    """Slack, the CRM and the mail relay down, and S3 refusing the logs, for a whole run."""
+    seeded = seed_orders(
+        db, stack.simulator, FLOW, ["cancelled", "rto_initiated", "unmapped"], status="in transit"
+    )
+    order_ids = [order.order_id for order in seeded]
+    runner = Runner(instance)
+    mails_before = len(stack.mailbox())
+    for service in ("slack", "crm", "smtp"):
+        stack.stop_service(service)
+    try:
+        down = runner.run(effects=runner.settings(bucket="ordertrack-no-such-bucket"))
+    finally:
+        for service in ("slack", "crm", "smtp"):
+            stack.start_service(service)
+    assert down.success
+    names = {doc["status_id"]: name for name, doc in seed_reference_data(db).statuses.items()}
+    written = {key: names[doc["order_status"]] for key, doc in orders_by_id(db, seeded).items()}
+    assert [written[order_id] for order_id in order_ids] == [
+        "booking_cancelled",
+        "rto in transit",
+        "in transit",
+    ]
+    for asset, error in [
+        ("crm_rto_webhooks", "CRM token request failed"),
+        ("slack_status_alerts", "Slack unreachable"),
+        ("tracking_alert_log", "NoSuchBucket"),
+        ("tracking_query_log", "NoSuchBucket"),
+        ("tracking_email_summary", "SMTP"),
+    ]:
+        reported = metadata(down, asset)
+        assert (reported["failed"], reported["sent"]) == (1, 0), asset
+        assert error in reported["errors"][0], asset
+        assert not checks(down, asset)["no_failing_deliveries"].passed
+        assert checks(down, asset)["no_dead_letters"].passed
+    kept = list(outbox(db).values())
+    assert len(kept) == 5 and {doc["state"] for doc in kept} == {"pending"}
+    assert all(doc["failures"] == 1 and doc["attempts"][0]["error"] for doc in kept)
+    assert webhooks_for(stack, order_ids) == []
+    assert mentioning(stack.slack_messages(), *order_ids, down.run_id) == []
+
+    up = runner.run()  # the next run of the flow, everything back
+    assert up.success
+    assert len(webhooks_for(stack, order_ids)) == 1
+    assert len(mentioning(stack.slack_messages(), order_ids[0])) == 1
+    for channel in ("TRACKING_ALERTS_SLACK_CHANNEL", "TRACKING_QUERY_SLACK_CHANNEL"):
+        [post] = mentioning(stack.slack_messages(SLACK_CHANNELS[channel]), down.run_id)
+        assert down.run_id.encode() in fetch(link(post["text"]))
+    assert len(stack.mailbox()) - mails_before == 2  # the delayed summary and the new one
+    assert {doc["state"] for doc in outbox(db).values()} == {"sent"}
+    assert all(checks(up, asset)["no_failing_deliveries"].passed for asset in EFFECTS[1:])
+
+
+def test_a_timed_out_webhook_is_retried_with_the_same_key(stack, stack_env, db, instance):
+    [rto] = write_markers(db, [Canonical.RTO_IN_TRANSIT])
+    runner = Runner(instance)
+    slow_crm = CrmResource(
+        webhook_url=stack_env["CRM_WEBHOOK_URL"],
+        auth_url=stack_env["CRM_AUTH_URL"],
+        client_id=stack_env["CRM_CLIENT_ID"],
+        client_secret=stack_env["CRM_CLIENT_SECRET"],
+        timeout_seconds=1.0,
+    )
+    stack.inject_fault("crm", "timeout", seconds=2)
+    first = runner.run(*OUTBOX_AND_CRM, crm=slow_crm)
+    assert metadata(first, "crm_rto_webhooks")["errors"] == ["CRM webhook timed out after 1 s"]
+    time.sleep(1.5)  # the slow CRM finishes and accepts the first call
+    assert metadata(runner.run("crm_rto_webhooks"), "crm_rto_webhooks")["sent"] == 1
+    calls = webhooks_for(stack, [rto["order_id"]])
+    assert sorted(call["status"] for call in calls) == ["accepted", "duplicate"]
+    assert len({call["idempotency_key"] for call in calls}) == 1
+
+
+def test_repeated_failures_become_a_dead_letter_that_ops_can_requeue(
+    stack, stack_env, db, instance
+):
+    [rto] = write_markers(db, [Canonical.RTO])
+    runner = Runner(instance, effects={"retry_base_seconds": 0.0, "max_attempts": 2})
+    stack.inject_fault("crm", "500", count=2)
+    first = runner.run(*OUTBOX_AND_CRM)
+    assert metadata(first, "crm_rto_webhooks")["errors"] == ["CRM webhook answered HTTP 500"]
+    assert checks(first, "crm_rto_webhooks")["no_dead_letters"].passed
+
+    second = runner.run("crm_rto_webhooks")
+    assert metadata(second, "crm_rto_webhooks")["became_dead"] == 1
+    assert not checks(second, "crm_rto_webhooks")["no_dead_letters"].passed
+    alerts = stack.slack_messages(SLACK_CHANNELS["TRACKING_ALERTS_SLACK_CHANNEL"])
+    [notice] = mentioning(alerts, rto["order_id"])
+    assert "gave up after 2 failed attempts" in notice["text"]
+    assert "CRM webhook answered HTTP 500" in notice["text"]
+
+    third = runner.run("crm_rto_webhooks")  # dead letters are not retried, nor re-announced
+    assert metadata(third, "crm_rto_webhooks")["queue_dead"] == 1
+    assert len(mentioning(stack.slack_messages(), rto["order_id"])) == 1
+    assert webhooks_for(stack, [rto["order_id"]]) == []
+
+    config = delivery_config("crm_rto_webhooks", retry_dead_letters=True)
+    requeued = runner.run("crm_rto_webhooks", run_config=config)
+    assert metadata(requeued, "crm_rto_webhooks")["sent"] == 1
+    assert checks(requeued, "crm_rto_webhooks")["no_dead_letters"].passed
+    assert len(webhooks_for(stack, [rto["order_id"]])) == 1
+
+
+def test_slack_rate_limit_is_waited_out(stack, stack_env, db, instance):
+    [lost] = write_markers(db, [Canonical.DESTROY])
+    runner = Runner(instance)
+    stack.inject_fault("slack", "ratelimited", retry_after=2)
+    limited = runner.run(*OUTBOX_AND_SLACK)
+    assert metadata(limited, "slack_status_alerts")["rate_limited"] == 1
+    [doc] = outbox(db).values()
+    assert (doc["state"], doc["failures"]) == ("pending", 0)
+    assert doc["next_attempt_at"] > datetime.now(UTC)
+
+    early = runner.run("slack_status_alerts")  # Slack said 2 s: nothing is sent before
+    assert metadata(early, "slack_status_alerts")["sent"] == 0
+    time.sleep(max(0.0, (doc["next_attempt_at"] - datetime.now(UTC)).total_seconds()) + 0.1)
+    assert metadata(runner.run("slack_status_alerts"), "slack_status_alerts")["sent"] == 1
+    assert len(mentioning(stack.slack_messages(), lost["awb_number"])) == 1

@@ -1,0 +1,213 @@
+"""The outbox state machine against a real MongoDB-wire server: drain, lease, retry, dead."""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from bson import ObjectId
+
+from ordertrack_dagster.couriers.base import Outcome
+from ordertrack_dagster.devstack.seed import seed_reference_data
+from ordertrack_dagster.effects.outbox import (
+    BREAKER_THRESHOLD,
+    DeliveryDeferred,
+    DeliveryError,
+    Outbox,
+    Report,
+    RetryPolicy,
+)
+from ordertrack_dagster.statuses import Canonical
+from ordertrack_dagster.tracking.writer import (
+    OUTBOX_FIELD,
+    PolledOrder,
+    StatusCatalogue,
+    apply_plan,
+    plan_writes,
+)
+
+NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
+POLICY = RetryPolicy(max_failures=3, base_seconds=60, cap_seconds=600)
+
+
+def mark(db, flow, *statuses):
+    """Orders moved to `statuses` by the real write path, which leaves their markers."""
+    reference = seed_reference_data(db)
+    in_transit = reference.statuses[Canonical.IN_TRANSIT]["status_id"]
+    orders = [
+        {
+            "_id": ObjectId(),
+            "order_id": f"OT-{index}",
+            "order_status": in_transit,
+            "awb_number": f"AWB{index}",
+            "marketplace": reference.marketplaces["shopify"],
+            "customer": {"phone": "9000000001", "name": "A"},
+            "total_amt": 100.0 + index,
+        }
+        for index, _ in enumerate(statuses)
+    ]
+    db["orders"].insert_many(orders)
+    polled = [
+        PolledOrder(
+            order["_id"],
+            order["order_id"],
+            order["awb_number"],
+            in_transit,
+            NOW,
+            Outcome.MAPPED,
+            "x",
+            status,
+            NOW,
+        )
+        for order, status in zip(orders, statuses, strict=True)
+    ]
+    apply_plan(db, plan_writes(polled, StatusCatalogue.load(db), flow, NOW))
+    return orders
+
+
+@pytest.fixture
+def box(db):
+    return Outbox(db, POLICY, owner="run-1", rng=random.Random(1))
+
+
+def queue_reports(box, count):
+    for index in range(count):
+        box.enqueue_report(Report.QUERY_LOG, "delhivery_b2c", f"run-{index}", {"n": index}, NOW)
+
+
+def test_drain_copies_this_flows_markers_and_removes_exactly_them(db, box):
+    rto, lost = mark(db, "delhivery_b2c", Canonical.RTO_IN_TRANSIT, Canonical.LOST)
+    [other] = mark(db, "shiprocket", Canonical.BOOKING_CANCELLED)
+    drained, rejected = box.drain_markers("delhivery_b2c", NOW)
+    assert (dict(drained), rejected) == ({"crm_rto": 1, "slack_lost_destroy": 1}, [])
+    doc = box.collection.find_one({"_id": f"{rto['_id']}:crm_rto"})
+    assert doc["order"] == {"phone": "9000000001", "marketplace": "Shopify", "total_amt": 100.0}
+    assert (doc["status"], doc["tracking_key"], doc["flow"]) == (
+        "rto in transit",
+        "AWB0",
+        "delhivery_b2c",
+    )
+    assert (doc["state"], doc["failures"], doc["idempotency_key"]) == (
+        "pending",
+        0,
+        f"ordertrack-crm_rto-{rto['_id']}",
+    )
+    assert OUTBOX_FIELD not in db["orders"].find_one({"_id": rto["_id"]})
+    assert OUTBOX_FIELD in db["orders"].find_one({"_id": other["_id"]})
+
+
+def test_drain_removes_empty_marker_objects(db, box):
+    # the write path leaves `{}` when the RTO guard holds (the order was in a return before)
+    oid = db["orders"].insert_one({"order_id": "E", OUTBOX_FIELD: {}}).inserted_id
+    assert box.drain_markers("delhivery_b2c", NOW) == ({}, [])
+    assert OUTBOX_FIELD not in db["orders"].find_one({"_id": oid})
+
+
+def test_a_second_drain_of_the_same_marker_changes_nothing(db, box):
+    [lost] = mark(db, "delhivery_b2c", Canonical.LOST)
+    marker = db["orders"].find_one({"_id": lost["_id"]})[OUTBOX_FIELD]
+    box.drain_markers("delhivery_b2c", NOW)
+    box.collection.update_one({}, {"$set": {"state": "sent"}})
+    # a crash between copying and removing the marker leaves it for the next run
+    db["orders"].update_one({"_id": lost["_id"]}, {"$set": {OUTBOX_FIELD: marker}})
+    box.drain_markers("delhivery_b2c", NOW + timedelta(minutes=8))
+    [doc] = box.collection.find()
+    assert (doc["state"], doc["created_at"]) == ("sent", NOW)
+    assert OUTBOX_FIELD not in db["orders"].find_one({"_id": lost["_id"]})
+
+
+def test_a_run_report_is_queued_once(box):
+    assert box.enqueue_report(Report.EMAIL_SUMMARY, "velocity", "r1", {"subject": "a"}, NOW)
+    assert not box.enqueue_report(Report.EMAIL_SUMMARY, "velocity", "r1", {"subject": "b"}, NOW)
+    assert box.collection.find_one()["content"] == {"subject": "a"}
+
+
+def test_concurrent_runs_lease_disjoint_deliveries(db, box):
+    queue_reports(box, 5)
+    mine = box.claim("delhivery_b2c", ["query_log"], NOW, limit=3)
+    theirs = Outbox(db, POLICY, owner="run-2").claim("delhivery_b2c", ["query_log"], NOW)
+    assert len(mine) == 3 and len(theirs) == 2
+    assert not {d["_id"] for d in mine} & {d["_id"] for d in theirs}
+    assert Outbox(db, POLICY, owner="run-3").claim("delhivery_b2c", ["query_log"], NOW) == []
+
+
+def test_success_is_recorded_and_the_report_body_dropped(box):
+    queue_reports(box, 1)
+    report = box.deliver(box.claim("delhivery_b2c", ["query_log"], NOW), lambda doc: 200)
+    assert (report.sent, report.failed) == (1, 0)
+    doc = box.collection.find_one()
+    assert doc["state"] == "sent" and "content" not in doc and doc["lease_until"] is None
+    assert [a["outcome"] for a in doc["attempts"]] == ["sent"]
+    assert box.claim("delhivery_b2c", ["query_log"], NOW + timedelta(days=1)) == []
+
+
+def test_failures_back_off_then_become_dead_letters(box):
+    queue_reports(box, 1)
+
+    def refuse(doc):
+        raise DeliveryError("HTTP 500", http_status=500)
+
+    moment = NOW
+    for failures in range(1, POLICY.max_failures + 1):
+        [doc] = box.claim("delhivery_b2c", ["query_log"], moment)
+        report = box.deliver([doc], refuse)
+        doc = box.collection.find_one()
+        assert doc["failures"] == failures and doc["last_error"] == "HTTP 500"
+        moment = doc["next_attempt_at"]
+    assert report.became_dead == 1
+    assert (doc["state"], len(doc["attempts"])) == ("dead", POLICY.max_failures)
+    assert box.claim("delhivery_b2c", ["query_log"], moment + timedelta(days=1)) == []
+    assert box.counts("delhivery_b2c", ["query_log"])["dead"] == 1
+    assert [d["_id"] for d in box.unalerted_dead("delhivery_b2c", ["query_log"])] == [doc["_id"]]
+    box.mark_dead_alerted([doc])
+    assert box.unalerted_dead("delhivery_b2c", ["query_log"]) == []
+    assert box.requeue_dead("delhivery_b2c", ["query_log"], NOW) == 1
+    assert len(box.claim("delhivery_b2c", ["query_log"], datetime.now(UTC))) == 1
+
+
+def test_the_breaker_leaves_the_rest_due_after_repeated_transient_failures(box):
+    queue_reports(box, 5)
+    docs = box.claim("delhivery_b2c", ["query_log"], NOW)
+
+    def down(doc):
+        raise DeliveryError("connection refused")
+
+    report = box.deliver(docs, down)
+    assert (report.failed, report.not_attempted) == (BREAKER_THRESHOLD, 5 - BREAKER_THRESHOLD)
+    untried = box.claim("delhivery_b2c", ["query_log"], NOW)
+    assert len(untried) == 5 - BREAKER_THRESHOLD
+    assert all(doc["failures"] == 0 for doc in untried)
+
+
+def test_a_message_specific_failure_does_not_stop_the_others(box):
+    queue_reports(box, 5)
+
+    def picky(doc):
+        if doc["content"]["n"] < 4:
+            raise ValueError("cannot format")  # a bug in one message: recorded, not raised
+        return 200
+
+    report = box.deliver(box.claim("delhivery_b2c", ["query_log"], NOW), picky)
+    assert (report.failed, report.sent, report.errors) == (4, 1, ["ValueError: cannot format"])
+
+
+def test_a_deferral_is_no_failure_and_waits_until_asked(box):
+    queue_reports(box, 2)
+    later = datetime.now(UTC) + timedelta(seconds=30)
+
+    def limited(doc):
+        raise DeliveryDeferred("rate limited", later, 429)
+
+    report = box.deliver(box.claim("delhivery_b2c", ["query_log"], NOW), limited)
+    assert (report.deferred, report.not_attempted, report.failed) == (1, 1, 0)
+    deferred = box.collection.find_one({"attempts.outcome": "deferred"})
+    assert deferred["failures"] == 0
+    assert abs(deferred["next_attempt_at"] - later) < timedelta(milliseconds=2)
+
+
+@pytest.mark.parametrize("failures", [1, 2, 5, 12])
+def test_backoff_doubles_with_jitter_up_to_the_cap(failures):
+    policy = RetryPolicy(base_seconds=60, cap_seconds=3600)
+    ceiling = min(3600, 60 * 2 ** (failures - 1))
+    delays = {policy.delay(failures, random.Random(seed)).total_seconds() for seed in range(50)}
+    assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+    assert len(delays) > 1

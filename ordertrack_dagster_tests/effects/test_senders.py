@@ -1,0 +1,135 @@
+"""The CRM client, Slack and S3 senders and the SMTP resource against the stack's servers."""
+
+import hmac
+import uuid
+from datetime import UTC, datetime, timedelta
+from hashlib import sha256
+
+import pytest
+from slack_sdk import WebClient
+
+from ordertrack_dagster.couriers.state import CachedToken, CourierState
+from ordertrack_dagster.effects.crm import TOKEN_NAME, CrmResource, encode_body
+from ordertrack_dagster.effects.outbox import DeliveryDeferred, DeliveryError
+from ordertrack_dagster.effects.senders import post_slack, put_and_presign
+from ordertrack_dagster.effects.smtp import SmtpResource
+from ordertrack_dagster_tests.effects.support import fetch
+
+PAYLOAD = {"order_id": "OT-1", "status": "rto", "note": "₹ & <b>"}
+
+
+def crm(env, **changes):
+    settings = {
+        "webhook_url": env["CRM_WEBHOOK_URL"],
+        "auth_url": env["CRM_AUTH_URL"],
+        "client_id": env["CRM_CLIENT_ID"],
+        "client_secret": env["CRM_CLIENT_SECRET"],
+    }
+    return CrmResource(**{**settings, **changes})
+
+
+def calls(stack, key):
+    return [w for w in stack.crm_webhooks() if w["idempotency_key"] == key]
+
+
+def test_crm_token_is_cached_across_runs_and_the_body_signed(stack, stack_env, db):
+    key = f"k-{uuid.uuid4()}"
+    before = stack.crm_tokens_issued()
+    for _ in range(2):  # two runs
+        with crm(stack_env, webhook_secret="s3cr3t").open(CourierState(db)) as client:
+            assert client.send_rto({**PAYLOAD, "run": 1}, key) == 200
+    assert stack.crm_tokens_issued() - before == 1
+    first, second = calls(stack, key)
+    assert (first["status"], second["status"]) == ("accepted", "duplicate")
+    expected = hmac.new(b"s3cr3t", encode_body(first["body"]), sha256).hexdigest()
+    assert first["signature"] == expected
+
+
+def test_a_revoked_crm_token_is_replaced_once(stack, stack_env, db):
+    state = CourierState(db)
+    state.save_token(TOKEN_NAME, CachedToken("revoked", datetime.now(UTC) + timedelta(hours=1)))
+    key = f"k-{uuid.uuid4()}"
+    with crm(stack_env).open(state) as client:
+        assert client.send_rto(PAYLOAD, key) == 200
+    assert [call["status"] for call in calls(stack, key)] == ["accepted"]
+    assert state.cached_token(TOKEN_NAME).token != "revoked"
+
+
+def test_crm_refusals_are_delivery_errors(stack, stack_env, db):
+    with crm(stack_env, client_secret="wrong").open() as client:
+        with pytest.raises(DeliveryError, match="token request refused: HTTP 401") as refused:
+            client.send_rto(PAYLOAD, "k")
+        with pytest.raises(DeliveryError) as again:  # the run does not ask again
+            client.send_rto(PAYLOAD, "k")
+    assert again.value is refused.value
+    unset = pytest.raises(DeliveryError, match="CRM_WEBHOOK_URL is not set")
+    with crm(stack_env, webhook_url=None).open() as client, unset:
+        client.send_rto(PAYLOAD, "k")
+    stack.inject_fault("crm", "500")
+    failing = pytest.raises(DeliveryError, match="HTTP 500")
+    with crm(stack_env).open(CourierState(db)) as client, failing as failed:
+        client.send_rto(PAYLOAD, f"k-{uuid.uuid4()}")
+    assert failed.value.transient and failed.value.http_status == 500
+
+
+@pytest.fixture
+def slack(stack_env):
+    return WebClient(stack_env["SLACK_TOKEN"], base_url=stack_env["SLACK_API_URL"])
+
+
+def test_slack_rate_limit_defers_until_retry_after(stack, stack_env, slack):
+    stack.inject_fault("slack", "ratelimited", retry_after=30)
+    with pytest.raises(DeliveryDeferred) as deferred:
+        post_slack(slack, stack_env["TRACKING_ALERTS_SLACK_CHANNEL"], "hello")
+    wait = (deferred.value.retry_at - datetime.now(UTC)).total_seconds()
+    assert 25 < wait <= 30 and deferred.value.http_status == 429
+
+
+def test_slack_failures_are_delivery_errors(stack, stack_env, slack):
+    with pytest.raises(DeliveryError, match="no Slack channel") as unset:
+        post_slack(slack, None, "hello")
+    assert not unset.value.transient
+    stack.inject_fault("slack", "500")
+    with pytest.raises(DeliveryError, match="HTTP 500") as failed:
+        post_slack(slack, "C0X", "hello")
+    assert failed.value.transient
+    with pytest.raises(DeliveryError, match="invalid_auth") as refused:
+        post_slack(WebClient("xoxb-wrong", base_url=stack_env["SLACK_API_URL"]), "C0X", "hi")
+    assert refused.value.transient  # a bad token concerns every message
+
+
+def test_s3_upload_returns_a_link_that_opens(stack, stack_env):
+    key = f"ordertrack/test/{uuid.uuid4()}.json"
+    url = put_and_presign(stack.s3_client(), stack.bucket, key, b'{"a": 1}', "application/json", 3)
+    assert fetch(url) == b'{"a": 1}'
+    assert "X-Amz-Expires=259200" in url
+    with pytest.raises(DeliveryError, match="NoSuchBucket"):
+        put_and_presign(stack.s3_client(), "no-such-bucket", key, b"x", "text/plain", 3)
+
+
+def smtp(env, **changes):
+    settings = {
+        "host": env["SMTP_HOST"],
+        "port": int(env["SMTP_PORT"]),
+        "sender": env["EMAIL_SENDER"],
+        "recipients": env["EMAIL_RECIPIENTS"],
+        "starttls": False,
+    }
+    return SmtpResource(**{**settings, **changes})
+
+
+def test_email_has_text_and_html_parts_and_logs_in_with_a_password(stack, stack_env):
+    subject = f"summary {uuid.uuid4()}"
+    smtp(stack_env, password="mail-password").send(subject, "plain body\n", "<p>html body</p>")
+    [mail] = [m for m in stack.mailbox() if m["Subject"] == subject]
+    assert mail["X-Envelope-To"] == "ops@ordertrack.test, logistics@ordertrack.test"
+    assert mail.get_body(("plain",)).get_content().strip() == "plain body"
+    assert mail.get_body(("html",)).get_content().strip() == "<p>html body</p>"
+    assert "mail-password" not in mail.as_string()
+
+
+def test_smtp_failures_are_delivery_errors(stack_env):
+    with pytest.raises(DeliveryError, match="STARTTLS"):  # the local relay has no TLS
+        smtp(stack_env, starttls=True).send("s", "t", "<p>h</p>")
+    with pytest.raises(DeliveryError, match="EMAIL_RECIPIENTS"):
+        smtp(stack_env, recipients=" , ").send("s", "t", "<p>h</p>")

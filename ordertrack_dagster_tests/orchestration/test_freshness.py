@@ -1,0 +1,70 @@
+"""The freshness checks against real MongoDB data: stale, fresh, never polled, other flows."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.orchestration.checks import check_name, default_max_age, evaluate_flow
+from ordertrack_dagster_tests.helpers import Shipment, load_definitions, seed_orders
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+B2C = FLOWS["delhivery_b2c"]
+
+
+def seed(db, stack, flow="delhivery_b2c", polled_minutes_ago=None, booked_days_ago=2.0):
+    fields = {}
+    if polled_minutes_ago is not None:
+        fields["last_tracking_time"] = NOW - timedelta(minutes=polled_minutes_ago)
+    shipment = Shipment(step="in_transit", booked_days_ago=booked_days_ago)
+    [order] = seed_orders(db, stack.simulator, flow, [shipment], now=NOW, **fields)
+    return order
+
+
+def test_default_threshold_is_three_schedule_intervals():
+    assert default_max_age(B2C) == timedelta(minutes=24)
+    assert default_max_age(FLOWS["delhivery_fallback"]) == timedelta(hours=6)
+
+
+def test_fresh_orders_pass(stack, db):
+    seed(db, stack, polled_minutes_ago=5)
+    seed(db, stack, polled_minutes_ago=None, booked_days_ago=1 / 1440)  # booked a minute ago
+    result = evaluate_flow(db, B2C, None, NOW)
+    assert result.passed
+    assert result.metadata["stale_orders"].value == 0
+
+
+def test_stale_and_never_polled_orders_fail_naming_count_and_oldest(stack, db):
+    seed(db, stack, polled_minutes_ago=5)
+    seed(db, stack, polled_minutes_ago=30)
+    never = seed(db, stack, polled_minutes_ago=None)
+    seed(db, stack, flow="shiprocket", polled_minutes_ago=300)  # another flow's problem
+    result = evaluate_flow(db, B2C, None, NOW)
+    assert not result.passed
+    assert result.check_name == check_name("delhivery_b2c")
+    assert result.metadata["stale_orders"].value == 2
+    assert result.metadata["oldest_order_id"].value == never.order_id
+    assert result.metadata["oldest_last_tracking_time"].value == "never"
+    assert "2 delhivery_b2c orders" in result.description
+
+
+def test_a_longer_threshold_can_be_configured(stack, db):
+    seed(db, stack, polled_minutes_ago=30)
+    assert not evaluate_flow(db, B2C, None, NOW).passed
+    assert evaluate_flow(db, B2C, timedelta(minutes=60), NOW).passed
+
+
+@pytest.mark.usefixtures("stack_env")
+def test_the_freshness_job_checks_every_flow(stack, db, instance):
+    seed(db, stack, flow="velocity", polled_minutes_ago=45)
+    job = load_definitions().resolve_job_def("tracking_freshness_job")
+    result = job.execute_in_process(instance=instance)
+    assert result.success  # a failed check is reported, it does not fail the run
+    passed = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert passed == {check_name(flow): flow != "velocity" for flow in FLOWS}
+
+    config = {"ops": {"due_orders_polled": {"config": {"max_age_minutes": 90}}}}
+    relaxed = job.execute_in_process(instance=instance, run_config=config)
+    evaluations = relaxed.get_asset_check_evaluations()
+    assert len(evaluations) == len(FLOWS) and all(e.passed for e in evaluations)
+    assert {e.asset_key.to_user_string() for e in evaluations} == {"order_status_writes"}

@@ -1,0 +1,92 @@
+"""Every flow end to end: `group:tracking` materialized for its partition against the stack."""
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from ordertrack_dagster.devstack.seed import seed_reference_data
+from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster_tests.helpers import (
+    materialize_flow,
+    orders_by_id,
+    seed_orders,
+    stored_frame,
+)
+
+pytestmark = pytest.mark.slow
+
+LOGIN_FLOWS = {"delhivery_b2b", "shiprocket", "velocity"}
+STEPS = ["in_transit", "delivered", "manifested", None]  # None: unknown to the courier
+
+#: courier_status written for the in_transit, delivered and manifested answers
+COURIER_STATUS = {
+    "delhivery_b2c": ("ud-in_transit", "dl-delivered", "ud-manifested"),
+    "delhivery_b2b": ("IN_TRANSIT", "DELIVERED", "MANIFESTED"),
+    "shiprocket": ("In Transit", "Delivered", "Out For Pickup"),
+    "velocity": ("in_transit", "delivered", "pickup_scheduled"),
+    "delhivery_fallback": ("ud-in_transit", "dl-delivered", "ud-manifested"),
+}
+
+
+def _courier_time(stack, flow, key):
+    """When the simulator says the shipment reached its current step."""
+    at = stack.simulator.shipment(flow, key)["events"][-1]["at"]
+    return datetime.fromisoformat(at)
+
+
+@pytest.mark.parametrize("flow", list(FLOWS))
+def test_flow_end_to_end(flow, stack, stack_env, db, monkeypatch):
+    # one worker per order: the fallback's 5 s pause between one worker's calls stays out
+    monkeypatch.setenv("FALLBACK_TRACKING_WORKERS", str(len(STEPS)))
+    seeded = seed_orders(db, stack.simulator, flow, STEPS)
+    moving, delivered, manifested, unknown = seeded
+    statuses = {doc["name"]: doc for doc in seed_reference_data(db).statuses.values()}
+
+    result = materialize_flow(flow)
+    assert result.success
+
+    orders = orders_by_id(db, seeded)
+    expected = {moving: "in transit", delivered: "delivered"}
+    for order, status in expected.items():
+        doc = orders[order.order_id]
+        assert doc["order_status"] == statuses[status]["status_id"]
+        assert doc["order_status_map"][-1] == statuses[status]["_id"]
+        assert doc["tracking_timestamps"][status.replace(" ", "_")] is not None
+        tracking = db["orderTracking"].find_one({"orderId": order.oid})
+        assert tracking["currentStatus"] == status
+        assert [entry["status"] for entry in tracking["History"]] == [status]
+        courier_time = _courier_time(stack, flow, order.tracking_key)
+        assert abs(tracking["History"][0]["timeStamp"] - courier_time) < timedelta(seconds=1)
+    for order, courier_status in zip(seeded[:3], COURIER_STATUS[flow], strict=True):
+        assert orders[order.order_id]["courier_status"] == courier_status
+        assert orders[order.order_id]["last_tracking_time"] is not None
+    assert orders[manifested.order_id]["order_status"] == statuses["booked"]["status_id"]
+    assert db["orderTracking"].find_one({"orderId": manifested.oid}) is None
+
+    lost = orders[unknown.order_id]
+    if flow == "delhivery_fallback":  # "Invalid AWB number": read, and tracking stops
+        assert lost["being_tracked"] is False
+        assert lost["last_tracking_time"] is not None
+    else:  # not found: untouched, first in line next time
+        assert "last_tracking_time" not in lost and "courier_status" not in lost
+
+    raw = stored_frame(stack, "raw_courier_responses", flow, result.run_id).set_index(
+        "tracking_key"
+    )
+    assert (raw.loc[[o.tracking_key for o in seeded[:3]], "state"] == "answered").all()
+    unknown_state = "answered" if flow == "delhivery_fallback" else "not_answered"
+    assert raw.loc[unknown.tracking_key, "state"] == unknown_state
+    assert set(raw["run_id"]) == {result.run_id}
+
+    updates = stored_frame(stack, "status_updates", flow, result.run_id).set_index("order_id")
+    assert updates.loc[moving.order_id, "outcome"] == "mapped"
+    assert updates.loc[manifested.order_id, "outcome"] == "no_change"
+    unknown_outcome = "no_change" if flow == "delhivery_fallback" else "not_found"
+    assert updates.loc[unknown.order_id, "outcome"] == unknown_outcome
+
+    writes = stored_frame(stack, "order_status_writes", flow, result.run_id).set_index("order_id")
+    assert writes.loc[delivered.order_id, "action"] == "status_changed"
+    assert writes.loc[manifested.order_id, "action"] == "poll_recorded"
+
+    fetched = result.asset_materializations_for_node("raw_courier_responses")[0].metadata
+    assert fetched["logins"].value == (1 if flow in LOGIN_FLOWS else 0)
