@@ -431,9 +431,17 @@ def _vary_reference(rng: random.Random, order: Document, shipment: ShipmentSpec)
         shipment["reference_no"] = f"SHP-{rng.randint(900_000, 999_999)}"
 
 
+#: The fallback path is paced (3 workers, 5 s between calls): 30 orders take about 50 s.
+MAX_FALLBACK_ORDERS = 30
+
+
 def spread_orders(total: int) -> dict[str, int]:
-    """`total` orders split over the flows by `FLOW_SHARES`, each flow getting at least one."""
+    """`total` orders split over the flows by `FLOW_SHARES`, each flow getting at least one.
+
+    The paced fallback flow gets at most `MAX_FALLBACK_ORDERS`, so a demo run stays short.
+    """
     counts = {flow: max(1, int(total * share)) for flow, share in FLOW_SHARES.items()}
+    counts["delhivery_fallback"] = min(counts["delhivery_fallback"], MAX_FALLBACK_ORDERS)
     counts["delhivery_b2c"] += max(0, total - sum(counts.values()))
     return counts
 
