@@ -41,7 +41,7 @@ s3 = OrdertrackS3Resource(
     region_name=_optional("AWS_REGION", "ap-south-1"),
     endpoint_url=_optional("AWS_ENDPOINT_URL"),
     aws_access_key_id=_optional("AWS_ACCESS_KEY_ID"),
-    aws_secret_access_key=_optional("AWS_SECRET_ACCESS_KEY"),
+    aws_secret_access_key=_optional_secret("AWS_SECRET_ACCESS_KEY"),
 )
 
 resources = {

@@ -156,9 +156,6 @@ FLOWS: dict[str, Flow] = {
     )
 }
 
-# The flows whose courier modules exist (all of them); the partition set is built from this.
-IMPLEMENTED_FLOWS: tuple[str, ...] = tuple(FLOWS)
-
 
 def get_flow(key: str) -> Flow:
     """The flow for a partition key, with a clear error for an unknown one."""

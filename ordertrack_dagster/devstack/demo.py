@@ -19,7 +19,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from ordertrack_dagster.devstack.seed import seed_stack
 from ordertrack_dagster.devstack.stack import EmbeddedStack
-from ordertrack_dagster.flows import IMPLEMENTED_FLOWS
+from ordertrack_dagster.flows import FLOWS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_ASSET = AssetKey("order_status_writes")
@@ -124,7 +124,7 @@ def run(orders: int, workdir: Path, seed: int) -> int:
         home = prepare_dagster_home(workdir)
         env = dagster_env(stack.env, home)
         failed = []
-        for flow in IMPLEMENTED_FLOWS:
+        for flow in FLOWS:
             started = time.perf_counter()
             ok = materialize_flow(flow, env, workdir / "logs" / f"materialize-{flow}.log")
             status = "ok" if ok else f"FAILED (see {workdir / 'logs'}/materialize-{flow}.log)"
@@ -133,7 +133,7 @@ def run(orders: int, workdir: Path, seed: int) -> int:
                 failed.append(flow)
         os.environ["DAGSTER_HOME"] = str(home)
         with DagsterInstance.get() as instance:
-            summaries = {flow: flow_summary(instance, flow) for flow in IMPLEMENTED_FLOWS}
+            summaries = {flow: flow_summary(instance, flow) for flow in FLOWS}
         print()
         print(format_summary(summaries))
         print(_effects_report(stack))

@@ -31,7 +31,7 @@ from ordertrack_dagster.couriers.base import (
     describe_pause,
 )
 from ordertrack_dagster.couriers.state import CourierState
-from ordertrack_dagster.flows import IMPLEMENTED_FLOWS, Flow, get_flow
+from ordertrack_dagster.flows import FLOWS, Flow, get_flow
 from ordertrack_dagster.resources.mongo import COMMANDS, MongoResource, ensure_indexes
 from ordertrack_dagster.tracking.mapping import (
     interpret_answers,
@@ -41,7 +41,7 @@ from ordertrack_dagster.tracking.mapping import (
 from ordertrack_dagster.tracking.selection import SNAPSHOT_FIELDS, SelectionPolicy, build_query
 from ordertrack_dagster.tracking.writer import Action, StatusCatalogue, apply_plan, plan_writes
 
-flow_partitions = StaticPartitionsDefinition(list(IMPLEMENTED_FLOWS))
+flow_partitions = StaticPartitionsDefinition(list(FLOWS))
 
 GROUP = "tracking"
 IO_MANAGER = "parquet_io_manager"
