@@ -34,6 +34,12 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def _bucket_width(budget: RateBudget) -> int:
+    """Whole seconds: buckets are stored under their start second, and a fractional width
+    would round that start down and let its requests leave the window early."""
+    return max(1, int(budget.window_seconds // BUCKETS_PER_WINDOW))
+
+
 class CourierState:
     """Pauses, budgets and tokens of the couriers, persisted in MongoDB."""
 
@@ -73,7 +79,7 @@ class CourierState:
         if budget is None:
             return None
         now = time.time()
-        width = budget.window_seconds / BUCKETS_PER_WINDOW
+        width = _bucket_width(budget)
         buckets = self._load_buckets(scope)
         horizon = now - budget.window_seconds
         for start in [start for start in buckets if start + width <= horizon]:
@@ -91,7 +97,7 @@ class CourierState:
     def requests_in_window(self, scope: str, budget: RateBudget) -> int:
         """Requests counted in the current window (for reports and the benchmark)."""
         horizon = time.time() - budget.window_seconds
-        width = budget.window_seconds / BUCKETS_PER_WINDOW
+        width = _bucket_width(budget)
         return sum(n for start, n in self._load_buckets(scope).items() if start + width > horizon)
 
     def flush_budget(self, scope: str) -> None:

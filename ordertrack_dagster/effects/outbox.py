@@ -29,6 +29,8 @@ from ordertrack_dagster.tracking.writer import OUTBOX_FIELD, Event, WriteReport,
 
 OUTBOX_COLLECTION = "ordertrack_outbox"
 CLAIM_LIMIT = 1_000
+#: The fields a claim reads and then requires unchanged (see `Outbox.claim`).
+_CLAIM_GUARD = ("_id", "state", "next_attempt_at", "lease_until")
 DRAIN_BATCH = 1_000
 # This many transient failures in a row (the service is down) stop the run's sending: the
 # rest stays due for the next run instead of each waiting for its own time-out.
@@ -311,17 +313,25 @@ class Outbox:
     ) -> list[dict[str, Any]]:
         """Lease the due documents to this owner; a concurrent run leases a disjoint set."""
         due = self._due(flow_key, kinds, now)
-        ids = [
-            doc["_id"]
-            for doc in self.collection.find(due, {"_id": 1})
+        seen = (
+            self.collection.find(due, list(_CLAIM_GUARD))
             .sort([("next_attempt_at", ASCENDING), ("_id", ASCENDING)])
             .limit(limit)
-        ]
+        )
         lease = {
             "lease_owner": self.owner,
             "lease_until": now + timedelta(seconds=self.policy.lease_seconds),
         }
-        self._bulk([UpdateOne({**due, "_id": _id}, {"$set": lease}) for _id in ids])
+        # Compare-and-set on what was read: another run's claim, a send or a retry changes
+        # one of these fields, so the lease lands only on a document still due. Plain
+        # equalities keep the update on the _id index; the `due` filter itself (its $or and
+        # the flow/state index) made SecantusDB scan the outbox once per claimed document.
+        self._bulk(
+            [
+                UpdateOne({name: doc.get(name) for name in _CLAIM_GUARD}, {"$set": lease})
+                for doc in seen
+            ]
+        )
         claimed = self.collection.find(
             {
                 "lease_owner": self.owner,

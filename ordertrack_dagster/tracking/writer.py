@@ -164,10 +164,85 @@ def _poll_op(order: PolledOrder, now: datetime) -> UpdateOne:
     return UpdateOne({"_id": order.order_oid}, {"$set": _poll_fields(order, now)})
 
 
+class _Moves:
+    """The update expressions of a move to each status, built once per plan.
+
+    Every order moving to the same status shares them; only the order's own values are built
+    per order. A 36,000-order plan otherwise spends seconds building (and garbage-collecting)
+    identical nested expressions.
+    """
+
+    def __init__(self, catalogue: StatusCatalogue, now: datetime) -> None:
+        self._catalogue = catalogue
+        self._now = now
+        self._orders: dict[Canonical, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._tracking: dict[Canonical, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    def order(self, new: Canonical) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the guard: the stored status allows the move, the status fields under it)."""
+        if new not in self._orders:
+            catalogue = self._catalogue
+            refused = [catalogue.ids[s] for s in refused_predecessors(new) if s in catalogue.ids]
+            new_oid = _literal(catalogue.object_ids[new])
+            history = "$order_status_map"
+            stamp = f"tracking_timestamps.{timestamp_key(new)}"
+            changes: dict[str, Any] = {
+                "order_status": _literal(catalogue.ids[new]),
+                # append only when different from the last element; a non-array is left alone
+                "order_status_map": {
+                    "$cond": [
+                        {"$isArray": history},
+                        {
+                            "$cond": [
+                                {"$eq": [{"$arrayElemAt": [history, -1]}, new_oid]},
+                                history,
+                                {"$concatArrays": [history, [new_oid]]},
+                            ]
+                        },
+                        {"$ifNull": [history, [new_oid]]},
+                    ]
+                },
+                stamp: {"$ifNull": [f"${stamp}", _literal(self._now)]},
+            }
+            allowed = {"$not": [{"$in": ["$order_status", _literal(refused)]}]}
+            guarded = {
+                name: {"$cond": [allowed, value, f"${name}"]} for name, value in changes.items()
+            }
+            self._orders[new] = (allowed, guarded)
+        return self._orders[new]
+
+    def tracking(self, new: Canonical) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(append a History entry, the new currentStatus) for orderTracking."""
+        if new not in self._tracking:
+            refused = sorted(s.value for s in refused_predecessors(new))
+            last_status = {
+                "$getField": {
+                    "field": "status",
+                    "input": {"$arrayElemAt": [{"$ifNull": ["$History", []]}, -1]},
+                }
+            }
+            allowed = {
+                "$not": [{"$in": [{"$ifNull": ["$currentStatus", None]}, _literal(refused)]}]
+            }
+            append = {"$and": [allowed, {"$ne": [last_status, _literal(new.value)]}]}
+            current = {"$cond": [allowed, _literal(new.value), "$currentStatus"]}
+            self._tracking[new] = (append, current)
+        return self._tracking[new]
+
+
+#: The CRM webhook's guard: neither return status was reached before (the old service's).
+_FIRST_RETURN = {
+    "$and": [
+        {"$eq": [{"$ifNull": ["$tracking_timestamps.rto", None]}, None]},
+        {"$eq": [{"$ifNull": ["$tracking_timestamps.rto_in_transit", None]}, None]},
+    ]
+}
+
+
 def _status_op(
     order: PolledOrder,
     new: Canonical,
-    catalogue: StatusCatalogue,
+    moves: _Moves,
     events: Sequence[Event],
     flow_key: str,
     now: datetime,
@@ -179,28 +254,9 @@ def _status_op(
     or a stale snapshot cannot move the order backwards). One operation instead of a poll
     update plus a conditional one halves the writes of a changed order.
     """
-    refused_ids = [catalogue.ids[s] for s in refused_predecessors(new) if s in catalogue.ids]
-    new_oid = catalogue.object_ids[new]
-    history = "$order_status_map"
-    stamp = f"tracking_timestamps.{timestamp_key(new)}"
-    changes: dict[str, Any] = {
-        "order_status": _literal(catalogue.ids[new]),
-        # append only when different from the last element; a non-array is left alone
-        "order_status_map": {
-            "$cond": [
-                {"$isArray": history},
-                {
-                    "$cond": [
-                        {"$eq": [{"$arrayElemAt": [history, -1]}, _literal(new_oid)]},
-                        history,
-                        {"$concatArrays": [history, [_literal(new_oid)]]},
-                    ]
-                },
-                {"$ifNull": [history, [_literal(new_oid)]]},
-            ]
-        },
-        stamp: {"$ifNull": [f"${stamp}", _literal(now)]},
-    }
+    allowed, guarded = moves.order(new)
+    fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
+    fields.update(guarded)
     if events:
         marker = {
             event.value: _literal(
@@ -213,55 +269,25 @@ def _status_op(
             )
             for event in events
         }
-        guard: Any = True
-        if Event.CRM_RTO in events:
-            # first entry into either return status only (the old service's guard)
-            guard = {
-                "$and": [
-                    {"$eq": [{"$ifNull": ["$tracking_timestamps.rto", None]}, None]},
-                    {"$eq": [{"$ifNull": ["$tracking_timestamps.rto_in_transit", None]}, None]},
-                ]
-            }
-        changes[OUTBOX_FIELD] = {
+        guard: Any = _FIRST_RETURN if Event.CRM_RTO in events else True
+        merged = {
             "$mergeObjects": [
                 {"$ifNull": [f"${OUTBOX_FIELD}", {}]},
                 {"$cond": [guard, marker, {}]},
             ]
         }
-    allowed = {"$not": [{"$in": ["$order_status", _literal(refused_ids)]}]}
-    guarded = {name: {"$cond": [allowed, value, f"${name}"]} for name, value in changes.items()}
-    poll = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
-    return UpdateOne({"_id": order.order_oid}, [{"$set": {**poll, **guarded}}])
+        fields[OUTBOX_FIELD] = {"$cond": [allowed, merged, f"${OUTBOX_FIELD}"]}
+    return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
 
 
-def _tracking_op(order: PolledOrder, new: Canonical, now: datetime) -> UpdateOne:
+def _tracking_op(order: PolledOrder, new: Canonical, moves: _Moves, now: datetime) -> UpdateOne:
     """Upsert orderTracking: currentStatus and a History entry, atomically de-duplicated."""
-    refused = sorted(s.value for s in refused_predecessors(new))
+    append, current = moves.tracking(new)
     entry = {"status": new.value, "timeStamp": order.event_time or now}
-    last_status = {
-        "$getField": {
-            "field": "status",
-            "input": {"$arrayElemAt": [{"$ifNull": ["$History", []]}, -1]},
-        }
-    }
-    allowed = {"$not": [{"$in": [{"$ifNull": ["$currentStatus", None]}, _literal(refused)]}]}
-    append = {"$and": [allowed, {"$ne": [last_status, _literal(new.value)]}]}
+    history = {"$concatArrays": [{"$ifNull": ["$History", []]}, [_literal(entry)]]}
     return UpdateOne(
         {"orderId": order.order_oid},
-        [
-            {
-                "$set": {
-                    "History": {
-                        "$cond": [
-                            append,
-                            {"$concatArrays": [{"$ifNull": ["$History", []]}, [_literal(entry)]]},
-                            "$History",
-                        ]
-                    },
-                    "currentStatus": {"$cond": [allowed, _literal(new.value), "$currentStatus"]},
-                }
-            }
-        ],
+        [{"$set": {"History": {"$cond": [append, history, "$History"]}, "currentStatus": current}}],
         upsert=True,
     )
 
@@ -304,6 +330,7 @@ def plan_writes(
 ) -> WritePlan:
     """Decide, per polled order, what SPEC §6 asks to write; build the bulk operations."""
     plan = WritePlan()
+    moves = _Moves(catalogue, now)
     for order in orders:
         current = catalogue.name_of(order.current_status_id)
         from_status = current.value if current else _as_text(order.current_status_id)
@@ -319,8 +346,8 @@ def plan_writes(
             plan.decisions.append(unchanged)
             continue
         events = _events_for(order, new, flow_key)
-        plan.order_ops.append(_status_op(order, new, catalogue, events, flow_key, now))
-        plan.tracking_ops.append(_tracking_op(order, new, now))
+        plan.order_ops.append(_status_op(order, new, moves, events, flow_key, now))
+        plan.tracking_ops.append(_tracking_op(order, new, moves, now))
         plan.decisions.append(
             Decision(order.order_oid, Action.STATUS_CHANGED, from_status, new.value, events)
         )

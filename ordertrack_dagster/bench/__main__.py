@@ -1,0 +1,105 @@
+"""Command line of the benchmark: start the stack, measure, write BENCH.md and bench.json."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ordertrack_dagster.bench.report import (
+    PLOT_NAME,
+    Results,
+    machine,
+    plot_growth,
+    render_markdown,
+    write_json,
+)
+from ordertrack_dagster.bench.scenarios import (
+    FULL,
+    SMOKE,
+    Bench,
+    growth,
+    rate_limited,
+    throughput,
+)
+from ordertrack_dagster.devstack.demo import PROJECT_ROOT
+from ordertrack_dagster.devstack.stack import EmbeddedStack
+
+PARTS = ("flows", "growth", "limited")
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ordertrack_dagster.bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few hundred orders: checks the benchmark runs"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where BENCH.md, bench.json and the plot go "
+        "(default: the project root; with --smoke a new temporary directory)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="logs of the stack and of every run (default: temporary)"
+    )
+    parser.add_argument("--latency-mean-ms", type=float, default=130.0)
+    parser.add_argument("--latency-p99-ms", type=float, default=530.0)
+    parser.add_argument(
+        "--only", choices=PARTS, action="append", help="run only this measurement (repeatable)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    scale = SMOKE if args.smoke else FULL
+    out = args.out or (
+        Path(tempfile.mkdtemp(prefix="ordertrack-bench-smoke-")) if args.smoke else PROJECT_ROOT
+    )
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ordertrack-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    parts = set(args.only or PARTS)
+    simulator_args = [
+        "--latency-mean-ms", str(args.latency_mean_ms),
+        "--latency-p99-ms", str(args.latency_p99_ms),
+        "--no-rate-limits",
+    ]  # fmt: skip
+    print(f"benchmark ({'smoke' if args.smoke else 'full'}); logs in {workdir}", flush=True)
+    started, load_before = time.perf_counter(), os.getloadavg()
+    with EmbeddedStack(workdir=workdir, simulator_args=simulator_args) as stack:
+        bench = Bench(stack, workdir, args.latency_mean_ms)
+        try:
+            flows = throughput(bench, scale) if "flows" in parts else []
+            grown = growth(bench, scale) if "growth" in parts else []
+            limited = rate_limited(bench, scale) if "limited" in parts else None
+        finally:
+            bench.close()
+    results = Results(
+        mode="smoke" if args.smoke else "full",
+        scale=scale,
+        latency_mean_ms=args.latency_mean_ms,
+        latency_p99_ms=args.latency_p99_ms,
+        machine=machine(),
+        load_before=load_before,
+        load_after=os.getloadavg(),
+        seconds=time.perf_counter() - started,
+        flows=flows,
+        growth=grown,
+        limited=limited,
+    )
+    plotted = plot_growth(results.growth, out / PLOT_NAME)
+    write_json(results, out / "bench.json")
+    (out / "BENCH.md").write_text(render_markdown(results, PLOT_NAME if plotted else None))
+    print(
+        f"wrote {out / 'BENCH.md'}, {out / 'bench.json'}"
+        + (f", {out / PLOT_NAME}" if plotted else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

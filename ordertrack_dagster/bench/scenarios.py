@@ -1,0 +1,312 @@
+"""The three measurements: every flow at production scale, delhivery_b2c as orders grow, and
+delhivery_b2c draining 100,000 due orders under Delhivery's (scaled) rate limit.
+
+Each measurement seeds its own database on the embedded stack with the demo seed (orders
+shaped like production's, each registered with the courier simulator) and materializes the
+flow through the `dagster` CLI, as a scheduled tick runs it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pymongo import MongoClient
+
+from ordertrack_dagster.bench.measure import RunFigures, materialize_measured
+from ordertrack_dagster.devstack.demo import dagster_env, prepare_dagster_home
+from ordertrack_dagster.devstack.seed import seed_demo_orders
+from ordertrack_dagster.devstack.stack import EmbeddedStack
+from ordertrack_dagster.flows import RateBudget, get_flow
+from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
+
+#: The client budget of the unlimited measurements: far above what any run sends, so they
+#: measure throughput, not the production budget (700 per 5 minutes would defer the last
+#: 20 batches of a 36,000-order run).
+UNLIMITED_BUDGET = RateBudget(requests=1_000_000, window_seconds=300)
+BUDGET_ENV = "ORDERTRACK_RATE_BUDGET_DELHIVERY_EXPRESS"
+LIMITED_FLOW = "delhivery_b2c"
+GROWTH_FLOW = "delhivery_b2c"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each measurement is."""
+
+    throughput: dict[str, int]  # orders seeded per flow, all in one database
+    growth: tuple[int, ...]  # delhivery_b2c orders due, one database each
+    limited_orders: int  # delhivery_b2c orders due under the rate limit
+    courier_limit: RateBudget  # what the simulator enforces (Delhivery's 750 / 5 min, scaled)
+    client_budget: RateBudget  # what the client allows itself (700 / 5 min, scaled alike)
+
+
+FULL = Scale(
+    throughput={
+        "delhivery_b2c": 36_000,
+        "shiprocket": 20_000,
+        "velocity": 10_000,
+        "delhivery_b2b": 480,
+        "delhivery_fallback": 30,
+    },
+    growth=(1_000, 10_000, 36_000, 100_000),
+    limited_orders=100_000,
+    courier_limit=RateBudget(requests=75, window_seconds=30),
+    client_budget=RateBudget(requests=70, window_seconds=30),
+)
+
+#: A few hundred orders, every code path of the benchmark, well under a minute of runs.
+SMOKE = Scale(
+    throughput={"delhivery_b2c": 300, "delhivery_fallback": 3},
+    growth=(100,),
+    limited_orders=300,
+    # A short window needs more slack than the production ratio: the courier counts a request
+    # when it arrives, and latency jitter is a large share of a 3-second window.
+    courier_limit=RateBudget(requests=6, window_seconds=3),
+    client_budget=RateBudget(requests=3, window_seconds=3),
+)
+
+
+def budget_env(budget: RateBudget) -> dict[str, str]:
+    """The client-side budget override the flows table honours (flows.Flow.rate_budget)."""
+    return {BUDGET_ENV: f"{budget.requests}/{budget.window_seconds:g}"}
+
+
+class Bench:
+    """The embedded stack, one Dagster instance, and measured runs against fresh databases."""
+
+    def __init__(self, stack: EmbeddedStack, workdir: Path, latency_mean_ms: float) -> None:
+        self.stack = stack
+        self.workdir = workdir
+        self.logs = workdir / "runs"
+        self.home = prepare_dagster_home(workdir)
+        self.mean_latency_s = latency_mean_ms / 1000
+        self.service_pids = {name: stack.pid(name) for name in ("mongodb", "simulator")}
+        self._client: MongoClient = MongoClient(stack.env["MONGODB_URI"], tz_aware=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    @contextmanager
+    def database(self, name: str, counts: Mapping[str, int]) -> Iterator[str]:
+        """A database seeded with `counts` orders per flow, the simulator knowing only them;
+        dropped afterwards (SecantusDB keeps everything in memory)."""
+        self.stack.simulator.reset()
+        self._client.drop_database(name)
+        seed_demo_orders(
+            self._client[name], self.stack.simulator, dict(counts), datetime.now(UTC), 7
+        )
+        try:
+            yield name
+        finally:
+            self._client.drop_database(name)
+
+    def run(
+        self, label: str, flow: str, database: str, budget: RateBudget, must_succeed: bool = True
+    ) -> RunFigures:
+        env = dagster_env(self.stack.env, self.home) | {"MONGODB_DB": database}
+        env |= budget_env(budget)
+        figures = materialize_measured(
+            label, flow, env, self.home, self.logs, self.service_pids, self.mean_latency_s
+        )
+        if not figures.ok:
+            message = f"run {label} failed; see {self.logs / (label + '.log')}"
+            if must_succeed:
+                raise RuntimeError(message)
+            print(f"  {message}", flush=True)
+            return figures
+        print(
+            f"  {label}: {figures.orders:,} orders, {figures.requests:,} requests, "
+            f"{figures.whole_seconds:.1f} s (fetch {figures.fetch_seconds:.2f} s, "
+            f"write {figures.phase_seconds['write']:.1f} s), "
+            f"{figures.mongo.round_trips} MongoDB round trips, "
+            f"peak RSS {figures.peak_rss_mib:.0f} MiB",
+            flush=True,
+        )
+        return figures
+
+    def raw_responses(self, figures: RunFigures) -> pd.DataFrame:
+        """The run's stored `raw_courier_responses` (what each key's request did and when)."""
+        uri = str(figures.assets["raw_courier_responses"]["uri"])
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        body = self.stack.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        columns = ["tracking_key", "state", "batch", "http_status", "fetched_at"]
+        return pd.read_parquet(io.BytesIO(body), columns=columns)
+
+    def due_keys(self, database: str, flow_key: str) -> set[str]:
+        """Every tracking key the flow must poll now (its selection without the cap)."""
+        flow = get_flow(flow_key)
+        query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC))
+        cursor = self._client[database]["orders"].find(query.filter, {flow.tracking_key_field: 1})
+        return {str(doc[flow.tracking_key_field]).strip() for doc in cursor}
+
+
+def throughput(bench: Bench, scale: Scale) -> list[RunFigures]:
+    """Item 1: every flow once, at production scale, all flows' orders in one database."""
+    with bench.database("bench_flows", scale.throughput) as database:
+        return [
+            bench.run(f"flows-{flow}", flow, database, UNLIMITED_BUDGET)
+            for flow in scale.throughput
+        ]
+
+
+def growth(bench: Bench, scale: Scale) -> list[RunFigures]:
+    """Item 3: one scheduled run of delhivery_b2c per size, each in a fresh database."""
+    runs = []
+    for orders in scale.growth:
+        with bench.database(f"bench_growth_{orders}", {GROWTH_FLOW: orders}) as database:
+            runs.append(bench.run(f"growth-{orders}", GROWTH_FLOW, database, UNLIMITED_BUDGET))
+    return runs
+
+
+@dataclass
+class LimitedFigures:
+    """Item 4: consecutive runs under the courier's limit until every due order was polled."""
+
+    due: int
+    courier_limit: RateBudget
+    client_budget: RateBudget
+    runs: list[RunFigures]
+    started_at: float
+    ended_at: float
+    requests: int  # sent, as the client counted them
+    forbidden: int  # HTTP 403 answers (the simulator's count)
+    most_in_window_courier: int  # the simulator's highest count in its sliding window
+    most_in_window_client: int  # the same, from the request times the runs recorded
+    fetch_occupancy: float  # mean requests in the trailing window while runs were fetching
+    fetch_seconds: float  # time with requests to send (first to last request of each run)
+    polled: int
+    worst_first_ask_seconds: float | None
+    worst_first_write_seconds: float | None
+    request_times: list[float] = field(default_factory=list)
+
+    @property
+    def bound_seconds(self) -> float:
+        """orders / 50 per request / budget per window x window."""
+        budget = self.client_budget
+        return self.due / 50 / budget.requests * budget.window_seconds
+
+    @property
+    def budget_share_fetching(self) -> float:
+        return self.fetch_occupancy / self.client_budget.requests
+
+    @property
+    def budget_share_overall(self) -> float:
+        budget = self.client_budget
+        allowed = budget.requests * (self.ended_at - self.started_at) / budget.window_seconds
+        return self.requests / allowed
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k not in ("runs", "request_times")}
+        data |= {
+            "courier_limit": self.courier_limit.__dict__,
+            "client_budget": self.client_budget.__dict__,
+            "bound_seconds": self.bound_seconds,
+            "budget_share_fetching": self.budget_share_fetching,
+            "budget_share_overall": self.budget_share_overall,
+            "runs": [run.as_dict() for run in self.runs],
+        }
+        return data
+
+
+def _occupancy(times: list[float], intervals: list[tuple[float, float]], window: float) -> float:
+    """Mean count of requests in the trailing window, sampled through the intervals."""
+    samples = []
+    for start, end in intervals:
+        steps = max(1, int((end - start) / 0.1))
+        for step in range(steps + 1):
+            at = start + (end - start) * step / steps
+            samples.append(bisect.bisect_right(times, at) - bisect.bisect_right(times, at - window))
+    return sum(samples) / len(samples) if samples else 0.0
+
+
+def _most_in_window(times: list[float], window: float) -> int:
+    return max(
+        (bisect.bisect_right(times, t) - bisect.bisect_right(times, t - window) for t in times),
+        default=0,
+    )
+
+
+def rate_limited(bench: Bench, scale: Scale) -> LimitedFigures:
+    """Item 4: the simulator enforces the (scaled) limit; runs follow each other until every
+    due order was asked about at least once."""
+    limit = scale.courier_limit
+    flow = get_flow(LIMITED_FLOW)
+    with bench.database("bench_limited", {LIMITED_FLOW: scale.limited_orders}) as database:
+        bench.stack.simulator.update_settings(
+            rate_limits={
+                "delhivery_b2c": {
+                    "limit": limit.requests,
+                    "window_s": limit.window_seconds,
+                    "enabled": True,
+                }
+            }
+        )
+        due = bench.due_keys(database, LIMITED_FLOW)
+        first_ask: dict[str, float] = {}
+        first_write: dict[str, float] = {}
+        runs: list[RunFigures] = []
+        request_times: list[float] = []
+        intervals: list[tuple[float, float]] = []
+        most_runs = math.ceil(len(due) / (flow.cap or len(due))) + 2
+        try:
+            while len(first_ask) < len(due) and len(runs) < most_runs:
+                figures = bench.run(
+                    f"limited-{len(runs) + 1}",
+                    LIMITED_FLOW,
+                    database,
+                    scale.client_budget,
+                    must_succeed=False,  # a run stopped by a courier pause is a finding
+                )
+                if not figures.ok:
+                    break
+                runs.append(figures)
+                raw = bench.raw_responses(figures)
+                sent = raw[(raw["state"] != "deferred") | raw["http_status"].notna()]
+                times = sorted(
+                    sent.groupby("batch")["fetched_at"].max().map(lambda t: t.timestamp())
+                )
+                if times:
+                    intervals.append((times[0], times[-1]))
+                request_times.extend(times)
+                written_at = figures.materialized_at.get("order_status_writes", figures.ended_at)
+                answered = raw[raw["state"] == "answered"]
+                new = 0
+                for key, at in zip(answered["tracking_key"], answered["fetched_at"], strict=True):
+                    if key in due and key not in first_ask:
+                        first_ask[key] = at.timestamp()
+                        first_write[key] = written_at
+                        new += 1
+                if not new:
+                    break  # nothing left that the courier answers
+        finally:
+            stats = bench.stack.simulator.stats()["couriers"]["delhivery_b2c"]
+            bench.stack.simulator.update_settings(rate_limits={"delhivery_b2c": {"enabled": False}})
+    started = runs[0].started_at if runs else 0.0
+    request_times.sort()
+    polled_all = len(first_ask) == len(due)
+    return LimitedFigures(
+        due=len(due),
+        courier_limit=limit,
+        client_budget=scale.client_budget,
+        runs=runs,
+        started_at=started,
+        ended_at=runs[-1].ended_at if runs else 0.0,
+        requests=sum(run.requests for run in runs),
+        forbidden=int(stats["status_codes"].get("403", 0)),
+        most_in_window_courier=int(stats["max_window_requests"]),
+        most_in_window_client=_most_in_window(request_times, limit.window_seconds),
+        fetch_occupancy=_occupancy(request_times, intervals, scale.client_budget.window_seconds),
+        fetch_seconds=sum(end - start for start, end in intervals),
+        polled=len(first_ask),
+        worst_first_ask_seconds=max(first_ask.values()) - started if polled_all else None,
+        worst_first_write_seconds=max(first_write.values()) - started if polled_all else None,
+        request_times=[t - started for t in request_times],
+    )

@@ -1,0 +1,55 @@
+"""`make bench-smoke` once, so the benchmark cannot rot: it must produce every figure.
+
+How fast anything is, is never asserted here (the benchmark measures, tests do not).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PHASES = {"selection", "fetch", "mapping", "write", "effects", "other", "dagster"}
+
+
+def assert_run_figures(run: dict) -> None:
+    assert run["ok"], run["label"]
+    assert run["orders"] > 0 and run["requests"] > 0
+    assert set(run["phase_seconds"]) == PHASES
+    assert run["whole_seconds"] > 0 and run["phase_seconds"]["fetch"] > 0
+    assert run["fetch_seconds"] > 0 and run["fetch_bound_seconds"] > 0
+    assert run["cpu_seconds"] > 0 and run["peak_rss_mib"] > 0
+    assert run["mongo"]["round_trips"] > 0 and run["mongo"]["wait_seconds"] > 0
+    assert {"selection", "write"} <= set(run["mongo"]["per_phase"])
+    assert run["mongodb_round_trips_per_1000"] > 0 and run["cpu_seconds_per_1000"] > 0
+
+
+@pytest.mark.slow
+def test_bench_smoke_produces_every_figure(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "ordertrack_dagster.bench", "--smoke",
+         "--out", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=540,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+    figures = json.loads((out / "bench.json").read_text())
+    assert figures["mode"] == "smoke"
+    assert figures["machine"]["cores"] and figures["machine"]["packages"]["dagster"]
+    flows = {run["flow"]: run for run in figures["flows"]}
+    assert set(flows) == {"delhivery_b2c", "delhivery_fallback"}
+    for run in [*figures["flows"], *figures["growth"], *figures["rate_limited"]["runs"]]:
+        assert_run_figures(run)
+    limited = figures["rate_limited"]
+    assert limited["polled"] == limited["due"] > 0
+    assert limited["forbidden"] >= 0 and limited["budget_share_fetching"] > 0
+    assert limited["worst_first_ask_seconds"] > 0 and limited["bound_seconds"] > 0
+    assert len(figures["targets"]) >= 5 and all("met" in t for t in figures["targets"])
+
+    report = (out / "BENCH.md").read_text()
+    for section in ("## Targets", "## Every flow", "## Growth", "## Under the courier"):
+        assert section in report
+    assert (out / "bench_growth.png").read_bytes().startswith(b"\x89PNG")
