@@ -1,8 +1,8 @@
 """One measured run: a flow's run of the tracking job through the `dagster` CLI, and its figures.
 
 The run process is measured from the outside (wall time from launch to exit, including
-Dagster's own start-up; CPU seconds and peak RSS from `wait4`); its MongoDB commands come from
-the probe inside it; the phases and the assets' own figures are read back from the Dagster
+Dagster's own start-up; CPU seconds from `wait4`) and from the inside by the probe (its MongoDB
+commands and its peak RSS); the phases and the assets' own figures are read back from the Dagster
 instance's step statistics and materialization events for the run.
 """
 
@@ -182,6 +182,7 @@ def materialize_measured(
         run_id = records[0].dagster_run.run_id if records else None
         steps = _step_windows(instance, run_id) if run_id else {}
         assets, materialized_at = _materializations(instance, run_id) if run_id else ({}, {})
+    probed = json.loads(record.read_text()) if record.exists() else {}
     flow = get_flow(flow_key)
     fetch = assets.get("raw_courier_responses", {})
     selected = int(assets.get("pending_orders", {}).get("selected", 0))
@@ -202,8 +203,8 @@ def materialize_measured(
             flow, keys, requests, mean_latency_s, _rate_budget(flow, env)
         ),
         cpu_seconds=cpu,
-        peak_rss_mib=usage.ru_maxrss / 1024,  # kilobytes on Linux
-        mongo=_mongo_figures(record, steps),
+        peak_rss_mib=probed.get("peak_rss_kib", 0) / 1024,
+        mongo=_mongo_figures(probed.get("commands", []), steps),
         service_cpu_seconds=service_cpu,
         others_cpu_share=others,
         assets=assets,
@@ -259,11 +260,10 @@ def _phase_seconds(steps: Mapping[str, tuple[float, float]], whole: float) -> di
     return seconds
 
 
-def _mongo_figures(record: Path, steps: Mapping[str, tuple[float, float]]) -> MongoFigures:
+def _mongo_figures(
+    commands: list[tuple[float, float, str, str]], steps: Mapping[str, tuple[float, float]]
+) -> MongoFigures:
     """The probe's commands, each put in the phase whose step was running when it was sent."""
-    if not record.exists():
-        return MongoFigures()
-    commands = json.loads(record.read_text())["commands"]
     figures = MongoFigures(round_trips=len(commands))
     windows = sorted((start, end, _phase_of(step)) for step, (start, end) in steps.items())
     for at, seconds, name, collection in commands:

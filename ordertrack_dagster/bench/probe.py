@@ -1,8 +1,8 @@
 """The `dagster` command line, run inside a process that records its own MongoDB commands.
 
-The benchmark launches `dagster asset materialize` through this module so that the run
-process itself reports every command it sent (pymongo's command monitoring: when, how long,
-which command on which collection), whichever asset or resource sent it. The record is
+The benchmark launches the `dagster` CLI through this module so that the run process itself
+reports every command it sent (pymongo's command monitoring: when, how long, which command on
+which collection), whichever asset or resource sent it, and its own peak memory. The record is
 written as JSON when the process exits; everything else about the run is the plain CLI.
 
 Usage: `python -m ordertrack_dagster.bench.probe <record.json> <dagster arguments...>`
@@ -54,7 +54,19 @@ class CommandRecorder(monitoring.CommandListener):
 
     def dump(self, path: Path) -> None:
         with self._lock:
-            path.write_text(json.dumps({"commands": self.commands}))
+            path.write_text(json.dumps({"commands": self.commands, "peak_rss_kib": peak_rss_kib()}))
+
+
+def peak_rss_kib() -> int:
+    """This process's own peak resident memory (VmHWM).
+
+    Not `ru_maxrss`: Linux carries the parent's peak into a child started by vfork + exec, so
+    a small run launched by a big benchmark process would report the benchmark's memory.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def main(argv: list[str]) -> None:

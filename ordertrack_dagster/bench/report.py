@@ -614,8 +614,8 @@ def render_markdown(results: Results, plot: str | None) -> str:
         'execute -j tracking_job --tags \'{"dagster/partition": <flow>, "ordertrack/flow": '
         "<flow>}'`), one process per run (in-process executor); the freshness checks have "
         "their own schedule and are not part of it. The whole-run time is that process from "
-        "launch to exit, Dagster's start-up included; its CPU seconds and peak RSS come "
-        "from the kernel (`wait4`); phase times "
+        "launch to exit, Dagster's start-up included; its CPU seconds come from the kernel "
+        "(`wait4`), its peak RSS is its own high-water mark (`VmHWM`); phase times "
         "are the steps' wall times from the Dagster instance (I/O manager included), and "
         "`Dagster` is the rest of the run; MongoDB round trips and waits are pymongo's command "
         "monitoring inside the run process, each put in the phase whose step sent it. "

@@ -62,7 +62,7 @@ FULL = Scale(
     client_budget=RateBudget(requests=70, window_seconds=30),
 )
 
-#: A few hundred orders, every code path of the benchmark, well under a minute of runs.
+#: A few hundred orders through every code path of the benchmark: four short runs.
 SMOKE = Scale(
     throughput={"delhivery_b2c": 300, "delhivery_fallback": 3},
     growth=(100,),
@@ -84,7 +84,6 @@ class Bench:
 
     def __init__(self, stack: EmbeddedStack, workdir: Path, latency_mean_ms: float) -> None:
         self.stack = stack
-        self.workdir = workdir
         self.logs = workdir / "runs"
         self.home = prepare_dagster_home(workdir)
         self.mean_latency_s = latency_mean_ms / 1000
@@ -100,9 +99,7 @@ class Bench:
         dropped afterwards (SecantusDB keeps everything in memory)."""
         self.stack.simulator.reset()
         self._client.drop_database(name)
-        seed_demo_orders(
-            self._client[name], self.stack.simulator, dict(counts), datetime.now(UTC), 7
-        )
+        seed_demo_orders(self._client[name], self.stack.simulator, dict(counts), datetime.now(UTC))
         try:
             yield name
         finally:
