@@ -35,6 +35,10 @@ DRAIN_BATCH = 1_000
 # This many transient failures in a row (the service is down) stop the run's sending: the
 # rest stays due for the next run instead of each waiting for its own time-out.
 BREAKER_THRESHOLD = 3
+#: Attempts are recorded in groups of at most this many messages, or of what was sent within
+#: this many seconds (see `Outbox.deliver`).
+RECORD_EVERY = 50
+RECORD_WITHIN_SECONDS = 1.0
 KEPT_ATTEMPTS = 20
 KEPT_ERRORS = 10
 
@@ -344,63 +348,87 @@ class Outbox:
         return sorted(claimed, key=lambda doc: (doc["next_attempt_at"], doc["_id"]))
 
     def deliver(self, docs: Iterable[dict[str, Any]], send: Sender) -> DeliveryReport:
-        """Send each claimed document once, recording each attempt right after it is made.
+        """Send each claimed document once, recording the attempts in small groups.
 
-        Recording one by one costs a round trip per message, but a crash can then repeat at
-        most the one message in flight (the CRM drops even that one by its idempotency key).
+        A group is written after `RECORD_EVERY` messages or `RECORD_WITHIN_SECONDS` after its
+        first, whichever comes first, and before sending stops for any reason: a crash can
+        repeat at most the unrecorded group (the CRM drops even those by their idempotency
+        key), and the recording costs a round trip per group, not per message.
         """
         report = DeliveryReport()
         in_a_row = 0
         untried: list[dict[str, Any]] = []
-        for doc in docs:
-            if report.stopped is not None:
-                untried.append(doc)
-                continue
-            started_at, started = datetime.now(UTC), time.perf_counter()
-            try:
-                http_status = send(doc)
-            except DeliveryDeferred as deferred:
-                attempt = _attempt(
-                    started_at, started, "deferred", deferred.http_status, str(deferred)
-                )
-                self._finish(doc, attempt, {"next_attempt_at": deferred.retry_at})
-                report.deferred += 1
-                report.stopped = str(deferred)
-            except Exception as error:  # one bad delivery must not strand the others
-                failure = (
-                    error
-                    if isinstance(error, DeliveryError)
-                    else DeliveryError(f"{type(error).__name__}: {error}", transient=False)
-                )
-                attempt = _attempt(started_at, started, "failed", failure.http_status, str(failure))
-                report.failed += 1
-                report.became_dead += self._fail(doc, attempt)
-                report.note(str(failure))
-                in_a_row = in_a_row + 1 if failure.transient else 0
-                if in_a_row >= BREAKER_THRESHOLD:
-                    report.stopped = f"{in_a_row} failures in a row, the service looks down"
-            else:
-                attempt = _attempt(started_at, started, "sent", http_status, None)
-                self._finish(
-                    doc,
-                    attempt,
-                    {"state": State.SENT.value, "sent_at": attempt["at"]},
-                    unset=("content",),  # the report now lives where it was sent
-                )
-                report.sent += 1
-                in_a_row = 0
+        unrecorded: list[UpdateOne] = []
+        oldest = 0.0
+        try:
+            for doc in docs:
+                if report.stopped is not None:
+                    untried.append(doc)
+                    continue
+                started_at, started = datetime.now(UTC), time.perf_counter()
+                if not unrecorded:
+                    oldest = started
+                try:
+                    http_status = send(doc)
+                except DeliveryDeferred as deferred:
+                    attempt = _attempt(
+                        started_at, started, "deferred", deferred.http_status, str(deferred)
+                    )
+                    unrecorded.append(
+                        self._outcome(doc, attempt, {"next_attempt_at": deferred.retry_at})
+                    )
+                    report.deferred += 1
+                    report.stopped = str(deferred)
+                except Exception as error:  # one bad delivery must not strand the others
+                    failure = (
+                        error
+                        if isinstance(error, DeliveryError)
+                        else DeliveryError(f"{type(error).__name__}: {error}", transient=False)
+                    )
+                    attempt = _attempt(
+                        started_at, started, "failed", failure.http_status, str(failure)
+                    )
+                    update, dead = self._failure(doc, attempt)
+                    unrecorded.append(update)
+                    report.failed += 1
+                    report.became_dead += dead
+                    report.note(str(failure))
+                    in_a_row = in_a_row + 1 if failure.transient else 0
+                    if in_a_row >= BREAKER_THRESHOLD:
+                        report.stopped = f"{in_a_row} failures in a row, the service looks down"
+                else:
+                    attempt = _attempt(started_at, started, "sent", http_status, None)
+                    unrecorded.append(
+                        self._outcome(
+                            doc,
+                            attempt,
+                            {"state": State.SENT.value, "sent_at": attempt["at"]},
+                            unset=("content",),  # the report now lives where it was sent
+                        )
+                    )
+                    report.sent += 1
+                    in_a_row = 0
+                if (
+                    len(unrecorded) >= RECORD_EVERY
+                    or time.perf_counter() - oldest >= RECORD_WITHIN_SECONDS
+                ):
+                    self._bulk(unrecorded)
+                    unrecorded = []
+        finally:
+            self._bulk(unrecorded)
         self._release(untried)
         report.not_attempted = len(untried)
         return report
 
-    def _finish(
+    def _outcome(
         self,
         doc: dict[str, Any],
         attempt: dict[str, Any],
         changes: dict[str, Any],
         inc: dict[str, int] | None = None,
         unset: Sequence[str] = (),
-    ) -> None:
+    ) -> UpdateOne:
+        """The update that records one attempt and ends this run's lease on the document."""
         update: dict[str, Any] = {
             "$set": {**changes, "lease_until": None, "last_error": attempt["error"]},
             "$push": {"attempts": {"$each": [attempt], "$slice": -KEPT_ATTEMPTS}},
@@ -409,22 +437,16 @@ class Outbox:
             update["$inc"] = inc
         if unset:
             update["$unset"] = {name: "" for name in unset}
-        self.collection.update_one({"_id": doc["_id"]}, update)
+        return UpdateOne({"_id": doc["_id"]}, update)
 
-    def _fail(self, doc: dict[str, Any], attempt: dict[str, Any]) -> int:
+    def _failure(self, doc: dict[str, Any], attempt: dict[str, Any]) -> tuple[UpdateOne, int]:
         """Count the failure; back off, or give up (1 returned) after the last allowed one."""
         failures = int(doc.get("failures", 0)) + 1
         if failures >= self.policy.max_failures:
-            self._finish(
-                doc,
-                attempt,
-                {"state": State.DEAD.value, "dead_at": attempt["at"], "dead_alerted": False},
-                inc={"failures": 1},
-            )
-            return 1
+            dead = {"state": State.DEAD.value, "dead_at": attempt["at"], "dead_alerted": False}
+            return self._outcome(doc, attempt, dead, inc={"failures": 1}), 1
         retry_at = datetime.now(UTC) + self.policy.delay(failures, self._rng)
-        self._finish(doc, attempt, {"next_attempt_at": retry_at}, inc={"failures": 1})
-        return 0
+        return self._outcome(doc, attempt, {"next_attempt_at": retry_at}, inc={"failures": 1}), 0
 
     def _release(self, docs: Sequence[dict[str, Any]]) -> None:
         """Untried documents are due again at once: they did not fail."""

@@ -8,8 +8,10 @@ from bson import ObjectId
 
 from ordertrack_dagster.couriers.base import Outcome
 from ordertrack_dagster.devstack.seed import seed_reference_data
+from ordertrack_dagster.effects import outbox as outbox_module
 from ordertrack_dagster.effects.outbox import (
     BREAKER_THRESHOLD,
+    RECORD_EVERY,
     DeliveryDeferred,
     DeliveryError,
     Outbox,
@@ -138,6 +140,37 @@ def test_success_is_recorded_and_the_report_body_dropped(box):
     assert doc["state"] == "sent" and "content" not in doc and doc["lease_until"] is None
     assert [a["outcome"] for a in doc["attempts"]] == ["sent"]
     assert box.claim("delhivery_b2c", ["query_log"], NOW + timedelta(days=1)) == []
+
+
+def test_attempts_are_recorded_in_groups_while_sending(box, monkeypatch):
+    monkeypatch.setattr(outbox_module, "RECORD_WITHIN_SECONDS", 3600.0)  # only the count
+    queue_reports(box, RECORD_EVERY + 5)
+    recorded_before = []
+
+    def count_recorded(doc):
+        recorded_before.append(box.collection.count_documents({"state": "sent"}))
+        return 200
+
+    box.deliver(box.claim("delhivery_b2c", ["query_log"], NOW), count_recorded)
+    assert recorded_before[RECORD_EVERY - 1] == 0
+    assert recorded_before[RECORD_EVERY] == RECORD_EVERY
+    assert box.collection.count_documents({"state": "sent"}) == RECORD_EVERY + 5
+
+
+def test_a_crash_while_sending_still_records_what_was_sent(box):
+    queue_reports(box, 4)
+    sent = []
+
+    def crash_on_third(doc):
+        if len(sent) == 2:
+            raise KeyboardInterrupt  # the process is going down mid-run
+        sent.append(doc["_id"])
+        return 200
+
+    with pytest.raises(KeyboardInterrupt):
+        box.deliver(box.claim("delhivery_b2c", ["query_log"], NOW), crash_on_third)
+    recorded = {doc["_id"] for doc in box.collection.find({"state": "sent"})}
+    assert recorded == set(sent)
 
 
 def test_failures_back_off_then_become_dead_letters(box):
