@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from ordertrack_dagster.bench.scenarios import (
     Scale,
     budget_env,
 )
+from ordertrack_dagster.devstack.simulator import lognormal_params
 from ordertrack_dagster.flows import get_flow
 
 PLOT_NAME = "bench_growth.png"
@@ -104,6 +106,34 @@ def fetch_floor(run: RunFigures, cores: int) -> float:
     return max(client, simulator, (client + simulator) / cores)
 
 
+def latency_tail_seconds(
+    requests: int, in_flight: int, mean_ms: float, p99_ms: float, trials: int = 201
+) -> float:
+    """Median time `requests` calls take through `in_flight` workers when each call costs only
+    its latency, drawn as the simulator draws it: the bound with the tail the mean leaves out
+    (the last calls finish one by one). Simulated with a fixed seed, so it is repeatable."""
+    params = lognormal_params(mean_ms, p99_ms)
+    if params is None or not requests:
+        return 0.0
+    rng = random.Random(0)
+    finishes = []
+    for _ in range(trials):
+        workers = [0.0] * min(in_flight, requests)
+        for _ in range(requests):  # each call goes to the worker that is free first
+            first = min(range(len(workers)), key=workers.__getitem__)
+            workers[first] += rng.lognormvariate(*params) / 1000
+        finishes.append(max(workers))
+    return sorted(finishes)[trials // 2]
+
+
+def fetch_tail(run: RunFigures, results: Results) -> float:
+    """`latency_tail_seconds` for this run's requests and its flow's workers."""
+    workers = get_flow(run.flow).workers
+    return latency_tail_seconds(
+        run.requests, workers, results.latency_mean_ms, results.latency_p99_ms
+    )
+
+
 def at_scale(runs: Sequence[RunFigures]) -> list[RunFigures]:
     """The runs a per-1,000 figure speaks for: a 30-order run's fixed handful of round trips
     (indexes, courier state) says nothing per 1,000 orders (all runs when none is that big)."""
@@ -120,13 +150,16 @@ def targets(results: Results) -> list[dict[str, Any]]:
     b2c = next((run for run in results.flows if run.flow == "delhivery_b2c"), None)
     if b2c is not None:
         ratio = b2c.fetch_ratio or math.inf
+        tail = fetch_tail(b2c, results)
         rows.append(
             {
                 "target": f"fetch phase <= {FETCH_RATIO_TARGET}x its bound "
                 f"at {b2c.orders:,} delhivery_b2c orders",
                 "measured": f"{ratio:.2f}x ({b2c.fetch_seconds:.2f} s vs "
-                f"{b2c.fetch_bound_seconds:.2f} s); the CPU of client and simulator alone "
-                f"needs {fetch_floor(b2c, results.machine['cores'] or 1):.2f} s here",
+                f"{b2c.fetch_bound_seconds:.2f} s); a client costing no CPU would need "
+                f"{tail:.2f} s ({tail / b2c.fetch_bound_seconds:.2f}x) with these latencies, "
+                "and the CPU of client and simulator alone "
+                f"{fetch_floor(b2c, results.machine['cores'] or 1):.2f} s here",
                 "met": ratio <= FETCH_RATIO_TARGET,
             }
         )
@@ -387,15 +420,19 @@ def _flows_reading(results: Results) -> list[str]:
             f"{_s(b2c.fetch_seconds)} s, {b2c.fetch_ratio or 0:.2f}x the latency bound of "
             f"{_s(b2c.fetch_bound_seconds)} s (50 in flight x {results.latency_mean_ms:g} ms)."
         )
+        tail = fetch_tail(b2c, results)
+        bound = max(b2c.fetch_bound_seconds, 1e-9)
         lines.append(
-            f"* **Why the fetch is above its bound here**: the bound assumes free CPU. During "
-            f"the fetch the run process spent {_s(client_cpu)} s of CPU "
-            f"({client_cpu * 1000 / max(b2c.requests, 1):.1f} ms per request: HTTP, parsing "
-            "an answer of 50 shipments and keeping each shipment's JSON) and the courier "
-            f"simulator, on the same {cores} cores, {_s(simulator_cpu)} s rendering the "
-            f"answers. That alone puts the fetch at no less than {_s(floor)} s on this machine "
-            f"({floor / max(b2c.fetch_bound_seconds, 1e-9):.2f}x the bound), whatever the "
-            "client does; against the real courier only the client's share stays ours."
+            "* **Why the fetch is above its bound**: the bound spreads the mean latency over "
+            "the workers, but the last calls still end one by one: with the simulator's "
+            "latencies a client that cost no CPU at all would take "
+            f"{_s(tail)} s ({tail / bound:.2f}x; the median of simulated runs). And the CPU is "
+            f"not free here: during the fetch the run process spent {_s(client_cpu)} s "
+            f"({client_cpu * 1000 / max(b2c.requests, 1):.1f} ms per request: HTTP, reading an "
+            "answer of 50 shipments, keeping each shipment's JSON) and the courier simulator, "
+            f"on the same {cores} cores, {_s(simulator_cpu)} s, which alone needs {_s(floor)} s "
+            f"({floor / bound:.2f}x). Against the real courier only the client's share stays "
+            "on this machine."
         )
         write_trips = b2c.mongo.per_phase.get("write", {})
         summary = b2c.assets.get("order_status_writes", {})

@@ -52,11 +52,22 @@ from typing import Any, Required, TypedDict, TypeVar
 from urllib.parse import quote
 
 import httpx
+import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
+
+
+class JSONResponse(StarletteJSONResponse):
+    """JSON written by orjson: a 50-shipment answer is ~80 KB, and the standard library's
+    encoder cost the simulator (one event loop) more than building the answer itself."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
 
 COURIERS = ("delhivery_b2c", "delhivery_fallback", "delhivery_b2b", "shiprocket", "velocity")
 """Courier names used by the admin API, faults and stats."""
@@ -361,7 +372,7 @@ class SimulatorSettings:
     velocity_lockout_s: float = 1800.0
 
     def __post_init__(self) -> None:
-        _lognormal_params(self.latency_mean_ms, self.latency_p99_ms)
+        lognormal_params(self.latency_mean_ms, self.latency_p99_ms)
         if self.time_scale < 0:
             raise ValueError("time_scale must not be negative")
         if set(self.rate_limits) != set(_RATE_BUCKET.values()):
@@ -382,7 +393,7 @@ class ShipmentSpec(TypedDict, total=False):
     reference_no: str  # Delhivery ReferenceNo, when it must differ from order_id (reused waybill)
 
 
-def _lognormal_params(mean_ms: float, p99_ms: float) -> tuple[float, float] | None:
+def lognormal_params(mean_ms: float, p99_ms: float) -> tuple[float, float] | None:
     """(mu, sigma) of the log-normal latency with this mean and 99th percentile, in ms."""
     if mean_ms == 0:
         return None
@@ -432,6 +443,7 @@ class _Clock:
         self._pace = scale or _DEFAULT_TIME_SCALE
         self._wall0 = time.time()
         self._sim0 = 0.0
+        self.version = 0  # changes whenever the moments shown for life-cycle times change
 
     def now(self) -> float:
         """Life-cycle time now."""
@@ -448,11 +460,13 @@ class _Clock:
         self._sim0, self._wall0 = self.now(), time.time()
         self.scale = scale
         self._pace = scale or self._pace
+        self.version += 1
 
     def advance(self, seconds: float) -> None:
         """Move every life cycle `seconds` ahead; their past moments move back by
         `seconds / pace` on the wall clock."""
         self._sim0 += seconds
+        self.version += 1
 
 
 @dataclass(slots=True)
@@ -658,8 +672,14 @@ class CourierSimulator:
         self.settings = settings
         self.clock = _Clock(settings.time_scale)
         self._rng = random.Random(settings.seed)
-        self._latency = _lognormal_params(settings.latency_mean_ms, settings.latency_p99_ms)
+        self._latency = lognormal_params(settings.latency_mean_ms, settings.latency_p99_ms)
         self.shipments: dict[str, dict[str, _Shipment]] = {ns: {} for ns in _NAMESPACE.values()}
+        # Drawn once per shipment (at registration) rather than on every answer: a courier
+        # has its shipments' details stored, and the answers stay as cheap as its lookups.
+        self._profiles: dict[tuple[str, str], _Profile] = {}
+        # Each shipment's answer as last rendered, by (courier, key), with the step and clock
+        # version it shows; rendered again only when the shipment has moved on.
+        self._answers: dict[tuple[str, str], tuple[tuple[int, int], dict[str, Any]]] = {}
         self.faults: dict[tuple[str, str], deque[_Fault]] = defaultdict(deque)
         self.stats = {c: _Stats() for c in COURIERS}
         self.windows = {b: _RateWindow() for b in settings.rate_limits}
@@ -669,6 +689,8 @@ class CourierSimulator:
         """Forget shipments, faults, stats, rate windows and sessions; keep settings and clock."""
         for shipments in self.shipments.values():
             shipments.clear()
+        self._profiles.clear()
+        self._answers.clear()
         self.faults.clear()
         self.stats = {c: _Stats() for c in COURIERS}
         self.windows = {b: _RateWindow() for b in self.settings.rate_limits}
@@ -691,8 +713,10 @@ class CourierSimulator:
         settings = replace(self.settings, **merged)
         if settings.seed != self.settings.seed:
             self._rng = random.Random(settings.seed)
+            self._profiles.clear()
+            self._answers.clear()
         self.clock.set_scale(settings.time_scale)
-        self._latency = _lognormal_params(settings.latency_mean_ms, settings.latency_p99_ms)
+        self._latency = lognormal_params(settings.latency_mean_ms, settings.latency_p99_ms)
         self.settings = settings
 
     # -- shipments ------------------------------------------------------------------------
@@ -735,10 +759,21 @@ class CourierSimulator:
                 raise _BadRequest(f"shipment {index}: {exc}") from exc
         for namespace, shipment in parsed:
             self.shipments[namespace][shipment.key] = shipment
+            self._profiles[namespace, shipment.key] = self._draw_profile(namespace, shipment)
+            listed = _LISTED_BY_NAMESPACE.get(namespace)
+            if listed is not None:  # rendered now, as a courier stores its tracking document
+                self._answers.pop((listed, shipment.key), None)
+                self._answer(listed, shipment.key)
         return len(parsed)
 
     def _profile(self, namespace: str, ship: _Shipment) -> _Profile:
-        # Only rng.random() (C code): this runs for every shipment of every answer.
+        profile = self._profiles.get((namespace, ship.key))
+        if profile is None:
+            profile = self._profiles[namespace, ship.key] = self._draw_profile(namespace, ship)
+        return profile
+
+    def _draw_profile(self, namespace: str, ship: _Shipment) -> _Profile:
+        # Only rng.random() (C code): this runs for every shipment registered.
         draw = random.Random(
             zlib.crc32(f"{self.settings.seed}|{namespace}|{ship.key}".encode())
         ).random
@@ -793,6 +828,8 @@ class CourierSimulator:
         if step not in ship.path:
             current = max(self._position(ship, self._profile(namespace, ship)), 0)
             ship.path = ship.path[: current + 1] + (step,)
+            self._profiles.pop((namespace, key), None)  # its step times cover the new path
+        self._answers.pop((_LISTED_BY_NAMESPACE.get(namespace, ""), key), None)
         index = ship.path.index(step)
         # One simulated second into the step, so float rounding cannot put it a step early.
         ship.origin = self.clock.now() - self._profile(namespace, ship).starts[index] - 1.0
@@ -878,16 +915,28 @@ class CourierSimulator:
 
     # -- Delhivery express (B2C and fallback) ------------------------------------------------
 
-    def _render(
-        self, courier: str, keys: Sequence[str], render: Callable[..., dict[str, Any]]
-    ) -> dict[str, dict[str, Any]]:
+    def _answer(self, courier: str, key: str) -> dict[str, Any] | None:
+        """The shipment's answer in `courier`'s list format, if the courier knows it yet."""
+        found = self._lookup(courier, key)
+        if found is None:
+            return None
+        ship, profile, events = found
+        shown = (len(events) - 1, self.clock.version)
+        cached = self._answers.get((courier, key))
+        if cached is not None and cached[0] == shown:
+            return cached[1]
+        answer = _LIST_RENDERERS[courier](ship, profile, events)
+        self._answers[courier, key] = (shown, answer)
+        return answer
+
+    def _render(self, courier: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Answers for the keys the courier knows, in request order; unknown keys are left out."""
         self.stats[courier].keys_requested += len(keys)
         answers = {}
         for key in keys:
-            found = self._lookup(courier, key)
-            if found is not None:
-                answers[key] = render(*found)
+            answer = self._answer(courier, key)
+            if answer is not None:
+                answers[key] = answer
         return answers
 
     def _delhivery_denied(self, request: Request, courier: str) -> Response | None:
@@ -902,7 +951,7 @@ class CourierSimulator:
         waybills = [w.strip() for w in waybill_list if w.strip()]
         if len(waybills) > 50:
             raise _BadRequest("Maximum 50 waybills allowed per request")
-        shipments = self._render("delhivery_b2c", waybills, _delhivery_shipment)
+        shipments = self._render("delhivery_b2c", waybills)
         if not shipments:
             return _delhivery_error("No such waybill or Order Id found")
         return JSONResponse({"ShipmentData": [{"Shipment": s} for s in shipments.values()]})
@@ -1005,7 +1054,7 @@ class CourierSimulator:
         if expiry <= time.time():
             return _courier_error("shiprocket", 401, "Token has expired")
         awbs = await _awbs(request, 50)
-        return JSONResponse(self._render("shiprocket", awbs, _shiprocket_tracking))
+        return JSONResponse(self._render("shiprocket", awbs))
 
     # -- Velocity ---------------------------------------------------------------------------
 
@@ -1039,7 +1088,7 @@ class CourierSimulator:
         if not token or token != sessions.velocity_token or sessions.velocity_expiry <= time.time():
             return _courier_error("velocity", 401, "Invalid or expired token")
         awbs = await _awbs(request, 45)
-        return JSONResponse({"result": self._render("velocity", awbs, _velocity_tracking)})
+        return JSONResponse({"result": self._render("velocity", awbs)})
 
     # -- admin API --------------------------------------------------------------------------
 
@@ -1366,6 +1415,15 @@ def _velocity_tracking(
             "track_url": f"https://shipfastt.in/track/{ship.key}",
         }
     }
+
+
+#: The couriers asked for lists of keys, and how each renders one shipment's answer.
+_LIST_RENDERERS: dict[str, Callable[[_Shipment, _Profile, list[tuple[str, float]]], dict]] = {
+    "delhivery_b2c": _delhivery_shipment,
+    "shiprocket": _shiprocket_tracking,
+    "velocity": _velocity_tracking,
+}
+_LISTED_BY_NAMESPACE = {_NAMESPACE[courier]: courier for courier in _LIST_RENDERERS}
 
 
 def create_app(settings: SimulatorSettings | None = None) -> Starlette:

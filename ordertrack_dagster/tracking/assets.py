@@ -4,7 +4,6 @@ One partition per flow, so ops re-run one courier's partition and analysts load 
 courier's DataFrames. Each asset records what ops need to judge a run in its metadata.
 """
 
-import asyncio
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from ordertrack_dagster.couriers.base import (
     FetchState,
     blocking_pause,
     describe_pause,
+    fetch_to_completion,
 )
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import FLOWS, Flow, get_flow
@@ -141,13 +141,6 @@ def pending_orders(context: AssetExecutionContext, mongo: MongoResource) -> Outp
     )
 
 
-def _fetch(
-    flow: Flow, courier: Any, state: CourierState, keys: list[str], force: bool
-) -> FetchResult:
-    client = courier.client(flow, state)
-    return asyncio.run(client.fetch(keys, ignore_stored_pause=force))
-
-
 class CourierRequestConfig(Config):
     """Run config of `raw_courier_responses`; the defaults are what schedules run with."""
 
@@ -199,7 +192,11 @@ def raw_courier_responses(
     if good and not config.force:
         _stop_if_paused(flow, state)
     started, cpu_started = time.perf_counter(), time.process_time()
-    result = _fetch(flow, courier, state, good, config.force) if good else FetchResult(records=[])
+    result = (
+        fetch_to_completion(courier.client(flow, state), good, ignore_stored_pause=config.force)
+        if good
+        else FetchResult(records=[])
+    )
     fetch_seconds = time.perf_counter() - started
     fetch_cpu_seconds = time.process_time() - cpu_started
     records = result.records + _odd_key_records(odd)

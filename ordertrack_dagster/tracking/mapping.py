@@ -6,7 +6,6 @@ reader, and turns fetch failures into outcomes that leave the order due for the 
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from typing import Any
@@ -15,7 +14,13 @@ import pandas as pd
 from bson import ObjectId
 
 from ordertrack_dagster.couriers import Interpreter
-from ordertrack_dagster.couriers.base import FetchState, Interpretation, OrderContext, Outcome
+from ordertrack_dagster.couriers.base import (
+    FetchState,
+    Interpretation,
+    OrderContext,
+    Outcome,
+    read_json_text,
+)
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tracking.writer import PolledOrder
 
@@ -87,7 +92,7 @@ def _read(order: Any, record: Any, interpret: Interpreter, now: datetime) -> Int
     if state is not FetchState.ANSWERED:
         return Interpretation(_FETCH_OUTCOMES[state], alert=record.error)
     try:
-        answer = json.loads(record.raw)
+        answer = read_json_text(record.raw)
     except (TypeError, ValueError):
         return Interpretation(Outcome.FAILED, alert="stored answer is not JSON")
     context = OrderContext(order_id=str(order.order_id), tracking_key=order.tracking_key)

@@ -24,7 +24,7 @@ from ordertrack_dagster.devstack.simulator import (
     SCENARIOS,
     SimulatorAdmin,
     SimulatorSettings,
-    _lognormal_params,
+    lognormal_params,
     running_simulator,
     simulator_env,
 )
@@ -721,12 +721,12 @@ def test_bulk_registration_of_100k_shipments_is_fast(
 
 
 def test_latency_follows_the_configured_mean_and_p99() -> None:
-    mu, sigma = _lognormal_params(130, 530) or (0.0, 0.0)
+    mu, sigma = lognormal_params(130, 530) or (0.0, 0.0)
     rng = random.Random(3)
     draws = sorted(rng.lognormvariate(mu, sigma) for _ in range(200_000))
     assert sum(draws) / len(draws) == pytest.approx(130, rel=0.03)
     assert draws[int(0.99 * len(draws))] == pytest.approx(530, rel=0.05)
-    assert _lognormal_params(0, 530) is None
+    assert lognormal_params(0, 530) is None
     with pytest.raises(ValueError):
         SimulatorSettings(latency_mean_ms=200, latency_p99_ms=100)
     with pytest.raises(ValueError):
