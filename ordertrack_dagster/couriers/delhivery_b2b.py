@@ -26,7 +26,7 @@ from ordertrack_dagster.couriers.base import (
     read_status,
 )
 from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE
-from ordertrack_dagster.couriers.login import LoginClient
+from ordertrack_dagster.couriers.login import LoginClient, token_at
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.statuses import Canonical
@@ -67,11 +67,8 @@ class DelhiveryB2BClient(LoginClient):
         )
 
     def read_login(self, payload: Any, now: datetime) -> CachedToken | None:
-        data = payload.get("data") if isinstance(payload, dict) else None
-        jwt = data.get("jwt") if isinstance(data, dict) else None
-        if not isinstance(jwt, str) or not jwt:
-            return None
-        return CachedToken(jwt, now + TOKEN_LIFETIME)
+        jwt = token_at(payload, "data", "jwt")
+        return None if jwt is None else CachedToken(jwt, now + TOKEN_LIFETIME)
 
     def token_headers(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}

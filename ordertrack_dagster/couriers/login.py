@@ -30,6 +30,15 @@ from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.flows import Flow
 
 
+def token_at(payload: Any, *path: str) -> str | None:
+    """The token a login answer carries at `path` (e.g. "data", "jwt"), or None when the
+    answer has no non-empty string there."""
+    value = payload
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 class LoginClient(CourierClient):
     """A courier client whose requests carry a token obtained by logging in."""
 

@@ -23,7 +23,7 @@ from ordertrack_dagster.couriers.base import (
     newest_activity_time,
     read_status,
 )
-from ordertrack_dagster.couriers.login import LoginClient
+from ordertrack_dagster.couriers.login import LoginClient, token_at
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.statuses import Canonical, mapping_table
@@ -102,10 +102,8 @@ class ShiprocketClient(LoginClient):
         )
 
     def read_login(self, payload: Any, now: datetime) -> CachedToken | None:
-        token = payload.get("token") if isinstance(payload, dict) else None
-        if not isinstance(token, str) or not token:
-            return None
-        return CachedToken(token, now + TOKEN_LIFETIME)
+        token = token_at(payload, "token")
+        return None if token is None else CachedToken(token, now + TOKEN_LIFETIME)
 
     def token_headers(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}

@@ -27,7 +27,7 @@ from ordertrack_dagster.couriers.base import (
     parse_courier_time,
     read_status,
 )
-from ordertrack_dagster.couriers.login import LoginClient
+from ordertrack_dagster.couriers.login import LoginClient, token_at
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.statuses import Canonical, mapping_table
@@ -81,8 +81,8 @@ class VelocityClient(LoginClient):
         )
 
     def read_login(self, payload: Any, now: datetime) -> CachedToken | None:
-        token = payload.get("token") if isinstance(payload, dict) else None
-        if not isinstance(token, str) or not token:
+        token = token_at(payload, "token")
+        if token is None:
             return None
         expires_at = parse_courier_time(payload.get("expires_at"))
         return CachedToken(token, expires_at or now + DEFAULT_TOKEN_LIFETIME)

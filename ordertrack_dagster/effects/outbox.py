@@ -25,7 +25,7 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from ordertrack_dagster.tracking.writer import OUTBOX_FIELD, Event, WriteReport, _bulk
+from ordertrack_dagster.tracking.writer import OUTBOX_FIELD, Event, WriteReport, bulk_update
 
 OUTBOX_COLLECTION = "ordertrack_outbox"
 CLAIM_LIMIT = 1_000
@@ -204,7 +204,7 @@ class Outbox:
         target = self.collection if collection is None else collection
         report = WriteReport()
         for start in range(0, len(ops), DRAIN_BATCH):
-            _bulk(target, ops[start : start + DRAIN_BATCH], report)
+            bulk_update(target, ops[start : start + DRAIN_BATCH], report)
         return report
 
     # -- queueing -----------------------------------------------------------------------

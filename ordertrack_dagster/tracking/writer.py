@@ -362,13 +362,13 @@ def apply_plan(db: Database, plan: WritePlan) -> WriteReport:
     """Send the plan as chunked unordered bulk writes; isolate any operation MongoDB rejects."""
     report = WriteReport()
     for start in range(0, len(plan.order_ops), BULK_CHUNK):
-        matched, modified, _ = _bulk(
+        matched, modified, _ = bulk_update(
             db["orders"], plan.order_ops[start : start + BULK_CHUNK], report
         )
         report.orders_matched += matched
         report.orders_modified += modified
     for start in range(0, len(plan.tracking_ops), BULK_CHUNK):
-        _, modified, upserted = _bulk(
+        _, modified, upserted = bulk_update(
             db["orderTracking"], plan.tracking_ops[start : start + BULK_CHUNK], report
         )
         report.tracking_modified += modified
@@ -376,7 +376,7 @@ def apply_plan(db: Database, plan: WritePlan) -> WriteReport:
     return report
 
 
-def _bulk(
+def bulk_update(
     collection: Collection, ops: list[UpdateOne], report: WriteReport
 ) -> tuple[int, int, int]:
     """One bulk write; if the server rejects it, retry operation by operation.
