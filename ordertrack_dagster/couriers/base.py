@@ -290,17 +290,15 @@ def read_status(
 def decode_json(response: httpx.Response) -> Any:
     """The JSON body, or a retryable failure for HTML, XML, empty or truncated bodies.
 
-    orjson reads strict JSON (RFC 8259) several times faster than the standard library; a body
-    it refuses is read again with the standard library, which also takes integers beyond 64
-    bits. NaN and Infinity are not JSON: such a body fails like any other that is not JSON.
+    Read as `read_json_text` reads, but from the bytes first: the common, valid body is not
+    decoded to text at all; a body orjson refuses is read again as text in its charset.
     """
     try:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError:
-        pass
-    text = response.text
+        text = response.text
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return read_json_text(text)
     except ValueError:
         snippet = " ".join(text[:80].split())
         raise BatchFailure(
@@ -328,8 +326,9 @@ def json_text(answer: Any) -> str:
 
 
 def read_json_text(text: str) -> Any:
-    """An answer kept by `json_text`, read back (orjson, or the standard library for what only
-    it reads)."""
+    """JSON text as couriers send it and `json_text` keeps it: strict JSON (RFC 8259), read by
+    orjson several times faster than the standard library, or by the standard library when it
+    takes what orjson refuses (integers beyond 64 bits). NaN and Infinity are not JSON."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
