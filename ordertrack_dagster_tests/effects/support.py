@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -20,12 +21,14 @@ from dagster import (
 )
 from pymongo.database import Database
 
+from ordertrack_dagster.couriers.base import Outcome
 from ordertrack_dagster.couriers.state import STATE_COLLECTION
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.effects.assets import EFFECT_ASSETS
 from ordertrack_dagster.effects.outbox import OUTBOX_COLLECTION
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
+from ordertrack_dagster.tracking.writer import PolledOrder, StatusCatalogue, apply_plan, plan_writes
 from ordertrack_dagster_tests.helpers import load_definitions
 
 FLOW = "delhivery_b2c"
@@ -135,3 +138,27 @@ def run_texts(result: ExecuteInProcessResult) -> str:
     for evaluation in result.get_asset_check_evaluations():
         parts += [json.dumps(value.value, default=str) for value in evaluation.metadata.values()]
     return "\n".join(parts)
+
+
+def moved_by_write_path(
+    db: Database, flow: str, orders: list[dict[str, Any]], statuses: Sequence[Any], now: datetime
+) -> list[dict[str, Any]]:
+    """Insert `orders` and move each to its status with the real write path, as a run that
+    stopped right after its MongoDB write leaves them: status changed, markers written."""
+    db["orders"].insert_many(orders)
+    polled = [
+        PolledOrder(
+            order["_id"],
+            order["order_id"],
+            order["awb_number"],
+            order["order_status"],
+            now,
+            Outcome.MAPPED,
+            "x",
+            status,
+            now,
+        )
+        for order, status in zip(orders, statuses, strict=True)
+    ]
+    apply_plan(db, plan_writes(polled, StatusCatalogue.load(db), flow, now))
+    return orders

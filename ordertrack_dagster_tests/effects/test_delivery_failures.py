@@ -7,18 +7,11 @@ from datetime import UTC, datetime
 import pytest
 from bson import ObjectId
 
-from ordertrack_dagster.couriers.base import Outcome
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.stack import SLACK_CHANNELS
 from ordertrack_dagster.effects.crm import CrmResource
 from ordertrack_dagster.statuses import Canonical
-from ordertrack_dagster.tracking.writer import (
-    OUTBOX_FIELD,
-    PolledOrder,
-    StatusCatalogue,
-    apply_plan,
-    plan_writes,
-)
+from ordertrack_dagster.tracking.writer import OUTBOX_FIELD
 from ordertrack_dagster_tests.effects.support import (
     EFFECTS,
     FLOW,
@@ -29,6 +22,7 @@ from ordertrack_dagster_tests.effects.support import (
     link,
     mentioning,
     metadata,
+    moved_by_write_path,
     outbox,
     webhooks_for,
 )
@@ -59,23 +53,7 @@ def write_markers(db, statuses, order_ids=()):
         }
         for index, _ in enumerate(statuses)
     ]
-    db["orders"].insert_many(orders)
-    polled = [
-        PolledOrder(
-            order["_id"],
-            order["order_id"],
-            order["awb_number"],
-            in_transit,
-            now,
-            Outcome.MAPPED,
-            "x",
-            status,
-            now,
-        )
-        for order, status in zip(orders, statuses, strict=True)
-    ]
-    apply_plan(db, plan_writes(polled, StatusCatalogue.load(db), FLOW, now))
-    return orders
+    return moved_by_write_path(db, FLOW, orders, statuses, now)
 
 
 def test_markers_of_a_crashed_run_are_delivered_once_by_the_next_run(

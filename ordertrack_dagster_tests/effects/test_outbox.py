@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from bson import ObjectId
 
-from ordertrack_dagster.couriers.base import Outcome
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.effects import outbox as outbox_module
 from ordertrack_dagster.effects.outbox import (
@@ -19,13 +18,8 @@ from ordertrack_dagster.effects.outbox import (
     RetryPolicy,
 )
 from ordertrack_dagster.statuses import Canonical
-from ordertrack_dagster.tracking.writer import (
-    OUTBOX_FIELD,
-    PolledOrder,
-    StatusCatalogue,
-    apply_plan,
-    plan_writes,
-)
+from ordertrack_dagster.tracking.writer import OUTBOX_FIELD
+from ordertrack_dagster_tests.effects.support import moved_by_write_path
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
 POLICY = RetryPolicy(max_failures=3, base_seconds=60, cap_seconds=600)
@@ -47,23 +41,7 @@ def mark(db, flow, *statuses):
         }
         for index, _ in enumerate(statuses)
     ]
-    db["orders"].insert_many(orders)
-    polled = [
-        PolledOrder(
-            order["_id"],
-            order["order_id"],
-            order["awb_number"],
-            in_transit,
-            NOW,
-            Outcome.MAPPED,
-            "x",
-            status,
-            NOW,
-        )
-        for order, status in zip(orders, statuses, strict=True)
-    ]
-    apply_plan(db, plan_writes(polled, StatusCatalogue.load(db), flow, NOW))
-    return orders
+    return moved_by_write_path(db, flow, orders, statuses, NOW)
 
 
 @pytest.fixture
