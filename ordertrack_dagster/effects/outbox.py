@@ -412,8 +412,8 @@ class Outbox:
                     len(unrecorded) >= RECORD_EVERY
                     or time.perf_counter() - oldest >= RECORD_WITHIN_SECONDS
                 ):
-                    self._bulk(unrecorded)
-                    unrecorded = []
+                    group, unrecorded = unrecorded, []  # a failed write is not tried twice
+                    self._bulk(group)
         finally:
             self._bulk(unrecorded)
         self._release(untried)

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from bson import ObjectId
+from pymongo.errors import AutoReconnect
 
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.effects import outbox as outbox_module
@@ -149,6 +150,25 @@ def test_a_crash_while_sending_still_records_what_was_sent(box):
         box.deliver(box.claim("delhivery_b2c", ["query_log"], NOW), crash_on_third)
     recorded = {doc["_id"] for doc in box.collection.find({"state": "sent"})}
     assert recorded == set(sent)
+
+
+def test_a_group_whose_record_failed_is_not_written_again_on_the_way_out(box, monkeypatch):
+    monkeypatch.setattr(outbox_module, "RECORD_EVERY", 2)
+    queue_reports(box, 3)
+    docs = box.claim("delhivery_b2c", ["query_log"], NOW)
+    written = []
+    write = box._bulk
+
+    def connection_lost_once(ops, collection=None):
+        written.append(len(ops))
+        if len(written) == 1:
+            raise AutoReconnect("connection lost")  # the server may have applied it
+        return write(ops, collection)
+
+    monkeypatch.setattr(box, "_bulk", connection_lost_once)
+    with pytest.raises(AutoReconnect):
+        box.deliver(docs, lambda doc: 200)
+    assert written[0] == 2 and sum(written[1:]) == 0
 
 
 def test_failures_back_off_then_become_dead_letters(box):
