@@ -7,6 +7,7 @@ change that the partitions, schedules and courier clients all follow.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -59,7 +60,11 @@ class Flow:
         The override exists for a scaled-down rehearsal of a courier's limit (the benchmark
         runs Delhivery's 5-minute window as 30 seconds); production uses the table's value.
         """
-        override = os.environ.get(f"ORDERTRACK_RATE_BUDGET_{self.budget_scope.upper()}", "")
+        return self.rate_budget_in(os.environ)
+
+    def rate_budget_in(self, env: Mapping[str, str]) -> RateBudget | None:
+        """`rate_budget` as a process with environment `env` sees it."""
+        override = env.get(f"ORDERTRACK_RATE_BUDGET_{self.budget_scope.upper()}", "")
         if not override.strip():
             return self.default_rate_budget
         requests, _, seconds = override.partition("/")

@@ -200,7 +200,7 @@ def materialize_measured(
         phase_seconds=_phase_seconds(steps, whole),
         fetch_seconds=float(fetch.get("fetch_seconds", 0.0)),
         fetch_bound_seconds=fetch_bound_seconds(
-            flow, keys, requests, mean_latency_s, _rate_budget(flow, env)
+            flow, keys, requests, mean_latency_s, flow.rate_budget_in(env)
         ),
         cpu_seconds=cpu,
         peak_rss_mib=probed.get("peak_rss_kib", 0) / 1024,
@@ -212,17 +212,6 @@ def materialize_measured(
         started_at=started_at,
         ended_at=ended_at,
     )
-
-
-def _rate_budget(flow: Flow, env: Mapping[str, str]) -> RateBudget | None:
-    """The budget the run had: the flows table read with the run's environment."""
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        return flow.rate_budget
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _step_windows(instance: DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:

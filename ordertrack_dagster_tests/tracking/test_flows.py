@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from ordertrack_dagster.devstack.seed import seed_reference_data
-from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.flows import FLOWS, RateBudget, get_flow
 from ordertrack_dagster_tests.helpers import (
     materialize_flow,
     orders_by_id,
@@ -32,6 +32,14 @@ def _courier_time(stack, flow, key):
     """When the simulator says the shipment reached its current step."""
     at = stack.simulator.shipment(flow, key)["events"][-1]["at"]
     return datetime.fromisoformat(at)
+
+
+def test_rate_budget_override_is_read_from_the_environment_given():
+    flow = get_flow("delhivery_b2c")
+    scaled = {"ORDERTRACK_RATE_BUDGET_DELHIVERY_EXPRESS": "70/30"}
+    assert flow.rate_budget_in(scaled) == RateBudget(requests=70, window_seconds=30.0)
+    assert flow.rate_budget_in({}) == RateBudget(requests=700, window_seconds=300)
+    assert get_flow("shiprocket").rate_budget_in(scaled) is None
 
 
 @pytest.mark.parametrize("flow", list(FLOWS))
