@@ -4,15 +4,18 @@ Each test gets its own MongoDB database and its own key prefix, so tests never s
 other's data even though they share the servers.
 """
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 
+import psutil
 import pytest
 from pymongo.database import Database
 
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.resources.mongo import mongo_client
+from ordertrack_dagster_tests.leaks import describe, wait_until_gone
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +54,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+# Every process a test starts inherits this mark (unless the test hands it a clean
+# environment), so one that outlives the suite is found even after it was re-parented.
+SESSION_MARK = "ORDERTRACK_TEST_SESSION"
+os.environ[SESSION_MARK] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run, naming them, when processes started by the tests are still alive.
+
+    A leak is then seen where it happened instead of being inherited by the next run; the
+    leftovers are killed so that they hold no port or file.
+    """
+    leftovers = wait_until_gone(SESSION_MARK, os.environ[SESSION_MARK], seconds=10)
+    leftovers += [p for p in psutil.Process().children(recursive=True) if p not in leftovers]
+    if not leftovers:
+        return
+    lines = "\n  ".join(describe(process) for process in leftovers)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"processes started by the tests outlived the suite:\n  {lines}")
+    for process in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

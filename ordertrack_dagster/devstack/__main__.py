@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 import threading
-from pathlib import Path
 
 from ordertrack_dagster.devstack import demo
+from ordertrack_dagster.devstack.processes import absolute_path, install_stop_signals
 from ordertrack_dagster.devstack.seed import seed_stack
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 
@@ -32,6 +31,14 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+# Relative to where the command was started; made absolute at once (DAGSTER_HOME must be).
+_WORKDIR = {
+    "type": absolute_path,
+    "default": ".devstack",  # a string default goes through `type` too
+    "help": "logs, recordings, mail and the Dagster instance (default: .devstack)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ordertrack_dagster.devstack")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start and seed the stack, print its environment, wait")
     up.add_argument("--orders", type=int, default=1_000, help="orders to seed over all flows")
     up.add_argument("--seed", type=int, default=7, help="random seed of the demo data")
-    up.add_argument(
-        "--workdir", type=Path, default=Path(".devstack"), help="logs, recordings and mail"
-    )
+    up.add_argument("--workdir", **_WORKDIR)
     up.add_argument("simulator_args", nargs="*", help="passed to the courier simulator (after --)")
     up.set_defaults(handler=_up)
 
@@ -50,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command, orders in ((run, 2_000), (dev, 2_000)):
         command.add_argument("--orders", type=int, default=orders, help="demo orders to seed")
         command.add_argument("--seed", type=int, default=7, help="random seed of the demo data")
-        command.add_argument("--workdir", type=Path, default=Path(".devstack"))
+        command.add_argument("--workdir", **_WORKDIR)
     run.set_defaults(handler=lambda a: demo.run(a.orders, a.workdir, a.seed))
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(handler=lambda a: demo.dev(a.orders, a.workdir, a.seed, a.port))
@@ -59,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # A plain `kill` stops the stack as cleanly as Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    install_stop_signals()
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:

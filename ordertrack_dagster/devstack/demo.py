@@ -17,6 +17,7 @@ from typing import Any
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
+from ordertrack_dagster.devstack.processes import running_group
 from ordertrack_dagster.devstack.seed import seed_stack
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.flows import FLOWS
@@ -59,11 +60,13 @@ def materialize_flow(flow: str, env: Mapping[str, str], log: Path) -> bool:
         "asset", "materialize", "-m", "ordertrack_dagster.definitions",
         "--select", "group:tracking", "--partition", flow,
     )  # fmt: skip
-    with log.open("wb") as out:
-        result = subprocess.run(
+    with (
+        log.open("wb") as out,
+        running_group(
             command, env=dict(env), cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
-    return result.returncode == 0
+        ) as process,
+    ):
+        return process.wait() == 0
 
 
 def flow_summary(instance: DagsterInstance, flow: str) -> dict[str, Any]:
@@ -153,10 +156,7 @@ def dev(orders: int, workdir: Path, seed: int, port: int) -> int:
         command = _dagster_command(
             "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(PROJECT_ROOT / "workspace.yaml")
         )
-        process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT)
-        try:
+        # Ctrl-C or `kill` raises KeyboardInterrupt here; leaving the block stops `dagster dev`
+        # with everything it started (webserver, daemon, code servers), then the stack.
+        with running_group(command, env=env, cwd=PROJECT_ROOT) as process:
             return process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            process.wait(timeout=30)
-            return 0

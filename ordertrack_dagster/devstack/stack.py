@@ -9,11 +9,8 @@ nothing they started, and on Linux they also die with the process that started t
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -32,6 +29,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from ordertrack_dagster.devstack.mailbox import read_mailbox
+from ordertrack_dagster.devstack.processes import spawn_group, stop_groups
 from ordertrack_dagster.devstack.simulator import SimulatorAdmin, simulator_env
 
 Service = Literal["mongodb", "s3", "smtp", "slack", "crm", "simulator"]
@@ -54,7 +52,6 @@ SLACK_CHANNELS = {
 _BIN = Path(sys.executable).parent
 # The checkout holding `ordertrack_dagster`, so `python -m` finds it from any directory.
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_PR_SET_PDEATHSIG = 1
 
 
 class StackError(RuntimeError):
@@ -68,11 +65,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the thread that started it dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _script(name: str, *args: str) -> list[str]:
     """A console script of this environment, run by this interpreter (no PATH lookup)."""
     return [sys.executable, str(_BIN / name), *args]
@@ -80,11 +72,6 @@ def _script(name: str, *args: str) -> list[str]:
 
 def _module(name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"ordertrack_dagster.devstack.{name}", *args]
-
-
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -122,7 +109,7 @@ class EmbeddedStack:
         self.simulator_args = tuple(simulator_args)
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ordertrack-devstack-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ordertrack-devstack-")).resolve()
         self.mailbox_dir = self.workdir / "mailbox"
         self.ports: dict[Service, int] = {}
         self.env: dict[str, str] = {}
@@ -180,16 +167,7 @@ class EmbeddedStack:
         self._stop([service])
 
     def _stop(self, services: list[Service]) -> None:
-        processes = [self._processes.pop(s) for s in services if s in self._processes]
-        for process in processes:
-            _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        for process in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(0.0, deadline - time.monotonic()))
-            # Whatever is left of the group (a stuck server, a grandchild) is killed outright.
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
+        stop_groups(self._processes.pop(s) for s in services if s in self._processes)
 
     def start_service(self, service: Service) -> None:
         """Start a stopped service again, on the same port.
@@ -215,15 +193,13 @@ class EmbeddedStack:
             "PYTHONUNBUFFERED": "1",
         }
         with self.log_path(service).open("ab") as log:
-            self._processes[service] = subprocess.Popen(
+            self._processes[service] = spawn_group(
                 self._command(service),
                 cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
 
     def _command(self, service: Service) -> list[str]:

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import signal
 import smtplib
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -384,67 +380,3 @@ def test_seeded_shipments_are_registered_with_the_simulator(stack: EmbeddedStack
     )
     answered = {s["Shipment"]["AWB"] for s in answer.json().get("ShipmentData", [])}
     assert answered and answered <= set(waybills)
-
-
-def _python(args: list[str]) -> subprocess.Popen[str]:
-    """This interpreter run from the checkout, with its output captured."""
-    return subprocess.Popen(
-        [sys.executable, *args],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _refuses(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return True
-    return False
-
-
-def test_up_prints_the_environment_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    up = _python(
-        ["-m", "ordertrack_dagster.devstack", "up", "--orders", "40", "--workdir", str(tmp_path)]
-    )
-    assert up.stdout is not None and up.stderr is not None
-    try:
-        exports: dict[str, str] = {}
-        while not {"MONGODB_DB", "MONGODB_URI", "SMTP_PORT"} <= set(exports):
-            line = up.stdout.readline()
-            assert line, up.stderr.read()
-            name, _, value = shlex.split(line)[1].partition("=")
-            exports[name] = value
-        with MongoClient(exports["MONGODB_URI"]) as client:
-            assert client[exports["MONGODB_DB"]].orders.count_documents({}) >= 40
-    finally:
-        up.send_signal(signal.SIGINT)
-        assert up.wait(30) == 0
-    assert _refuses(int(exports["SMTP_PORT"]))
-
-
-def test_services_die_with_a_killed_parent(tmp_path: Path) -> None:
-    """Even a parent killed outright (no cleanup runs) leaves no server behind."""
-    parent = _python(
-        [
-            "-c",
-            "import sys, time\n"
-            "from ordertrack_dagster.devstack.stack import EmbeddedStack\n"
-            f"stack = EmbeddedStack(services=('slack', 'smtp'), workdir={str(tmp_path)!r})\n"
-            "stack.start()\n"
-            "print(stack.ports['slack'], stack.ports['smtp'], flush=True)\n"
-            "time.sleep(60)\n",
-        ]
-    )
-    assert parent.stdout is not None and parent.stderr is not None
-    line = parent.stdout.readline()
-    assert line, parent.stderr.read()
-    ports = [int(port) for port in line.split()]
-    parent.kill()
-    parent.wait()
-    deadline = time.monotonic() + 10
-    while not all(_refuses(port) for port in ports):
-        assert time.monotonic() < deadline, "a server outlived its parent"
-        time.sleep(0.1)

@@ -1,0 +1,1 @@
+ordertrack_dagster/analytics/sql
