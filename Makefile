@@ -4,13 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test lint format bench bench-smoke clean
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-$(STAMP): pyproject.toml
+.PHONY: install run dev test lint format bench bench-smoke lock clean
+
+# Exact versions and hashes from the lock file, then the project itself without resolving again.
+# pip is pinned too: before 23.3 it refuses a hashed lock naming a dependency with an extra.
+$(STAMP): pyproject.toml requirements/dev.lock
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet pip==26.3
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +43,10 @@ bench: $(STAMP)  ## production-scale figures into BENCH.md and bench.json
 
 bench-smoke: $(STAMP)  ## a few hundred orders, under a minute
 	$(BIN)/python -m ordertrack_dagster.bench --smoke
+
+lock: $(STAMP)  ## re-resolve the hashed lock files after a change of pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -q -o requirements/runtime.lock
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -q --extra dev -o requirements/dev.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

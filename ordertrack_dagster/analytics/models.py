@@ -27,7 +27,9 @@ import pyarrow.fs as pafs
 from ordertrack_dagster.analytics.history import HISTORY_ASSETS, HistoryStore, history_schema
 from ordertrack_dagster.flows import FLOWS
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# Shipped inside the package (a wheel install has no checkout); `sql/` at the top of the
+# repository is a link to this folder.
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 BUILTIN_PARAMS = frozenset({"as_of"})
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

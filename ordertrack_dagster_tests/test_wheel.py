@@ -1,0 +1,73 @@
+"""The package as users install it: a wheel, in a fresh environment, with no extras.
+
+Every real deployment (an image, a wheel) installs this way, so this is where a file left
+out of the package or an import of development tooling would show.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+from ordertrack_dagster.analytics.models import SQL_DIR
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEVELOPMENT_ONLY = (
+    "secantusdb",
+    "moto",
+    "aiosmtpd",
+    "starlette",
+    "uvicorn",
+    "matplotlib",
+    "psutil",
+)
+
+# Run from an empty directory, so that only the installed package can be imported.
+LOAD_DEFINITIONS = f"""
+import importlib.util, json
+DEVELOPMENT_ONLY = {DEVELOPMENT_ONLY!r}
+from ordertrack_dagster.definitions import defs
+keys = defs.resolve_asset_graph().get_all_asset_keys()
+print(json.dumps({{
+    "analytics": sorted(k.path[-1] for k in keys if k.path[0] == "analytics"),
+    "module": importlib.util.find_spec("ordertrack_dagster").origin,
+    "installed": [name for name in DEVELOPMENT_ONLY if importlib.util.find_spec(name)],
+}}))
+"""
+
+
+def _run(*command: str | Path, cwd: Path) -> str:
+    result = subprocess.run(
+        [str(part) for part in command], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_without_extras_loads_every_sql_model(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, PROJECT_ROOT,
+         cwd=tmp_path)  # fmt: skip
+    (wheel,) = wheels.glob("ordertrack_dagster-*.whl")
+
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    lock = PROJECT_ROOT / "requirements" / "runtime.lock"
+    _run(python, "-m", "pip", "install", "-q", "--require-hashes", "-r", lock, cwd=tmp_path)
+    _run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, cwd=tmp_path)
+    _run(python, "-m", "pip", "check", cwd=tmp_path)
+
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    loaded = json.loads(_run(python, "-c", LOAD_DEFINITIONS, cwd=empty).splitlines()[-1])
+
+    assert loaded["module"].startswith(str(tmp_path / "venv"))
+    assert loaded["analytics"] == sorted(path.stem for path in SQL_DIR.glob("*.sql"))
+    assert loaded["analytics"], "the checkout has no SQL models"
+    assert loaded["installed"] == [], "development tooling was installed with the runtime"
