@@ -5,6 +5,7 @@ workspace; a tick of the flow's schedule must launch a run that succeeds, a seco
 flow must wait in the queue while the first runs, and all of it must be in Postgres.
 """
 
+import os
 import time
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ import pytest
 
 from ordertrack_dagster.orchestration.guards import FLOW_TAG, PARTITION_TAG
 from ordertrack_dagster.orchestration.schedules import schedule_name
+from ordertrack_dagster_tests.deploy.browser import DOCS_IMAGES, screenshot
 from ordertrack_dagster_tests.deploy.conftest import FLOW
 from ordertrack_dagster_tests.deploy.graphql import (
     Run,
@@ -107,3 +109,35 @@ def test_a_tick_runs_the_flow_and_a_second_run_waits_for_it(deployment, deploy_s
     )
     keys = [item["Key"] for item in listing.get("Contents", [])]
     assert any(first.run_id in key for key in keys), keys
+
+
+# The runbook's pictures (docs/operations.md): the page, and what it must show.
+SCREENSHOTS = {
+    "tracking-lineage.png": "/locations/ordertrack/asset-groups/tracking/lineage",
+    "raw-courier-responses-partition.png": (
+        f"/assets/raw_courier_responses?view=partitions&partition={FLOW}"
+    ),
+    "automation.png": "/automation",
+}
+
+
+def test_screenshots_of_the_ui_for_the_runbook(deployment, tmp_path):
+    """Headless Chromium against the local deployment, once a run of the flow succeeded.
+
+    `UPDATE_SCREENSHOTS=1` writes them into docs/images/ (look at them before committing).
+    """
+    if not any(run.status == "SUCCESS" for run in flow_runs(deployment, {PARTITION_TAG: FLOW})):
+        run_id = launch_flow_run(deployment, FLOW)
+        _wait_for(
+            deployment,
+            "no run to show",
+            RUN_DEADLINE_S,
+            lambda: run_status(deployment, run_id) == "SUCCESS",
+        )
+    # What "Skip" on the community dialog records (in the instance), so it covers no picture.
+    deployment.graphql("mutation SetNuxSeen { setNuxSeen }")
+    folder = DOCS_IMAGES if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+    for name, path in SCREENSHOTS.items():
+        image = screenshot(f"{deployment.webserver_url}{path}", folder / name, tmp_path)
+        assert image.read_bytes().startswith(b"\x89PNG"), name
+        assert image.stat().st_size > 20_000, f"{name} looks empty"
