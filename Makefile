@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: install run dev test lint format bench bench-smoke lock clean
+.PHONY: install system-packages run dev test lint format bench bench-smoke deploy-check lock clean
 
 # Exact versions and hashes from the lock file, then the project itself without resolving again.
 # pip is pinned too: before 23.3 it refuses a hashed lock naming a dependency with an extra.
@@ -20,13 +20,27 @@ $(STAMP): pyproject.toml requirements/dev.lock
 
 install: $(STAMP)
 
+# The deployment tests run a real PostgreSQL and photograph the UI in headless Chromium:
+# Debian packages, installed here when missing (as root), named otherwise.
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "the tests need the Debian packages:$$missing (apt-get install$$missing)"; exit 1; \
+	fi
+
 run: $(STAMP)  ## start the embedded stack, seed it, run every flow once, print a summary
 	$(BIN)/python -m ordertrack_dagster.devstack run
 
 dev: $(STAMP)  ## the embedded stack plus `dagster dev` on 127.0.0.1:3000
 	$(BIN)/python -m ordertrack_dagster.devstack dev
 
-test: $(STAMP)  ## lint, then the whole suite (it starts and stops its own servers)
+test: $(STAMP) system-packages  ## lint, then the whole suite (it starts and stops its own servers)
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/ruff format --check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/python -m pytest -q
@@ -44,8 +58,12 @@ bench: $(STAMP)  ## production-scale figures into BENCH.md and bench.json
 bench-smoke: $(STAMP)  ## a few hundred orders, under a minute
 	$(BIN)/python -m ordertrack_dagster.bench --smoke
 
+deploy-check: $(STAMP) system-packages  ## deploy/ checked offline and run on a local PostgreSQL
+	$(BIN)/python -m pytest -q ordertrack_dagster_tests/deploy
+
 lock: $(STAMP)  ## re-resolve the hashed lock files after a change of pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -q -o requirements/runtime.lock
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -q --extra deploy -o requirements/deploy.lock
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -q --extra dev -o requirements/dev.lock
 
 clean:

@@ -9,9 +9,24 @@ from dagster import AssetSelection, define_asset_job
 from ordertrack_dagster.orchestration.checks import CHECKS
 from ordertrack_dagster.tracking.assets import GROUP
 
+# The pod of one tracking run on Kubernetes (the `dagster-k8s/config` tag is read by
+# K8sRunLauncher; other run launchers ignore it). BENCH.md: a run's peak RSS is 699 MiB at the
+# flow's cap of 36,000 orders (a run never selects more), so 1 GiB is requested and 1.5 GiB is
+# the limit. Its CPU is about 20 s over a 3-minute run, mostly while fetching; the limit of one
+# core keeps that fetch from being throttled.
+TRACKING_RUN_K8S_CONFIG = {
+    "container_config": {
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "1Gi"},
+            "limits": {"cpu": "1", "memory": "1536Mi"},
+        }
+    }
+}
+
 tracking_job = define_asset_job(
     name="tracking_job",
     selection=AssetSelection.groups(GROUP) - AssetSelection.checks(*CHECKS),
+    tags={"dagster-k8s/config": TRACKING_RUN_K8S_CONFIG},
     description="One flow end to end: snapshot, courier answers, mapping, MongoDB write, "
     "side effects. The partition is the flow.",
 )

@@ -1,0 +1,36 @@
+"""Screenshots with the system's headless Chromium (Debian package `chromium`)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from ordertrack_dagster_tests.deploy.local_deployment import PROJECT_ROOT
+
+DOCS_IMAGES = PROJECT_ROOT / "docs" / "images"
+# No network but the page's own, no first-run or sync traffic, a profile of its own.
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--window-size=1440,900",
+]  # fmt: skip
+# The UI is a single-page app: give its queries time to answer before the picture is taken.
+RENDER_BUDGET_MS = 20_000
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "no Chromium: apt-get install -y chromium"
+    return found
+
+
+def screenshot(url: str, target: Path, scratch: Path) -> Path:
+    """Load `url` and save what it shows as a PNG at `target`."""
+    profile = scratch / f"profile-{target.stem}"
+    profile.mkdir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [chromium(), *FLAGS, f"--user-data-dir={profile}",
+         f"--virtual-time-budget={RENDER_BUDGET_MS}", f"--screenshot={target}", url],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return target

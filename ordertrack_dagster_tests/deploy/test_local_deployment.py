@@ -1,0 +1,143 @@
+"""deploy/ runs: a scheduled flow end to end on PostgreSQL, four processes, through the UI's API.
+
+The webserver, the daemon and the code server share nothing but the Postgres instance and the
+workspace; a tick of the flow's schedule must launch a run that succeeds, a second run of the
+flow must wait in the queue while the first runs, and all of it must be in Postgres.
+"""
+
+import os
+import time
+from collections.abc import Callable
+
+import pytest
+
+from ordertrack_dagster.orchestration.guards import FLOW_TAG, PARTITION_TAG
+from ordertrack_dagster.orchestration.schedules import schedule_name
+from ordertrack_dagster_tests.deploy.browser import DOCS_IMAGES, screenshot
+from ordertrack_dagster_tests.deploy.conftest import FLOW
+from ordertrack_dagster_tests.deploy.graphql import (
+    Run,
+    flow_runs,
+    launch_flow_run,
+    run_status,
+    schedule_ticks,
+    start_schedule,
+)
+from ordertrack_dagster_tests.deploy.local_deployment import Deployment
+
+pytestmark = pytest.mark.slow
+
+# The next minute's tick, plus a run of slow courier answers.
+TICK_DEADLINE_S = 150
+RUN_DEADLINE_S = 120
+IN_FLIGHT = {"STARTING", "STARTED"}
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def _wait_for(
+    deployment: Deployment, what: str, deadline_s: float, found: Callable[[], object]
+) -> object:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if value := found():
+            return value
+        time.sleep(1)
+    pytest.fail(f"{what} within {deadline_s} s\n{deployment.all_logs()}")
+
+
+def _scheduled_run(deployment: Deployment) -> Run | None:
+    runs = flow_runs(deployment, {"dagster/schedule_name": schedule_name(FLOW)})
+    return runs[-1] if runs else None
+
+
+def test_a_tick_runs_the_flow_and_a_second_run_waits_for_it(deployment, deploy_stack):
+    state = start_schedule(deployment, schedule_name(FLOW))
+    assert state == "RUNNING"
+
+    first = _wait_for(
+        deployment,
+        "no scheduled run started",
+        TICK_DEADLINE_S,
+        lambda: (run := _scheduled_run(deployment)) and run.status in IN_FLIGHT | FINISHED and run,
+    )
+    assert first.status in IN_FLIGHT, f"the first run finished before a second could wait: {first}"
+
+    # The same flow again, as an operator re-runs the partition from the UI.
+    second_id = launch_flow_run(deployment, FLOW)
+    waited_while_first_ran = 0
+    deadline = time.monotonic() + RUN_DEADLINE_S
+    while (first_status := run_status(deployment, first.run_id)) not in FINISHED:
+        assert time.monotonic() < deadline, deployment.all_logs()
+        second_status = run_status(deployment, second_id)
+        assert second_status == "QUEUED", f"second run {second_status} while the first ran"
+        waited_while_first_ran += 1
+        time.sleep(1)
+    assert first_status == "SUCCESS", deployment.all_logs()
+    assert waited_while_first_ran >= 2
+
+    # Once the first is done the queue lets the second go, and it succeeds too.
+    _wait_for(
+        deployment,
+        "the queued run did not finish",
+        RUN_DEADLINE_S,
+        lambda: run_status(deployment, second_id) in FINISHED,
+    )
+    assert run_status(deployment, second_id) == "SUCCESS", deployment.all_logs()
+
+    ticks = schedule_ticks(deployment, schedule_name(FLOW))
+    assert any(first.run_id in tick["runIds"] for tick in ticks if tick["status"] == "SUCCESS")
+
+    # All of it is in Postgres: the runs, their events, the schedule's ticks.
+    postgres = deployment.postgres
+    stored = dict(postgres.query("SELECT run_id, status FROM runs"))
+    assert stored[first.run_id] == "SUCCESS" and stored[second_id] == "SUCCESS"
+    events = postgres.query(
+        "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = %s",
+        first.run_id,
+        "ASSET_MATERIALIZATION",
+    )
+    assert events[0][0] >= 4  # the tracking assets of the flow's partition
+    [(tick_rows,)] = postgres.query("SELECT count(*) FROM job_ticks WHERE status = 'SUCCESS'")
+    assert tick_rows >= 1
+
+    # The first run's tags are the schedule's: the flow's, so its queue slot is the flow's.
+    assert first.tags[FLOW_TAG] == FLOW and first.tags[PARTITION_TAG] == FLOW
+
+    # Step logs went to S3 (the stack's), where any webserver can read them.
+    listing = deploy_stack.s3_client().list_objects_v2(
+        Bucket=deploy_stack.bucket, Prefix="dagster/compute-logs/"
+    )
+    keys = [item["Key"] for item in listing.get("Contents", [])]
+    assert any(first.run_id in key for key in keys), keys
+
+
+# The runbook's pictures (docs/operations.md): the page, and what it must show.
+SCREENSHOTS = {
+    "tracking-lineage.png": "/locations/ordertrack/asset-groups/tracking/lineage",
+    "raw-courier-responses-partition.png": (
+        f"/assets/raw_courier_responses?view=partitions&partition={FLOW}"
+    ),
+    "automation.png": "/automation",
+}
+
+
+def test_screenshots_of_the_ui_for_the_runbook(deployment, tmp_path):
+    """Headless Chromium against the local deployment, once a run of the flow succeeded.
+
+    `UPDATE_SCREENSHOTS=1` writes them into docs/images/ (look at them before committing).
+    """
+    if not any(run.status == "SUCCESS" for run in flow_runs(deployment, {PARTITION_TAG: FLOW})):
+        run_id = launch_flow_run(deployment, FLOW)
+        _wait_for(
+            deployment,
+            "no run to show",
+            RUN_DEADLINE_S,
+            lambda: run_status(deployment, run_id) == "SUCCESS",
+        )
+    # What "Skip" on the community dialog records (in the instance), so it covers no picture.
+    deployment.graphql("mutation SetNuxSeen { setNuxSeen }")
+    folder = DOCS_IMAGES if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+    for name, path in SCREENSHOTS.items():
+        image = screenshot(f"{deployment.webserver_url}{path}", folder / name, tmp_path)
+        assert image.read_bytes().startswith(b"\x89PNG"), name
+        assert image.stat().st_size > 20_000, f"{name} looks empty"

