@@ -4,26 +4,19 @@ and the growth plot beside it. The reading is written from the figures of this r
 from __future__ import annotations
 
 import heapq
-import importlib.metadata
 import json
 import math
-import os
-import platform
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from ordertrack_dagster.bench.measure import DAGSTER, PHASES, RunFigures
+from ordertrack_dagster.bench.results import Results, scale_as_dict
 from ordertrack_dagster.bench.scenarios import (
     BUDGET_ENV,
     UNLIMITED_BUDGET,
     LimitedFigures,
-    Scale,
     budget_env,
 )
 from ordertrack_dagster.devstack.simulator import lognormal_params
@@ -31,7 +24,6 @@ from ordertrack_dagster.flows import get_flow
 
 PLOT_NAME = "bench_growth.png"
 TRACKING_PHASES = ("selection", "fetch", "mapping", "write")
-PACKAGES = ("dagster", "pymongo", "pandas", "pyarrow", "httpx", "SecantusDB", "moto", "uvicorn")
 # Targets of the issue that asked for this benchmark.
 FETCH_RATIO_TARGET = 1.25
 ROUND_TRIPS_TARGET = 10.0
@@ -39,55 +31,6 @@ BUDGET_SHARE_TARGET = 0.90
 RSS_TARGET_MIB = 1024.0
 DELHIVERY_WINDOW_SECONDS = 300  # the courier's real window, which the measurement scales
 FLAT_TOLERANCE = 1.25  # CPU per 1,000 orders may drift this much and still count as flat
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        model = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in cpuinfo.read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            "",
-        )
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model or platform.processor(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "os": platform.platform(terse=True),
-        "python": platform.python_version(),
-        "packages": {name: importlib.metadata.version(name) for name in PACKAGES},
-    }
-
-
-@dataclass
-class Results:
-    """Everything one benchmark produced."""
-
-    mode: str
-    scale: Scale
-    latency_mean_ms: float
-    latency_p99_ms: float
-    machine: dict[str, Any]
-    load_before: tuple[float, float, float]
-    load_after: tuple[float, float, float]
-    seconds: float
-    flows: list[RunFigures]
-    growth: list[RunFigures]
-    limited: LimitedFigures | None
-
-    def runs(self) -> list[RunFigures]:
-        return [*self.flows, *self.growth, *(self.limited.runs if self.limited else [])]
-
-    def others_share(self) -> float:
-        """Mean share of the machine taken by processes outside the benchmark during runs."""
-        runs = self.runs()
-        total = sum(run.whole_seconds for run in runs)
-        return sum(r.others_cpu_share * r.whole_seconds for r in runs) / total if total else 0.0
 
 
 def deliveries(run: RunFigures) -> int:
@@ -253,7 +196,7 @@ def per_1000(value: float, run: RunFigures) -> float:
 
 def to_json(results: Results) -> dict[str, Any]:
     return {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "generated_at": results.generated_at,
         "mode": results.mode,
         "machine": results.machine,
         "load_average_before": results.load_before,
@@ -263,13 +206,7 @@ def to_json(results: Results) -> dict[str, Any]:
         "settings": {
             "latency_mean_ms": results.latency_mean_ms,
             "latency_p99_ms": results.latency_p99_ms,
-            "scale": {
-                "throughput": results.scale.throughput,
-                "growth": results.scale.growth,
-                "limited_orders": results.scale.limited_orders,
-                "courier_limit": results.scale.courier_limit.__dict__,
-                "client_budget": results.scale.client_budget.__dict__,
-            },
+            "scale": scale_as_dict(results.scale),
             "unlimited_client_budget": budget_env(UNLIMITED_BUDGET),
         },
         "targets": targets(results),
@@ -279,8 +216,14 @@ def to_json(results: Results) -> dict[str, Any]:
     }
 
 
-def write_json(results: Results, path: Path) -> None:
-    path.write_text(json.dumps(to_json(results), indent=1, default=str) + "\n")
+def write_report(results: Results, out: Path) -> list[Path]:
+    """BENCH.md, bench.json and the plot (when there are growth runs) in `out`; their paths."""
+    written = []
+    if plot_growth(results.growth, out / PLOT_NAME):
+        written.append(out / PLOT_NAME)
+    (out / "bench.json").write_text(json.dumps(to_json(results), indent=1, default=str) + "\n")
+    (out / "BENCH.md").write_text(render_markdown(results, PLOT_NAME if written else None))
+    return [out / "BENCH.md", out / "bench.json", *written]
 
 
 # -- BENCH.md ----------------------------------------------------------------------------
