@@ -1,7 +1,7 @@
 """The figures of the report, computed from one benchmark's results as plain data: the targets
 (each with its measured value, bound and verdict) and what the reading of BENCH.md cites.
-Nothing here formats prose; the template does (the targets' table cells excepted, which
-bench.json carries too)."""
+The prose is the template's (BENCH.md.j2); only the targets' cells, which bench.json carries
+too, are written here."""
 
 from __future__ import annotations
 
@@ -238,6 +238,8 @@ class CappedRun:
 
 @dataclass(frozen=True)
 class GrowthReading:
+    """How delhivery_b2c's run grows with the orders due (two sizes or more)."""
+
     grown: list[RunFigures]  # the runs that selected every order due
     exponents: list[tuple[str, float | None]]
     capped: list[CappedRun]
@@ -247,6 +249,8 @@ class GrowthReading:
 
 @dataclass(frozen=True)
 class LimitedReading:
+    """The drain under the courier's limit: its runs, and where its time went."""
+
     figures: LimitedFigures
     rows: list[RunRow]
     window_scaled_down: float
