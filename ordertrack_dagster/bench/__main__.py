@@ -1,4 +1,5 @@
-"""Command line of the benchmark: start the stack, measure, write BENCH.md and bench.json."""
+"""Command line of the benchmark: start the stack, measure, write BENCH.md and bench.json
+(or, with --report-only, write them again from the figures of a past run)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ordertrack_dagster.bench.report import (
-    PLOT_NAME,
-    Results,
-    machine,
-    plot_growth,
-    render_markdown,
-    write_json,
-)
+from ordertrack_dagster.bench.report import write_report
+from ordertrack_dagster.bench.results import Results, machine, read_results
 from ordertrack_dagster.bench.scenarios import (
     FULL,
     SMOKE,
@@ -51,17 +46,20 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=PARTS, action="append", help="run only this measurement (repeatable)"
     )
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="BENCH_JSON",
+        help="measure nothing: write BENCH.md, bench.json and the plot again from the figures "
+        "of this bench.json (default --out: the directory it is in)",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse(argv)
+def measure(args: argparse.Namespace) -> Results:
+    """Start the embedded stack and take the measurements asked for."""
     scale = SMOKE if args.smoke else FULL
-    out = args.out or (
-        Path(tempfile.mkdtemp(prefix="ordertrack-bench-smoke-")) if args.smoke else PROJECT_ROOT
-    )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ordertrack-bench-"))
-    out.mkdir(parents=True, exist_ok=True)
     parts = set(args.only or PARTS)
     simulator_args = [
         "--latency-mean-ms", str(args.latency_mean_ms),
@@ -78,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             limited = rate_limited(bench, scale) if "limited" in parts else None
         finally:
             bench.close()
-    results = Results(
+    return Results(
         mode="smoke" if args.smoke else "full",
         scale=scale,
         latency_mean_ms=args.latency_mean_ms,
@@ -91,13 +89,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         growth=grown,
         limited=limited,
     )
-    plotted = plot_growth(results.growth, out / PLOT_NAME)
-    write_json(results, out / "bench.json")
-    (out / "BENCH.md").write_text(render_markdown(results, PLOT_NAME if plotted else None))
-    print(
-        f"wrote {out / 'BENCH.md'}, {out / 'bench.json'}"
-        + (f", {out / PLOT_NAME}" if plotted else "")
-    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if args.report_only:
+        out = args.out or args.report_only.parent
+    else:
+        out = args.out or (
+            Path(tempfile.mkdtemp(prefix="ordertrack-bench-smoke-")) if args.smoke else PROJECT_ROOT
+        )
+    out.mkdir(parents=True, exist_ok=True)  # before measuring: a bad --out fails at once
+    results = read_results(args.report_only) if args.report_only else measure(args)
+    print("wrote " + ", ".join(str(path) for path in write_report(results, out)))
     return 0
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,12 @@ class RunFigures:
         data["mongodb_round_trips_per_1000"] = self.per_1000(self.mongo.round_trips)
         data["cpu_seconds_per_1000"] = self.per_1000(self.cpu_seconds)
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunFigures:
+        """The figures `as_dict` wrote (what it derives is derived again)."""
+        values = {f.name: data[f.name] for f in fields(cls) if f.name != "mongo"}
+        return cls(**values, mongo=MongoFigures(**data["mongo"]))
 
 
 def _service_cpu(pids: Mapping[str, int]) -> dict[str, float]:

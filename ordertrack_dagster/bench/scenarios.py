@@ -13,7 +13,7 @@ import io
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -211,6 +211,17 @@ class LimitedFigures:
             "runs": [run.as_dict() for run in self.runs],
         }
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LimitedFigures:
+        """The figures `as_dict` wrote; the request times it leaves out stay empty."""
+        built = {"courier_limit", "client_budget", "runs", "request_times"}
+        return cls(
+            **{f.name: data[f.name] for f in fields(cls) if f.name not in built},
+            courier_limit=RateBudget(**data["courier_limit"]),
+            client_budget=RateBudget(**data["client_budget"]),
+            runs=[RunFigures.from_dict(run) for run in data["runs"]],
+        )
 
 
 def _occupancy(times: list[float], intervals: list[tuple[float, float]], window: float) -> float:

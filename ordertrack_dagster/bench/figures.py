@@ -1,0 +1,502 @@
+"""The figures of the report, computed from one benchmark's results as plain data: the targets
+(each with its measured value, bound and verdict) and what the reading of BENCH.md cites.
+The prose is the template's (BENCH.md.j2); only the targets' cells, which bench.json carries
+too, are written here."""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from ordertrack_dagster.bench.measure import PHASES, RunFigures
+from ordertrack_dagster.bench.results import Results
+from ordertrack_dagster.bench.scenarios import LimitedFigures
+from ordertrack_dagster.devstack.simulator import lognormal_params
+from ordertrack_dagster.flows import get_flow
+
+TRACKING_PHASES = ("selection", "fetch", "mapping", "write")
+# Targets of the issue that asked for this benchmark.
+FETCH_RATIO_TARGET = 1.25
+ROUND_TRIPS_TARGET = 10.0
+BUDGET_SHARE_TARGET = 0.90
+RSS_TARGET_MIB = 1024.0
+DELHIVERY_WINDOW_SECONDS = 300  # the courier's real window, which the measurement scales
+FLAT_TOLERANCE = 1.25  # CPU per 1,000 orders may drift this much and still count as flat
+PACED_FLOWS = ("delhivery_b2b", "delhivery_fallback")
+
+
+# -- per-run figures ----------------------------------------------------------------------
+
+
+def per_1000(value: float, run: RunFigures) -> float:
+    return value * 1000 / run.orders if run.orders else 0.0
+
+
+def tracking_round_trips(run: RunFigures) -> int:
+    return int(sum(run.mongo.per_phase.get(p, {}).get("round_trips", 0) for p in TRACKING_PHASES))
+
+
+def deliveries(run: RunFigures) -> int:
+    """Messages the side effects tried to send in the run."""
+    return sum(
+        int(run.assets.get(name, {}).get(field, 0))
+        for name in PHASES["effects"]
+        for field in ("sent", "failed", "rate_limited")
+    )
+
+
+def client_fetch_cpu(run: RunFigures) -> float:
+    return float(run.assets.get("raw_courier_responses", {}).get("fetch_cpu_seconds", 0.0))
+
+
+def simulator_cpu(run: RunFigures) -> float:
+    return run.service_cpu_seconds.get("simulator", 0.0)
+
+
+def fetch_floor(run: RunFigures, cores: int) -> float:
+    """The least the fetch can take on this machine: the CPU the run process spent in it and
+    the CPU the simulator spent answering, on `cores` cores (each process on one core)."""
+    client, simulator = client_fetch_cpu(run), simulator_cpu(run)
+    return max(client, simulator, (client + simulator) / cores)
+
+
+def latency_tail_seconds(
+    requests: int, in_flight: int, mean_ms: float, p99_ms: float, trials: int = 201
+) -> float:
+    """Median time `requests` calls take through `in_flight` workers when each call costs only
+    its latency, drawn as the simulator draws it: the bound with the tail the mean leaves out
+    (the last calls finish one by one). Simulated with a fixed seed, so it is repeatable."""
+    params = lognormal_params(mean_ms, p99_ms)
+    if params is None or not requests:
+        return 0.0
+    rng = random.Random(0)
+    finishes = []
+    for _ in range(trials):
+        free_at = [0.0] * min(in_flight, requests)  # a heap: the worker free first on top
+        for _ in range(requests):
+            heapq.heapreplace(free_at, free_at[0] + rng.lognormvariate(*params) / 1000)
+        finishes.append(max(free_at))
+    return sorted(finishes)[trials // 2]
+
+
+def at_scale(runs: Sequence[RunFigures]) -> list[RunFigures]:
+    """The runs a per-1,000 figure speaks for: a 30-order run's fixed handful of round trips
+    (indexes, courier state) says nothing per 1,000 orders (all runs when none is that big)."""
+    return [run for run in runs if run.orders >= 1000] or list(runs)
+
+
+def due(run: RunFigures) -> int:
+    """Orders due in a growth run (its label is `growth-<orders>`)."""
+    return int(run.label.rsplit("-", 1)[-1])
+
+
+@dataclass(frozen=True)
+class Step:
+    """CPU seconds per 1,000 more orders selected, from one growth size to the next."""
+
+    from_orders: int
+    to_orders: int
+    cpu_seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.cpu_seconds:.2f} s from {self.from_orders:,} to {self.to_orders:,}"
+
+
+def marginal_cpu(runs: Sequence[RunFigures]) -> list[Step]:
+    """CPU seconds per 1,000 more orders selected, between consecutive sizes: the run's cost
+    without its fixed start-up (sizes held at the cap add no orders and are left out)."""
+    distinct: list[RunFigures] = []
+    for run in runs:
+        if run.orders and (not distinct or run.orders > distinct[-1].orders):
+            distinct.append(run)
+    return [
+        Step(a.orders, b.orders, (b.cpu_seconds - a.cpu_seconds) * 1000 / (b.orders - a.orders))
+        for a, b in pairwise(distinct)
+    ]
+
+
+def slope(runs: Sequence[RunFigures], value: Callable[[RunFigures], float]) -> float | None:
+    """Log-log growth from the first to the last run against orders selected: 1 is linear,
+    below 1 better than linear (None when it cannot be told)."""
+    first, last = runs[0], runs[-1]
+    a, b = value(first), value(last)
+    if a <= 0 or b <= 0 or first.orders == last.orders:
+        return None
+    return math.log(b / a) / math.log(last.orders / first.orders)
+
+
+# -- what BENCH.md shows --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue that asked for the benchmark, and how this run fared."""
+
+    target: str  # what was asked
+    value: float | None  # the figure that decides it (None: it cannot be told)
+    bound: float  # the target's limit on that figure
+    met: bool
+    measured: str  # the figure as the report shows it
+    why: str = ""  # the figures that explain it, shown after it
+
+    @property
+    def ratio(self) -> float | None:
+        """The figure over its bound."""
+        return self.value / self.bound if self.value is not None and self.bound else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "value": self.value,
+            "bound": self.bound,
+            "ratio": self.ratio,
+            "met": self.met,
+            "measured": self.measured,
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run in the tables."""
+
+    label: str
+    run: RunFigures
+    client_cpu_seconds: float
+    simulator_cpu_seconds: float
+    tracking_round_trips_per_1000: float
+    round_trips_per_1000: float
+    cpu_seconds_per_1000: float
+    rate_limited_answers: int
+
+
+@dataclass(frozen=True)
+class FetchReading:
+    """delhivery_b2c at production scale: where its time went and why the fetch is slower
+    than its bound."""
+
+    run: RunFigures
+    write_share: float  # of the whole run
+    bound_seconds: float  # the fetch's, never zero
+    tail_seconds: float  # a client costing no CPU, with the simulator's latencies
+    client_cpu_seconds: float
+    client_cpu_ms_per_request: float
+    simulator_cpu_seconds: float
+    floor_seconds: float  # the CPU of client and simulator on this machine's cores
+    cores: int
+    write_operations: int  # updates the write phase sent (0: not reported)
+    write_round_trips: int
+    write_wait_seconds: float
+
+    @property
+    def tail_ratio(self) -> float:
+        return self.tail_seconds / self.bound_seconds
+
+    @property
+    def floor_ratio(self) -> float:
+        return self.floor_seconds / self.bound_seconds
+
+    @property
+    def write_ms_per_operation(self) -> float:
+        return self.write_wait_seconds * 1000 / self.write_operations
+
+
+@dataclass(frozen=True)
+class EffectsReading:
+    """The side effects of the flow with the most round trips per 1,000 orders."""
+
+    run: RunFigures
+    messages: int
+    round_trips: int  # of the side effects
+    messages_percent: float  # of the orders
+    tracking_round_trips_per_1000: float
+
+
+@dataclass(frozen=True)
+class PacedReading:
+    """A flow whose fetch is bound by its pacing, not by throughput."""
+
+    run: RunFigures
+    workers: int
+    pause_seconds: float
+
+
+@dataclass(frozen=True)
+class CappedRun:
+    """A growth run with more orders due than its flow's cap, and the run it compares with."""
+
+    run: RunFigures
+    due: int
+    uncapped: RunFigures | None  # the growth run that selected as many orders
+    uncapped_due: int
+
+
+@dataclass(frozen=True)
+class GrowthReading:
+    """How delhivery_b2c's run grows with the orders due (two sizes or more)."""
+
+    grown: list[RunFigures]  # the runs that selected every order due
+    exponents: list[tuple[str, float | None]]
+    capped: list[CappedRun]
+    marginal: list[Step]
+    smallest: RunFigures
+
+
+@dataclass(frozen=True)
+class LimitedReading:
+    """The drain under the courier's limit: its runs, and where its time went."""
+
+    figures: LimitedFigures
+    rows: list[RunRow]
+    window_scaled_down: float
+    drain_seconds: float
+    idle_seconds: float  # of the drain, with no request going out
+
+    @property
+    def ask_ratio(self) -> float:
+        return (self.figures.worst_first_ask_seconds or 0) / self.figures.bound_seconds
+
+    @property
+    def write_ratio(self) -> float:
+        return (self.figures.worst_first_write_seconds or 0) / self.figures.bound_seconds
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything BENCH.md shows, computed from one benchmark's results."""
+
+    results: Results
+    targets: list[Target]
+    others_share: float
+    minutes: int
+    flow_rows: list[RunRow]
+    growth_rows: list[RunRow]
+    fetch: FetchReading | None
+    effects: EffectsReading | None
+    paced: list[PacedReading]
+    growth: GrowthReading | None
+    limited: LimitedReading | None
+
+
+# -- computing them -------------------------------------------------------------------------
+
+
+def _row(label: str, run: RunFigures) -> RunRow:
+    return RunRow(
+        label=label,
+        run=run,
+        client_cpu_seconds=client_fetch_cpu(run),
+        simulator_cpu_seconds=simulator_cpu(run),
+        tracking_round_trips_per_1000=per_1000(tracking_round_trips(run), run),
+        round_trips_per_1000=per_1000(run.mongo.round_trips, run),
+        cpu_seconds_per_1000=per_1000(run.cpu_seconds, run),
+        rate_limited_answers=int(
+            run.assets.get("raw_courier_responses", {}).get("rate_limited_answers", 0)
+        ),
+    )
+
+
+def fetch_reading(results: Results) -> FetchReading | None:
+    b2c = next((run for run in results.flows if run.flow == "delhivery_b2c"), None)
+    if b2c is None:
+        return None
+    cores = results.machine["cores"] or 1
+    tail = latency_tail_seconds(
+        b2c.requests, get_flow(b2c.flow).workers, results.latency_mean_ms, results.latency_p99_ms
+    )
+    writes = b2c.mongo.per_phase.get("write", {})
+    summary = b2c.assets.get("order_status_writes", {})
+    operations = int(summary.get("orders_matched", 0)) + int(summary.get("updated", 0))
+    return FetchReading(
+        run=b2c,
+        write_share=b2c.phase_seconds["write"] / b2c.whole_seconds,
+        bound_seconds=max(b2c.fetch_bound_seconds, 1e-9),
+        tail_seconds=tail,
+        client_cpu_seconds=client_fetch_cpu(b2c),
+        client_cpu_ms_per_request=client_fetch_cpu(b2c) * 1000 / max(b2c.requests, 1),
+        simulator_cpu_seconds=simulator_cpu(b2c),
+        floor_seconds=fetch_floor(b2c, cores),
+        cores=cores,
+        write_operations=operations if writes else 0,
+        write_round_trips=int(writes.get("round_trips", 0)),
+        write_wait_seconds=writes.get("wait_seconds", 0.0),
+    )
+
+
+def targets(results: Results, fetch: FetchReading | None) -> list[Target]:
+    """Each target of the issue: the figure measured, and whether it is met."""
+    rows = []
+    if fetch is not None:
+        b2c = fetch.run
+        rows.append(
+            Target(
+                target=f"fetch phase <= {FETCH_RATIO_TARGET}x its bound "
+                f"at {b2c.orders:,} delhivery_b2c orders",
+                value=b2c.fetch_ratio,
+                bound=FETCH_RATIO_TARGET,
+                met=(b2c.fetch_ratio or math.inf) <= FETCH_RATIO_TARGET,
+                measured=f"{b2c.fetch_ratio or math.inf:.2f}x ({b2c.fetch_seconds:.2f} s vs "
+                f"{b2c.fetch_bound_seconds:.2f} s)",
+                why=f"a client costing no CPU would need {fetch.tail_seconds:.2f} s "
+                f"({fetch.tail_ratio:.2f}x) with these latencies, and the CPU of client and "
+                f"simulator alone {fetch.floor_seconds:.2f} s here",
+            )
+        )
+    scaled = at_scale(results.flows)
+    if scaled:
+        small = [run for run in results.flows if run not in scaled]
+        tracking = max(per_1000(tracking_round_trips(r), r) for r in scaled)
+        whole = max(per_1000(r.mongo.round_trips, r) for r in scaled)
+        worst_flow = " (worst flow" + (" of 1,000 orders or more" if small else "") + ")"
+        fixed = "; ".join(
+            f"{r.flow} ({r.orders:,} orders): {tracking_round_trips(r)} in all" for r in small
+        )
+        for path, worst, note, why in (
+            ("the tracking path (selection, fetch, mapping, write)", tracking, worst_flow, fixed),
+            ("the whole run, side effects included", whole, "", ""),
+        ):
+            rows.append(
+                Target(
+                    target=f"<= {ROUND_TRIPS_TARGET:g} MongoDB round trips per 1,000 orders: "
+                    + path,
+                    value=worst,
+                    bound=ROUND_TRIPS_TARGET,
+                    met=worst <= ROUND_TRIPS_TARGET,
+                    measured=f"at most {worst:.1f}{note}",
+                    why=why,
+                )
+            )
+    limited = results.limited
+    if limited is not None:
+        rows.append(
+            Target(
+                target="zero HTTP 403 under the courier's limit",
+                value=limited.forbidden,
+                bound=0,
+                met=limited.forbidden == 0,
+                measured=f"{limited.forbidden} in {limited.requests:,} requests",
+            )
+        )
+        rows.append(
+            Target(
+                target=f">= {BUDGET_SHARE_TARGET:.0%} of the rate budget used under the limit",
+                value=limited.budget_share_fetching,
+                bound=BUDGET_SHARE_TARGET,
+                met=limited.budget_share_fetching >= BUDGET_SHARE_TARGET,
+                measured=f"{limited.budget_share_fetching:.1%} while fetching",
+                why=f"{limited.budget_share_overall:.1%} over the whole drain",
+            )
+        )
+    if fetch is not None:
+        rows.append(
+            Target(
+                target=f"peak RSS < 1 GiB at {fetch.run.orders:,} orders",
+                value=fetch.run.peak_rss_mib,
+                bound=RSS_TARGET_MIB,
+                met=fetch.run.peak_rss_mib < RSS_TARGET_MIB,
+                measured=f"{fetch.run.peak_rss_mib:,.0f} MiB",
+            )
+        )
+    marginal = marginal_cpu(results.growth)
+    if len(marginal) >= 2:
+        pairs = [(a.cpu_seconds, b.cpu_seconds) for a, b in pairwise(marginal)]
+        rows.append(
+            Target(
+                target="CPU per 1,000 orders reported and flat as orders grow",
+                # the steepest step over the one before it (only when each costs something)
+                value=max(b / a for a, b in pairs) if all(a > 0 for a, _ in pairs) else None,
+                bound=FLAT_TOLERANCE,
+                met=all(b <= a * FLAT_TOLERANCE for a, b in pairs),
+                measured="per 1,000 orders selected: "
+                + ", ".join(
+                    f"{per_1000(r.cpu_seconds, r):.2f} s at {due(r):,} due" for r in results.growth
+                ),
+                why="beyond the fixed start-up: " + ", ".join(map(str, marginal)),
+            )
+        )
+    return rows
+
+
+GROWTH_EXPONENTS: tuple[tuple[str, Callable[[RunFigures], float]], ...] = (
+    ("whole run", lambda r: r.whole_seconds),
+    ("fetch", lambda r: r.fetch_seconds),
+    ("MongoDB write", lambda r: r.phase_seconds["write"]),
+    ("side effects", lambda r: r.phase_seconds["effects"]),
+    ("requests", lambda r: r.requests),
+    ("MongoDB round trips", lambda r: r.mongo.round_trips),
+    ("CPU", lambda r: r.cpu_seconds),
+    ("peak RSS", lambda r: r.peak_rss_mib),
+)
+
+
+def growth_reading(runs: Sequence[RunFigures]) -> GrowthReading | None:
+    if len(runs) < 2:
+        return None
+    grown = [run for run in runs if run.orders >= due(run)]
+    capped = []
+    for run in (r for r in runs if r not in grown):
+        same = next((r for r in grown if r.orders == run.orders), None)
+        capped.append(CappedRun(run, due(run), same, due(same) if same else 0))
+    return GrowthReading(
+        grown=grown,
+        exponents=[(name, slope(grown, value)) for name, value in GROWTH_EXPONENTS]
+        if len(grown) >= 2
+        else [],
+        capped=capped,
+        marginal=marginal_cpu(runs),
+        smallest=runs[0],
+    )
+
+
+def effects_reading(flows: Sequence[RunFigures]) -> EffectsReading | None:
+    scaled = at_scale(flows)
+    if not scaled:
+        return None
+    worst = max(scaled, key=lambda run: per_1000(run.mongo.round_trips, run))
+    messages = deliveries(worst)
+    return EffectsReading(
+        run=worst,
+        messages=messages,
+        round_trips=int(worst.mongo.per_phase.get("effects", {}).get("round_trips", 0)),
+        messages_percent=messages * 100 / max(worst.orders, 1),
+        tracking_round_trips_per_1000=per_1000(tracking_round_trips(worst), worst),
+    )
+
+
+def limited_reading(limited: LimitedFigures) -> LimitedReading:
+    drain = limited.ended_at - limited.started_at
+    return LimitedReading(
+        figures=limited,
+        rows=[_row(run.label.rsplit("-", 1)[-1], run) for run in limited.runs],
+        window_scaled_down=DELHIVERY_WINDOW_SECONDS / limited.courier_limit.window_seconds,
+        drain_seconds=drain,
+        idle_seconds=drain - limited.fetch_seconds,
+    )
+
+
+def report(results: Results) -> Report:
+    """Every figure BENCH.md shows."""
+    fetch = fetch_reading(results)
+    flows = {run.flow: run for run in results.flows}
+    return Report(
+        results=results,
+        targets=targets(results, fetch),
+        others_share=results.others_share(),
+        minutes=math.ceil(results.seconds / 60),
+        flow_rows=[_row(run.flow, run) for run in results.flows],
+        growth_rows=[_row(f"{due(run):,}", run) for run in results.growth],
+        fetch=fetch,
+        effects=effects_reading(results.flows),
+        paced=[
+            PacedReading(flows[key], get_flow(key).workers, get_flow(key).pause_seconds)
+            for key in PACED_FLOWS
+            if key in flows
+        ],
+        growth=growth_reading(results.growth),
+        limited=limited_reading(results.limited) if results.limited else None,
+    )

@@ -1,0 +1,118 @@
+"""Everything one benchmark produced, and the way back from bench.json to it: the report can be
+rendered again from the figures of a past run without measuring anything."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ordertrack_dagster.bench.measure import RunFigures
+from ordertrack_dagster.bench.scenarios import LimitedFigures, Scale
+from ordertrack_dagster.flows import RateBudget
+
+PACKAGES = ("dagster", "pymongo", "pandas", "pyarrow", "httpx", "SecantusDB", "moto", "uvicorn")
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model or platform.processor(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "packages": {name: importlib.metadata.version(name) for name in PACKAGES},
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Results:
+    """Everything one benchmark produced."""
+
+    mode: str
+    scale: Scale
+    latency_mean_ms: float
+    latency_p99_ms: float
+    machine: dict[str, Any]
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    seconds: float
+    flows: list[RunFigures]
+    growth: list[RunFigures]
+    limited: LimitedFigures | None
+    generated_at: str = field(default_factory=_now)
+
+    def runs(self) -> list[RunFigures]:
+        return [*self.flows, *self.growth, *(self.limited.runs if self.limited else [])]
+
+    def others_share(self) -> float:
+        """Mean share of the machine taken by processes outside the benchmark during runs."""
+        runs = self.runs()
+        total = sum(run.whole_seconds for run in runs)
+        return sum(r.others_cpu_share * r.whole_seconds for r in runs) / total if total else 0.0
+
+
+def scale_as_dict(scale: Scale) -> dict[str, Any]:
+    return {
+        "throughput": scale.throughput,
+        "growth": scale.growth,
+        "limited_orders": scale.limited_orders,
+        "courier_limit": scale.courier_limit.__dict__,
+        "client_budget": scale.client_budget.__dict__,
+    }
+
+
+def _scale(data: dict[str, Any]) -> Scale:
+    return Scale(
+        throughput=dict(data["throughput"]),
+        growth=tuple(data["growth"]),
+        limited_orders=data["limited_orders"],
+        courier_limit=RateBudget(**data["courier_limit"]),
+        client_budget=RateBudget(**data["client_budget"]),
+    )
+
+
+def results_from_json(data: dict[str, Any]) -> Results:
+    """The Results a bench.json was written from (its targets are recomputed, not read)."""
+    limited = data["rate_limited"]
+    return Results(
+        mode=data["mode"],
+        scale=_scale(data["settings"]["scale"]),
+        latency_mean_ms=data["settings"]["latency_mean_ms"],
+        latency_p99_ms=data["settings"]["latency_p99_ms"],
+        machine=data["machine"],
+        load_before=tuple(data["load_average_before"]),
+        load_after=tuple(data["load_average_after"]),
+        seconds=data["seconds"],
+        flows=[RunFigures.from_dict(run) for run in data["flows"]],
+        growth=[RunFigures.from_dict(run) for run in data["growth"]],
+        limited=LimitedFigures.from_dict(limited) if limited else None,
+        generated_at=data["generated_at"],
+    )
+
+
+def read_results(path: Path) -> Results:
+    return results_from_json(json.loads(path.read_text()))
