@@ -7,7 +7,7 @@ run without touching the schedules (SPEC §9: a scheduled tick runs the complete
 from dagster import AssetSelection, define_asset_job
 
 from ordertrack_dagster.orchestration.checks import CHECKS
-from ordertrack_dagster.tracking.assets import GROUP
+from ordertrack_dagster.tables import GROUP
 
 # The pod of one tracking run on Kubernetes (the `dagster-k8s/config` tag is read by
 # K8sRunLauncher; other run launchers ignore it). BENCH.md: a run's peak RSS is 699 MiB at the
