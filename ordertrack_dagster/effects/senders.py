@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from ordertrack_dagster.couriers.base import parse_retry_after
+from ordertrack_dagster.couriers import parse_retry_after
 from ordertrack_dagster.effects.outbox import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.security.redaction import redact
 
