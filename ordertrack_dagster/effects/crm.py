@@ -24,7 +24,7 @@ from pydantic import Field
 
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.effects.outbox import DeliveryError
-from ordertrack_dagster.security.redaction import redact, remember_secret
+from ordertrack_dagster.security.redaction import http_error_text, remember_secret
 
 TOKEN_NAME = "crm"
 DEFAULT_TOKEN_SECONDS = 3600.0
@@ -50,11 +50,7 @@ def sign(secret: str, timestamp: int, idempotency_key: str, body: bytes) -> str:
 
 
 def _transport_error(what: str, error: httpx.TransportError) -> DeliveryError:
-    """A refused header (a token with a line break) quotes the header, secret included:
-    say what failed, never the library's text for that case."""
-    if isinstance(error, httpx.LocalProtocolError):
-        return DeliveryError(f"{what}: the request could not be formed (a malformed credential?)")
-    return DeliveryError(redact(f"{what}: {error}"))
+    return DeliveryError(f"{what}: {http_error_text(error)}")
 
 
 class CrmResource(ConfigurableResource):

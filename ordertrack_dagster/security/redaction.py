@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import httpx
 import pandas as pd
 from pandas.api.types import is_object_dtype, is_string_dtype
 
@@ -117,6 +118,14 @@ def redactor(env: Mapping[str, str] | None = None) -> Redactor:
     with _learned_lock:
         learned = set(_learned)
     return _redactor(frozenset(configured_secrets(os.environ if env is None else env)) | learned)
+
+
+def http_error_text(error: httpx.HTTPError) -> str:
+    """What to say about a failed request, redacted. A header httpx refuses (a credential
+    with a line break) is quoted whole in its message: never repeat that message."""
+    if isinstance(error, httpx.LocalProtocolError):
+        return "the request could not be formed (a credential with a line break or space?)"
+    return redact(f"{type(error).__name__}: {error}")
 
 
 def redact(text: str) -> str:

@@ -7,13 +7,14 @@ reader, and turns fetch failures into outcomes that leave the order due for the 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 from bson import ObjectId
 
-from ordertrack_dagster.couriers import Interpreter, read_json_text
+from ordertrack_dagster.couriers import Interpreter, implausible_time, read_json_text
 from ordertrack_dagster.records import FetchState, Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tracking.writer import PolledOrder
@@ -87,15 +88,33 @@ def _read(order: Any, record: Any, interpret: Interpreter, now: datetime) -> Int
         return Interpretation(_FETCH_OUTCOMES[state], alert=record.error)
     try:
         answer = read_json_text(record.raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return Interpretation(Outcome.FAILED, alert="stored answer is not JSON")
     context = OrderContext(order_id=str(order.order_id), tracking_key=order.tracking_key)
     try:
-        return interpret(answer, context, now)
+        reading = interpret(answer, context, now)
     except Exception as error:  # a reader bug or an answer shape nobody foresaw
         return Interpretation(
             Outcome.FAILED, alert=f"could not read the answer: {type(error).__name__}: {error}"
         )
+    fetch_note = record.error if isinstance(record.error, str) else None  # NaN when none
+    return _with_notes(reading, fetch_note, implausible_time(reading.event_time, now))
+
+
+def _with_notes(
+    reading: Interpretation, fetch_note: str | None, time_problem: str | None
+) -> Interpretation:
+    """The reading with the fetch's note on this answer (a duplicate resolved) and without a
+    courier time nobody can believe (the poll time stands in), both said in the alert."""
+    if not (fetch_note or time_problem):
+        return reading
+    return replace(
+        reading,
+        event_time=None if time_problem else reading.event_time,
+        alert="; ".join(
+            filter(None, [reading.alert, fetch_note, time_problem and f"{time_problem}: ignored"])
+        ),
+    )
 
 
 def polled_orders(updates: pd.DataFrame) -> list[PolledOrder]:
