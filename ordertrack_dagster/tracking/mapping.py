@@ -55,10 +55,12 @@ def interpret_answers(
 ) -> pd.DataFrame:
     """One row per selected order: its answer read and mapped, or why there was none."""
     by_key = {row.tracking_key: row for row in raw.itertuples(index=False)}
+    readings = [
+        (order, _read(order, by_key.get(order.tracking_key), interpret, now))
+        for order in orders.itertuples(index=False)
+    ]
     rows = []
-    for order in orders.itertuples(index=False):
-        record = by_key.get(order.tracking_key)
-        reading = _read(order, record, interpret, now)
+    for order, reading in _refuse_shared_keys(readings):
         rows.append(
             {
                 "order_oid": order.order_oid,
@@ -78,6 +80,36 @@ def interpret_answers(
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
     frame["current_status_id"] = frame["current_status_id"].astype("Int64")
     return frame
+
+
+def _refuse_shared_keys(
+    readings: list[tuple[Any, Interpretation]],
+) -> list[tuple[Any, Interpretation]]:
+    """Due orders sharing one AWB or LR get one answer between them: it is applied to none
+    of them (a status, and an RTO webhook, for the wrong order is worse than a late one),
+    unless the answer itself names its order (Delhivery's ReferenceNo) and so picks one."""
+    orders_by_key: dict[str, list[str]] = {}
+    for order, _ in readings:
+        orders_by_key.setdefault(order.tracking_key, []).append(str(order.order_id))
+    shared = {key: ids for key, ids in orders_by_key.items() if len(ids) > 1}
+    if not shared:
+        return readings
+    matched = {
+        order.tracking_key
+        for order, reading in readings
+        if order.tracking_key in shared and reading.outcome is Outcome.REFERENCE_MISMATCH
+    }
+    result = []
+    for order, reading in readings:
+        key = order.tracking_key
+        if key in shared and key not in matched and reading.outcome.was_read:
+            reading = Interpretation(
+                Outcome.FAILED,
+                alert=f"{key} is shared by due orders {', '.join(shared[key])}: "
+                "its answer was applied to none of them",
+            )
+        result.append((order, reading))
+    return result
 
 
 def _read(order: Any, record: Any, interpret: Interpreter, now: datetime) -> Interpretation:
