@@ -14,7 +14,7 @@ from typing import Any
 from bson.decimal128 import Decimal128
 
 from ordertrack_dagster.flows import FLOWS, Selection
-from ordertrack_dagster.tracking.writer import Event
+from ordertrack_dagster.markers import Event
 
 _TITLES = {
     Event.SLACK_CANCELLED.value: ":no_entry: Booking cancelled",

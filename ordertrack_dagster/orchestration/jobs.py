@@ -8,7 +8,7 @@ from dagster import AssetSelection, define_asset_job
 
 from ordertrack_dagster.orchestration.checks import CHECKS
 from ordertrack_dagster.orchestration.operator import clear_courier_pause_job
-from ordertrack_dagster.tracking.assets import GROUP
+from ordertrack_dagster.tables import GROUP
 
 tracking_job = define_asset_job(
     name="tracking_job",
