@@ -11,7 +11,7 @@ import gzip
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -226,13 +226,16 @@ def effects_outbox(
     flow = get_flow(context.partition_key)
     outbox = _outbox(context, mongo.get_database(), effects)
     outbox.ensure_indexes()
-    drained, rejected = outbox.drain_markers(flow.key, datetime.now(UTC))
+    now = datetime.now(UTC)
+    drained, rejected = outbox.drain_markers(flow.key, now)
     for problem in rejected:
         context.log.error(f"outbox write rejected, the marker stays for the next run: {problem}")
+    purged = outbox.purge_delivered(flow.key, now - timedelta(days=effects.retention_days), now)
     return MaterializeResult(
         metadata={
             "flow": flow.key,
             "drained": sum(drained.values()),
+            "purged_after_retention": purged,
             "drained_per_event": MetadataValue.json(dict(sorted(drained.items()))),
             "rejected": len(rejected),
             "queue": MetadataValue.json(outbox.counts(flow.key, ALL_KINDS)),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -27,6 +27,7 @@ from pymongo.database import Database
 
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event
 from ordertrack_dagster.resources.mongo import BulkLog, bulk_update
+from ordertrack_dagster.security.redaction import redact
 
 OUTBOX_COLLECTION = "ordertrack_outbox"
 CLAIM_LIMIT = 1_000
@@ -117,6 +118,7 @@ class DeliveryReport:
     stopped: str | None = None  # why sending stopped early (rate limit, service down)
 
     def note(self, message: str) -> None:
+        message = redact(message)
         if message not in self.errors and len(self.errors) < KEPT_ERRORS:
             self.errors.append(message)
 
@@ -142,8 +144,12 @@ def event_document(
     marketplaces: dict[Any, str],
     now: datetime,
 ) -> dict[str, Any]:
-    """The outbox document for one drained marker (pure)."""
+    """The outbox document for one drained marker (pure). Any shape production stores
+    (no `customer`, a `customer` that is text, an odd `marketplace`) still makes one."""
     oid = order["_id"]
+    customer = order.get("customer")
+    marketplace = order.get("marketplace")
+    marketplace_name = marketplaces.get(marketplace) if isinstance(marketplace, Hashable) else None
     return {
         "_id": event_id(oid, event),
         "kind": event.value,
@@ -155,8 +161,8 @@ def event_document(
         "status": marker.get("status"),
         "queued_at": marker.get("queued_at"),
         "order": {
-            "phone": (order.get("customer") or {}).get("phone"),
-            "marketplace": marketplaces.get(order.get("marketplace")),
+            "phone": customer.get("phone") if isinstance(customer, dict) else None,
+            "marketplace": marketplace_name,
             "total_amt": order.get("total_amt"),
         },
         "idempotency_key": idempotency_key(oid, event),
@@ -179,7 +185,7 @@ def _attempt(
         "outcome": outcome,
         "http_status": http_status,
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-        "error": error,
+        "error": redact(error) if error else None,
     }
 
 
@@ -457,6 +463,26 @@ class Outbox:
                 for doc in docs
             ]
         )
+
+    # -- retention ----------------------------------------------------------------------
+
+    def purge_delivered(self, flow_key: str, older_than: datetime, now: datetime) -> int:
+        """Strip the consignee data (phone, amount, report content, attempts) from documents
+        sent before `older_than`. The document itself stays as a tombstone: its `_id` (order
+        and event) is what keeps a second drain of the same event from sending it again."""
+        result = self.collection.update_many(
+            {
+                "flow": flow_key,
+                "state": State.SENT.value,
+                "sent_at": {"$lt": older_than},
+                "purged_at": {"$exists": False},
+            },
+            {
+                "$unset": {"order": "", "content": "", "attempts": "", "last_error": ""},
+                "$set": {"purged_at": now},
+            },
+        )
+        return result.modified_count
 
     # -- what ops see -------------------------------------------------------------------
 
