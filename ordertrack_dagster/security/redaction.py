@@ -9,6 +9,7 @@ whitespace, escaped the way `repr` escapes it (`b'Token abc\\n'`), and cut at it
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -137,3 +138,23 @@ def http_error_text(error: httpx.HTTPError) -> str:
 def redact(text: str) -> str:
     """`text` without any secret of the process's environment or any learned token."""
     return redactor().text(text)
+
+
+def install_log_redaction() -> None:
+    """Redact every log record this process makes from now on, Dagster's run logs included
+    (`context.log` builds its records through the standard factory). Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacting", False):
+        return
+
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if isinstance(record.msg, str):
+            message = record.getMessage()
+            clean = redact(message)
+            if clean is not message:
+                record.msg, record.args = clean, ()
+        return record
+
+    redacting_factory.redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting_factory)

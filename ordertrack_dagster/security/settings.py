@@ -9,10 +9,11 @@ TLS. Errors name the setting, never its value.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from ordertrack_dagster.security.redaction import SECRET_SETTINGS
+from ordertrack_dagster.security.redaction import SECRET_SETTINGS, install_log_redaction
 from ordertrack_dagster.security.tokens import STATE_KEY, TokenCipher
 
 #: Set to `true` to allow plain-text transport with `ENV=PROD` (a TLS-terminating sidecar).
@@ -111,3 +112,11 @@ def validate_settings(env: Mapping[str, str]) -> list[str]:
     if problems:
         raise SettingsError("unusable settings:\n- " + "\n- ".join(problems))
     return warnings
+
+
+def load_settings(env: Mapping[str, str]) -> None:
+    """What the code location does first: refuse unusable settings, log the warnings, and
+    redact every log record from then on."""
+    for warning in validate_settings(env):
+        logging.getLogger("ordertrack").warning(warning)
+    install_log_redaction()

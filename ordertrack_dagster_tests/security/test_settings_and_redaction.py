@@ -1,9 +1,14 @@
 """Settings refused at load (SEC-MALFORMED-SECRET, SEC-TLS-POLICY) and the redaction step."""
 
+import logging
+from datetime import UTC, datetime, timedelta
+
 import pandas as pd
 import pytest
 from cryptography.fernet import Fernet
 
+from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.definitions import build_definitions
 from ordertrack_dagster.security.redaction import Redactor, redactor, remember_secret
 from ordertrack_dagster.security.settings import (
     INSECURE_OVERRIDE,
@@ -92,3 +97,31 @@ def test_learned_tokens_and_nested_values_and_frames_are_redacted():
     untouched = pd.DataFrame({"error": ["ok"]})
     assert clean.frame(untouched) is untouched
     assert Redactor([]).text("anything") == "anything"
+
+
+def test_the_code_location_refuses_to_load_with_a_malformed_secret():
+    """SEC-MALFORMED-SECRET at load: the error names the setting, never its value."""
+    with pytest.raises(SettingsError, match="DELHIVERY_AUTH_TOKEN_B2C") as refused:
+        build_definitions({**GOOD, "DELHIVERY_AUTH_TOKEN_B2C": TOKEN + "\n"})
+    assert TOKEN not in str(refused.value)
+    assert build_definitions(GOOD).resources["effects"].retention_days == 90
+
+
+def test_log_records_are_redacted_once_the_location_loaded(caplog):
+    build_definitions(GOOD)
+    remember_secret("learned-token-for-logs-77")
+    logging.getLogger("ordertrack.test").warning("refused %s", "learned-token-for-logs-77")
+    assert caplog.messages[-1] == "refused ***"
+
+
+def test_ops_clear_a_stored_pause_from_the_ui_job(db, stack_env):
+    """The documented way out of a pause: `clear_courier_pause_job`, no Mongo shell."""
+    state = CourierState(db)
+    state.pause("shiprocket", datetime.now(UTC) + timedelta(minutes=30), "429")
+    state.pause("velocity", datetime.now(UTC) + timedelta(minutes=30), "429")
+    defs = build_definitions(stack_env)
+    job = defs.get_job_def("clear_courier_pause_job")
+    config = {"ops": {"clear_courier_pause": {"config": {"scopes": ["shiprocket"]}}}}
+    result = job.execute_in_process(run_config=config, resources={"mongo": defs.resources["mongo"]})
+    assert result.success and result.output_for_node("clear_courier_pause") == ["shiprocket"]
+    assert state.paused_until("shiprocket") is None and state.paused_until("velocity") is not None
