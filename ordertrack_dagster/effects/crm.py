@@ -23,7 +23,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
-from ordertrack_dagster.effects.outbox import DeliveryError
+from ordertrack_dagster.effects.delivery import DeliveryError
 from ordertrack_dagster.security.redaction import http_error_text, remember_secret
 
 TOKEN_NAME = "crm"

@@ -16,7 +16,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from ordertrack_dagster.couriers import parse_retry_after
-from ordertrack_dagster.effects.outbox import DeliveryDeferred, DeliveryError
+from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.security.redaction import redact
 
 # Slack errors that concern the whole workspace connection, not the one message.

@@ -18,7 +18,7 @@ from ordertrack_dagster.effects.crm import (
     encode_body,
     sign,
 )
-from ordertrack_dagster.effects.outbox import DeliveryDeferred, DeliveryError
+from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack, put_and_presign
 from ordertrack_dagster.effects.smtp import SmtpResource
 from ordertrack_dagster.security.tokens import TokenCipher
