@@ -15,6 +15,7 @@ from ordertrack_dagster.couriers import delhivery
 from ordertrack_dagster.couriers.delhivery import DelhiveryResource
 from ordertrack_dagster.couriers.state import MAX_PAUSE, CourierState
 from ordertrack_dagster.couriers.transport import MAX_BODY_BYTES
+from ordertrack_dagster.couriers.velocity import DEFAULT_TOKEN_LIFETIME, VelocityClient
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.records import FetchState, Outcome
 from ordertrack_dagster.statuses import Canonical
@@ -212,3 +213,14 @@ def test_a_malformed_token_is_refused_before_sending_and_never_echoed(state, bad
         return
     assert record.state is FetchState.FAILED and record.attempts == 1
     assert "could not be formed" in record.error and TOKEN not in record.error
+
+
+@pytest.mark.parametrize(
+    "expires_at", ["0001-01-01T00:00:00", "9999-12-31T23:59:59", "2001-01-01 00:00:00", None]
+)
+def test_a_sentinel_token_expiry_gets_the_default_lifetime(expires_at):
+    """CUR-BAD-DATES on a login answer: no OverflowError, no token kept for ever."""
+    client = VelocityClient(get_flow("velocity"), None, "http://127.0.0.1:9", "u", "p")
+    now = datetime.now(UTC)
+    token = client.read_login({"token": "velocity-jwt", "expires_at": expires_at}, now)
+    assert token.expires_at == now + DEFAULT_TOKEN_LIFETIME
