@@ -24,6 +24,7 @@ from ordertrack_dagster.effects.smtp import SmtpResource
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager
 from ordertrack_dagster.resources.slack import DEFAULT_SLACK_API_URL, OrdertrackSlackResource
+from ordertrack_dagster.security.settings import load_settings
 
 #: Each courier resource: its class and the setting behind each of its fields.
 COURIER_SETTINGS: dict[str, tuple[type[ConfigurableResource], dict[str, str]]] = {
@@ -76,7 +77,9 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
-    """Every resource of the code location, configured from the settings in `env`."""
+    """Every resource of the code location, configured from the settings in `env`, which
+    are checked first (`docs/security.md`): a malformed secret stops the load, by name."""
+    load_settings(env)
     s3 = OrdertrackS3Resource(
         region_name=_optional(env, "AWS_REGION", "ap-south-1"),
         endpoint_url=_optional(env, "AWS_ENDPOINT_URL"),
@@ -107,6 +110,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
             alerts_channel=_optional(env, "TRACKING_ALERTS_SLACK_CHANNEL"),
             query_channel=_optional(env, "TRACKING_QUERY_SLACK_CHANNEL"),
             webserver_url=_optional(env, "DAGSTER_WEBSERVER_URL"),
+            retention_days=int(_optional(env, "ORDERTRACK_RETENTION_DAYS", "90") or 90),
         ),
         "crm": CrmResource(
             webhook_url=_optional(env, "CRM_WEBHOOK_URL"),

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from ordertrack_dagster.couriers import delhivery, delhivery_b2b, shiprocket, velocity
-from ordertrack_dagster.couriers.answers import read_json_text
+from ordertrack_dagster.couriers.answers import implausible_time, read_json_text
 from ordertrack_dagster.couriers.engine import fetch_to_completion
 from ordertrack_dagster.couriers.pauses import blocking_pause, describe_pause, parse_retry_after
 from ordertrack_dagster.records import Interpretation, OrderContext
@@ -25,6 +25,7 @@ __all__ = [
     "blocking_pause",
     "describe_pause",
     "fetch_to_completion",
+    "implausible_time",
     "parse_retry_after",
     "read_json_text",
 ]

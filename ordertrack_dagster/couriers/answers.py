@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,9 +15,19 @@ from ordertrack_dagster.couriers.failures import BatchFailure
 from ordertrack_dagster.records import INDIA, Interpretation, Outcome
 from ordertrack_dagster.statuses import Canonical, normalise_raw_status
 
+#: No shipment we track was booked before this: an earlier courier time is a sentinel.
+BOOKING_ERA_START = datetime(2015, 1, 1, tzinfo=UTC)
+#: How far ahead of our clock a courier time may be (clock drift) before it counts as wrong.
+FUTURE_TOLERANCE = timedelta(hours=1)
+_BEFORE_ANY_ERA = datetime.min.replace(tzinfo=UTC)
+
 
 def parse_courier_time(value: Any) -> datetime | None:
-    """A courier timestamp as UTC; zone-less values are India time. None when unreadable."""
+    """A courier timestamp as UTC; zone-less values are India time. None when unreadable.
+
+    A sentinel like `0001-01-01T00:00:00` has no UTC equivalent (India is ahead of UTC); it
+    reads as the earliest time there is, which `implausible_time` then reports.
+    """
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip().replace(" ", "T", 1) if "T" not in value else value.strip()
@@ -27,7 +37,21 @@ def parse_courier_time(value: Any) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=INDIA)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        return _BEFORE_ANY_ERA
+
+
+def implausible_time(when: datetime | None, now: datetime) -> str | None:
+    """Why a courier's event time cannot be believed (sentinel, far future), or None."""
+    if when is None:
+        return None
+    if when < BOOKING_ERA_START:
+        return f"courier time {when:%Y-%m-%d} is before {BOOKING_ERA_START:%Y}"
+    if when > now + FUTURE_TOLERANCE:
+        return f"courier time {when:%Y-%m-%d %H:%M}Z is in the future"
+    return None
 
 
 def first_entry(value: Any) -> dict[str, Any]:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ordertrack_dagster.couriers.answers import parse_courier_time
+from ordertrack_dagster.couriers.answers import implausible_time, parse_courier_time
 from ordertrack_dagster.couriers.engine import CourierClient, Request
 from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
 from ordertrack_dagster.couriers.state import CourierState
@@ -187,7 +187,8 @@ class _DelhiveryExpressClient(CourierClient):
             for item in payload["ShipmentData"]:
                 shipment = item.get("Shipment") if isinstance(item, dict) else None
                 if isinstance(shipment, dict) and shipment.get("AWB") is not None:
-                    answers[str(shipment["AWB"]).strip()] = shipment
+                    awb = str(shipment["AWB"]).strip()
+                    answers[awb] = self._newer(awb, answers.get(awb), shipment)
             return answers
         if isinstance(payload, dict) and payload.get("Success") is False:
             return self.error_answer(keys, str(payload.get("Error") or payload.get("rmk") or ""))
@@ -197,6 +198,34 @@ class _DelhiveryExpressClient(CourierClient):
 
     def error_answer(self, keys: Sequence[str], error: str) -> dict[str, Any]:
         raise NotAnswered(error or "no such waybill")
+
+    def _newer(self, awb: str, kept: dict | None, shipment: dict) -> dict:
+        """The same AWB twice in one answer: the newer status wins, and ops hear of it when
+        the two disagree (the order of the list is not a promise)."""
+        if kept is None:
+            return shipment
+        newer, older = sorted((kept, shipment), key=_status_time, reverse=True)
+        if _status_of(newer) != _status_of(older):
+            self.answer_notes[awb] = (
+                f"AWB answered twice with different statuses ({_status_of(older)!r} and "
+                f"{_status_of(newer)!r}); the newest, {_status_of(newer)!r}, was used"
+            )
+        return newer
+
+
+def _status_of(shipment: dict) -> str:
+    status = shipment.get("Status")
+    return str(status.get("Status")) if isinstance(status, dict) else ""
+
+
+def _status_time(shipment: dict) -> datetime:
+    """When the shipment's status was reached; unreadable or implausible times (a sentinel
+    year 9999) sort as the oldest."""
+    status = shipment.get("Status")
+    when = parse_courier_time(status.get("StatusDateTime")) if isinstance(status, dict) else None
+    if when is None or implausible_time(when, datetime.now(UTC)):
+        return datetime.min.replace(tzinfo=UTC)
+    return when
 
 
 class DelhiveryB2CClient(_DelhiveryExpressClient):

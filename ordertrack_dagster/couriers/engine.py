@@ -29,13 +29,17 @@ from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure, NotA
 from ordertrack_dagster.couriers.pauses import (
     DEFAULT_RETRY_AFTER_SECONDS,
     MAX_INLINE_WAIT_SECONDS,
-    parse_retry_after,
+    rate_limited,
 )
 from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.couriers.transport import BodyTooLarge, bounded_request
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState, FetchStats
+from ordertrack_dagster.security.redaction import http_error_text, redact
 
 MAX_ATTEMPTS = 3
+#: How much of an unforeseen error's text a record keeps.
+MAX_ERROR_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class CourierClient(ABC):
         self.stats = FetchStats()
         self._resume_at: datetime | None = None
         self._records: list[FetchRecord] = []
+        #: Notes a courier module leaves on one key's answer (e.g. duplicates resolved).
+        self.answer_notes: dict[str, str] = {}
         self._tls: ssl.SSLContext | None = None
 
     # -- what a courier module provides -------------------------------------------------
@@ -190,6 +196,13 @@ class CourierClient(ABC):
         http_status: int | None = None
         try:
             http_status, answers = await self._send(http, batch.keys)
+            latency_ms = (time.perf_counter() - started) * 1000
+            records = [
+                self._answer_record(
+                    batch, key, answers.get(key), http_status, fetched_at, latency_ms
+                )
+                for key in batch.keys
+            ]
         except NotAnswered as reason:
             self._record_all(
                 batch,
@@ -216,22 +229,32 @@ class CourierClient(ABC):
                 return
             self._fail(batch, str(failure), failure.http_status, fetched_at, started)
             return
-        latency_ms = (time.perf_counter() - started) * 1000
-        for key in batch.keys:
-            answer = answers.get(key)
-            self._records.append(
-                FetchRecord(
-                    tracking_key=key,
-                    state=FetchState.NOT_ANSWERED if answer is None else FetchState.ANSWERED,
-                    batch=batch.index,
-                    http_status=http_status,
-                    fetched_at=fetched_at,
-                    latency_ms=latency_ms,
-                    attempts=batch.attempts,
-                    raw=None if answer is None else json_text(answer),
-                    error=None if answer is not None else "asked but not answered",
-                )
-            )
+        except Exception as error:  # noqa: BLE001 - any answer that breaks reading fails its batch
+            reason = redact(f"unreadable answer: {type(error).__name__}: {error}")
+            self._fail(batch, reason[:MAX_ERROR_CHARS], http_status, fetched_at, started)
+            return
+        self._records.extend(records)
+
+    def _answer_record(
+        self,
+        batch: _Batch,
+        key: str,
+        answer: Any,
+        http_status: int,
+        fetched_at: datetime,
+        latency_ms: float,
+    ) -> FetchRecord:
+        return FetchRecord(
+            tracking_key=key,
+            state=FetchState.NOT_ANSWERED if answer is None else FetchState.ANSWERED,
+            batch=batch.index,
+            http_status=http_status,
+            fetched_at=fetched_at,
+            latency_ms=latency_ms,
+            attempts=batch.attempts,
+            raw=None if answer is None else json_text(answer),
+            error=self.answer_notes.get(key) if answer is not None else "asked but not answered",
+        )
 
     async def _send(self, http: httpx.AsyncClient, keys: Sequence[str]) -> tuple[int, dict]:
         """One request (and at most one re-authentication); the per-key answers."""
@@ -240,13 +263,32 @@ class CourierClient(ABC):
             headers = await self.auth_headers(http)
             self.stats.requests += 1
             try:
-                response = await http.request(
-                    spec.method, request_url(spec), json=spec.json, headers=headers
+                response = await bounded_request(
+                    http,
+                    spec.method,
+                    request_url(spec),
+                    deadline_seconds=self.flow.timeout_seconds,
+                    json=spec.json,
+                    headers=headers,
                 )
-            except httpx.TimeoutException:
-                raise BatchFailure("timed out", retryable=True) from None
+            except (httpx.TimeoutException, TimeoutError):
+                raise BatchFailure(
+                    f"no complete answer within {self.flow.timeout_seconds:g} s", retryable=True
+                ) from None
+            except BodyTooLarge as refused:
+                raise BatchFailure(
+                    str(refused), retryable=False, http_status=refused.http_status
+                ) from None
+            except httpx.LocalProtocolError as error:
+                raise BatchFailure(http_error_text(error), retryable=False) from None
             except httpx.TransportError as error:
-                raise BatchFailure(f"connection failed: {error!r}", retryable=True) from None
+                raise BatchFailure(
+                    f"connection failed: {http_error_text(error)}", retryable=True
+                ) from None
+            except httpx.HTTPError as error:  # a body that does not decode (bad gzip, ...)
+                raise BatchFailure(
+                    f"unreadable body: {http_error_text(error)}", retryable=False
+                ) from None
             if (
                 response.status_code == 401
                 and attempt == 0
@@ -260,7 +302,7 @@ class CourierClient(ABC):
         status = response.status_code
         now = datetime.now(UTC)
         if status == 429:
-            raise RateLimited(parse_retry_after(response.headers.get("Retry-After"), now), status)
+            raise rate_limited(response, now)
         if status in self.block_statuses:
             raise RateLimited(now + timedelta(seconds=self.block_seconds), status)
         if status >= 500:

@@ -17,8 +17,9 @@ class BatchFailure(Exception):
 class RateLimited(Exception):
     """The courier said stop: no request until `resume_at`."""
 
-    def __init__(self, resume_at: datetime, http_status: int):
-        super().__init__(f"rate limited (HTTP {http_status}) until {resume_at.isoformat()}")
+    def __init__(self, resume_at: datetime, http_status: int, note: str | None = None):
+        until = f"rate limited (HTTP {http_status}) until {resume_at.isoformat()}"
+        super().__init__(f"{until} ({note})" if note else until)
         self.resume_at = resume_at
         self.http_status = http_status
 

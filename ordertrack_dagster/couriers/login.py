@@ -20,8 +20,9 @@ import httpx
 
 from ordertrack_dagster.couriers.engine import CourierClient, Request
 from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure, RateLimited
-from ordertrack_dagster.couriers.pauses import parse_retry_after
+from ordertrack_dagster.couriers.pauses import rate_limited
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
+from ordertrack_dagster.couriers.transport import BodyTooLarge, bounded_request
 from ordertrack_dagster.flows import Flow
 
 
@@ -127,15 +128,21 @@ class LoginClient(CourierClient):
         self.stats.logins += 1
         spec = self.login_request(self._username, self._password)
         try:
-            response = await http.request(spec.method, spec.url, json=spec.json)
-        except httpx.HTTPError as error:
+            response = await bounded_request(
+                http,
+                spec.method,
+                spec.url,
+                deadline_seconds=self.flow.timeout_seconds,
+                json=spec.json,
+            )
+        except (httpx.HTTPError, TimeoutError, BodyTooLarge) as error:
             # `from None`: the request behind the error holds the password
             raise self._give_up(
                 f"login request failed ({type(error).__name__})", block=False
             ) from None
         status = response.status_code
         if status == 429:
-            raise RateLimited(parse_retry_after(response.headers.get("Retry-After"), now), status)
+            raise rate_limited(response, now)
         if status >= 500:
             raise self._give_up(f"login answered HTTP {status}", block=False)
         payload = _json_or_none(response)
@@ -158,7 +165,7 @@ class LoginClient(CourierClient):
 def _json_or_none(response: httpx.Response) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past any real login answer
         return None
 
 

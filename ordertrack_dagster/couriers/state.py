@@ -2,6 +2,7 @@
 
 Kept in MongoDB's `ordertrack_state` collection (SPEC §4), where every run on every machine
 sees it. The old service kept it in memory and forgot a courier's "stop" on restart.
+Tokens are sealed with ORDERTRACK_STATE_KEY when it is set (`security.tokens`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pymongo.database import Database
 
 from ordertrack_dagster.flows import RateBudget
+from ordertrack_dagster.security.redaction import remember_secret
+from ordertrack_dagster.security.tokens import TokenCipher
 
 STATE_COLLECTION = "ordertrack_state"
 BUDGET_FLUSH_SECONDS = 5.0
 BUCKETS_PER_WINDOW = 30
+#: No courier may stop us for longer: a hostile or broken Retry-After (year 9999, `1e308`)
+#: becomes this, and a longer pause already stored reads as this from now.
+MAX_PAUSE = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,9 @@ def _bucket_width(budget: RateBudget) -> int:
 class CourierState:
     """Pauses, budgets and tokens of the couriers, persisted in MongoDB."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, cipher: TokenCipher | None = None):
         self._collection = db[STATE_COLLECTION]
+        self._cipher = cipher or TokenCipher.from_env()
         # scope -> bucket start (epoch seconds) -> requests counted
         self._buckets: dict[str, dict[int, int]] = {}
         self._unflushed: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
@@ -53,24 +60,35 @@ class CourierState:
     # -- rate-limit pauses --------------------------------------------------------------
 
     def paused_until(self, scope: str) -> datetime | None:
-        """The stored resume time, if it lies in the future."""
-        doc = self._collection.find_one({"_id": f"pause:{scope}"}, {"resume_at": 1})
+        """The stored resume time, if it lies in the future (at most MAX_PAUSE after it was
+        set, so a pause stored before the clamp existed cannot hold a courier for years)."""
+        doc = self._collection.find_one({"_id": f"pause:{scope}"}, {"resume_at": 1, "set_at": 1})
         resume_at = _aware(doc.get("resume_at")) if doc else None
-        return resume_at if resume_at and resume_at > datetime.now(UTC) else None
+        if resume_at is None:
+            return None
+        set_at = _aware(doc.get("set_at")) or datetime.now(UTC)
+        resume_at = min(resume_at, set_at + MAX_PAUSE)
+        return resume_at if resume_at > datetime.now(UTC) else None
 
     def pause(self, scope: str, resume_at: datetime, reason: str = "") -> None:
-        """Store a pause; a later resume time wins over an earlier one."""
+        """Store a pause of at most MAX_PAUSE; a later resume time wins over an earlier one."""
+        now = datetime.now(UTC)
         self._collection.update_one(
             {"_id": f"pause:{scope}"},
             {
-                "$max": {"resume_at": resume_at},
-                "$set": {"reason": reason, "set_at": datetime.now(UTC)},
+                "$max": {"resume_at": min(resume_at, now + MAX_PAUSE)},
+                "$set": {"reason": reason, "set_at": now},
             },
             upsert=True,
         )
 
-    def clear_pause(self, scope: str) -> None:
-        self._collection.delete_one({"_id": f"pause:{scope}"})
+    def clear_pause(self, scope: str) -> bool:
+        """Ops' way out of a pause (the `clear_courier_pause` job); True if one was stored."""
+        return self._collection.delete_one({"_id": f"pause:{scope}"}).deleted_count > 0
+
+    def pauses(self) -> list[dict]:
+        """Every stored pause, for the operator job's report."""
+        return list(self._collection.find({"_id": {"$regex": "^pause:"}}))
 
     # -- request budgets ----------------------------------------------------------------
 
@@ -130,14 +148,19 @@ class CourierState:
         expires_at = _aware(doc.get("expires_at"))
         if expires_at is None or (expires_at - datetime.now(UTC)).total_seconds() < 60:
             return None
-        return CachedToken(doc["token"], expires_at)
+        token = self._cipher.open(str(doc["token"]))
+        if token is None:
+            return None
+        remember_secret(token)
+        return CachedToken(token, expires_at)
 
     def save_token(self, name: str, token: CachedToken) -> None:
+        remember_secret(token.token)
         self._collection.update_one(
             {"_id": f"token:{name}"},
             {
                 "$set": {
-                    "token": token.token,
+                    "token": self._cipher.seal(token.token),
                     "expires_at": token.expires_at,
                     "saved_at": datetime.now(UTC),
                 }

@@ -31,6 +31,8 @@ from ordertrack_dagster.statuses import Canonical, mapping_table
 
 C = Canonical
 DEFAULT_TOKEN_LIFETIME = timedelta(hours=24)
+#: A longer stated lifetime is not believed (a 401 would still refresh it, but only then).
+MAX_TOKEN_LIFETIME = timedelta(days=30)
 
 #: SPEC §5 Velocity (`shipment_status`, else `shipment_track[0].current_status`).
 STATUS_TABLE = mapping_table(
@@ -82,7 +84,9 @@ class VelocityClient(LoginClient):
         if token is None:
             return None
         expires_at = parse_courier_time(payload.get("expires_at"))
-        return CachedToken(token, expires_at or now + DEFAULT_TOKEN_LIFETIME)
+        if expires_at is None or not now < expires_at <= now + MAX_TOKEN_LIFETIME:
+            expires_at = now + DEFAULT_TOKEN_LIFETIME  # absent, past or a sentinel year 9999
+        return CachedToken(token, expires_at)
 
     def token_headers(self, token: str) -> dict[str, str]:
         return {"Authorization": token}  # raw, no "Bearer"

@@ -38,9 +38,12 @@ SERVICES: tuple[Service, ...] = get_args(Service)
 HOST = "127.0.0.1"
 AWS_REGION = "ap-south-1"
 AWS_KEY = "devstack"  # moto accepts any credentials
+# Distinct from every name and URL, so redacting it from the outputs changes nothing else.
+AWS_SECRET = "devstack-aws-secret-key"
 SLACK_TOKEN = "xoxb-ordertrack-devstack"
 CRM_CLIENT_ID = "ordertrack-devstack"
 CRM_CLIENT_SECRET = "devstack-client-secret"
+CRM_WEBHOOK_SECRET = "devstack-webhook-signing-secret"
 SLACK_CHANNELS = {
     "TRACKING_ALERTS_SLACK_CHANNEL": "C0TRACKALERTS",
     "TRACKING_QUERY_SLACK_CHANNEL": "C0TRACKQUERY",
@@ -216,7 +219,10 @@ class EmbeddedStack:
                 return _module("stubs", *listen, *journal, "slack", "--token", SLACK_TOKEN)
             case "crm":
                 journal = ("--journal", str(self._journal(service)))
-                credentials = ("--client-id", CRM_CLIENT_ID, "--client-secret", CRM_CLIENT_SECRET)
+                credentials = (
+                    *("--client-id", CRM_CLIENT_ID, "--client-secret", CRM_CLIENT_SECRET),
+                    *("--webhook-secret", CRM_WEBHOOK_SECRET),
+                )
                 return _module("stubs", *listen, *journal, "crm", *credentials)
             case "simulator":
                 return _module("simulator", *listen, *self.simulator_args)
@@ -288,7 +294,7 @@ class EmbeddedStack:
                 "AWS_S3_BUCKET": self.bucket,
                 "AWS_REGION": AWS_REGION,
                 "AWS_ACCESS_KEY_ID": AWS_KEY,
-                "AWS_SECRET_ACCESS_KEY": AWS_KEY,
+                "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
             }
         if "slack" in self.services:
             env |= {"SLACK_TOKEN": SLACK_TOKEN, "SLACK_API_URL": f"{self.url('slack')}/api/"}
@@ -308,6 +314,7 @@ class EmbeddedStack:
                 "CRM_WEBHOOK_URL": f"{self.url('crm')}/webhooks/order-cancel",
                 "CRM_CLIENT_ID": CRM_CLIENT_ID,
                 "CRM_CLIENT_SECRET": CRM_CLIENT_SECRET,
+                "CRM_WEBHOOK_SECRET": CRM_WEBHOOK_SECRET,
             }
         if "simulator" in self.services:
             env |= simulator_env(self.url("simulator"))
@@ -322,7 +329,7 @@ class EmbeddedStack:
             endpoint_url=self.url("s3"),
             region_name=AWS_REGION,
             aws_access_key_id=AWS_KEY,
-            aws_secret_access_key=AWS_KEY,
+            aws_secret_access_key=AWS_SECRET,
         )
 
     @property
@@ -344,6 +351,10 @@ class EmbeddedStack:
     def crm_webhooks(self) -> list[dict[str, Any]]:
         """Webhook calls the CRM accepted: body, idempotency_key, signature, status."""
         return list(self._admin("crm", "GET", "webhooks")["webhooks"])
+
+    def crm_refusals(self) -> list[str]:
+        """Why the CRM refused webhook calls (signature checks), oldest first."""
+        return list(self._admin("crm", "GET", "webhooks")["refused"])
 
     def crm_tokens_issued(self) -> int:
         return int(self._admin("crm", "GET", "tokens")["issued"])

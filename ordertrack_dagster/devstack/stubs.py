@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -29,6 +31,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 TOKEN_LIFETIME_SECONDS = 3600
+#: How far a signed webhook's timestamp may be from the CRM's clock (replays are older).
+SIGNATURE_TOLERANCE_SECONDS = 300
 
 Record = dict[str, Any]
 
@@ -277,17 +281,45 @@ class CrmStub(_Stub):
     Faults (`500`, `timeout`, `down`) hit the webhook only. `timeout` waits `seconds`
     (default 20, beyond the product's 15 s timeout) and then accepts the call, as a slow
     CRM does: the client's retry must then come back as a duplicate.
+
+    With a webhook secret it verifies signatures as `docs/security.md` tells the CRM to:
+    a missing or wrong signature, or a timestamp more than five minutes off (a replay), is
+    refused with 403 and recorded as refused.
     """
 
     fault_kinds = frozenset({"500", "timeout", "down"})
 
-    def __init__(self, client_id: str, client_secret: str, journal: Path | None = None) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        journal: Path | None = None,
+        webhook_secret: str | None = None,
+    ) -> None:
         self._client_id = client_id
         self._client_secret = client_secret
+        self._webhook_secret = webhook_secret
         super().__init__(journal)
+
+    def _signature_problem(self, request: Request, raw: bytes) -> str | None:
+        """Why the call's signature is refused, or None (also when no secret is set)."""
+        if not self._webhook_secret:
+            return None
+        timestamp = request.headers.get("x-signature-timestamp", "")
+        if not timestamp.isdigit():
+            return "missing_signature"
+        if abs(time.time() - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
+            return "stale_signature"
+        key = request.headers.get("idempotency-key", "")
+        signed = f"{timestamp}.{key}.".encode() + raw
+        expected = hmac.new(self._webhook_secret.encode(), signed, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, request.headers.get("x-signature", "")):
+            return "invalid_signature"
+        return None
 
     def clear(self) -> None:
         self.webhooks: list[Record] = []
+        self.refusals: list[str] = []
         self._token_expiry: dict[str, float] = {}
         self._idempotency_keys: set[str] = set()
 
@@ -341,6 +373,10 @@ class CrmStub(_Stub):
         token = _bearer(request)
         if token is None or self._token_expiry.get(token, 0.0) < time.time():
             return JSONResponse({"error": "invalid_token"}, status_code=401)
+        refused = self._signature_problem(request, raw)
+        if refused is not None:
+            self.refusals.append(refused)
+            return JSONResponse({"error": refused}, status_code=403)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -360,7 +396,7 @@ class CrmStub(_Stub):
         return JSONResponse({"status": status})
 
     async def _list_webhooks(self, request: Request) -> Response:
-        return JSONResponse({"webhooks": self.webhooks})
+        return JSONResponse({"webhooks": self.webhooks, "refused": self.refusals})
 
     async def _count_tokens(self, request: Request) -> Response:
         return JSONResponse({"issued": len(self._token_expiry)})
@@ -377,12 +413,13 @@ def main(argv: list[str] | None = None) -> None:
     crm = stubs.add_parser("crm", help="CRM token endpoint and order-cancel webhook")
     crm.add_argument("--client-id", required=True)
     crm.add_argument("--client-secret", required=True)
+    crm.add_argument("--webhook-secret", help="verify X-Signature with this secret")
     args = parser.parse_args(argv)
 
     stub: _Stub = (
         SlackStub(args.token, args.journal)
         if args.stub == "slack"
-        else CrmStub(args.client_id, args.client_secret, args.journal)
+        else CrmStub(args.client_id, args.client_secret, args.journal, args.webhook_secret)
     )
     logging.getLogger("uvicorn.error").addFilter(_HideSimulatedOutages())
     uvicorn.run(stub.app(), host=args.host, port=args.port, log_level="warning")

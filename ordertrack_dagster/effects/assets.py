@@ -8,7 +8,7 @@ metadata, its log and its checks, leaves the delivery in the outbox, and a later
 """
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -190,13 +190,16 @@ def effects_outbox(
     flow = get_flow(context.partition_key)
     outbox = _outbox(context, mongo.get_database(), effects)
     outbox.ensure_indexes()
-    drained, rejected = outbox.drain_markers(flow.key, datetime.now(UTC))
+    now = datetime.now(UTC)
+    drained, rejected = outbox.drain_markers(flow.key, now)
     for problem in rejected:
         context.log.error(f"outbox write rejected, the marker stays for the next run: {problem}")
+    purged = outbox.purge_delivered(flow.key, now - timedelta(days=effects.retention_days), now)
     return MaterializeResult(
         metadata={
             "flow": flow.key,
             "drained": sum(drained.values()),
+            "purged_after_retention": purged,
             "drained_per_event": MetadataValue.json(dict(sorted(drained.items()))),
             "rejected": len(rejected),
             "queue": MetadataValue.json(outbox.counts(flow.key, ALL_KINDS)),

@@ -2,7 +2,9 @@
 
 The token is cached in memory for the run and in `ordertrack_state` until it expires, so
 runs do not ask for a new one each time. Every call carries the outbox document's
-idempotency key, and the body is signed when a webhook secret is configured.
+idempotency key, and the body is signed when a webhook secret is configured: the signature
+covers a timestamp, the idempotency key and the body, so the CRM can refuse a replayed or
+altered call (`docs/security.md` shows how to verify it).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,20 +24,33 @@ from pydantic import Field
 
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.effects.delivery import DeliveryError
+from ordertrack_dagster.security.redaction import http_error_text, remember_secret
 
 TOKEN_NAME = "crm"
 DEFAULT_TOKEN_SECONDS = 3600.0
 TOKEN_MARGIN = timedelta(seconds=60)
 
 
+SIGNATURE_HEADER = "X-Signature"
+TIMESTAMP_HEADER = "X-Signature-Timestamp"
+
+
 def encode_body(payload: Mapping[str, Any]) -> bytes:
-    """The exact bytes sent, so the signature is computed over what the CRM receives."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    """The exact bytes sent, so the signature is computed over what the CRM receives.
+
+    A value JSON has no type for (a BSON type that slipped through) is sent as its text.
+    """
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
-def sign(secret: str, body: bytes) -> str:
-    """X-Signature: hex HMAC-SHA256 of the body."""
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, timestamp: int, idempotency_key: str, body: bytes) -> str:
+    """X-Signature: hex HMAC-SHA256 of `<timestamp>.<idempotency key>.<body>`."""
+    message = f"{timestamp}.{idempotency_key}.".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _transport_error(what: str, error: httpx.TransportError) -> DeliveryError:
+    return DeliveryError(f"{what}: {http_error_text(error)}")
 
 
 class CrmResource(ConfigurableResource):
@@ -98,7 +114,7 @@ class CrmClient:
         except httpx.TimeoutException:
             raise DeliveryError("CRM token request timed out") from None
         except httpx.TransportError as error:
-            raise DeliveryError(f"CRM token request failed: {error}") from None
+            raise _transport_error("CRM token request failed", error) from None
         if response.status_code != 200:
             raise DeliveryError(
                 f"CRM token request refused: HTTP {response.status_code}",
@@ -110,6 +126,7 @@ class CrmClient:
             seconds = float(answer.get("expires_in") or DEFAULT_TOKEN_SECONDS)
         except (ValueError, KeyError, TypeError):
             raise DeliveryError("CRM token answer has no access_token") from None
+        remember_secret(token)
         return CachedToken(token, datetime.now(UTC) + timedelta(seconds=seconds))
 
     def send_rto(self, payload: Mapping[str, Any], idempotency_key: str) -> int:
@@ -122,10 +139,14 @@ class CrmClient:
             raise DeliveryError("CRM_WEBHOOK_URL is not set")
         body = encode_body(payload)
         headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
-        if settings.webhook_secret:
-            headers["X-Signature"] = sign(settings.webhook_secret, body)
         for attempt in range(2):
             token = self._access_token(refresh=attempt > 0)
+            if settings.webhook_secret:  # signed per attempt: a retry carries a fresh time
+                timestamp = int(time.time())
+                headers[TIMESTAMP_HEADER] = str(timestamp)
+                headers[SIGNATURE_HEADER] = sign(
+                    settings.webhook_secret, timestamp, idempotency_key, body
+                )
             try:
                 response = self._http.post(
                     settings.webhook_url,
@@ -137,7 +158,7 @@ class CrmClient:
                     f"CRM webhook timed out after {settings.timeout_seconds:g} s"
                 ) from None
             except httpx.TransportError as error:
-                raise DeliveryError(f"CRM webhook unreachable: {error}") from None
+                raise _transport_error("CRM webhook unreachable", error) from None
             if response.status_code != 401 or attempt:
                 break
         status = response.status_code

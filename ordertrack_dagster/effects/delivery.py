@@ -19,6 +19,7 @@ from pymongo import UpdateOne
 
 from ordertrack_dagster.effects.documents import State, attempt_record, attempt_update
 from ordertrack_dagster.effects.outbox import Outbox
+from ordertrack_dagster.security.redaction import redact
 
 # This many transient failures in a row (the service is down) stop the run's sending: the
 # rest stays due for the next run instead of each waiting for its own time-out.
@@ -63,6 +64,7 @@ class DeliveryReport:
     stopped: str | None = None  # why sending stopped early (rate limit, service down)
 
     def note(self, message: str) -> None:
+        message = redact(message)
         if message not in self.errors and len(self.errors) < KEPT_ERRORS:
             self.errors.append(message)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -15,6 +15,7 @@ from bson import ObjectId
 from pymongo import UpdateOne
 
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event
+from ordertrack_dagster.security.redaction import redact
 
 KEPT_ATTEMPTS = 20
 
@@ -89,8 +90,12 @@ def event_document(
     marketplaces: dict[Any, str],
     now: datetime,
 ) -> dict[str, Any]:
-    """The outbox document for one drained marker."""
+    """The outbox document for one drained marker. Any shape production stores (no
+    `customer`, a `customer` that is text, an odd `marketplace`) still makes one."""
     oid = order["_id"]
+    customer = order.get("customer")
+    marketplace = order.get("marketplace")
+    marketplace_name = marketplaces.get(marketplace) if isinstance(marketplace, Hashable) else None
     return {
         "_id": event_id(oid, event),
         "kind": event.value,
@@ -101,8 +106,8 @@ def event_document(
         "status": marker.get("status"),
         "queued_at": marker.get("queued_at"),
         "order": {
-            "phone": (order.get("customer") or {}).get("phone"),
-            "marketplace": marketplaces.get(order.get("marketplace")),
+            "phone": customer.get("phone") if isinstance(customer, dict) else None,
+            "marketplace": marketplace_name,
             "total_amt": order.get("total_amt"),
         },
         "idempotency_key": idempotency_key(oid, event),
@@ -137,7 +142,7 @@ def attempt_record(
         "outcome": outcome,
         "http_status": http_status,
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-        "error": error,
+        "error": redact(error) if error else None,
     }
 
 

@@ -6,8 +6,12 @@ a waybill or a raw courier status cannot open a link or mention a channel.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from bson.decimal128 import Decimal128
 
 from ordertrack_dagster.flows import FLOWS, Selection
 from ordertrack_dagster.markers import Event
@@ -64,14 +68,50 @@ def status_alert_text(doc: Mapping[str, Any]) -> str:
     )
 
 
+def plain_number(value: Any) -> int | float | None:
+    """An amount as JSON can carry it, whatever BSON type production stored it in.
+
+    `Decimal128`, `Int64`, numeric strings ("1,499.00" too) and floats become a number;
+    anything else (None, NaN, a word, a sub-document) becomes None rather than failing the
+    webhook of that order on every attempt.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, Decimal128):
+        value = value.to_decimal()
+    elif isinstance(value, str):
+        value = value.strip().replace(",", "")
+    try:
+        number = Decimal(value) if isinstance(value, str | Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError, TypeError):
+        return None
+    if not number.is_finite():
+        return None
+    if number == number.to_integral_value():
+        return int(number)
+    as_float = float(number)
+    return as_float if math.isfinite(as_float) else None
+
+
+def plain_text(value: Any) -> str | None:
+    """A phone number or name as text (production has them as strings, ints or Int64)."""
+    if value is None or isinstance(value, Mapping | list):
+        return None
+    return str(value)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def crm_payload(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The CRM cancel-order webhook body (SPEC §7), from the order as drained."""
-    order = doc.get("order") or {}
+    order = _mapping(doc.get("order"))
     return {
-        "phone_number": order.get("phone"),
-        "order_id": doc.get("order_id"),
-        "order_source": order.get("marketplace"),
-        "order_value": order.get("total_amt"),
+        "phone_number": plain_text(order.get("phone")),
+        "order_id": plain_text(doc.get("order_id")),
+        "order_source": plain_text(order.get("marketplace")),
+        "order_value": plain_number(order.get("total_amt")),
         "status": "rto",
         "tracking_status": doc.get("status"),
     }

@@ -211,6 +211,26 @@ class Outbox:
             ]
         )
 
+    # -- retention ----------------------------------------------------------------------
+
+    def purge_delivered(self, flow_key: str, older_than: datetime, now: datetime) -> int:
+        """Strip the consignee data (phone, amount, report content, attempts) from documents
+        sent before `older_than`. The document itself stays as a tombstone: its `_id` (order
+        and event) is what keeps a second drain of the same event from sending it again."""
+        result = self.collection.update_many(
+            {
+                "flow": flow_key,
+                "state": State.SENT.value,
+                "sent_at": {"$lt": older_than},
+                "purged_at": {"$exists": False},
+            },
+            {
+                "$unset": {"order": "", "content": "", "attempts": "", "last_error": ""},
+                "$set": {"purged_at": now},
+            },
+        )
+        return result.modified_count
+
     # -- what ops see -------------------------------------------------------------------
 
     def counts(self, flow_key: str, kinds: Sequence[str]) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Slack and S3 calls of the effects, turning each service's failures into DeliveryError.
 
 Slack's 429 becomes a DeliveryDeferred carrying its Retry-After, so the message waits for
-the time Slack asked for without counting as a failure.
+the time Slack asked for without counting as a failure. Everything sent, and every error
+text kept, passes through the redaction step first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from slack_sdk.errors import SlackApiError
 
 from ordertrack_dagster.couriers import parse_retry_after
 from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
+from ordertrack_dagster.security.redaction import redact
 
 # Slack errors that concern the whole workspace connection, not the one message.
 _SLACK_SERVICE_ERRORS = frozenset(
@@ -29,7 +31,7 @@ def post_slack(client: WebClient, channel: str | None, text: str) -> int:
         raise DeliveryError("no Slack channel is configured for this message", transient=False)
     try:
         response = client.chat_postMessage(
-            channel=channel, text=text, unfurl_links=False, unfurl_media=False
+            channel=channel, text=redact(text), unfurl_links=False, unfurl_media=False
         )
     except SlackApiError as error:
         status = error.response.status_code
@@ -48,16 +50,17 @@ def post_slack(client: WebClient, channel: str | None, text: str) -> int:
             transient=status >= 500 or reason in _SLACK_SERVICE_ERRORS,
         ) from None
     except (OSError, HTTPException) as error:  # refused, reset or cut-off connections, timeouts
-        raise DeliveryError(f"Slack unreachable: {error}") from None
+        raise DeliveryError(redact(f"Slack unreachable: {error}")) from None
     return int(response.status_code)
 
 
 def put_and_presign(
     client: Any, bucket: str | None, key: str, body: bytes, content_type: str, days: int
 ) -> str:
-    """Store the object and return a presigned GET link valid for `days`."""
+    """Store the object (its text redacted) and return a presigned GET link valid for `days`."""
     if not bucket:
         raise DeliveryError("AWS_S3_BUCKET is not set")
+    body = redact(body.decode("utf-8", errors="replace")).encode()
     try:
         client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
         return str(
@@ -66,4 +69,4 @@ def put_and_presign(
             )
         )
     except (BotoCoreError, ClientError) as error:
-        raise DeliveryError(f"S3 upload of {key} failed: {error}") from None
+        raise DeliveryError(redact(f"S3 upload of {key} failed: {error}")) from None

@@ -32,6 +32,11 @@ class EffectsSettings(ConfigurableResource):
     max_attempts: int = Field(default=8, description="failed attempts before a dead letter")
     retry_base_seconds: float = Field(default=60.0, description="first backoff; doubles")
     retry_cap_seconds: float = Field(default=6 * 3600.0, description="longest backoff")
+    retention_days: int = Field(
+        default=90,
+        description="ORDERTRACK_RETENTION_DAYS: consignee data in sent outbox records is "
+        "removed this long after sending (the record stays, so nothing is sent twice)",
+    )
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(

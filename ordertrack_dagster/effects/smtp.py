@@ -10,6 +10,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from ordertrack_dagster.effects.delivery import DeliveryError
+from ordertrack_dagster.security.redaction import redact
 
 
 class SmtpResource(ConfigurableResource):
@@ -27,16 +28,17 @@ class SmtpResource(ConfigurableResource):
         return [address.strip() for address in self.recipients.split(",") if address.strip()]
 
     def send(self, subject: str, text: str, html: str) -> None:
-        """One multipart/alternative message (plain text and HTML) to every recipient."""
+        """One multipart/alternative message (plain text and HTML, redacted) to every
+        recipient."""
         recipients = self.recipient_list()
         if not (self.host and self.sender and recipients):
             raise DeliveryError("SMTP_HOST, EMAIL_SENDER or EMAIL_RECIPIENTS is not set")
         message = EmailMessage()
-        message["Subject"] = subject
+        message["Subject"] = redact(subject)
         message["From"] = self.sender
         message["To"] = ", ".join(recipients)
-        message.set_content(text)
-        message.add_alternative(html, subtype="html")
+        message.set_content(redact(text))
+        message.add_alternative(redact(html), subtype="html")
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds) as smtp:
                 if self.starttls:
@@ -46,5 +48,5 @@ class SmtpResource(ConfigurableResource):
                 smtp.send_message(message)
         except (smtplib.SMTPException, OSError) as error:
             raise DeliveryError(
-                f"SMTP {self.host}:{self.port}: {type(error).__name__}: {error}"
+                redact(f"SMTP {self.host}:{self.port}: {type(error).__name__}: {error}")
             ) from None

@@ -7,6 +7,7 @@ run without touching the schedules (SPEC §9: a scheduled tick runs the complete
 from dagster import AssetSelection, define_asset_job
 
 from ordertrack_dagster.orchestration.checks import CHECKS
+from ordertrack_dagster.orchestration.operator import clear_courier_pause_job
 from ordertrack_dagster.tables import GROUP
 
 # The pod of one tracking run on Kubernetes (the `dagster-k8s/config` tag is read by
@@ -37,4 +38,4 @@ freshness_job = define_asset_job(
     description="Whether each flow's due orders were polled recently (asset checks).",
 )
 
-JOBS = [tracking_job, freshness_job]
+JOBS = [tracking_job, freshness_job, clear_courier_pause_job]

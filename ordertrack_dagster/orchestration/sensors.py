@@ -5,9 +5,7 @@ daemon process: the sensor daemon's id changes on every (re)start, and the curso
 the id it already handled, so later ticks of the same daemon request nothing.
 """
 
-import os
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from dagster import (
     AssetRecordsFilter,
@@ -39,15 +37,13 @@ from ordertrack_dagster.orchestration.guards import (
 from ordertrack_dagster.orchestration.jobs import tracking_job
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
+from ordertrack_dagster.security.redaction import redact
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 
 STARTUP_SENSOR = "tracking_startup_runs"
 FAILURE_SENSOR = "tracking_run_failure_alert"
 NO_HEARTBEAT = "no-daemon-heartbeat"
 MAX_ERROR_CHARS = 600
-_SECRET_NAME_PARTS = ("TOKEN", "PASSWORD", "SECRET")
-
-
 # -- start-up runs -----------------------------------------------------------------------
 
 
@@ -128,21 +124,6 @@ def build_startup_sensor() -> SensorDefinition:
 
 
 # -- run failure alerts ------------------------------------------------------------------
-
-
-def redact(text: str) -> str:
-    """Blank out every secret the environment holds (SPEC §8: never in a Slack message)."""
-    secrets = [
-        value
-        for name, value in os.environ.items()
-        if any(part in name.upper() for part in _SECRET_NAME_PARTS) and len(value.strip()) >= 4
-    ]
-    mongo_password = urlsplit(os.environ.get("MONGODB_URI", "")).password
-    if mongo_password:
-        secrets.append(mongo_password)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def step_error(event: DagsterEvent) -> str:

@@ -20,6 +20,8 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from ordertrack_dagster.security.redaction import redactor
+
 PARQUET_ENGINE = "pyarrow"
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
@@ -95,7 +97,7 @@ class ParquetHistoryIOManager(ConfigurableIOManager):
             if partitioned
             else table_key(self.prefix, asset)
         )
-        body = dataframe_to_parquet(obj)
+        body = dataframe_to_parquet(redactor().frame(obj))  # a courier may echo a credential
         client = self.s3.get_client()
         client.put_object(Bucket=self.bucket, Key=key, Body=body)
         if partitioned:

@@ -7,13 +7,14 @@ reader, and turns fetch failures into outcomes that leave the order due for the 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 from bson import ObjectId
 
-from ordertrack_dagster.couriers import Interpreter, read_json_text
+from ordertrack_dagster.couriers import Interpreter, implausible_time, read_json_text
 from ordertrack_dagster.records import FetchState, Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tables import UPDATE_COLUMNS
@@ -42,10 +43,12 @@ def interpret_answers(
 ) -> pd.DataFrame:
     """One row per selected order: its answer read and mapped, or why there was none."""
     by_key = {row.tracking_key: row for row in raw.itertuples(index=False)}
+    readings = [
+        (order, _read(order, by_key.get(order.tracking_key), interpret, now))
+        for order in orders.itertuples(index=False)
+    ]
     rows = []
-    for order in orders.itertuples(index=False):
-        record = by_key.get(order.tracking_key)
-        reading = _read(order, record, interpret, now)
+    for order, reading in _refuse_shared_keys(readings):
         rows.append(
             {
                 "order_oid": order.order_oid,
@@ -67,6 +70,36 @@ def interpret_answers(
     return frame
 
 
+def _refuse_shared_keys(
+    readings: list[tuple[Any, Interpretation]],
+) -> list[tuple[Any, Interpretation]]:
+    """Due orders sharing one AWB or LR get one answer between them: it is applied to none
+    of them (a status, and an RTO webhook, for the wrong order is worse than a late one),
+    unless the answer itself names its order (Delhivery's ReferenceNo) and so picks one."""
+    orders_by_key: dict[str, list[str]] = {}
+    for order, _ in readings:
+        orders_by_key.setdefault(order.tracking_key, []).append(str(order.order_id))
+    shared = {key: ids for key, ids in orders_by_key.items() if len(ids) > 1}
+    if not shared:
+        return readings
+    matched = {
+        order.tracking_key
+        for order, reading in readings
+        if order.tracking_key in shared and reading.outcome is Outcome.REFERENCE_MISMATCH
+    }
+    result = []
+    for order, reading in readings:
+        key = order.tracking_key
+        if key in shared and key not in matched and reading.outcome.was_read:
+            reading = Interpretation(
+                Outcome.FAILED,
+                alert=f"{key} is shared by due orders {', '.join(shared[key])}: "
+                "its answer was applied to none of them",
+            )
+        result.append((order, reading))
+    return result
+
+
 def _read(order: Any, record: Any, interpret: Interpreter, now: datetime) -> Interpretation:
     if record is None:
         return Interpretation(Outcome.FAILED, alert="no fetch record for this key")
@@ -75,15 +108,33 @@ def _read(order: Any, record: Any, interpret: Interpreter, now: datetime) -> Int
         return Interpretation(_FETCH_OUTCOMES[state], alert=record.error)
     try:
         answer = read_json_text(record.raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return Interpretation(Outcome.FAILED, alert="stored answer is not JSON")
     context = OrderContext(order_id=str(order.order_id), tracking_key=order.tracking_key)
     try:
-        return interpret(answer, context, now)
+        reading = interpret(answer, context, now)
     except Exception as error:  # a reader bug or an answer shape nobody foresaw
         return Interpretation(
             Outcome.FAILED, alert=f"could not read the answer: {type(error).__name__}: {error}"
         )
+    fetch_note = record.error if isinstance(record.error, str) else None  # NaN when none
+    return _with_notes(reading, fetch_note, implausible_time(reading.event_time, now))
+
+
+def _with_notes(
+    reading: Interpretation, fetch_note: str | None, time_problem: str | None
+) -> Interpretation:
+    """The reading with the fetch's note on this answer (a duplicate resolved) and without a
+    courier time nobody can believe (the poll time stands in), both said in the alert."""
+    if not (fetch_note or time_problem):
+        return reading
+    return replace(
+        reading,
+        event_time=None if time_problem else reading.event_time,
+        alert="; ".join(
+            filter(None, [reading.alert, fetch_note, time_problem and f"{time_problem}: ignored"])
+        ),
+    )
 
 
 def polled_orders(updates: pd.DataFrame) -> list[PolledOrder]:

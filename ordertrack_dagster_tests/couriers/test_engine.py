@@ -156,7 +156,7 @@ NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
     "value, expected",
     [
         ("120", NOW + timedelta(seconds=120)),
-        ("1727000000", datetime.fromtimestamp(1727000000, UTC)),
+        ("1726986000", NOW + timedelta(minutes=20)),  # a Unix time
         ("Sun, 22 Sep 2024 06:10:00 GMT", NOW + timedelta(minutes=10)),
         (None, NOW + timedelta(minutes=5)),
         ("soon", NOW + timedelta(minutes=5)),

@@ -29,6 +29,7 @@ from ordertrack_dagster.devstack.seed import (
     spread_orders,
 )
 from ordertrack_dagster.devstack.stack import EmbeddedStack, StackError
+from ordertrack_dagster.effects.crm import SIGNATURE_HEADER, TIMESTAMP_HEADER, encode_body, sign
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.statuses import FINAL, Canonical
 from ordertrack_dagster.tracking.selection import (
@@ -51,6 +52,17 @@ def local() -> Iterator[EmbeddedStack]:
 @pytest.fixture
 def slack(local: EmbeddedStack) -> WebClient:
     return WebClient(local.env["SLACK_TOKEN"], base_url=local.env["SLACK_API_URL"])
+
+
+def _signed(env: dict[str, str], token: str, key: str, body: bytes) -> dict[str, str]:
+    """Headers of a webhook call the CRM stand-in accepts (it verifies the signature)."""
+    now = int(time.time())
+    return {
+        "Authorization": f"Bearer {token}",
+        "Idempotency-Key": key,
+        TIMESTAMP_HEADER: str(now),
+        SIGNATURE_HEADER: sign(env["CRM_WEBHOOK_SECRET"], now, key, body),
+    }
 
 
 def _crm_token(env: dict[str, str]) -> str:
@@ -229,24 +241,21 @@ def test_crm_token_and_idempotent_webhook(local: EmbeddedStack) -> None:
 
     body = {"phone_number": "9876543210", "order_id": "2237", "status": "rto"}
     assert httpx.post(env["CRM_WEBHOOK_URL"], json=body).status_code == 401
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Idempotency-Key": "rto:2237",
-        "X-Signature": "sha256=abc",
-    }
-    first = httpx.post(env["CRM_WEBHOOK_URL"], json=body, headers=headers)
-    again = httpx.post(env["CRM_WEBHOOK_URL"], json=body, headers=headers)
+    raw = encode_body(body)
+    headers = _signed(env, token, "rto:2237", raw)
+    first = httpx.post(env["CRM_WEBHOOK_URL"], content=raw, headers=headers)
+    again = httpx.post(env["CRM_WEBHOOK_URL"], content=raw, headers=headers)
     assert (first.status_code, first.json()) == (200, {"status": "accepted"})
     assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
 
     calls = [w for w in local.crm_webhooks() if w["idempotency_key"] == "rto:2237"]
     assert [w["status"] for w in calls] == ["accepted", "duplicate"]
-    assert calls[0]["body"] == body and calls[0]["signature"] == "sha256=abc"
+    assert calls[0]["body"] == body and calls[0]["signature"] == headers[SIGNATURE_HEADER]
 
 
 def test_crm_faults(local: EmbeddedStack) -> None:
     env = local.env
-    headers = {"Authorization": f"Bearer {_crm_token(env)}", "Idempotency-Key": "rto:SHP-1"}
+    headers = _signed(env, _crm_token(env), "rto:SHP-1", b"{}")
     local.inject_fault("crm", "500")
     assert httpx.post(env["CRM_WEBHOOK_URL"], json={}, headers=headers).status_code == 500
     local.inject_fault("crm", "down")

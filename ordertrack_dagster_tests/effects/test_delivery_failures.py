@@ -140,6 +140,7 @@ def test_a_timed_out_webhook_is_retried_with_the_same_key(stack, stack_env, db, 
         auth_url=stack_env["CRM_AUTH_URL"],
         client_id=stack_env["CRM_CLIENT_ID"],
         client_secret=stack_env["CRM_CLIENT_SECRET"],
+        webhook_secret=stack_env["CRM_WEBHOOK_SECRET"],
         timeout_seconds=1.0,
     )
     stack.inject_fault("crm", "timeout", seconds=2)

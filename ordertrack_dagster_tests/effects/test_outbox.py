@@ -242,3 +242,35 @@ def test_backoff_doubles_with_jitter_up_to_the_cap(failures):
     delays = {policy.delay(failures, random.Random(seed)).total_seconds() for seed in range(50)}
     assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
     assert len(delays) > 1
+
+
+def test_sent_records_lose_consignee_data_after_retention_and_are_never_sent_again(db, box):
+    """At rest: after the retention, a sent record keeps only its id (a tombstone); the
+    same event drained again finds it and queues nothing."""
+    [rto] = mark(db, "delhivery_b2c", Canonical.RTO_IN_TRANSIT)
+    box.drain_markers("delhivery_b2c", NOW)
+    deliver(box, box.claim("delhivery_b2c", ["crm_rto"], NOW), lambda doc: 200)
+    later = datetime.now(UTC) + timedelta(days=91)  # attempts are stamped with the real time
+    assert box.purge_delivered("delhivery_b2c", later - timedelta(days=90), later) == 1
+    [doc] = box.collection.find({"kind": "crm_rto"})
+    assert doc["state"] == "sent" and "order" not in doc and "attempts" not in doc
+    assert "9000000001" not in str(doc)
+    db["orders"].update_one(  # the same marker again (a replayed write)
+        {"_id": rto["_id"]},
+        {"$set": {f"{OUTBOX_FIELD}.crm_rto": {"flow": "delhivery_b2c", "queued_at": later}}},
+    )
+    box.drain_markers("delhivery_b2c", later)
+    assert box.claim("delhivery_b2c", ["crm_rto"], later) == []
+    assert box.purge_delivered("delhivery_b2c", later, later) == 0  # purged once
+
+
+@pytest.mark.parametrize("customer", [None, "9000000001", ["x"]])
+def test_an_order_of_any_shape_drains(db, box, customer):
+    [lost] = mark(db, "delhivery_b2c", Canonical.LOST)
+    db["orders"].update_one(
+        {"_id": lost["_id"]}, {"$set": {"customer": customer, "marketplace": {"odd": 1}}}
+    )
+    drained, rejected = box.drain_markers("delhivery_b2c", NOW)
+    assert (sum(drained.values()), rejected) == (1, [])
+    [doc] = box.collection.find({"kind": "slack_lost_destroy"})
+    assert doc["order"]["phone"] is None and doc["order"]["marketplace"] is None

@@ -1,18 +1,27 @@
 """The CRM client, Slack and S3 senders and the SMTP resource against the stack's servers."""
 
-import hmac
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from hashlib import sha256
 
+import httpx
 import pytest
+from cryptography.fernet import Fernet
 from slack_sdk import WebClient
 
-from ordertrack_dagster.couriers.state import CachedToken, CourierState
-from ordertrack_dagster.effects.crm import TOKEN_NAME, CrmResource, encode_body
+from ordertrack_dagster.couriers.state import STATE_COLLECTION, CachedToken, CourierState
+from ordertrack_dagster.effects.crm import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    TOKEN_NAME,
+    CrmResource,
+    encode_body,
+    sign,
+)
 from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack, put_and_presign
 from ordertrack_dagster.effects.smtp import SmtpResource
+from ordertrack_dagster.security.tokens import TokenCipher
 from ordertrack_dagster_tests.effects.support import fetch
 
 PAYLOAD = {"order_id": "OT-1", "status": "rto", "note": "₹ & <b>"}
@@ -24,6 +33,7 @@ def crm(env, **changes):
         "auth_url": env["CRM_AUTH_URL"],
         "client_id": env["CRM_CLIENT_ID"],
         "client_secret": env["CRM_CLIENT_SECRET"],
+        "webhook_secret": env["CRM_WEBHOOK_SECRET"],  # the stand-in verifies signatures
     }
     return CrmResource(**{**settings, **changes})
 
@@ -36,13 +46,40 @@ def test_crm_token_is_cached_across_runs_and_the_body_signed(stack, stack_env, d
     key = f"k-{uuid.uuid4()}"
     before = stack.crm_tokens_issued()
     for _ in range(2):  # two runs
-        with crm(stack_env, webhook_secret="s3cr3t").open(CourierState(db)) as client:
+        with crm(stack_env).open(CourierState(db)) as client:
             assert client.send_rto({**PAYLOAD, "run": 1}, key) == 200
     assert stack.crm_tokens_issued() - before == 1
-    first, second = calls(stack, key)
+    first, second = calls(stack, key)  # both verified by the stand-in
     assert (first["status"], second["status"]) == ("accepted", "duplicate")
-    expected = hmac.new(b"s3cr3t", encode_body(first["body"]), sha256).hexdigest()
-    assert first["signature"] == expected
+
+
+def test_the_crm_refuses_unsigned_forged_and_replayed_webhooks(stack, stack_env, db):
+    """SEC-HMAC-REPLAY: the signature covers time, key and body; an old one is refused."""
+    with crm(stack_env).open(CourierState(db)) as client:
+        token = client._access_token(refresh=False)
+    body = encode_body(PAYLOAD)
+    secret = stack_env["CRM_WEBHOOK_SECRET"]
+    refusals_before = len(stack.crm_refusals())
+
+    def post(timestamp: int, key: str, signature: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+        if signature is not None:
+            headers |= {TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signature}
+        return httpx.post(stack_env["CRM_WEBHOOK_URL"], content=body, headers=headers)
+
+    now, key = int(time.time()), f"k-{uuid.uuid4()}"
+    assert post(now, key, None).status_code == 403
+    assert post(now, key, sign("forged", now, key, body)).status_code == 403
+    assert post(now, "other", sign(secret, now, key, body)).status_code == 403  # key swapped
+    old = now - 600
+    assert post(old, key, sign(secret, old, key, body)).status_code == 403  # a replay
+    assert stack.crm_refusals()[refusals_before:] == [
+        "missing_signature",
+        "invalid_signature",
+        "invalid_signature",
+        "stale_signature",
+    ]
+    assert post(now, key, sign(secret, now, key, body)).status_code == 200
 
 
 def test_a_revoked_crm_token_is_replaced_once(stack, stack_env, db):
@@ -133,3 +170,33 @@ def test_smtp_failures_are_delivery_errors(stack_env):
         smtp(stack_env, starttls=True).send("s", "t", "<p>h</p>")
     with pytest.raises(DeliveryError, match="EMAIL_RECIPIENTS"):
         smtp(stack_env, recipients=" , ").send("s", "t", "<p>h</p>")
+
+
+def test_a_malformed_crm_token_is_refused_and_never_echoed(stack, stack_env, db):
+    """SEC-HEADER-INJECTION: httpx refuses the header and quotes it; our error does not."""
+    bad = "crm-access-token-4f1c\r\nX-Injected: yes"
+    state = CourierState(db)
+    state.save_token(TOKEN_NAME, CachedToken(bad, datetime.now(UTC) + timedelta(hours=1)))
+    key = f"k-{uuid.uuid4()}"
+    with crm(stack_env).open(state) as client, pytest.raises(DeliveryError) as failed:
+        client.send_rto(PAYLOAD, key)
+    assert "could not be formed" in str(failed.value)
+    assert "crm-access-token-4f1c" not in str(failed.value) and calls(stack, key) == []
+
+
+def test_tokens_are_sealed_at_rest_when_a_key_is_set(db):
+    """At rest: the stored token is Fernet text; without the key it reads as absent."""
+    key = Fernet.generate_key().decode()
+    sealed = CourierState(db, TokenCipher(key))
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    sealed.save_token("velocity:ops", CachedToken("velocity-jwt-secret-value", expires))
+    stored = db[STATE_COLLECTION].find_one({"_id": "token:velocity:ops"})
+    assert stored["token"].startswith("fernet:") and "velocity-jwt" not in stored["token"]
+    assert sealed.cached_token("velocity:ops").token == "velocity-jwt-secret-value"
+    rotated = TokenCipher(f"{Fernet.generate_key().decode()},{key}")  # new key first
+    assert CourierState(db, rotated).cached_token("velocity:ops").token.startswith("velocity")
+    assert CourierState(db, TokenCipher(None)).cached_token("velocity:ops") is None
+    assert (
+        CourierState(db, TokenCipher(Fernet.generate_key().decode())).cached_token("velocity:ops")
+        is None
+    )

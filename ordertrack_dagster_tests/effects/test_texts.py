@@ -1,10 +1,14 @@
 """What the effects say: Slack texts, the CRM payload, alert lines and the email (pure)."""
 
+import json
 from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
+from bson.decimal128 import Decimal128
+from bson.int64 import Int64
 
+from ordertrack_dagster.effects.crm import encode_body
 from ordertrack_dagster.effects.messages import (
     crm_payload,
     dead_letter_text,
@@ -178,3 +182,36 @@ def test_email_escapes_html_and_links_the_run_only_when_known():
     assert "<th align='left'>Updated to rto in transit</th>" in email["html"]
     assert "Duration" in email["text"] and "unknown" in email["text"]
     assert "href" not in email["html"] and "Run:" not in email["text"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "sent"),
+    [
+        (Decimal128("1499.00"), 1499),
+        (Decimal128("2599.50"), 2599.5),
+        (Int64(799), 799),
+        ("1,299.00", 1299),
+        (" 99.9 ", 99.9),
+        ("N/A", None),
+        (float("nan"), None),
+        (Decimal128("Infinity"), None),
+        ({"amount": 5}, None),
+        (True, None),
+        (None, None),
+    ],
+)
+def test_any_bson_amount_encodes_into_the_crm_webhook(stored, sent):
+    """Our own data, any shape: a Decimal128 total_amt used to fail every RTO webhook."""
+    doc = {"order_id": Int64(1234), "status": "rto", "order": {"total_amt": stored}}
+    payload = crm_payload(doc)
+    assert payload["order_value"] == sent and payload["order_id"] == "1234"
+    assert json.loads(encode_body(payload))["order_value"] == sent
+
+
+@pytest.mark.parametrize("order", [None, "not a document", [], {"phone": Int64(98765)}])
+def test_missing_or_odd_sub_documents_still_make_a_payload_and_a_message(order):
+    doc = {"kind": "slack_lost_destroy", "flow": "delhivery_b2c", "order_id": None, "order": order}
+    payload = crm_payload(doc)
+    assert payload["phone_number"] in (None, "98765")
+    assert encode_body(payload)
+    assert "*Order:* None" in status_alert_text(doc)

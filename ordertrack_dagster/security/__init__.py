@@ -1,0 +1,1 @@
+"""Secrets and settings: validation at load, redaction of every outgoing text, tokens at rest."""

@@ -1,0 +1,160 @@
+"""One redaction step for every text that leaves the process (SPEC §8).
+
+The secrets are the values of the secret settings (and of any setting whose name says it is
+one), the MongoDB password inside `MONGODB_URI`, and the tokens this process received at run
+time (courier JWTs, the CRM's access token), which it learns through `remember_secret`.
+Each secret is also matched in the forms a library may print it in: stripped of surrounding
+whitespace, escaped the way `repr` escapes it (`b'Token abc\\n'`), and cut at its line breaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+import pandas as pd
+from pandas.api.types import is_object_dtype, is_string_dtype
+
+#: Settings that hold a secret (names are also matched by `_SECRET_NAME_PARTS`).
+SECRET_SETTINGS = (
+    "DELHIVERY_AUTH_TOKEN_B2C",
+    "DELHIVERY_B2B_PASSWORD",
+    "SHIPROCKET_PASSWORD",
+    "VELOCITY_PASSWORD",
+    "CRM_CLIENT_SECRET",
+    "CRM_WEBHOOK_SECRET",
+    "EMAIL_PASSWORD",
+    "SLACK_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "ORDERTRACK_STATE_KEY",
+)
+_SECRET_NAME_PARTS = ("TOKEN", "PASSWORD", "SECRET")
+#: Shorter values are not secrets worth the false matches (e.g. "true", a port number).
+MIN_SECRET_CHARS = 4
+MASK = "***"
+
+_learned: set[str] = set()
+_learned_lock = threading.Lock()
+
+
+def remember_secret(value: str | None) -> None:
+    """A token received at run time: redacted from everything this process sends from now on."""
+    if value and len(value.strip()) >= MIN_SECRET_CHARS:
+        with _learned_lock:
+            _learned.add(value)
+
+
+def is_secret_setting(name: str) -> bool:
+    upper = name.upper()
+    return name in SECRET_SETTINGS or any(part in upper for part in _SECRET_NAME_PARTS)
+
+
+def configured_secrets(env: Mapping[str, str]) -> list[str]:
+    """The secret values of an environment (not the learned tokens)."""
+    values = [value for name, value in env.items() if is_secret_setting(name)]
+    mongo_password = urlsplit(env.get("MONGODB_URI", "")).password
+    if mongo_password:
+        values += [mongo_password, unquote(mongo_password)]
+    return values
+
+
+def _forms(secret: str) -> set[str]:
+    """The secret as given, stripped, repr-escaped, and each line of it."""
+    escaped = secret.encode("unicode_escape").decode("ascii")
+    forms = {secret, secret.strip(), escaped, escaped.strip()}
+    forms.update(line.strip() for line in secret.splitlines())
+    return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
+
+
+class Redactor:
+    """Replaces every form of every secret by `***` in text, nested values and DataFrames."""
+
+    def __init__(self, secrets: Iterable[str]):
+        forms = set().union(*(_forms(secret) for secret in secrets if secret))
+        self._forms = sorted(forms, key=len, reverse=True)  # the longest form wins an overlap
+        self._pattern = re.compile("|".join(map(re.escape, self._forms))) if forms else None
+
+    def found_in(self, text: str) -> bool:
+        """A plain substring search per form: far faster than the regex on large text."""
+        return any(form in text for form in self._forms)
+
+    def text(self, text: str) -> str:
+        if self._pattern is None or not text or not self.found_in(text):
+            return text
+        return self._pattern.sub(MASK, text)
+
+    def value(self, value: Any) -> Any:
+        """Strings inside dicts, lists and tuples redacted; other values as they are."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {key: self.value(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.value(item) for item in value)
+        return value
+
+    def frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Text columns redacted; the frame itself is returned when nothing matched."""
+        if self._pattern is None:
+            return frame
+        changed: dict[str, pd.Series] = {}
+        for column in frame.columns:
+            values = frame[column]
+            if not (is_object_dtype(values.dtype) or is_string_dtype(values.dtype)):
+                continue
+            # one search over the whole column; cell by cell only when something matched
+            if self.found_in("\x00".join(v for v in values if isinstance(v, str))):
+                changed[column] = values.map(self.value)
+        return frame.assign(**changed) if changed else frame
+
+
+@lru_cache(maxsize=8)
+def _redactor(secrets: frozenset[str]) -> Redactor:
+    return Redactor(secrets)
+
+
+def redactor(env: Mapping[str, str] | None = None) -> Redactor:
+    """The redactor of this environment (the process's by default) and the learned tokens."""
+    with _learned_lock:
+        learned = set(_learned)
+    return _redactor(frozenset(configured_secrets(os.environ if env is None else env)) | learned)
+
+
+def http_error_text(error: httpx.HTTPError) -> str:
+    """What to say about a failed request, redacted. A header httpx refuses (a credential
+    with a line break) is quoted whole in its message: never repeat that message."""
+    if isinstance(error, httpx.LocalProtocolError):
+        return "the request could not be formed (a credential with a line break or space?)"
+    return redact(f"{type(error).__name__}: {error}")
+
+
+def redact(text: str) -> str:
+    """`text` without any secret of the process's environment or any learned token."""
+    return redactor().text(text)
+
+
+def install_log_redaction() -> None:
+    """Redact every log record this process makes from now on, Dagster's run logs included
+    (`context.log` builds its records through the standard factory). Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "redacting", False):
+        return
+
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if isinstance(record.msg, str):
+            message = record.getMessage()
+            clean = redact(message)
+            if clean is not message:
+                record.msg, record.args = clean, ()
+        return record
+
+    redacting_factory.redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting_factory)

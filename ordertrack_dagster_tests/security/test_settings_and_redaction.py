@@ -1,0 +1,127 @@
+"""Settings refused at load (SEC-MALFORMED-SECRET, SEC-TLS-POLICY) and the redaction step."""
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+from cryptography.fernet import Fernet
+
+from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.definitions import build_definitions
+from ordertrack_dagster.security.redaction import Redactor, redactor, remember_secret
+from ordertrack_dagster.security.settings import (
+    INSECURE_OVERRIDE,
+    SettingsError,
+    validate_settings,
+)
+from ordertrack_dagster.security.tokens import STATE_KEY
+
+TOKEN = "dlv-token-0123456789abcdef"
+GOOD = {
+    "DELHIVERY_URL": "https://track.delhivery.example/api/v1/packages/json/",
+    "DELHIVERY_AUTH_TOKEN_B2C": TOKEN,
+    "CRM_WEBHOOK_URL": "https://crm.example/webhooks/order-cancel",
+    "SLACK_API_URL": "https://slack.com/api/",
+    "EMAIL_PASSWORD": "mail-pass-123",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("DELHIVERY_AUTH_TOKEN_B2C", TOKEN + "\n", "line break"),
+        ("DELHIVERY_AUTH_TOKEN_B2C", TOKEN + "\r\nX-Injected: 1", "line break"),
+        ("CRM_CLIENT_SECRET", " crm-secret-value", "whitespace"),
+        ("SHIPROCKET_PASSWORD", "pass\tword", "control character"),
+        ("CRM_WEBHOOK_URL", "https://crm.example/hook\n", "line break"),
+        ("VELOCITY_URL", "velocity.example/api", "not an http(s) URL"),
+    ],
+)
+def test_a_malformed_setting_is_refused_by_name_never_by_value(name, value, reason):
+    with pytest.raises(SettingsError) as refused:
+        validate_settings({**GOOD, name: value})
+    message = str(refused.value)
+    assert name in message and reason in message
+    assert value.strip() not in message and TOKEN not in message
+
+
+def test_well_formed_settings_pass_without_warnings_outside_prod():
+    assert validate_settings(GOOD) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"DELHIVERY_URL": "http://track.delhivery.example/api"}, "DELHIVERY_URL"),
+        ({"CRM_AUTH_URL": "http://crm.example/oauth/token"}, "CRM_AUTH_URL"),
+        ({"SLACK_API_URL": "http://slack.example/api/"}, "SLACK_API_URL"),
+        ({"SMTP_STARTTLS": "false"}, "SMTP login"),
+    ],
+)
+def test_prod_refuses_plain_text_transport_unless_overridden(changes, named):
+    prod = {**GOOD, "ENV": "PROD", STATE_KEY: Fernet.generate_key().decode(), **changes}
+    with pytest.raises(SettingsError, match=named):
+        validate_settings(prod)
+    assert validate_settings({**prod, "ENV": "DEV"}) == []
+    warnings = validate_settings({**prod, INSECURE_OVERRIDE: "true"})
+    assert len(warnings) == 1 and INSECURE_OVERRIDE in warnings[0] and named in warnings[0]
+
+
+def test_prod_without_a_state_key_warns_and_a_bad_key_is_refused():
+    warnings = validate_settings({**GOOD, "ENV": "PROD"})
+    assert any(STATE_KEY in warning for warning in warnings)
+    with pytest.raises(SettingsError, match=f"{STATE_KEY} is not a Fernet key"):
+        validate_settings({**GOOD, STATE_KEY: "not-a-key"})
+
+
+def test_every_form_of_a_secret_is_redacted():
+    env = {
+        "DELHIVERY_AUTH_TOKEN_B2C": TOKEN + "\n",
+        "MONGODB_URI": "mongodb://tracker:mongo%40pw@db:27017/",
+        "SOME_TOKEN": "xy",  # too short to be worth redacting
+    }
+    text = f"Illegal header value b'Token {TOKEN}\\n' / {TOKEN}\n / mongo%40pw / mongo@pw / xy"
+    redacted = redactor(env).text(text)
+    assert TOKEN not in redacted and "mongo%40pw" not in redacted and "mongo@pw" not in redacted
+    assert redacted.endswith("/ xy")
+
+
+def test_learned_tokens_and_nested_values_and_frames_are_redacted():
+    remember_secret("jwt-learned-at-run-time-42")
+    clean = redactor({})
+    assert clean.text("Bearer jwt-learned-at-run-time-42") == "Bearer ***"
+    assert clean.value({"a": ["jwt-learned-at-run-time-42", 3]}) == {"a": ["***", 3]}
+    frame = pd.DataFrame({"error": ["ok", "jwt-learned-at-run-time-42 refused"], "n": [1, 2]})
+    assert clean.frame(frame)["error"].tolist() == ["ok", "*** refused"]
+    untouched = pd.DataFrame({"error": ["ok"]})
+    assert clean.frame(untouched) is untouched
+    assert Redactor([]).text("anything") == "anything"
+
+
+def test_the_code_location_refuses_to_load_with_a_malformed_secret():
+    """SEC-MALFORMED-SECRET at load: the error names the setting, never its value."""
+    with pytest.raises(SettingsError, match="DELHIVERY_AUTH_TOKEN_B2C") as refused:
+        build_definitions({**GOOD, "DELHIVERY_AUTH_TOKEN_B2C": TOKEN + "\n"})
+    assert TOKEN not in str(refused.value)
+    assert build_definitions(GOOD).resources["effects"].retention_days == 90
+
+
+def test_log_records_are_redacted_once_the_location_loaded(caplog):
+    build_definitions(GOOD)
+    remember_secret("learned-token-for-logs-77")
+    logging.getLogger("ordertrack.test").warning("refused %s", "learned-token-for-logs-77")
+    assert caplog.messages[-1] == "refused ***"
+
+
+def test_ops_clear_a_stored_pause_from_the_ui_job(db, stack_env):
+    """The documented way out of a pause: `clear_courier_pause_job`, no Mongo shell."""
+    state = CourierState(db)
+    state.pause("shiprocket", datetime.now(UTC) + timedelta(minutes=30), "429")
+    state.pause("velocity", datetime.now(UTC) + timedelta(minutes=30), "429")
+    defs = build_definitions(stack_env)
+    job = defs.get_job_def("clear_courier_pause_job")
+    config = {"ops": {"clear_courier_pause": {"config": {"scopes": ["shiprocket"]}}}}
+    result = job.execute_in_process(run_config=config, resources={"mongo": defs.resources["mongo"]})
+    assert result.success and result.output_for_node("clear_courier_pause") == ["shiprocket"]
+    assert state.paused_until("shiprocket") is None and state.paused_until("velocity") is not None
