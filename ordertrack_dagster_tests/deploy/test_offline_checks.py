@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dagster import ConfigurableIOManager, ConfigurableResource, EnvVar
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster_k8s import K8sRunLauncher
@@ -26,13 +27,11 @@ from dagster_k8s.job import (
 )
 
 from ordertrack_dagster.orchestration.jobs import tracking_job
+from ordertrack_dagster.settings import build_resources
 from ordertrack_dagster_tests.deploy.local_deployment import DEPLOY, PROJECT_ROOT
 
 VALUES = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
 CODE = PROJECT_ROOT / "ordertrack_dagster"
-# Calls whose first argument is the name of a setting read from the environment (besides
-# `os.environ.get`).
-READERS = {"EnvVar", "_optional", "_optional_secret", "_flag", "_env", "getenv"}
 # Settings that point the code at local stand-ins; production leaves them unset.
 LOCAL_ONLY = {"AWS_ENDPOINT_URL", "SLACK_API_URL"}
 SECRET_PARTS = ("TOKEN", "PASSWORD", "SECRET", "MONGODB_URI", "ACCESS_KEY")
@@ -87,8 +86,38 @@ def test_a_tracking_run_pod_is_sized_from_the_benchmark():
     assert resources.limits["memory"] == "1536Mi"
 
 
-def settings_read_by_the_code() -> set[str]:
-    """Every environment variable name the code location reads (not the local stack's)."""
+class RecordingEnvironment(dict):
+    """An environment that remembers every name asked of it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self.asked.add(name)
+        return super().get(name, default)
+
+    def __getitem__(self, name: str) -> str:
+        self.asked.add(name)
+        return super().__getitem__(name)
+
+    def __contains__(self, name: object) -> bool:
+        self.asked.add(str(name))
+        return super().__contains__(name)
+
+
+def _env_var_names(value: Any) -> set[str]:
+    """The names of the EnvVars inside a resource (and the resources it holds)."""
+    if isinstance(value, EnvVar):
+        return {value.env_var_name}
+    if isinstance(value, ConfigurableResource | ConfigurableIOManager):
+        return set().union(*(_env_var_names(field) for field in vars(value).values()))
+    return set()
+
+
+def _read_from_os_environ() -> set[str]:
+    """Names read straight from the process environment, found in the source: the constant
+    argument of `os.environ.get` / `os.getenv`, and the flow table's `*_env` overrides."""
     names: set[str] = set()
     for path in CODE.rglob("*.py"):
         if {"devstack", "bench"} & set(path.relative_to(CODE).parts):
@@ -96,24 +125,39 @@ def settings_read_by_the_code() -> set[str]:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):
                 continue
-            func = node.func
+            func, first = node.func, node.args[0] if node.args else None
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            first = node.args[0] if node.args else None
-            from_environ = called == "get" and getattr(func, "value", None) is not None
-            from_environ = from_environ and getattr(func.value, "attr", "") == "environ"
-            if (called in READERS or from_environ) and isinstance(first, ast.Constant):
+            on_environ = getattr(getattr(func, "value", None), "attr", "") == "environ"
+            if (called == "getenv" or (called == "get" and on_environ)) and isinstance(
+                first, ast.Constant
+            ):
                 names.add(str(first.value))
             names |= {
                 str(kw.value.value)
                 for kw in node.keywords
                 if kw.arg and kw.arg.endswith("_env") and isinstance(kw.value, ast.Constant)
             }
+    return names
+
+
+def settings_read_by_the_code() -> set[str]:
+    """Every environment variable name the code location reads (not the local stack's).
+
+    The resources are built from a recording environment in production mode (which checks
+    every setting, and the key of the token store), their EnvVars are collected, and the
+    source is searched for direct reads of the process environment.
+    """
+    environment = RecordingEnvironment({"ENV": "PROD"})
+    resources = build_resources(environment)
+    from_resources = set().union(*(_env_var_names(r) for r in resources.values()))
+    names = environment.asked | from_resources | _read_from_os_environ()
     return {name for name in names if re.fullmatch(r"[A-Z][A-Z0-9_]+", name)}
 
 
 def test_the_helm_values_carry_every_setting_the_code_reads():
     settings = settings_read_by_the_code()
-    assert {"MONGODB_URI", "SLACK_TOKEN", "VELOCITY_PASSWORD", "B2B_TRACKING_WORKERS"} <= settings
+    expected = {"MONGODB_URI", "MONGODB_DB", "SLACK_TOKEN", "VELOCITY_PASSWORD", "SMTP_HOST"}
+    assert expected | {"B2B_TRACKING_WORKERS", "ORDERTRACK_STATE_KEY"} <= settings
     deployment = VALUES["dagster-user-deployments"]["deployments"][0]
     env = {entry["name"]: entry for entry in deployment["env"]}
     assert sorted(settings - LOCAL_ONLY - set(env)) == []
