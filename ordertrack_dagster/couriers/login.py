@@ -119,8 +119,7 @@ class LoginClient(CourierClient):
                 f"logins are blocked until {blocked:%Y-%m-%d %H:%M:%S}Z after a failed login",
                 block=False,
             )
-        if self._resume_at is not None and self._resume_at > now:
-            raise RateLimited(self._resume_at, 429)  # the courier said stop, logins included
+        await self._permit()  # a login is a request: it waits for pauses and is budgeted
         if self._logged_in:
             self._last_refresh = time.monotonic()
         self._logged_in = True
