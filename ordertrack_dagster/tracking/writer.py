@@ -17,43 +17,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from bson import ObjectId
 from pymongo import UpdateOne
-from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, OperationFailure
 
+from ordertrack_dagster.markers import OUTBOX_FIELD, Event, marker
 from ordertrack_dagster.records import INDIA, Outcome
+from ordertrack_dagster.resources.mongo import BulkLog, bulk_update
 from ordertrack_dagster.statuses import (
     Canonical,
     is_allowed,
     refused_predecessors,
     timestamp_key,
 )
-
-OUTBOX_FIELD = "ordertrack_outbox"
-BULK_CHUNK = 10_000
-
-
-class Action(StrEnum):
-    """What the write step did with one polled order."""
-
-    STATUS_CHANGED = "status_changed"
-    POLL_RECORDED = "poll_recorded"  # answer read; status left as it was
-    REFUSED = "refused"  # the move would go backwards: alert, status left alone
-    UNTOUCHED = "untouched"  # not answered, failed or deferred: stays first in line
-
-
-class Event(StrEnum):
-    """Side effects that the first entry into a status triggers (SPEC §7)."""
-
-    CRM_RTO = "crm_rto"
-    SLACK_CANCELLED = "slack_booking_cancelled"
-    SLACK_LOST_DESTROY = "slack_lost_destroy"
-    SLACK_B2B_SAME_DAY_DELIVERY = "slack_b2b_same_day_delivery"
+from ordertrack_dagster.tables import Action
 
 
 @dataclass(frozen=True)
@@ -116,15 +95,13 @@ class WritePlan:
 
 
 @dataclass
-class WriteReport:
+class WriteReport(BulkLog):
     """What MongoDB said: counts, round trips and the operations it rejected."""
 
     orders_matched: int = 0
     orders_modified: int = 0
     tracking_upserted: int = 0
     tracking_modified: int = 0
-    bulk_calls: int = 0
-    rejected: list[str] = field(default_factory=list)
 
 
 def _literal(value: Any) -> dict[str, Any]:
@@ -258,22 +235,15 @@ def _status_op(
     fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
     fields.update(guarded)
     if events:
-        marker = {
-            event.value: _literal(
-                {
-                    "status": new.value,
-                    "flow": flow_key,
-                    "tracking_key": order.tracking_key,
-                    "queued_at": now,
-                }
-            )
+        markers = {
+            event.value: _literal(marker(new.value, flow_key, order.tracking_key, now))
             for event in events
         }
         guard: Any = _FIRST_RETURN if Event.CRM_RTO in events else True
         merged = {
             "$mergeObjects": [
                 {"$ifNull": [f"${OUTBOX_FIELD}", {}]},
-                {"$cond": [guard, marker, {}]},
+                {"$cond": [guard, markers, {}]},
             ]
         }
         fields[OUTBOX_FIELD] = {"$cond": [allowed, merged, f"${OUTBOX_FIELD}"]}
@@ -361,76 +331,10 @@ def _as_text(value: Any) -> str | None:
 def apply_plan(db: Database, plan: WritePlan) -> WriteReport:
     """Send the plan as chunked unordered bulk writes; isolate any operation MongoDB rejects."""
     report = WriteReport()
-    for start in range(0, len(plan.order_ops), BULK_CHUNK):
-        matched, modified, _ = bulk_update(
-            db["orders"], plan.order_ops[start : start + BULK_CHUNK], report
-        )
-        report.orders_matched += matched
-        report.orders_modified += modified
-    for start in range(0, len(plan.tracking_ops), BULK_CHUNK):
-        _, modified, upserted = bulk_update(
-            db["orderTracking"], plan.tracking_ops[start : start + BULK_CHUNK], report
-        )
-        report.tracking_modified += modified
-        report.tracking_upserted += upserted
+    report.orders_matched, report.orders_modified, _ = bulk_update(
+        db["orders"], plan.order_ops, report
+    )
+    _, report.tracking_modified, report.tracking_upserted = bulk_update(
+        db["orderTracking"], plan.tracking_ops, report
+    )
     return report
-
-
-def bulk_update(
-    collection: Collection, ops: list[UpdateOne], report: WriteReport
-) -> tuple[int, int, int]:
-    """One bulk write; if the server rejects it, retry operation by operation.
-
-    MongoDB reports per-operation errors; some compatible servers fail the whole command
-    instead. Either way the good operations land and the bad ones are named.
-    """
-    if not ops:
-        return 0, 0, 0
-    report.bulk_calls += 1
-    try:
-        result = collection.bulk_write(ops, ordered=False)
-        return result.matched_count, result.modified_count, result.upserted_count
-    except BulkWriteError as error:
-        details = error.details
-        failed = {item["index"] for item in details.get("writeErrors", [])}
-        retry = [op for index, op in enumerate(ops) if index in failed]
-        matched, modified, upserted = (
-            details.get("nMatched", 0),
-            details.get("nModified", 0),
-            details.get("nUpserted", 0),
-        )
-        if len(retry) == len(ops):  # nothing landed: avoid a loop, go one by one
-            return _one_by_one(collection, ops, report)
-        more = _one_by_one(collection, retry, report)
-        return matched + more[0], modified + more[1], upserted + more[2]
-    except OperationFailure:
-        return _one_by_one(collection, ops, report)
-
-
-def _one_by_one(
-    collection: Collection, ops: list[UpdateOne], report: WriteReport
-) -> tuple[int, int, int]:
-    matched = modified = upserted = 0
-    for op in ops:
-        report.bulk_calls += 1
-        try:
-            result = collection.bulk_write([op], ordered=True)
-        except (BulkWriteError, OperationFailure) as error:
-            message = getattr(error, "details", None) or str(error)
-            if "E11000" in str(message):  # a concurrent upsert won the race: retry as update
-                try:
-                    result = collection.bulk_write([op], ordered=True)
-                except (BulkWriteError, OperationFailure) as again:
-                    report.rejected.append(f"{collection.name}: {_describe(op)}: {again}")
-                    continue
-            else:
-                report.rejected.append(f"{collection.name}: {_describe(op)}: {error}")
-                continue
-        matched += result.matched_count
-        modified += result.modified_count
-        upserted += result.upserted_count
-    return matched, modified, upserted
-
-
-def _describe(op: UpdateOne) -> str:
-    return f"update {op._filter.get('_id') or op._filter.get('orderId')}"
