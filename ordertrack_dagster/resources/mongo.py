@@ -92,6 +92,11 @@ def ensure_indexes(db: Database) -> list[str]:
     warnings: list[str] = []
     specs = [
         ("orders", [("order_status", ASCENDING), ("last_tracking_time", ASCENDING)], {}),
+        (
+            "orders",
+            [("ordertrack_asked_at", ASCENDING), ("last_tracking_time", ASCENDING)],
+            {},
+        ),
         ("orders", [("awb_number", ASCENDING)], {}),
         ("orders", [("ordertrack_outbox", ASCENDING)], {"sparse": True}),
         ("orderTracking", [("orderId", ASCENDING)], {"unique": True}),
