@@ -252,7 +252,7 @@ def rate_limited(bench: Bench, scale: Scale) -> LimitedFigures:
         runs: list[RunFigures] = []
         request_times: list[float] = []
         intervals: list[tuple[float, float]] = []
-        most_runs = math.ceil(len(due) / (flow.cap or len(due))) + 2
+        most_runs = math.ceil(len(due) / flow.cap) + 2
         try:
             while len(first_ask) < len(due) and len(runs) < most_runs:
                 figures = bench.run(
