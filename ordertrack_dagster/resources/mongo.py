@@ -78,6 +78,8 @@ class MongoResource(ConfigurableResource):
         return mongo_client(self.uri)[self.database]
 
 
+#: Conditions already announced on Slack (`effects/alert_memory.py`), forgotten after 31 days.
+ALERTED = "ordertrack_alerted"
 _indexes_ready: set[tuple[str, str]] = set()
 
 
@@ -100,6 +102,8 @@ def ensure_indexes(db: Database) -> list[str]:
         ("orders", [("awb_number", ASCENDING)], {}),
         ("orders", [("ordertrack_outbox", ASCENDING)], {"sparse": True}),
         ("orderTracking", [("orderId", ASCENDING)], {"unique": True}),
+        (ALERTED, [("first_run", ASCENDING)], {}),
+        (ALERTED, [("first_seen", ASCENDING)], {"expireAfterSeconds": 31 * 86_400}),
     ]
     for collection, keys, options in specs:
         try:
