@@ -90,6 +90,7 @@ class CourierClient(ABC):
         self.max_attempts = max_attempts
         self.stats = FetchStats()
         self._resume_at: datetime | None = None
+        self._forced_past: datetime | None = None  # the stored pause a forced run ignores
         self._budget: SharedBudget  # set when a fetch starts
         self._records: list[FetchRecord] = []
         self._tls: ssl.SSLContext | None = None
@@ -120,8 +121,9 @@ class CourierClient(ABC):
         `ignore_stored_pause` (a run forced by ops) starts as if no pause were stored; a rate
         limit met during the run still pauses it.
         """
-        stored = None if ignore_stored_pause else self.state.paused_until(self.flow.budget_scope)
-        self._resume_at = stored
+        stored = self.state.paused_until(self.flow.budget_scope)
+        self._resume_at = None if ignore_stored_pause else stored
+        self._forced_past = stored if ignore_stored_pause else None
         self._budget = self.state.shared_budget(
             self.flow.budget_scope, self.flow.rate_budget, min_block=self.flow.workers
         )
@@ -187,8 +189,9 @@ class CourierClient(ABC):
     def _adopt_stored_pause(self) -> bool:
         """Take over a pause another process stored; True when it lies beyond ours."""
         stored = self.state.paused_until(self.flow.budget_scope)
-        if stored is None or (self._resume_at is not None and stored <= self._resume_at):
-            return False
+        known = max(filter(None, (self._resume_at, self._forced_past)), default=None)
+        if stored is None or (known is not None and stored <= known):
+            return False  # none, or one this run already honours or was forced past
         self._resume_at = stored
         return True
 

@@ -4,6 +4,7 @@ blocks, and a pause stored by one process honoured by the others."""
 
 import asyncio
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -143,22 +144,43 @@ def test_a_b2b_403_pauses_b2b(stack, state):
     assert state.paused_until("delhivery_express") is None
 
 
-def test_a_pause_stored_by_another_process_stops_the_next_request(stack, state, db):
-    flow = "delhivery_b2c"
-    keys = register_shipments(stack.simulator, flow, ["in_transit"] * 4)
-    budget = RateBudget(requests=1000, window_seconds=3)  # leases of one bucket: renewed often
-    other = CourierState(db).shared_budget("delhivery_express", budget, min_block=1)
+def test_a_pause_met_by_another_process_stops_this_run_at_its_next_reservation(stack, db):
+    budget = RateBudget(requests=1000, window_seconds=3)  # leases of about a second
+    keys = register_shipments(stack.simulator, "delhivery_b2c", ["in_transit"] * 40)
+    other_keys = register_shipments(stack.simulator, "delhivery_fallback", ["in_transit"])
+    slow = {"default_rate_budget": budget, "batch_size": 1, "concurrency": 1}
+    running = courier_client(
+        "delhivery_b2c", stack.env, CourierState(db), flow_changes=slow | {"pause_seconds": 0.1}
+    )
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run_fetch(running, keys)))
+    thread.start()
+    time.sleep(1.0)  # the run is under way when the fallback meets Delhivery's firewall
+    stack.simulator.inject_fault("delhivery_fallback", "forbidden")
+    other = courier_client("delhivery_fallback", stack.env, CourierState(db), flow_changes=slow)
+    run_fetch(other, other_keys)
+    thread.join()
+    states = [record.state for record in results[0].records]
+    assert FetchState.ANSWERED in states and FetchState.DEFERRED in states
+    deferred = [r for r in results[0].records if r.state is FetchState.DEFERRED]
+    assert all("paused" in r.error for r in deferred)
+    assert simulator_counts(stack.simulator, "delhivery_b2c")["status_codes"].get("403") is None
+
+
+def test_a_forced_run_is_not_stopped_by_the_pause_it_was_forced_past(stack, state, db):
+    keys = register_shipments(stack.simulator, "delhivery_b2c", ["in_transit"] * 3)
+    budget = RateBudget(requests=1000, window_seconds=3)
     resume_at = datetime.now(UTC) + timedelta(minutes=10)
-    CourierState(db).pause("delhivery_express", resume_at)
-    other.note_pause(resume_at)
-    before = simulator_counts(stack.simulator, flow)["requests"]
-    # started as a forced run would be, blind to the pause; the first reservation shows it
+    state.pause("delhivery_express", resume_at)
+    state.shared_budget("delhivery_express", budget, min_block=1).note_pause(resume_at)
     client = courier_client(
-        flow, stack.env, state, flow_changes={"default_rate_budget": budget, **ONE_AT_A_TIME}
+        "delhivery_b2c",
+        stack.env,
+        state,
+        flow_changes={"default_rate_budget": budget, **ONE_AT_A_TIME},
     )
     result = asyncio.run(client.fetch(keys, ignore_stored_pause=True))
-    assert simulator_counts(stack.simulator, flow)["requests"] == before
-    assert {r.state for r in result.records} == {FetchState.DEFERRED}
+    assert {r.state for r in result.records} == {FetchState.ANSWERED}
 
 
 def test_reservations_are_blocks_few_round_trips_per_thousand_requests(db):
