@@ -22,8 +22,10 @@ from ordertrack_dagster.bench.measure import DAGSTER, PHASES, RunFigures
 from ordertrack_dagster.bench.scenarios import (
     BUDGET_ENV,
     UNLIMITED_BUDGET,
+    HeadOfLineFigures,
     LimitedFigures,
     Scale,
+    SharedLimitFigures,
     budget_env,
 )
 from ordertrack_dagster.devstack.simulator import lognormal_params
@@ -79,6 +81,9 @@ class Results:
     flows: list[RunFigures]
     growth: list[RunFigures]
     limited: LimitedFigures | None
+    shared: SharedLimitFigures | None = None
+    head_of_line: HeadOfLineFigures | None = None
+    bounded: RunFigures | None = None
 
     def runs(self) -> list[RunFigures]:
         return [*self.flows, *self.growth, *(self.limited.runs if self.limited else [])]
@@ -276,6 +281,9 @@ def to_json(results: Results) -> dict[str, Any]:
         "flows": [run.as_dict() for run in results.flows],
         "growth": [run.as_dict() for run in results.growth],
         "rate_limited": results.limited.as_dict() if results.limited else None,
+        "shared_limit": results.shared.as_dict() if results.shared else None,
+        "head_of_line": results.head_of_line.as_dict() if results.head_of_line else None,
+        "bounded": results.bounded.as_dict() if results.bounded else None,
     }
 
 
@@ -605,6 +613,42 @@ def _limited_lines(limited: LimitedFigures) -> list[str]:
     return lines
 
 
+def _budget_lines(results: Results) -> list[str]:
+    """One table for the shared limit, the head of the line and the bounded run."""
+    rows = []
+    if results.shared is not None:
+        shared, limit = results.shared, results.shared.courier_limit
+        rows.append(
+            [
+                "B2C and fallback at once, one limit "
+                f"({limit.requests} per {limit.window_seconds:g} s)",
+                f"most requests in any window {shared.most_in_window_courier}, "
+                f"HTTP 403 {shared.forbidden}, requests {sum(r.requests for r in shared.runs):,}",
+            ]
+        )
+    if results.head_of_line is not None:
+        line = results.head_of_line
+        rows.append(
+            [
+                f"{line.unanswerable} unanswerable B2B orders ahead of {line.healthy} healthy",
+                "healthy polled per run: " + ", ".join(map(str, line.healthy_polled_per_run)),
+            ]
+        )
+    if results.bounded is not None:
+        run = results.bounded
+        first_write = run.materialized_at.get("order_status_writes", run.ended_at)
+        rows.append(
+            [
+                f"{run.flow} with more due than its cap",
+                f"{run.orders:,} selected, peak RSS {run.peak_rss_mib:.0f} MiB, "
+                f"first write after {_s(first_write - run.started_at)} s",
+            ]
+        )
+    if not rows:
+        return []
+    return ["## Budget, fairness and bounds", "", *_table(["scenario", "measured"], rows), ""]
+
+
 def render_markdown(results: Results, plot: str | None) -> str:
     info = results.machine
     shared = results.others_share()
@@ -700,6 +744,7 @@ def render_markdown(results: Results, plot: str | None) -> str:
             *_limited_lines(results.limited),
             "",
         ]
+    lines += _budget_lines(results)
     lines += [
         "## Reproducing",
         "",
