@@ -55,7 +55,7 @@ format: $(STAMP)
 bench: $(STAMP)  ## production-scale figures into BENCH.md and bench.json
 	$(BIN)/python -m ordertrack_dagster.bench
 
-bench-smoke: $(STAMP)  ## a few hundred orders, under a minute
+bench-smoke: $(STAMP)  ## a few hundred orders, a few minutes
 	$(BIN)/python -m ordertrack_dagster.bench --smoke
 
 deploy-check: $(STAMP) system-packages  ## deploy/ checked offline and run on a local PostgreSQL

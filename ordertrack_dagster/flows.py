@@ -37,7 +37,7 @@ class Flow:
     booking_courier_pattern: str  # case-insensitive regex on orders.bookingCourier
     selection: Selection
     cron: str
-    cap: int | None  # at most this many orders per run, oldest-polled first
+    cap: int  # at most this many orders per run, longest not asked first
     batch_size: int  # tracking keys per request
     concurrency: int  # requests in flight (or workers, for one-key-per-request flows)
     concurrency_env: str | None  # environment variable that overrides `concurrency`
@@ -80,6 +80,8 @@ class Flow:
 # single-waybill path share it); we stay at 700. B2B allows 500; we stay at 480.
 _DELHIVERY_EXPRESS_BUDGET = RateBudget(requests=700, window_seconds=300)
 
+# Every flow is capped, so a run's memory and duration are bounded whatever is due; the
+# drain sensor starts the next run while a capped or deferred run left work behind.
 FLOWS: dict[str, Flow] = {
     flow.key: flow
     for flow in (
@@ -119,7 +121,7 @@ FLOWS: dict[str, Flow] = {
             booking_courier_pattern="Shiprocket",
             selection=Selection.WAYBILL,
             cron="*/8 * * * *",
-            cap=None,
+            cap=36_000,  # 720 requests of 50 AWBs: minutes
             batch_size=50,
             concurrency=50,
             concurrency_env=None,
@@ -149,7 +151,7 @@ FLOWS: dict[str, Flow] = {
             booking_courier_pattern="Delhivery",
             selection=Selection.NON_PRIMARY_WAYBILL,
             cron="0 */2 * * *",
-            cap=None,
+            cap=600,  # 3 workers 5 s apart: ~18 minutes; a crash loses no more
             batch_size=1,
             concurrency=3,
             concurrency_env="FALLBACK_TRACKING_WORKERS",

@@ -74,4 +74,4 @@ class Action(StrEnum):
     STATUS_CHANGED = "status_changed"
     POLL_RECORDED = "poll_recorded"  # answer read; status left as it was
     REFUSED = "refused"  # the move would go backwards: alert, status left alone
-    UNTOUCHED = "untouched"  # not answered, failed or deferred: stays first in line
+    UNTOUCHED = "untouched"  # not found, failed or deferred: status and poll fields unchanged

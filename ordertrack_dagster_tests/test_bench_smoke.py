@@ -32,7 +32,7 @@ def test_bench_smoke_produces_every_figure(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "ordertrack_dagster.bench", "--smoke",
          "--out", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=540,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
@@ -48,8 +48,17 @@ def test_bench_smoke_produces_every_figure(tmp_path):
     assert limited["forbidden"] >= 0 and limited["budget_share_fetching"] > 0
     assert limited["worst_first_ask_seconds"] > 0 and limited["bound_seconds"] > 0
     assert len(figures["targets"]) >= 5 and all("met" in t for t in figures["targets"])
+    shared = figures["shared_limit"]
+    assert {run["flow"] for run in shared["runs"]} == {"delhivery_b2c", "delhivery_fallback"}
+    assert shared["forbidden"] == 0
+    assert 0 < shared["most_in_window_courier"] <= shared["courier_limit"]["requests"]
+    line = figures["head_of_line"]
+    assert line["healthy_polled_per_run"][-1] == line["healthy"] > 0
+    for run in [*shared["runs"], *line["runs"], figures["bounded"]]:
+        assert_run_figures(run)
 
     report = (out / "BENCH.md").read_text()
-    for section in ("## Targets", "## Every flow", "## Growth", "## Under the courier"):
+    sections = ("## Targets", "## Every flow", "## Growth", "## Under the courier", "## Budget")
+    for section in sections:
         assert section in report
     assert (out / "bench_growth.png").read_bytes().startswith(b"\x89PNG")

@@ -17,14 +17,17 @@ from ordertrack_dagster.bench.scenarios import (
     FULL,
     SMOKE,
     Bench,
+    bounded,
     growth,
+    head_of_line,
     rate_limited,
+    shared_limit,
     throughput,
 )
 from ordertrack_dagster.devstack.demo import PROJECT_ROOT
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 
-PARTS = ("flows", "growth", "limited")
+PARTS = ("flows", "growth", "limited", "shared", "head_of_line", "bounded")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -74,6 +77,9 @@ def measure(args: argparse.Namespace) -> Results:
             flows = throughput(bench, scale) if "flows" in parts else []
             grown = growth(bench, scale) if "growth" in parts else []
             limited = rate_limited(bench, scale) if "limited" in parts else None
+            shared = shared_limit(bench, scale) if "shared" in parts else None
+            line = head_of_line(bench, scale) if "head_of_line" in parts else None
+            capped = bounded(bench, scale) if "bounded" in parts else None
         finally:
             bench.close()
     return Results(
@@ -88,6 +94,9 @@ def measure(args: argparse.Namespace) -> Results:
         flows=flows,
         growth=grown,
         limited=limited,
+        shared=shared,
+        head_of_line=line,
+        bounded=capped,
     )
 
 

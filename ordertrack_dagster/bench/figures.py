@@ -267,6 +267,14 @@ class LimitedReading:
 
 
 @dataclass(frozen=True)
+class ScenarioRow:
+    """One line of the budget, fairness and bounds table."""
+
+    scenario: str
+    measured: str
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything BENCH.md shows, computed from one benchmark's results."""
 
@@ -281,6 +289,7 @@ class Report:
     paced: list[PacedReading]
     growth: GrowthReading | None
     limited: LimitedReading | None
+    budget_rows: list[ScenarioRow]
 
 
 # -- computing them -------------------------------------------------------------------------
@@ -479,6 +488,38 @@ def limited_reading(limited: LimitedFigures) -> LimitedReading:
     )
 
 
+def budget_rows(results: Results) -> list[ScenarioRow]:
+    """The shared limit, the head of the line and the bounded run, as far as they ran."""
+    rows = []
+    if (shared := results.shared) is not None:
+        limit = shared.courier_limit
+        rows.append(
+            ScenarioRow(
+                f"B2C and fallback at once, one limit ({limit.requests} per "
+                f"{limit.window_seconds:g} s)",
+                f"most requests in any window {shared.most_in_window_courier}, "
+                f"HTTP 403 {shared.forbidden}, requests {sum(r.requests for r in shared.runs):,}",
+            )
+        )
+    if (line := results.head_of_line) is not None:
+        rows.append(
+            ScenarioRow(
+                f"{line.unanswerable} unanswerable B2B orders ahead of {line.healthy} healthy",
+                "healthy polled per run: " + ", ".join(map(str, line.healthy_polled_per_run)),
+            )
+        )
+    if (run := results.bounded) is not None:
+        first_write = run.materialized_at.get("order_status_writes", run.ended_at)
+        rows.append(
+            ScenarioRow(
+                f"{run.flow} with more due than its cap",
+                f"{run.orders:,} selected, peak RSS {run.peak_rss_mib:.0f} MiB, "
+                f"first write after {first_write - run.started_at:.1f} s",
+            )
+        )
+    return rows
+
+
 def report(results: Results) -> Report:
     """Every figure BENCH.md shows."""
     fetch = fetch_reading(results)
@@ -499,4 +540,5 @@ def report(results: Results) -> Report:
         ],
         growth=growth_reading(results.growth),
         limited=limited_reading(results.limited) if results.limited else None,
+        budget_rows=budget_rows(results),
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from dagster import DagsterEventType, DagsterInstance
+from dagster import DagsterEventType, DagsterInstance, RunsFilter
 
 from ordertrack_dagster.devstack.demo import PROJECT_ROOT
 from ordertrack_dagster.effects.assets import EFFECT_ASSETS
@@ -184,7 +184,8 @@ def materialize_measured(
     ours = cpu + sum(service_cpu.values())
     others = max(0.0, busy_after - busy_before - ours) / (whole * (os.cpu_count() or 1))
     with DagsterInstance.from_config(str(home)) as instance:
-        records = instance.get_run_records(limit=1)
+        # this flow's latest run: another flow's run may be running at the same time
+        records = instance.get_run_records(RunsFilter(tags={PARTITION_TAG: flow_key}), limit=1)
         run_id = records[0].dagster_run.run_id if records else None
         steps = _step_windows(instance, run_id) if run_id else {}
         assets, materialized_at = _materializations(instance, run_id) if run_id else ({}, {})

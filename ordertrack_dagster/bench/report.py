@@ -62,6 +62,9 @@ def to_json(figures: Report) -> dict[str, Any]:
         "flows": [run.as_dict() for run in results.flows],
         "growth": [run.as_dict() for run in results.growth],
         "rate_limited": results.limited.as_dict() if results.limited else None,
+        "shared_limit": results.shared.as_dict() if results.shared else None,
+        "head_of_line": results.head_of_line.as_dict() if results.head_of_line else None,
+        "bounded": results.bounded.as_dict() if results.bounded else None,
     }
 
 

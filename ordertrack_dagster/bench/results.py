@@ -7,17 +7,24 @@ import importlib.metadata
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from ordertrack_dagster.bench.measure import RunFigures
-from ordertrack_dagster.bench.scenarios import LimitedFigures, Scale
+from ordertrack_dagster.bench.scenarios import (
+    HeadOfLineFigures,
+    LimitedFigures,
+    Scale,
+    SharedLimitFigures,
+)
 from ordertrack_dagster.flows import RateBudget
 
+T = TypeVar("T")
 PACKAGES = ("dagster", "pymongo", "pandas", "pyarrow", "httpx", "SecantusDB", "moto", "uvicorn")
 
 
@@ -63,6 +70,9 @@ class Results:
     flows: list[RunFigures]
     growth: list[RunFigures]
     limited: LimitedFigures | None
+    shared: SharedLimitFigures | None = None
+    head_of_line: HeadOfLineFigures | None = None
+    bounded: RunFigures | None = None
     generated_at: str = field(default_factory=_now)
 
     def runs(self) -> list[RunFigures]:
@@ -82,6 +92,9 @@ def scale_as_dict(scale: Scale) -> dict[str, Any]:
         "limited_orders": scale.limited_orders,
         "courier_limit": scale.courier_limit.__dict__,
         "client_budget": scale.client_budget.__dict__,
+        "shared": scale.shared,
+        "head_of_line_healthy": scale.head_of_line_healthy,
+        "bounded_orders": scale.bounded_orders,
     }
 
 
@@ -92,7 +105,16 @@ def _scale(data: dict[str, Any]) -> Scale:
         limited_orders=data["limited_orders"],
         courier_limit=RateBudget(**data["courier_limit"]),
         client_budget=RateBudget(**data["client_budget"]),
+        # A bench.json written before these scenarios existed did not run them.
+        shared=dict(data.get("shared", {})),
+        head_of_line_healthy=data.get("head_of_line_healthy", 0),
+        bounded_orders=data.get("bounded_orders", 0),
     )
+
+
+def _optional(read: Callable[[Any], T], data: Any) -> T | None:
+    """A part of bench.json that older runs (or a partial run) do not have."""
+    return read(data) if data else None
 
 
 def results_from_json(data: dict[str, Any]) -> Results:
@@ -110,6 +132,9 @@ def results_from_json(data: dict[str, Any]) -> Results:
         flows=[RunFigures.from_dict(run) for run in data["flows"]],
         growth=[RunFigures.from_dict(run) for run in data["growth"]],
         limited=LimitedFigures.from_dict(limited) if limited else None,
+        shared=_optional(SharedLimitFigures.from_dict, data.get("shared_limit")),
+        head_of_line=_optional(HeadOfLineFigures.from_dict, data.get("head_of_line")),
+        bounded=_optional(RunFigures.from_dict, data.get("bounded")),
         generated_at=data["generated_at"],
     )
 

@@ -1,5 +1,7 @@
-"""The three measurements: every flow at production scale, delhivery_b2c as orders grow, and
-delhivery_b2c draining 100,000 due orders under Delhivery's (scaled) rate limit.
+"""The measurements: every flow at production scale, delhivery_b2c as orders grow,
+delhivery_b2c draining 100,000 due orders under Delhivery's (scaled) rate limit, B2C and
+fallback at once under that one limit, a cap of unanswerable orders ahead of healthy ones,
+and a formerly uncapped flow with 100,000 due.
 
 Each measurement seeds its own database on the embedded stack with the demo seed (orders
 shaped like production's, each registered with the courier simulator) and materializes the
@@ -12,6 +14,7 @@ import bisect
 import io
 import math
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -19,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from bson import ObjectId
 from pymongo import MongoClient
+from pymongo.database import Database
 
 from ordertrack_dagster.bench.measure import RunFigures, materialize_measured
 from ordertrack_dagster.devstack.demo import dagster_env, prepare_dagster_home
@@ -35,6 +40,8 @@ UNLIMITED_BUDGET = RateBudget(requests=1_000_000, window_seconds=300)
 BUDGET_ENV = "ORDERTRACK_RATE_BUDGET_DELHIVERY_EXPRESS"
 LIMITED_FLOW = "delhivery_b2c"
 GROWTH_FLOW = "delhivery_b2c"
+HEAD_OF_LINE_FLOW = "delhivery_b2b"
+BOUNDED_FLOW = "shiprocket"
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,9 @@ class Scale:
     limited_orders: int  # delhivery_b2c orders due under the rate limit
     courier_limit: RateBudget  # what the simulator enforces (Delhivery's 750 / 5 min, scaled)
     client_budget: RateBudget  # what the client allows itself (700 / 5 min, scaled alike)
+    shared: dict[str, int]  # B2C and fallback orders due, run at once under that one limit
+    head_of_line_healthy: int  # B2B orders the courier answers, behind a cap of unanswerable
+    bounded_orders: int  # shiprocket orders due (it had no cap): one run's memory and time
 
 
 FULL = Scale(
@@ -60,6 +70,9 @@ FULL = Scale(
     limited_orders=100_000,
     courier_limit=RateBudget(requests=75, window_seconds=30),
     client_budget=RateBudget(requests=70, window_seconds=30),
+    shared={"delhivery_b2c": 36_000, "delhivery_fallback": 100},
+    head_of_line_healthy=480,
+    bounded_orders=100_000,
 )
 
 #: A few hundred orders through every code path of the benchmark: four short runs.
@@ -71,6 +84,9 @@ SMOKE = Scale(
     # when it arrives, and latency jitter is a large share of a 3-second window.
     courier_limit=RateBudget(requests=6, window_seconds=3),
     client_budget=RateBudget(requests=3, window_seconds=3),
+    shared={"delhivery_b2c": 300, "delhivery_fallback": 6},
+    head_of_line_healthy=20,
+    bounded_orders=300,
 )
 
 
@@ -105,11 +121,43 @@ class Bench:
         finally:
             self._client.drop_database(name)
 
+    @contextmanager
+    def courier_limit(self, limit: RateBudget) -> Iterator[None]:
+        """The simulator enforces Delhivery's express limit, scaled to `limit`, meanwhile."""
+        self.stack.simulator.update_settings(
+            rate_limits={
+                "delhivery_b2c": {
+                    "limit": limit.requests,
+                    "window_s": limit.window_seconds,
+                    "enabled": True,
+                }
+            }
+        )
+        try:
+            yield
+        finally:
+            self.stack.simulator.update_settings(rate_limits={"delhivery_b2c": {"enabled": False}})
+
+    def express_counts(self) -> tuple[int, int]:
+        """(most requests in any window, HTTP 403s) as the simulator counted Delhivery's."""
+        couriers = self.stack.simulator.stats()["couriers"]
+        forbidden = sum(
+            int(couriers[name]["status_codes"].get("403", 0))
+            for name in ("delhivery_b2c", "delhivery_fallback")
+        )
+        return int(couriers["delhivery_b2c"]["max_window_requests"]), forbidden
+
     def run(
-        self, label: str, flow: str, database: str, budget: RateBudget, must_succeed: bool = True
+        self,
+        label: str,
+        flow: str,
+        database: str,
+        budget: RateBudget,
+        must_succeed: bool = True,
+        extra_env: Mapping[str, str] | None = None,
     ) -> RunFigures:
         env = dagster_env(self.stack.env, self.home) | {"MONGODB_DB": database}
-        env |= budget_env(budget)
+        env |= budget_env(budget) | dict(extra_env or {})
         figures = materialize_measured(
             label, flow, env, self.home, self.logs, self.service_pids, self.mean_latency_s
         )
@@ -136,6 +184,9 @@ class Bench:
         body = self.stack.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         columns = ["tracking_key", "state", "batch", "http_status", "fetched_at"]
         return pd.read_parquet(io.BytesIO(body), columns=columns)
+
+    def db(self, name: str) -> Database:
+        return self._client[name]
 
     def due_keys(self, database: str, flow_key: str) -> set[str]:
         """Every tracking key the flow must poll now (its selection without the cap)."""
@@ -247,23 +298,17 @@ def rate_limited(bench: Bench, scale: Scale) -> LimitedFigures:
     due order was asked about at least once."""
     limit = scale.courier_limit
     flow = get_flow(LIMITED_FLOW)
-    with bench.database("bench_limited", {LIMITED_FLOW: scale.limited_orders}) as database:
-        bench.stack.simulator.update_settings(
-            rate_limits={
-                "delhivery_b2c": {
-                    "limit": limit.requests,
-                    "window_s": limit.window_seconds,
-                    "enabled": True,
-                }
-            }
-        )
+    with (
+        bench.database("bench_limited", {LIMITED_FLOW: scale.limited_orders}) as database,
+        bench.courier_limit(limit),
+    ):
         due = bench.due_keys(database, LIMITED_FLOW)
         first_ask: dict[str, float] = {}
         first_write: dict[str, float] = {}
         runs: list[RunFigures] = []
         request_times: list[float] = []
         intervals: list[tuple[float, float]] = []
-        most_runs = math.ceil(len(due) / (flow.cap or len(due))) + 2
+        most_runs = math.ceil(len(due) / flow.cap) + 2
         try:
             while len(first_ask) < len(due) and len(runs) < most_runs:
                 figures = bench.run(
@@ -295,8 +340,7 @@ def rate_limited(bench: Bench, scale: Scale) -> LimitedFigures:
                 if not new:
                     break  # nothing left that the courier answers
         finally:
-            stats = bench.stack.simulator.stats()["couriers"]["delhivery_b2c"]
-            bench.stack.simulator.update_settings(rate_limits={"delhivery_b2c": {"enabled": False}})
+            most_in_window, forbidden = bench.express_counts()
     started = runs[0].started_at if runs else 0.0
     request_times.sort()
     polled_all = len(first_ask) == len(due)
@@ -308,8 +352,8 @@ def rate_limited(bench: Bench, scale: Scale) -> LimitedFigures:
         started_at=started,
         ended_at=runs[-1].ended_at if runs else 0.0,
         requests=sum(run.requests for run in runs),
-        forbidden=int(stats["status_codes"].get("403", 0)),
-        most_in_window_courier=int(stats["max_window_requests"]),
+        forbidden=forbidden,
+        most_in_window_courier=most_in_window,
         most_in_window_client=_most_in_window(request_times, limit.window_seconds),
         fetch_occupancy=_occupancy(request_times, intervals, scale.client_budget.window_seconds),
         fetch_seconds=sum(end - start for start, end in intervals),
@@ -318,3 +362,123 @@ def rate_limited(bench: Bench, scale: Scale) -> LimitedFigures:
         worst_first_write_seconds=max(first_write.values()) - started if polled_all else None,
         request_times=[t - started for t in request_times],
     )
+
+
+@dataclass
+class SharedLimitFigures:
+    """B2C and fallback running at the same time under Delhivery's one (scaled) limit."""
+
+    courier_limit: RateBudget
+    client_budget: RateBudget
+    runs: list[RunFigures]
+    most_in_window_courier: int  # the simulator's highest count in its sliding window
+    forbidden: int  # HTTP 403 answers
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "courier_limit": self.courier_limit.__dict__,
+            "client_budget": self.client_budget.__dict__,
+            "most_in_window_courier": self.most_in_window_courier,
+            "forbidden": self.forbidden,
+            "requests": sum(run.requests for run in self.runs),
+            "runs": [run.as_dict() for run in self.runs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SharedLimitFigures:
+        """The figures `as_dict` wrote (the request total is derived, not read)."""
+        return cls(
+            courier_limit=RateBudget(**data["courier_limit"]),
+            client_budget=RateBudget(**data["client_budget"]),
+            runs=[RunFigures.from_dict(run) for run in data["runs"]],
+            most_in_window_courier=data["most_in_window_courier"],
+            forbidden=data["forbidden"],
+        )
+
+
+def shared_limit(bench: Bench, scale: Scale) -> SharedLimitFigures:
+    """Both express flows at once, each its own run process, one budget between them."""
+    with (
+        bench.database("bench_shared", scale.shared) as database,
+        bench.courier_limit(scale.courier_limit),
+        ThreadPoolExecutor(len(scale.shared)) as pool,
+    ):
+        started = [
+            pool.submit(bench.run, f"shared-{flow}", flow, database, scale.client_budget, False)
+            for flow in scale.shared
+        ]
+        runs = [future.result() for future in started]
+        most_in_window, forbidden = bench.express_counts()
+    return SharedLimitFigures(
+        scale.courier_limit, scale.client_budget, runs, most_in_window, forbidden
+    )
+
+
+@dataclass
+class HeadOfLineFigures:
+    """A cap's worth of orders the courier cannot answer, first in line, and healthy ones."""
+
+    unanswerable: int
+    healthy: int
+    healthy_polled_per_run: list[int]
+    runs: list[RunFigures]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "runs"}
+        return data | {"runs": [run.as_dict() for run in self.runs]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HeadOfLineFigures:
+        return cls(**(dict(data) | {"runs": [RunFigures.from_dict(r) for r in data["runs"]]}))
+
+
+def _unanswerable_copies(db: Database, flow_key: str, count: int) -> None:
+    """`count` orders like the flow's seeded ones, whose keys the courier never heard of,
+    older in `_id` than every seeded order (so first in line when nothing else differs)."""
+    flow = get_flow(flow_key)
+    template = db["orders"].find_one(
+        build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC)).filter
+    )
+    if template is None:
+        raise RuntimeError(f"no {flow_key} order was seeded")
+    oldest = int(template["_id"].generation_time.timestamp()) - 3600
+    copies = []
+    for index in range(count):
+        doc = dict(template, order_id=f"HOL-{index:06d}", last_tracking_time=None)
+        doc["_id"] = ObjectId(f"{oldest:08x}{index:016x}")
+        doc[flow.tracking_key_field] = f"UNKNOWN{index:08d}"
+        copies.append(doc)
+    db["orders"].insert_many(copies)
+
+
+def head_of_line(bench: Bench, scale: Scale) -> HeadOfLineFigures:
+    """delhivery_b2b (cap 480): its cap of unanswerable orders ahead of healthy ones; how many
+    healthy orders each of two runs polled."""
+    flow = get_flow(HEAD_OF_LINE_FLOW)
+    b2b_budget = {"ORDERTRACK_RATE_BUDGET_DELHIVERY_B2B": budget_env(UNLIMITED_BUDGET)[BUDGET_ENV]}
+    counts = {HEAD_OF_LINE_FLOW: scale.head_of_line_healthy}
+    with bench.database("bench_head_of_line", counts) as database:
+        healthy = bench.due_keys(database, HEAD_OF_LINE_FLOW)
+        _unanswerable_copies(bench.db(database), HEAD_OF_LINE_FLOW, flow.cap)
+        runs, polled = [], []
+        for number in (1, 2):
+            figures = bench.run(
+                f"head-of-line-{number}",
+                HEAD_OF_LINE_FLOW,
+                database,
+                UNLIMITED_BUDGET,
+                extra_env=b2b_budget,
+            )
+            raw = bench.raw_responses(figures)
+            answered = set(raw.loc[raw["state"] == "answered", "tracking_key"])
+            runs.append(figures)
+            polled.append(len(answered & healthy))
+    return HeadOfLineFigures(flow.cap, len(healthy), polled, runs)
+
+
+def bounded(bench: Bench, scale: Scale) -> RunFigures:
+    """Shiprocket, which had no cap, with more due than its cap: one run's peak memory and
+    the time to its first write (`materialized_at` of order_status_writes)."""
+    counts = {BOUNDED_FLOW: scale.bounded_orders}
+    with bench.database("bench_bounded", counts) as database:
+        return bench.run(f"bounded-{BOUNDED_FLOW}", BOUNDED_FLOW, database, UNLIMITED_BUDGET)

@@ -14,7 +14,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from ordertrack_dagster.couriers.answers import first_entry, parse_courier_time, read_status
-from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE
+from ordertrack_dagster.couriers.delhivery import DELHIVERY_BLOCK_SECONDS, LEGACY_TABLE
 from ordertrack_dagster.couriers.engine import CourierClient, Request
 from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
 from ordertrack_dagster.couriers.login import LoginClient, token_at
@@ -52,6 +52,8 @@ class DelhiveryB2BClient(LoginClient):
     token_name = "delhivery_b2b"
     login_block_seconds = 600.0  # a wrong password locks the user for 10 minutes
     min_refresh_seconds = 30.0
+    block_statuses = frozenset({403})  # the same firewall as the express APIs
+    block_seconds = DELHIVERY_BLOCK_SECONDS
 
     def login_request(self, username: str, password: str) -> Request:
         return Request(

@@ -25,7 +25,14 @@ import httpx
 import uvloop
 
 from ordertrack_dagster.couriers.answers import decode_json, json_text
-from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure, NotAnswered, RateLimited
+from ordertrack_dagster.couriers.budget import SharedBudget
+from ordertrack_dagster.couriers.failures import (
+    AuthFailure,
+    BatchFailure,
+    Deferred,
+    NotAnswered,
+    RateLimited,
+)
 from ordertrack_dagster.couriers.pauses import (
     DEFAULT_RETRY_AFTER_SECONDS,
     MAX_INLINE_WAIT_SECONDS,
@@ -87,6 +94,8 @@ class CourierClient(ABC):
         self.max_attempts = max_attempts
         self.stats = FetchStats()
         self._resume_at: datetime | None = None
+        self._forced_past: datetime | None = None  # the stored pause a forced run ignores
+        self._budget: SharedBudget  # set when a fetch starts
         self._records: list[FetchRecord] = []
         #: Notes a courier module leaves on one key's answer (e.g. duplicates resolved).
         self.answer_notes: dict[str, str] = {}
@@ -118,8 +127,12 @@ class CourierClient(ABC):
         `ignore_stored_pause` (a run forced by ops) starts as if no pause were stored; a rate
         limit met during the run still pauses it.
         """
-        stored = None if ignore_stored_pause else self.state.paused_until(self.flow.budget_scope)
-        self._resume_at = stored
+        stored = self.state.paused_until(self.flow.budget_scope)
+        self._resume_at = None if ignore_stored_pause else stored
+        self._forced_past = stored if ignore_stored_pause else None
+        self._budget = self.state.shared_budget(
+            self.flow.budget_scope, self.flow.rate_budget, min_block=self.flow.workers
+        )
         batches = [
             _Batch(index, list(keys[start : start + self.flow.batch_size]))
             for index, start in enumerate(range(0, len(keys), self.flow.batch_size))
@@ -132,8 +145,10 @@ class CourierClient(ABC):
                 self._worker(await connections.enter_async_context(self._connection()), queue)
                 for _ in range(min(self.flow.workers, len(batches)))
             ]
-            await asyncio.gather(*workers)
-        self.state.flush_budget(self.flow.budget_scope)
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                self._budget.close()
         self.stats.paused_until = self._resume_at
         return FetchResult(records=self._records, stats=self.stats)
 
@@ -154,38 +169,37 @@ class CourierClient(ABC):
 
     async def _worker(self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch]) -> None:
         while not queue.empty():
-            batch = queue.get_nowait()
-            if not await self._wait_for_permission():
-                self._defer(batch, f"courier paused until {self._resume_at:%Y-%m-%d %H:%M:%S}Z")
-                continue
-            if not await self._acquire_budget():
-                self._defer(batch, "request budget for this window is used up")
-                continue
-            await self._run_batch(http, queue, batch)
+            await self._run_batch(http, queue, queue.get_nowait())
             if self.flow.pause_seconds and not queue.empty():
                 await asyncio.sleep(self.flow.pause_seconds)
 
-    async def _wait_for_permission(self) -> bool:
-        """False when a rate-limit pause is too long to wait out inside this run."""
-        if self._resume_at is None:
-            return True
-        wait = (self._resume_at - datetime.now(UTC)).total_seconds()
-        if wait <= 0:
-            return True
-        if wait > MAX_INLINE_WAIT_SECONDS:
-            return False
-        await asyncio.sleep(wait)
-        return True
-
-    async def _acquire_budget(self) -> bool:
-        budget = self.flow.rate_budget
+    async def _permit(self) -> None:
+        """Hold one request (data, retry, re-send or login) until a pause is over and the
+        shared budget covers it; raise Deferred when that is longer than a run waits."""
         while True:
-            wait = self.state.reserve_request(self.flow.budget_scope, budget)
+            if self._resume_at is not None:
+                wait = (self._resume_at - datetime.now(UTC)).total_seconds()
+                if wait > MAX_INLINE_WAIT_SECONDS:
+                    raise Deferred(f"courier paused until {self._resume_at:%Y-%m-%d %H:%M:%S}Z")
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            wait = self._budget.take()
+            if self._budget.pause_hinted() and self._adopt_stored_pause():
+                continue  # another process met a limit: this request waits for it too
             if wait is None:
-                return True
+                return
             if wait > MAX_INLINE_WAIT_SECONDS:
-                return False
+                raise Deferred("request budget for this window is used up")
             await asyncio.sleep(wait)
+
+    def _adopt_stored_pause(self) -> bool:
+        """Take over a pause another process stored; True when it lies beyond ours."""
+        stored = self.state.paused_until(self.flow.budget_scope)
+        known = max(filter(None, (self._resume_at, self._forced_past)), default=None)
+        if stored is None or (known is not None and stored <= known):
+            return False  # none, or one this run already honours or was forced past
+        self._resume_at = stored
+        return True
 
     async def _run_batch(
         self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch], batch: _Batch
@@ -212,6 +226,9 @@ class CourierClient(ABC):
                 fetched_at,
                 (time.perf_counter() - started) * 1000,
             )
+            return
+        except Deferred as reason:
+            self._defer(batch, str(reason))
             return
         except RateLimited as limited:
             self.stats.rate_limited += 1
@@ -261,6 +278,7 @@ class CourierClient(ABC):
         spec = self.build_request(keys)
         for attempt in range(2):
             headers = await self.auth_headers(http)
+            await self._permit()
             self.stats.requests += 1
             try:
                 response = await bounded_request(
@@ -320,6 +338,7 @@ class CourierClient(ABC):
         if self._resume_at is None or resume_at > self._resume_at:
             self._resume_at = resume_at
             self.state.pause(self.flow.budget_scope, resume_at)
+            self._budget.note_pause(resume_at)
 
     def _defer(self, batch: _Batch, reason: str, http_status: int | None = None) -> None:
         self.stats.batches_deferred += 1

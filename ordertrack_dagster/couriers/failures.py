@@ -34,3 +34,7 @@ class NotAnswered(Exception):
 
 class AuthFailure(Exception):
     """Login failed; never retried in a loop (couriers lock accounts)."""
+
+
+class Deferred(Exception):
+    """A request this run will not send: the courier is paused or the budget is used up."""

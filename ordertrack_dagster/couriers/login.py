@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ordertrack_dagster.couriers.engine import CourierClient, Request
-from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure, RateLimited
+from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure
 from ordertrack_dagster.couriers.pauses import rate_limited
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.couriers.transport import BodyTooLarge, bounded_request
@@ -120,8 +120,7 @@ class LoginClient(CourierClient):
                 f"logins are blocked until {blocked:%Y-%m-%d %H:%M:%S}Z after a failed login",
                 block=False,
             )
-        if self._resume_at is not None and self._resume_at > now:
-            raise RateLimited(self._resume_at, 429)  # the courier said stop, logins included
+        await self._permit()  # a login is a request: it waits for pauses and is budgeted
         if self._logged_in:
             self._last_refresh = time.monotonic()
         self._logged_in = True

@@ -7,21 +7,17 @@ Tokens are sealed with ORDERTRACK_STATE_KEY when it is set (`security.tokens`).
 
 from __future__ import annotations
 
-import math
-import time
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pymongo.database import Database
 
+from ordertrack_dagster.couriers.budget import SharedBudget, requests_counted
 from ordertrack_dagster.flows import RateBudget
 from ordertrack_dagster.security.redaction import remember_secret
 from ordertrack_dagster.security.tokens import TokenCipher
 
 STATE_COLLECTION = "ordertrack_state"
-BUDGET_FLUSH_SECONDS = 5.0
-BUCKETS_PER_WINDOW = 30
 #: No courier may stop us for longer: a hostile or broken Retry-After (year 9999, `1e308`)
 #: becomes this, and a longer pause already stored reads as this from now.
 MAX_PAUSE = timedelta(hours=1)
@@ -40,22 +36,12 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _bucket_width(budget: RateBudget) -> int:
-    """Whole seconds: buckets are stored under their start second, and a fractional width
-    would round that start down and let its requests leave the window early."""
-    return max(1, int(budget.window_seconds // BUCKETS_PER_WINDOW))
-
-
 class CourierState:
     """Pauses, budgets and tokens of the couriers, persisted in MongoDB."""
 
     def __init__(self, db: Database, cipher: TokenCipher | None = None):
         self._collection = db[STATE_COLLECTION]
         self._cipher = cipher or TokenCipher.from_env()
-        # scope -> bucket start (epoch seconds) -> requests counted
-        self._buckets: dict[str, dict[int, int]] = {}
-        self._unflushed: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        self._last_flush = time.monotonic()
 
     # -- rate-limit pauses --------------------------------------------------------------
 
@@ -92,51 +78,13 @@ class CourierState:
 
     # -- request budgets ----------------------------------------------------------------
 
-    def reserve_request(self, scope: str, budget: RateBudget | None) -> float | None:
-        """Count one request against the budget; seconds to wait instead when it is used up."""
-        if budget is None:
-            return None
-        now = time.time()
-        width = _bucket_width(budget)
-        buckets = self._load_buckets(scope)
-        horizon = now - budget.window_seconds
-        for start in [start for start in buckets if start + width <= horizon]:
-            del buckets[start]
-        if sum(buckets.values()) >= budget.requests:
-            oldest = min(buckets)
-            return max(0.05, oldest + width - horizon)
-        current = int(math.floor(now / width) * width)
-        buckets[current] = buckets.get(current, 0) + 1
-        self._unflushed[scope][current] += 1
-        if time.monotonic() - self._last_flush >= BUDGET_FLUSH_SECONDS:
-            self.flush_budget(scope)
-        return None
+    def shared_budget(self, scope: str, budget: RateBudget | None, min_block: int) -> SharedBudget:
+        """This process's share of a scope's budget (`budget.py` says how it is shared)."""
+        return SharedBudget(self._collection, scope, budget, min_block=min_block)
 
     def requests_in_window(self, scope: str, budget: RateBudget) -> int:
-        """Requests counted in the current window (for reports and the benchmark)."""
-        horizon = time.time() - budget.window_seconds
-        width = _bucket_width(budget)
-        return sum(n for start, n in self._load_buckets(scope).items() if start + width > horizon)
-
-    def flush_budget(self, scope: str) -> None:
-        """Add this process's counts to the shared ones (`$inc` merges concurrent runs)."""
-        counts = self._unflushed.pop(scope, None)
-        self._last_flush = time.monotonic()
-        if not counts:
-            return
-        stale_before = time.time() - 3600
-        stored = self._collection.find_one({"_id": f"budget:{scope}"}) or {}
-        stale = {f"buckets.{k}": "" for k in stored.get("buckets", {}) if int(k) < stale_before}
-        update: dict = {"$inc": {f"buckets.{start}": n for start, n in counts.items()}}
-        if stale:
-            update["$unset"] = stale
-        self._collection.update_one({"_id": f"budget:{scope}"}, update, upsert=True)
-
-    def _load_buckets(self, scope: str) -> dict[int, int]:
-        if scope not in self._buckets:
-            doc = self._collection.find_one({"_id": f"budget:{scope}"}) or {}
-            self._buckets[scope] = {int(k): int(v) for k, v in doc.get("buckets", {}).items()}
-        return self._buckets[scope]
+        """Requests counted in the current window by every process (reports, the benchmark)."""
+        return requests_counted(self._collection, scope, budget)
 
     # -- tokens -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetRecordsFilter, Metadat
 
 from ordertrack_dagster import tables
 from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.effects.alert_memory import new_alerts
 from ordertrack_dagster.effects.delivery import Sender
 from ordertrack_dagster.effects.documents import Report
 from ordertrack_dagster.effects.messages import crm_payload, status_alert_text
@@ -118,20 +119,31 @@ def _status_alert_sender(run: EffectRun) -> Iterator[Sender]:
     )
 
 
+def _run_alerts(run: EffectRun, run_id: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Every alert line of the run, and those it announces for the first time."""
+    updates, writes = run.tables["status_updates"], run.tables["order_status_writes"]
+    lines = alert_lines(run.flow.key, run_id, updates, writes, run.now)
+    return lines, new_alerts(run.outbox.db, lines, run_id, run.now)
+
+
 def _queue_alert_log(run: EffectRun) -> dict[str, Any]:
     source = run.source(tables.ORDER_STATUS_WRITES)
-    updates, writes = run.tables["status_updates"], run.tables["order_status_writes"]
-    lines = alert_lines(run.flow.key, source.run_id, updates, writes, run.now)
+    lines, fresh = _run_alerts(run, source.run_id)
     summary = alert_summary(lines)
     if lines:
         prefix = run.resources["effects"].prefix
         content = {
             "key": log_key(prefix, "alert_logs", run.flow.key, source.run_id, run.now, "jsonl"),
-            "body": Binary(gzip.compress(jsonl(lines))),
-            "summary": summary,
+            "body": Binary(gzip.compress(jsonl(lines))),  # every occurrence
+            "summary": alert_summary(fresh),  # what Slack is told: the new ones
+            "total": len(lines),
         }
         run.outbox.enqueue_report(Report.ALERT_LOG, run.flow.key, source.run_id, content, run.now)
-    return {"alerts": len(lines), "alerts_by_kind": MetadataValue.json(summary["by_kind"])}
+    return {
+        "alerts": len(lines),
+        "new_alerts": len(fresh),
+        "alerts_by_kind": MetadataValue.json(summary["by_kind"]),
+    }
 
 
 def _log_link_sender(
@@ -151,7 +163,8 @@ def _log_link_sender(
         url = put_and_presign(
             s3_client, bucket, content["key"], body(content), content_type, link_days
         )
-        return post_slack(slack_client, channel, text(doc, url))
+        message = text(doc, url)
+        return post_slack(slack_client, channel, message) if message else None
 
     return send
 
@@ -165,7 +178,11 @@ def _alert_log_sender(run: EffectRun) -> Iterator[Sender]:
         run.resources["effects"].alerts_channel,
         body=lambda content: gzip.decompress(content["body"]),
         text=lambda doc, url: alert_log_text(
-            doc["flow"], doc["run_id"], doc["content"]["summary"], url
+            doc["flow"],
+            doc["run_id"],
+            doc["content"]["summary"],
+            doc["content"].get("total", doc["content"]["summary"]["total"]),
+            url,
         ),
     )
 
@@ -207,6 +224,7 @@ def _queue_email_summary(run: EffectRun) -> dict[str, Any]:
         else None
     )
     updates, writes = run.tables["status_updates"], run.tables["order_status_writes"]
+    lines, fresh = _run_alerts(run, source.run_id)
     summary = RunSummary(
         flow_key=run.flow.key,
         run_id=source.run_id,
@@ -214,6 +232,8 @@ def _queue_email_summary(run: EffectRun) -> dict[str, Any]:
         per_status=summary_per_status(writes),
         duration_seconds=duration,
         run_url=run.resources["effects"].run_url(source.run_id),
+        alerts=len(lines),
+        new_alerts=len(fresh),
     )
     email = render_email(summary)
     run.outbox.enqueue_report(Report.EMAIL_SUMMARY, run.flow.key, source.run_id, email, run.now)

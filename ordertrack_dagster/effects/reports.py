@@ -131,11 +131,16 @@ def alert_summary(lines: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def alert_log_text(flow_key: str, run_id: str, summary: Mapping[str, Any], url: str) -> str:
-    """The Slack post for an alert log: a grouped summary and the link."""
+def alert_log_text(
+    flow_key: str, run_id: str, summary: Mapping[str, Any], total: int, url: str
+) -> str | None:
+    """The Slack post for an alert log: a grouped summary of the alerts new in the run (`summary`
+    counts only those) and the link to the log of all `total`; None when none is new."""
+    if not summary["total"]:
+        return None
     lines = [
         f":warning: *{slack_escape(courier_label(flow_key))} tracking alerts*: "
-        f"{summary['total']} in run `{slack_escape(run_id)}`"
+        f"{summary['total']} new in run `{slack_escape(run_id)}` ({total} in all)"
     ]
     for kind, count in summary["by_kind"].items():
         examples = "; ".join(slack_escape(example) for example in summary["examples"][kind])
@@ -175,6 +180,8 @@ class RunSummary:
     per_status: Mapping[str, int]  # `run_summary.summary_per_status`
     duration_seconds: float | None
     run_url: str | None
+    alerts: int = 0  # alert lines of the run (its alert log)
+    new_alerts: int = 0  # of which announced for the first time
 
 
 def _rows(summary: RunSummary) -> list[tuple[str, str]]:
@@ -191,6 +198,7 @@ def _rows(summary: RunSummary) -> list[tuple[str, str]]:
         ("Not found", figures.get("not_found", 0)),
         ("Failed", figures.get("failed", 0)),
         ("Rate-limited (deferred)", figures.get("deferred", 0)),
+        ("Alerts", f"{summary.alerts} ({summary.new_alerts} new)"),
     ]
     duration = (
         "unknown" if summary.duration_seconds is None else f"{summary.duration_seconds:.1f} s"

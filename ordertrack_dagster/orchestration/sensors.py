@@ -41,6 +41,7 @@ from ordertrack_dagster.security.redaction import redact
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 
 STARTUP_SENSOR = "tracking_startup_runs"
+DRAIN_SENSOR = "tracking_drain_runs"
 FAILURE_SENSOR = "tracking_run_failure_alert"
 NO_HEARTBEAT = "no-daemon-heartbeat"
 MAX_ERROR_CHARS = 600
@@ -123,6 +124,61 @@ def build_startup_sensor() -> SensorDefinition:
     return _startup_runs
 
 
+# -- draining what one run left --------------------------------------------------------
+
+
+def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
+    """(run id, why) when the flow's last write shows orders still due beyond it: it hit its
+    cap, or deferred orders for a pause or the budget after asking some (a run that asked
+    nothing would only defer again; the schedule retries it)."""
+    writes = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=ORDER_STATUS_WRITES, asset_partitions=[flow.key]), limit=1
+    ).records
+    if not writes:
+        return None
+    materialization = writes[0].event_log_entry.asset_materialization
+    figures = {
+        name: value.value
+        for name, value in (materialization.metadata if materialization else {}).items()
+    }
+    selected, deferred = int(figures.get("selected", 0)), int(figures.get("deferred", 0))
+    if deferred and deferred < selected:
+        return writes[0].run_id, f"{deferred} of {selected} orders deferred"
+    if selected >= flow.cap and not deferred:
+        return writes[0].run_id, f"the run took its cap of {flow.cap} orders"
+    return None
+
+
+def build_drain_sensor() -> SensorDefinition:
+    @sensor(
+        name=DRAIN_SENSOR,
+        job=tracking_job,
+        minimum_interval_seconds=30,
+        default_status=default_sensor_status(),
+        description="Starts a flow's next run as soon as its last run is over when that run "
+        "left orders due (cap reached, or orders deferred for the budget), so the courier is "
+        "kept busy up to the budget instead of waiting for the next tick.",
+    )
+    def _drain(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
+        state = CourierState(mongo.get_database())
+        now = datetime.now(UTC)
+        requests: list[RunRequest] = []
+        for key in flow_partitions.get_partition_keys():
+            flow = get_flow(key)
+            left = work_left(context.instance, flow)
+            if left is None or hold_reason(context.instance, flow, state, now) is not None:
+                continue
+            run_id, why = left
+            context.log.info(f"{key}: {why} in run {run_id}; starting the next run")
+            requests.append(
+                RunRequest(run_key=f"drain:{key}:{run_id}", partition_key=key, tags={FLOW_TAG: key})
+            )
+        skip = None if requests else SkipReason("no flow has orders left over by its last run")
+        return SensorResult(run_requests=requests, skip_reason=skip)
+
+    return _drain
+
+
 # -- run failure alerts ------------------------------------------------------------------
 
 
@@ -184,8 +240,8 @@ def build_failure_sensor() -> SensorDefinition:
 
 
 def build_sensors() -> list[SensorDefinition]:
-    """Both sensors (default status read from ENV now)."""
-    return [build_startup_sensor(), build_failure_sensor()]
+    """The sensors (default status read from ENV now)."""
+    return [build_startup_sensor(), build_drain_sensor(), build_failure_sensor()]
 
 
 SENSORS = build_sensors()

@@ -78,6 +78,8 @@ class MongoResource(ConfigurableResource):
         return mongo_client(self.uri)[self.database]
 
 
+#: Conditions already announced on Slack (`effects/alert_memory.py`), forgotten after 31 days.
+ALERTED = "ordertrack_alerted"
 _indexes_ready: set[tuple[str, str]] = set()
 
 
@@ -92,9 +94,16 @@ def ensure_indexes(db: Database) -> list[str]:
     warnings: list[str] = []
     specs = [
         ("orders", [("order_status", ASCENDING), ("last_tracking_time", ASCENDING)], {}),
+        (
+            "orders",
+            [("ordertrack_asked_at", ASCENDING), ("last_tracking_time", ASCENDING)],
+            {},
+        ),
         ("orders", [("awb_number", ASCENDING)], {}),
         ("orders", [("ordertrack_outbox", ASCENDING)], {"sparse": True}),
         ("orderTracking", [("orderId", ASCENDING)], {"unique": True}),
+        (ALERTED, [("first_run", ASCENDING)], {}),
+        (ALERTED, [("first_seen", ASCENDING)], {"expireAfterSeconds": 31 * 86_400}),
     ]
     for collection, keys, options in specs:
         try:

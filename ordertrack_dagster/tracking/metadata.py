@@ -49,7 +49,7 @@ def snapshot_metadata(
         "oldest_last_tracking_time": str(frame["last_tracking_time"].min()),
         "filter": MetadataValue.json(described["filter"]),
         "sort": MetadataValue.json(described["sort"]),
-        "cap": flow.cap if flow.cap is not None else "none",
+        "cap": flow.cap,
         **measured.metadata(),
     }
 

@@ -33,6 +33,7 @@ from ordertrack_dagster.statuses import (
     timestamp_key,
 )
 from ordertrack_dagster.tables import Action
+from ordertrack_dagster.tracking.selection import ASKED_FIELD
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def _same_india_day(order: PolledOrder) -> bool:
 
 def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
     """What recording a poll writes, whatever becomes of the status (SPEC §6)."""
-    fields: dict[str, Any] = {"last_tracking_time": now}
+    fields: dict[str, Any] = {"last_tracking_time": now, ASKED_FIELD: now}
     if order.courier_status is not None:
         fields["courier_status"] = order.courier_status
     if order.stop_tracking:
@@ -307,6 +308,10 @@ def plan_writes(
         if not order.outcome.was_read:
             if order.stop_tracking:
                 plan.order_ops.append(_poll_op(order, now))
+            elif order.outcome is not Outcome.DEFERRED:  # asked in vain: behind the unasked
+                plan.order_ops.append(
+                    UpdateOne({"_id": order.order_oid}, {"$set": {ASKED_FIELD: now}})
+                )
             plan.decisions.append(Decision(order.order_oid, Action.UNTOUCHED, from_status, None))
             continue
         new = order.status if order.outcome is Outcome.MAPPED else None

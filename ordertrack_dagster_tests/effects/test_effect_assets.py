@@ -187,6 +187,27 @@ def test_alert_log_is_on_s3_and_linked_in_slack(two_runs, stack):
     }
 
 
+def test_a_condition_is_announced_on_slack_once_and_logged_every_time(two_runs, stack):
+    """The second run meets the same missing AWB and unmapped status with the same answers:
+    its alert log lists them again, Slack is not told again, the email says none is new."""
+    second = two_runs.runs[1]
+    assert mentioning(two_runs.slack(stack, "TRACKING_ALERTS_SLACK_CHANNEL"), second.run_id) == []
+    figures = metadata(second, "tracking_alert_log")
+    assert (figures["alerts"], figures["new_alerts"]) == (2, 0)
+    assert outbox(two_runs.db)[f"alert_log:{FLOW}:{second.run_id}"]["state"] == "sent"
+    client, bucket = stack.s3_client(), two_runs.env["AWS_S3_BUCKET"]
+    [key] = [
+        item["Key"]
+        for item in client.list_objects_v2(Bucket=bucket)["Contents"]
+        if item["Key"].endswith(f"{second.run_id}.jsonl")
+    ]
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert len(body.decode().splitlines()) == 2  # every occurrence, as in the first run
+    mails = two_runs.mails(stack)
+    assert re.search(r"^Alerts +2 \(2 new\)$", plain_text(mails[two_runs.runs[0].run_id]), re.M)
+    assert re.search(r"^Alerts +2 \(0 new\)$", plain_text(mails[second.run_id]), re.M)
+
+
 def test_query_log_of_each_run_is_on_s3_and_linked_in_slack(two_runs, stack):
     # the second run no longer selects the orders that reached a final status
     for run, selected in zip(two_runs.runs, (len(STEPS), 3), strict=True):
@@ -196,7 +217,7 @@ def test_query_log_of_each_run_is_on_s3_and_linked_in_slack(two_runs, stack):
         assert "X-Amz-Expires=259200" in url  # 3 days
         query = json.loads(fetch(url))
         assert (query["flow"], query["run_id"], query["selected"]) == (FLOW, run.run_id, selected)
-        assert query["sort"] == [["last_tracking_time", 1], ["_id", 1]]
+        assert query["sort"] == [["ordertrack_asked_at", 1], ["last_tracking_time", 1], ["_id", 1]]
         assert {"bookingCourier": "/Delhivery/i"} in query["filter"]["$and"]
 
 

@@ -145,9 +145,11 @@ def test_alert_summary_groups_by_kind_with_examples():
         ("refused_move", 2),
     ]
     assert summary["examples"]["unmapped_status"] == ["unmapped status 'UD'/'X'"]
-    text = alert_log_text("delhivery_b2c", "r1", summary, "https://s3/x?a=1&b=2")
+    text = alert_log_text("delhivery_b2c", "r1", summary, 7, "https://s3/x?a=1&b=2")
+    assert f"{summary['total']} new in run `r1` (7 in all)" in text
     assert "• unmapped status: 2 (e.g. unmapped status 'UD'/'X')" in text
     assert text.endswith("<https://s3/x?a=1&amp;b=2|Alert log (JSON lines, link valid 6 days)>")
+    assert alert_log_text("delhivery_b2c", "r2", alert_summary([]), 7, "https://s3/y") is None
 
 
 def test_log_keys_are_partitioned_like_the_history():
@@ -181,6 +183,7 @@ def test_email_escapes_html_and_links_the_run_only_when_known():
     assert "<code>r&lt;1&gt;</code>" in email["html"]
     assert "<th align='left'>Updated to rto in transit</th>" in email["html"]
     assert "Duration" in email["text"] and "unknown" in email["text"]
+    assert "Alerts" in email["text"] and "0 (0 new)" in email["text"]
     assert "href" not in email["html"] and "Run:" not in email["text"]
 
 

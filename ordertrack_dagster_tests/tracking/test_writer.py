@@ -10,6 +10,7 @@ from ordertrack_dagster.markers import OUTBOX_FIELD, Event
 from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster.tables import Action
+from ordertrack_dagster.tracking.selection import ASKED_FIELD
 from ordertrack_dagster.tracking.writer import (
     PolledOrder,
     StatusCatalogue,
@@ -210,13 +211,17 @@ def test_two_concurrent_writers_append_history_once(db, catalogue):
         assert OUTBOX_FIELD not in doc  # delivered has no side effect on B2C
 
 
-def test_unread_answers_leave_the_order_untouched(db, catalogue):
+@pytest.mark.parametrize("outcome", [Outcome.NOT_FOUND, Outcome.FAILED, Outcome.DEFERRED])
+def test_unread_answers_leave_status_and_poll_untouched(db, catalogue, outcome):
+    """Only the queue place moves, and only for an order that was asked (SPEC §2)."""
     oid = make_order(db, C.IN_TRANSIT)
     before = db["orders"].find_one({"_id": oid})
-    for outcome in (Outcome.NOT_FOUND, Outcome.FAILED, Outcome.DEFERRED):
-        plan, _ = write(db, catalogue, [polled(oid, C.IN_TRANSIT, None, outcome=outcome)])
-        assert plan.decisions[0].action == Action.UNTOUCHED
-    assert db["orders"].find_one({"_id": oid}) == before
+    plan, _ = write(db, catalogue, [polled(oid, C.IN_TRANSIT, None, outcome=outcome)])
+    assert plan.decisions[0].action == Action.UNTOUCHED
+    after = db["orders"].find_one({"_id": oid})
+    asked_at = after.pop(ASKED_FIELD, None)
+    assert after == before
+    assert asked_at == (None if outcome is Outcome.DEFERRED else NOW)
 
 
 @pytest.mark.parametrize(

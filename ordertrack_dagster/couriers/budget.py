@@ -1,0 +1,200 @@
+"""One request budget per courier limit, shared by every run, flow and process (SPEC §4).
+
+The counts live in one `ordertrack_state` document per budget scope (`budget:<scope>`), in
+whole-second buckets. A process does not ask MongoDB before each request: it reserves a
+block of requests (a lease) with one atomic `$inc` that returns the document as it is after
+the increment, so it sees every other process's reservations at that instant and takes only
+what is left below the limit. Two processes reserving at once are ordered by MongoDB, and
+together they never get more than the limit.
+
+A lease is counted in the bucket where it ends, so a request sent any time during the lease
+stays in the window at least as long as the courier keeps counting it. The next reservation
+settles the previous lease in the same update: the block comes off its bucket and the
+requests actually sent go into the buckets of the seconds they were sent in, so an unused
+part of a block returns to everyone.
+
+The document also carries a pause hint (`paused_until`): a process that meets a rate limit
+writes it, and the others read it with their next reservation, at no extra round trip.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+
+from ordertrack_dagster.flows import RateBudget
+
+BUCKETS_PER_WINDOW = 30
+#: A lease lasts this share of the window at most: long enough that a slow flow (the
+#: fallback's three workers, 5 s apart) reserves rarely, short enough that a pause another
+#: process stored is seen soon.
+LEASE_SHARE_OF_WINDOW = 0.2
+#: One block takes at most this share of the limit, so one process cannot hold it all.
+MAX_BLOCK_SHARE = 0.25
+
+
+def bucket_width(budget: RateBudget) -> int:
+    """Whole seconds: buckets are stored under their start second, and a fractional width
+    would round that start down and let its requests leave the window early."""
+    return max(1, int(budget.window_seconds // BUCKETS_PER_WINDOW))
+
+
+def counted_in_window(buckets: Mapping[int, int], budget: RateBudget, now: float) -> int:
+    """Requests that still count at `now` (future buckets of open leases included)."""
+    horizon = now - budget.window_seconds
+    width = bucket_width(budget)
+    return sum(n for start, n in buckets.items() if start + width > horizon)
+
+
+def seconds_until_free(buckets: Mapping[int, int], budget: RateBudget, now: float) -> float:
+    """How long until at least one request is free again, reading the buckets in order."""
+    width = bucket_width(budget)
+    horizon = now - budget.window_seconds
+    live = sorted((start, n) for start, n in buckets.items() if start + width > horizon)
+    excess = sum(n for _, n in live) - budget.requests + 1
+    for start, n in live:
+        excess -= n
+        if excess <= 0:
+            return max(0.05, start + width - horizon)
+    return 0.05
+
+
+def _buckets(doc: Mapping[str, Any] | None) -> dict[int, int]:
+    return {int(k): int(v) for k, v in ((doc or {}).get("buckets") or {}).items()}
+
+
+@dataclass
+class _Lease:
+    counted_at: int  # the bucket the block is counted in (where the lease ends)
+    expires: float  # epoch seconds: the end of that bucket
+    granted: int
+    sent: Counter[int] = field(default_factory=Counter)  # bucket -> requests sent
+
+    @property
+    def left(self) -> int:
+        return self.granted - sum(self.sent.values())
+
+
+class SharedBudget:
+    """This process's view of one budget scope: reserves in blocks, counts every request."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        scope: str,
+        budget: RateBudget | None,
+        *,
+        min_block: int,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._collection = collection
+        self._id = f"budget:{scope}"
+        self.budget = budget
+        self._clock = clock
+        self._min_block = max(1, min_block)
+        self._max_block = max(1, int(budget.requests * MAX_BLOCK_SHARE)) if budget else 1
+        self._block = min(self._min_block, self._max_block)
+        self._lease: _Lease | None = None
+        self._known: dict[int, int] = {}
+        self._pause_hint = 0.0  # epoch seconds of the latest pause another process noted
+        self.reservations = 0
+
+    def take(self) -> float | None:
+        """Count one request; None when it may be sent now, else seconds to wait first."""
+        if self.budget is None:
+            return None
+        now = self._clock()
+        lease = self._lease
+        if lease is None or lease.left <= 0 or now >= lease.expires:
+            wait = self._renew(now)
+            if wait is not None:
+                return wait
+            lease = self._lease
+        assert lease is not None
+        lease.sent[self._bucket(now)] += 1
+        return None
+
+    def close(self) -> None:
+        """Settle the open lease: what was not sent is free for everyone again."""
+        if self._lease is not None:
+            self._collection.update_one(
+                {"_id": self._id}, {"$inc": self._settlement(self._lease)}, upsert=True
+            )
+            self._lease = None
+
+    def pause_hinted(self) -> bool:
+        """Whether the last reservation saw a pause that some process noted and that lasts."""
+        return self._pause_hint > self._clock()
+
+    def note_pause(self, resume_at: datetime) -> None:
+        """Tell the other processes of this scope, with their next reservation."""
+        self._collection.update_one(
+            {"_id": self._id}, {"$max": {"paused_until": resume_at}}, upsert=True
+        )
+
+    def _bucket(self, at: float) -> int:
+        assert self.budget is not None
+        width = bucket_width(self.budget)
+        return int(math.floor(at / width) * width)
+
+    def _settlement(self, lease: _Lease) -> dict[str, int]:
+        changes: Counter[int] = Counter(lease.sent)
+        changes[lease.counted_at] -= lease.granted
+        return {f"buckets.{start}": n for start, n in changes.items() if n}
+
+    def _renew(self, now: float) -> float | None:
+        """Settle the old lease and reserve the next block in one atomic update."""
+        assert self.budget is not None
+        old = self._lease
+        if old is not None:  # a block used up before it expired asks for a bigger one
+            used = old.granted - old.left
+            self._block = min(self._max_block, max(self._min_block, 2 * used))
+        width = bucket_width(self.budget)
+        lease_seconds = max(width, self.budget.window_seconds * LEASE_SHARE_OF_WINDOW)
+        counted_at = self._bucket(now + lease_seconds - width)
+        increments: Counter[str] = Counter(self._settlement(old) if old else {})
+        increments[f"buckets.{counted_at}"] += self._block
+        stale_before = now - self.budget.window_seconds - width
+        stale = {
+            f"buckets.{start}": ""
+            for start in self._known
+            if start < stale_before and f"buckets.{start}" not in increments
+        }
+        update: dict[str, Any] = {"$inc": {k: n for k, n in increments.items() if n}}
+        if stale:
+            update["$unset"] = stale
+        doc = self._collection.find_one_and_update(
+            {"_id": self._id}, update, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        self.reservations += 1
+        self._lease = None
+        self._known = _buckets(doc)
+        hint = (doc or {}).get("paused_until")
+        self._pause_hint = calendar.timegm(hint.utctimetuple()) if hint else 0.0
+        over = counted_in_window(self._known, self.budget, now) - self.budget.requests
+        granted = self._block - max(0, over)
+        if granted < self._block:  # at the limit: give back what is over it at once
+            self._collection.update_one(
+                {"_id": self._id},
+                {"$inc": {f"buckets.{counted_at}": -(self._block - max(0, granted))}},
+            )
+            self._known[counted_at] -= self._block - max(0, granted)
+        if granted <= 0:
+            return seconds_until_free(self._known, self.budget, now)
+        self._lease = _Lease(counted_at, counted_at + width, granted)
+        return None
+
+
+def requests_counted(collection: Collection, scope: str, budget: RateBudget) -> int:
+    """Requests counted in the scope's current window, by every process (reports, tests)."""
+    doc = collection.find_one({"_id": f"budget:{scope}"})
+    return counted_in_window(_buckets(doc), budget, time.time())

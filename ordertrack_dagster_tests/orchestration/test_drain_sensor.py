@@ -1,0 +1,51 @@
+"""The drain sensor (SPEC §1): a flow whose last run left orders due gets its next run as
+soon as the last one is over, not at the next tick."""
+
+from datetime import UTC, datetime, timedelta
+
+from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context
+
+from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.definitions import defs
+from ordertrack_dagster.flows import get_flow
+from ordertrack_dagster.orchestration import SENSORS
+from ordertrack_dagster.orchestration.guards import FLOW_TAG
+from ordertrack_dagster.orchestration.sensors import DRAIN_SENSOR
+
+SENSOR = next(sensor for sensor in SENSORS if sensor.name == DRAIN_SENSOR)
+REPOSITORY = defs.get_repository_def()
+
+
+def evaluate(instance, mongo):
+    with build_sensor_context(
+        instance=instance, resources={"mongo": mongo}, repository_def=REPOSITORY
+    ) as context:
+        return SENSOR.evaluate_tick(context)
+
+
+def wrote(instance, flow, **figures):
+    instance.report_runless_asset_event(
+        AssetMaterialization("order_status_writes", partition=flow, metadata=figures)
+    )
+
+
+def test_a_run_that_hit_its_cap_or_deferred_for_the_budget_is_followed_at_once(instance, mongo):
+    wrote(instance, "delhivery_fallback", selected=get_flow("delhivery_fallback").cap, deferred=0)
+    wrote(instance, "delhivery_b2c", selected=36_000, deferred=2_000)
+    wrote(instance, "velocity", selected=120, deferred=0)  # all due orders fitted: done
+    wrote(instance, "shiprocket", selected=50, deferred=50)  # asked nothing: the tick retries
+    result = evaluate(instance, mongo)
+    requested = {request.partition_key: request for request in result.run_requests}
+    assert set(requested) == {"delhivery_fallback", "delhivery_b2c"}
+    for flow, request in requested.items():
+        assert request.tags[FLOW_TAG] == flow
+        assert request.run_key.startswith("drain:")
+
+
+def test_a_running_or_paused_flow_is_not_drained(instance, mongo, db, add_run):
+    wrote(instance, "delhivery_b2b", selected=480, deferred=0)
+    wrote(instance, "delhivery_b2c", selected=36_000, deferred=0)
+    add_run(DagsterRunStatus.STARTED, {FLOW_TAG: "delhivery_b2b"})
+    CourierState(db).pause("delhivery_express", datetime.now(UTC) + timedelta(minutes=8))
+    result = evaluate(instance, mongo)
+    assert result.run_requests == []
