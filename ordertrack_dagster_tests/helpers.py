@@ -34,15 +34,16 @@ from dagster import (
 from pymongo.database import Database
 
 from ordertrack_dagster.couriers import COURIERS
-from ordertrack_dagster.couriers.base import CourierClient, FetchRecord, FetchResult
 from ordertrack_dagster.couriers.delhivery import DelhiveryResource
 from ordertrack_dagster.couriers.delhivery_b2b import DelhiveryB2BResource
+from ordertrack_dagster.couriers.engine import CourierClient
 from ordertrack_dagster.couriers.shiprocket import ShiprocketResource
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.couriers.velocity import VelocityResource
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.simulator import SCENARIOS, ShipmentSpec, SimulatorAdmin
 from ordertrack_dagster.flows import get_flow
+from ordertrack_dagster.records import FetchRecord, FetchResult
 from ordertrack_dagster.resources.s3 import read_parquet_object
 
 if TYPE_CHECKING:

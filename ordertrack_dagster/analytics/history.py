@@ -20,7 +20,7 @@ import boto3
 import pandas as pd
 import pyarrow as pa
 
-from ordertrack_dagster.couriers.base import FetchRecord
+from ordertrack_dagster.records import FetchRecord
 from ordertrack_dagster.resources.s3 import history_day_prefix, read_parquet_object
 from ordertrack_dagster.tracking.assets import SNAPSHOT_COLUMNS, WRITE_COLUMNS
 from ordertrack_dagster.tracking.mapping import UPDATE_COLUMNS

@@ -1,4 +1,9 @@
-"""One module per courier API; this registry binds each flow to its resource and reader."""
+"""One module per courier API; this registry binds each flow to its resource and reader.
+
+What other concerns need of the couriers is imported from here (or `state.py`): running a
+fetch, judging a stored pause, reading Retry-After and stored answer text. The engine, the
+answer helpers and the batch failures stay internal to this package.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,21 @@ from datetime import datetime
 from typing import Any
 
 from ordertrack_dagster.couriers import delhivery, delhivery_b2b, shiprocket, velocity
-from ordertrack_dagster.couriers.base import Interpretation, OrderContext
+from ordertrack_dagster.couriers.answers import read_json_text
+from ordertrack_dagster.couriers.engine import fetch_to_completion
+from ordertrack_dagster.couriers.pauses import blocking_pause, describe_pause, parse_retry_after
+from ordertrack_dagster.records import Interpretation, OrderContext
+
+__all__ = [
+    "COURIERS",
+    "CourierBinding",
+    "Interpreter",
+    "blocking_pause",
+    "describe_pause",
+    "fetch_to_completion",
+    "parse_retry_after",
+    "read_json_text",
+]
 
 Interpreter = Callable[[Any, OrderContext, datetime], Interpretation]
 

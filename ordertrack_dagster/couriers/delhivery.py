@@ -14,19 +14,12 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ordertrack_dagster.couriers.base import (
-    INDIA,
-    BatchFailure,
-    CourierClient,
-    Interpretation,
-    NotAnswered,
-    OrderContext,
-    Outcome,
-    Request,
-    parse_courier_time,
-)
+from ordertrack_dagster.couriers.answers import parse_courier_time
+from ordertrack_dagster.couriers.engine import CourierClient, Request
+from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.records import INDIA, Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical, mapping_table, normalise_raw_status
 
 C = Canonical

@@ -13,22 +13,14 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ordertrack_dagster.couriers.base import (
-    BatchFailure,
-    CourierClient,
-    Interpretation,
-    NotAnswered,
-    OrderContext,
-    Outcome,
-    Request,
-    first_entry,
-    parse_courier_time,
-    read_status,
-)
+from ordertrack_dagster.couriers.answers import first_entry, parse_courier_time, read_status
 from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE
+from ordertrack_dagster.couriers.engine import CourierClient, Request
+from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
 from ordertrack_dagster.couriers.login import LoginClient, token_at
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.records import Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical
 
 TOKEN_LIFETIME = timedelta(hours=24)

@@ -18,14 +18,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ordertrack_dagster.couriers.base import (
-    AuthFailure,
-    BatchFailure,
-    CourierClient,
-    RateLimited,
-    Request,
-    parse_retry_after,
-)
+from ordertrack_dagster.couriers.engine import CourierClient, Request
+from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure, RateLimited
+from ordertrack_dagster.couriers.pauses import parse_retry_after
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.flows import Flow
 

@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from ordertrack_dagster.couriers.base import parse_retry_after
+from ordertrack_dagster.couriers import parse_retry_after
 from ordertrack_dagster.effects.outbox import DeliveryDeferred, DeliveryError
 
 # Slack errors that concern the whole workspace connection, not the one message.

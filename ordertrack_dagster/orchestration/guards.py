@@ -21,7 +21,7 @@ from dagster import (
 # Dagster has no public cron iterator; this one is what its own schedules use.
 from dagster._utils.schedules import cron_string_iterator
 
-from ordertrack_dagster.couriers.base import blocking_pause, describe_pause
+from ordertrack_dagster.couriers import blocking_pause, describe_pause
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow
 

@@ -21,17 +21,15 @@ from dagster import (
 )
 from pydantic import Field
 
-from ordertrack_dagster.couriers import COURIERS
-from ordertrack_dagster.couriers.base import (
-    FetchRecord,
-    FetchResult,
-    FetchState,
+from ordertrack_dagster.couriers import (
+    COURIERS,
     blocking_pause,
     describe_pause,
     fetch_to_completion,
 )
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import FLOWS, Flow, get_flow
+from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import COMMANDS, MongoResource, ensure_indexes
 from ordertrack_dagster.tracking.mapping import (
     interpret_answers,

@@ -13,14 +13,8 @@ from typing import Any
 import pandas as pd
 from bson import ObjectId
 
-from ordertrack_dagster.couriers import Interpreter
-from ordertrack_dagster.couriers.base import (
-    FetchState,
-    Interpretation,
-    OrderContext,
-    Outcome,
-    read_json_text,
-)
+from ordertrack_dagster.couriers import Interpreter, read_json_text
+from ordertrack_dagster.records import FetchState, Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tracking.writer import PolledOrder
 

@@ -26,7 +26,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure
 
-from ordertrack_dagster.couriers.base import INDIA, Outcome
+from ordertrack_dagster.records import INDIA, Outcome
 from ordertrack_dagster.statuses import (
     Canonical,
     is_allowed,

@@ -4,7 +4,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ordertrack_dagster.couriers.base import BatchFailure, NotAnswered, OrderContext, Outcome
 from ordertrack_dagster.couriers.delhivery import (
     FAILED_DELIVERY_CODES,
     LEGACY_TABLE,
@@ -15,7 +14,9 @@ from ordertrack_dagster.couriers.delhivery import (
     interpret_fallback,
     references_match,
 )
+from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
 from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.records import OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.fixtures import sample
 

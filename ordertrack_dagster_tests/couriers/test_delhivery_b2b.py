@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from ordertrack_dagster.couriers.base import FetchState, NotAnswered, OrderContext, Outcome
 from ordertrack_dagster.couriers.delhivery_b2b import DelhiveryB2BClient, interpret
+from ordertrack_dagster.couriers.failures import NotAnswered
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.records import FetchState, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.couriers.test_delhivery import LEGACY_CASES
 from ordertrack_dagster_tests.fixtures import sample

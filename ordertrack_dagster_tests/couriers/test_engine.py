@@ -7,20 +7,19 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from ordertrack_dagster.couriers.base import (
-    MAX_ATTEMPTS,
-    BatchFailure,
-    FetchState,
-    Outcome,
+from ordertrack_dagster.couriers.answers import (
     decode_json,
     first_entry,
     newest_activity_time,
     parse_courier_time,
-    parse_retry_after,
     read_status,
 )
+from ordertrack_dagster.couriers.engine import MAX_ATTEMPTS
+from ordertrack_dagster.couriers.failures import BatchFailure
+from ordertrack_dagster.couriers.pauses import parse_retry_after
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import RateBudget
+from ordertrack_dagster.records import FetchState, Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.helpers import (
     courier_client,

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ordertrack_dagster.couriers.base import FetchState
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
+from ordertrack_dagster.records import FetchState
 from ordertrack_dagster_tests.helpers import (
     courier_client,
     records_by_key,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ordertrack_dagster.couriers.base import BatchFailure, FetchState, OrderContext, Outcome
+from ordertrack_dagster.couriers.failures import BatchFailure
 from ordertrack_dagster.couriers.shiprocket import (
     CODE_TABLE,
     STATUS_TABLE,
@@ -15,6 +15,7 @@ from ordertrack_dagster.couriers.shiprocket import (
 )
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.records import FetchState, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.fixtures import sample
 from ordertrack_dagster_tests.helpers import (

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from ordertrack_dagster.couriers.base import BatchFailure, FetchState, OrderContext, Outcome
+from ordertrack_dagster.couriers.failures import BatchFailure
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.couriers.velocity import STATUS_TABLE, VelocityClient, interpret
 from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.records import FetchState, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.fixtures import sample
 from ordertrack_dagster_tests.helpers import (

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from bson import ObjectId
 
-from ordertrack_dagster.couriers.base import Outcome
+from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster.tracking.writer import (
     OUTBOX_FIELD,

@@ -1,154 +1,41 @@
-"""What every courier shares: the fetch engine, its retry and rate-limit rules, and the types
-that carry answers from the wire to the mapping step.
+"""The fetch engine every courier shares: batches, workers, pacing, retries with backoff and
+jitter, rate-limit pauses, the request budget and per-batch failure isolation, once.
 
 A courier module only says how to build one request, how to split an answer into one raw
-answer per tracking key, how to log in, and how to read one raw answer. Batching, workers,
-pacing, retries with backoff and jitter, rate-limit pauses, the request budget and
-per-batch failure isolation live here once.
+answer per tracking key, and how to log in; reading one raw answer is its pure half
+(`answers.py` holds the helpers for it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import gc
-import json
 import random
 import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 from urllib.parse import quote, urlencode
-from zoneinfo import ZoneInfo
 
 import httpx
-import orjson
 import uvloop
 
+from ordertrack_dagster.couriers.answers import decode_json, json_text
+from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure, NotAnswered, RateLimited
+from ordertrack_dagster.couriers.pauses import (
+    DEFAULT_RETRY_AFTER_SECONDS,
+    MAX_INLINE_WAIT_SECONDS,
+    parse_retry_after,
+)
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow
-from ordertrack_dagster.statuses import Canonical, normalise_raw_status
+from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState, FetchStats
 
-INDIA = ZoneInfo("Asia/Kolkata")
-
-DEFAULT_RETRY_AFTER_SECONDS = 300.0
 MAX_ATTEMPTS = 3
-# A pause shorter than this is waited out inside the run; a longer one defers the rest.
-MAX_INLINE_WAIT_SECONDS = 45.0
-
-
-class Outcome(StrEnum):
-    """What became of one tracking key in one run."""
-
-    MAPPED = "mapped"  # the raw status maps onto a canonical status
-    NO_CHANGE = "no_change"  # the mapping says "no change"
-    UNMAPPED = "unmapped"  # unknown raw status: alert, treated as no change
-    REFERENCE_MISMATCH = "reference_mismatch"  # answered for another order: alert, no update
-    NOT_FOUND = "not_found"  # asked and not answered: alert, stays due
-    FAILED = "failed"  # transport or parse failure: alert, stays due
-    DEFERRED = "deferred"  # not asked (rate limit pause or budget): stays due
-
-    @property
-    def was_read(self) -> bool:
-        """SPEC §6: the courier's answer was received and read, so the poll is recorded."""
-        return self in _READ_OUTCOMES
-
-
-_READ_OUTCOMES = frozenset(
-    {Outcome.MAPPED, Outcome.NO_CHANGE, Outcome.UNMAPPED, Outcome.REFERENCE_MISMATCH}
-)
-
-
-@dataclass(frozen=True)
-class OrderContext:
-    """What a courier module may need of the order to read its answer."""
-
-    order_id: str
-    tracking_key: str
-
-
-@dataclass(frozen=True)
-class Interpretation:
-    """One tracking key's answer, read and mapped (the pure half of a courier module)."""
-
-    outcome: Outcome
-    courier_status: str | None = None  # what is stored in orders.courier_status
-    status: Canonical | None = None  # set only for Outcome.MAPPED
-    event_time: datetime | None = None  # the courier's time for the status, UTC
-    alert: str | None = None  # why ops should look, if they should
-    stop_tracking: bool = False  # set being_tracked: false (fallback end states)
-
-
-class FetchState(StrEnum):
-    """How asking about one key went, before its answer is read."""
-
-    ANSWERED = "answered"
-    NOT_ANSWERED = "not_answered"  # the courier left it out or said it does not know it
-    FAILED = "failed"  # transport, HTTP, login or shape failure after bounded retries
-    DEFERRED = "deferred"  # not asked: rate-limit pause or request budget
-
-
-@dataclass(frozen=True)
-class FetchRecord:
-    """One row per tracking key asked: exactly what came back, kept for analysts."""
-
-    tracking_key: str
-    state: FetchState
-    batch: int
-    http_status: int | None
-    fetched_at: datetime
-    latency_ms: float | None
-    attempts: int
-    raw: str | None  # this key's answer as JSON text; None when there was none
-    error: str | None
-
-
-@dataclass
-class FetchStats:
-    """Counts for the run's metadata and the benchmark."""
-
-    requests: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    logins: int = 0
-    batches_failed: int = 0
-    batches_deferred: int = 0
-    paused_until: datetime | None = None
-
-
-class BatchFailure(Exception):
-    """A batch that cannot be answered now; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, *, retryable: bool, http_status: int | None = None):
-        super().__init__(message)
-        self.retryable = retryable
-        self.http_status = http_status
-
-
-class RateLimited(Exception):
-    """The courier said stop: no request until `resume_at`."""
-
-    def __init__(self, resume_at: datetime, http_status: int):
-        super().__init__(f"rate limited (HTTP {http_status}) until {resume_at.isoformat()}")
-        self.resume_at = resume_at
-        self.http_status = http_status
-
-
-class NotAnswered(Exception):
-    """The courier answered the batch but knows none of its keys (an error body)."""
-
-    def __init__(self, message: str, *, http_status: int | None = None):
-        super().__init__(message)
-        self.http_status = http_status
-
-
-class AuthFailure(Exception):
-    """Login failed; never retried in a loop (couriers lock accounts)."""
 
 
 @dataclass(frozen=True)
@@ -166,173 +53,6 @@ class _Batch:
     index: int
     keys: list[str]
     attempts: int = 0
-
-
-@dataclass(repr=False)
-class FetchResult:
-    records: list[FetchRecord]
-    stats: FetchStats = field(default_factory=FetchStats)
-
-    def __repr__(self) -> str:
-        # asyncio.run() reprs its task's result on the way out (the SIGINT handler check of
-        # Python 3.11); the default repr would spell out every record of a 36,000-key run.
-        return f"FetchResult({len(self.records)} records, {self.stats!r})"
-
-
-def blocking_pause(state: CourierState, scope: str, now: datetime) -> datetime | None:
-    """The stored resume time when it is too far off to wait out inside a run, else None.
-
-    Schedules skip and unforced runs stop on such a pause: the run would only defer.
-    """
-    resume_at = state.paused_until(scope)
-    if resume_at is None or (resume_at - now).total_seconds() <= MAX_INLINE_WAIT_SECONDS:
-        return None
-    return resume_at
-
-
-def describe_pause(flow: Flow, resume_at: datetime) -> str:
-    """How ops read a stored pause: the courier and the resume time in UTC and India time."""
-    return (
-        f"{flow.courier_label} is paused by a courier rate limit until "
-        f"{resume_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
-        f"({resume_at.astimezone(INDIA):%H:%M:%S} India time)"
-    )
-
-
-def parse_retry_after(value: str | None, now: datetime) -> datetime:
-    """Retry-After as seconds, a Unix time or an HTTP date; five minutes when absent or odd."""
-    default = now + timedelta(seconds=DEFAULT_RETRY_AFTER_SECONDS)
-    if not value or not value.strip():
-        return default
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        try:
-            parsed = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return default
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    if number > 1_000_000_000:  # a Unix time, not a delay
-        return datetime.fromtimestamp(number, UTC)
-    return now + timedelta(seconds=max(0.0, number))
-
-
-def parse_courier_time(value: Any) -> datetime | None:
-    """A courier timestamp as UTC; zone-less values are India time. None when unreadable."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    text = value.strip().replace(" ", "T", 1) if "T" not in value else value.strip()
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=INDIA)
-    return parsed.astimezone(UTC)
-
-
-def first_entry(value: Any) -> dict[str, Any]:
-    """`value[0]` of a list of objects (`shipment_track[0]`, `wbns[0]`); {} when there is none."""
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        return value[0]
-    return {}
-
-
-def newest_activity_time(activities: Any) -> datetime | None:
-    """The newest readable activity `date`, UTC (SPEC §6 History time of Shiprocket, Velocity).
-
-    Couriers list activities newest first; taking the latest date does not rely on it.
-    """
-    if not isinstance(activities, list):
-        return None
-    times = [parse_courier_time(item.get("date")) for item in activities if isinstance(item, dict)]
-    return max((when for when in times if when is not None), default=None)
-
-
-StatusTable = Mapping[str, Canonical | None]
-
-
-def read_status(
-    candidates: Sequence[tuple[Any, StatusTable]], event_time: datetime | None
-) -> Interpretation:
-    """Map the first raw status its table knows: SPEC §5's "status from X, else Y".
-
-    `courier_status` is the raw value actually used, as the courier sent it. When none maps,
-    the answer is unmapped (no change, and an alert naming every raw value seen); an answer
-    without any status is malformed.
-    """
-    present = [
-        (str(raw).strip(), table)
-        for raw, table in candidates
-        if raw is not None and str(raw).strip()
-    ]
-    for raw, table in present:
-        key = normalise_raw_status(raw)
-        if key in table:
-            status = table[key]
-            return Interpretation(
-                Outcome.MAPPED if status else Outcome.NO_CHANGE,
-                courier_status=raw,
-                status=status,
-                event_time=event_time,
-            )
-    if not present:
-        return Interpretation(Outcome.FAILED, alert="malformed answer: no status")
-    return Interpretation(
-        Outcome.UNMAPPED,
-        courier_status=present[0][0],
-        event_time=event_time,
-        alert="unmapped status " + " / ".join(repr(raw) for raw, _ in present),
-    )
-
-
-def decode_json(response: httpx.Response) -> Any:
-    """The JSON body, or a retryable failure for HTML, XML, empty or truncated bodies.
-
-    Read as `read_json_text` reads, but from the bytes first: the common, valid body is not
-    decoded to text at all; a body orjson refuses is read again as text in its charset.
-    """
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        text = response.text
-    try:
-        return read_json_text(text)
-    except ValueError:
-        snippet = " ".join(text[:80].split())
-        raise BatchFailure(
-            f"HTTP {response.status_code} with a body that is not JSON: {snippet!r}",
-            retryable=True,
-            http_status=response.status_code,
-        ) from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def json_text(answer: Any) -> str:
-    """One key's answer as compact JSON text, kept as the courier sent it (no ASCII escaping).
-
-    orjson writes it an order of magnitude faster than the standard library (this runs for
-    every key of every answer); integers beyond 64 bits, which only the standard library
-    reads, are written by it too.
-    """
-    try:
-        return orjson.dumps(answer).decode()
-    except TypeError:
-        return json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
-
-
-def read_json_text(text: str) -> Any:
-    """JSON text as couriers send it and `json_text` keeps it: strict JSON (RFC 8259), read by
-    orjson several times faster than the standard library, or by the standard library when it
-    takes what orjson refuses (integers beyond 64 bits). NaN and Infinity are not JSON."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text, parse_constant=_refuse_constant)
 
 
 def request_url(spec: Request) -> str:
