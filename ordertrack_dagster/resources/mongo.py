@@ -53,12 +53,22 @@ _clients: dict[str, MongoClient] = {}
 _clients_lock = threading.Lock()
 
 
+#: The write concern of every write (a URI's own `w=` option wins): a status write gates
+#: side effects, so it counts only once a majority of the replica set holds it; a write that
+#: is not acknowledged within the time-out raises instead of being counted.
+WRITE_CONCERN = {"w": "majority", "wtimeoutMS": 30_000}
+
+
 def mongo_client(uri: str) -> MongoClient:
     """A shared client per URI: pymongo pools connections, so one per process is right."""
     with _clients_lock:
         if uri not in _clients:
             _clients[uri] = MongoClient(
-                uri, tz_aware=True, event_listeners=[COMMANDS], serverSelectionTimeoutMS=10_000
+                uri,
+                tz_aware=True,
+                event_listeners=[COMMANDS],
+                serverSelectionTimeoutMS=10_000,
+                **WRITE_CONCERN,
             )
         return _clients[uri]
 
@@ -73,28 +83,56 @@ class MongoResource(ConfigurableResource):
         return mongo_client(self.uri)[self.database]
 
 
-_indexes_ready: set[tuple[str, str]] = set()
+#: `$getField` (the History guard of the write path) needs MongoDB 5.0.
+MINIMUM_SERVER_VERSION = (5, 0)
+_prepared: set[tuple[int, str]] = set()
 
 
-def ensure_indexes(db: Database) -> list[str]:
-    """Indexes the tracker relies on; returns warnings instead of failing on odd production data.
+class DatabaseNotReady(RuntimeError):
+    """The database cannot give the guarantees the write path relies on: nothing is written."""
 
-    Creating an index that exists is a no-op, so this is safe on a production database.
+
+def server_version(db: Database) -> tuple[int, ...]:
+    info = db.client.server_info()
+    numbers = info.get("versionArray") or str(info.get("version", "0")).split(".")
+    return tuple(int(part) for part in list(numbers)[:2])
+
+
+def prepare_database(db: Database) -> list[str]:
+    """Check the server version and create the indexes the tracker relies on.
+
+    Refuses (DatabaseNotReady) a server older than MongoDB 5.0, and a database where the
+    unique `orderTracking.orderId` index cannot be built: without it two runs could each
+    create an orderTracking for one order. The other indexes only speed queries up, so a
+    failure there is a warning. Creating an index that exists is a no-op.
     """
-    key = (db.client.address.__str__(), db.name)
-    if key in _indexes_ready:
+    key = (id(db.client), db.name)
+    if key in _prepared:
         return []
+    version = server_version(db)
+    if version < MINIMUM_SERVER_VERSION:
+        raise DatabaseNotReady(
+            f"MongoDB {'.'.join(map(str, version))} is too old: ordertrack needs MongoDB "
+            f"{'.'.join(map(str, MINIMUM_SERVER_VERSION))} or newer ($getField); nothing written"
+        )
+    try:
+        db["orderTracking"].create_index([("orderId", ASCENDING)], unique=True)
+    except OperationFailure as error:
+        raise DatabaseNotReady(
+            "the unique index orderTracking.orderId cannot be built, so one orderTracking per "
+            f"order cannot be guaranteed; nothing written. Remove the duplicates first: {error}"
+        ) from None
     warnings: list[str] = []
     specs = [
         ("orders", [("order_status", ASCENDING), ("last_tracking_time", ASCENDING)], {}),
         ("orders", [("awb_number", ASCENDING)], {}),
         ("orders", [("ordertrack_outbox", ASCENDING)], {"sparse": True}),
-        ("orderTracking", [("orderId", ASCENDING)], {"unique": True}),
+        ("orders", [("ordertrack_tracking_due", ASCENDING)], {"sparse": True}),
     ]
     for collection, keys, options in specs:
         try:
             db[collection].create_index(keys, **options)
         except OperationFailure as error:
             warnings.append(f"index {collection}.{keys} not created: {error}")
-    _indexes_ready.add(key)
+    _prepared.add(key)
     return warnings

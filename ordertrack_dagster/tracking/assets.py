@@ -6,11 +6,15 @@ courier's DataFrames. Each asset records what ops need to judge a run in its met
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     Config,
     Failure,
@@ -30,14 +34,26 @@ from ordertrack_dagster.couriers import (
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import FLOWS, Flow, get_flow
 from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState
-from ordertrack_dagster.resources.mongo import COMMANDS, MongoResource, ensure_indexes
+from ordertrack_dagster.killpoints import kill_point
+from ordertrack_dagster.resources.mongo import (
+    COMMANDS,
+    DatabaseNotReady,
+    MongoResource,
+    prepare_database,
+)
 from ordertrack_dagster.tracking.mapping import (
     interpret_answers,
     polled_orders,
     tracking_key_problem,
 )
 from ordertrack_dagster.tracking.selection import SNAPSHOT_FIELDS, SelectionPolicy, build_query
-from ordertrack_dagster.tracking.writer import Action, StatusCatalogue, apply_plan, plan_writes
+from ordertrack_dagster.tracking.writer import (
+    Action,
+    StatusCatalogue,
+    apply_plan,
+    plan_writes,
+    settle,
+)
 
 flow_partitions = StaticPartitionsDefinition(list(FLOWS))
 
@@ -100,7 +116,11 @@ def pending_orders(context: AssetExecutionContext, mongo: MongoResource) -> Outp
     query = build_query(flow, SelectionPolicy.from_env(), now)
     with _Measured() as measured:
         db = mongo.get_database()
-        for warning in ensure_indexes(db):
+        try:
+            warnings = prepare_database(db)
+        except DatabaseNotReady as error:
+            raise Failure(description=str(error), allow_retries=False) from None
+        for warning in warnings:
             context.log.warning(warning)
         projection = {name: 1 for name in SNAPSHOT_FIELDS}
         cursor = db["orders"].find(query.filter, projection, batch_size=10_000).sort(query.sort)
@@ -196,6 +216,7 @@ def raw_courier_responses(
         else FetchResult(records=[])
     )
     fetch_seconds = time.perf_counter() - started
+    kill_point("after_fetch")
     fetch_cpu_seconds = time.process_time() - cpu_started
     records = result.records + _odd_key_records(odd)
     frame = pd.DataFrame([record.__dict__ for record in records])
@@ -278,24 +299,36 @@ WRITE_COLUMNS = [
 ]
 
 
+NO_REJECTED_WRITES = "no_rejected_writes"
+
+
 @asset(
     group_name=GROUP,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"mongodb", "pandas"},
+    check_specs=[
+        AssetCheckSpec(
+            NO_REJECTED_WRITES,
+            asset="order_status_writes",
+            description="Fails when MongoDB rejected some of the run's updates (those orders "
+            "stay due and are named in the run's alert log).",
+        )
+    ],
     description="The MongoDB write (SPEC §6): statuses moved forward only, polls recorded, "
     "orderTracking history appended once; one row per selected order saying what happened.",
 )
 def order_status_writes(
     context: AssetExecutionContext, status_updates: pd.DataFrame, mongo: MongoResource
-) -> Output[pd.DataFrame]:
+) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
     flow = _flow(context)
     now = datetime.now(UTC)
     with _Measured() as measured:
         db = mongo.get_database()
         catalogue = StatusCatalogue.load(db)
         plan = plan_writes(polled_orders(status_updates), catalogue, flow.key, now)
-        report = apply_plan(db, plan)
+        report = apply_plan(db, plan, catalogue)
+    kill_point("after_write")
     decisions = pd.DataFrame(
         [
             {
@@ -305,7 +338,7 @@ def order_status_writes(
                 "events": ",".join(decision.events),
                 "decision_alert": decision.alert,
             }
-            for decision in plan.decisions
+            for decision in settle(plan, report)
         ]
     )
     frame = status_updates[["order_oid", "order_id", "tracking_key", "outcome", "alert"]].copy()
@@ -317,7 +350,7 @@ def order_status_writes(
     for rejected in report.rejected:
         context.log.error(f"MongoDB rejected an update: {rejected}")
     summary = summarise(status_updates, frame)
-    return Output(
+    yield Output(
         frame,
         metadata={
             "flow": flow.key,
@@ -327,10 +360,18 @@ def order_status_writes(
             "orders_modified": report.orders_modified,
             "order_tracking_upserted": report.tracking_upserted,
             "order_tracking_modified": report.tracking_modified,
+            "order_tracking_synced": report.tracking_synced,
             "rejected_updates": len(report.rejected),
             "bulk_writes": report.bulk_calls,
             **measured.metadata(),
         },
+    )
+    yield AssetCheckResult(
+        check_name=NO_REJECTED_WRITES,
+        passed=not report.rejected,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"rejected": len(report.rejected)},
+        description="; ".join(map(str, report.rejected[:5])) or "MongoDB applied every update",
     )
 
 

@@ -6,6 +6,13 @@ orderTracking change). The guards inside the updates repeat the transition rule 
 `statuses.py` in MongoDB, so a concurrent run, a stale snapshot or an out-of-order answer can
 never move an order backwards or append a History entry twice.
 
+orderTracking follows the order. Every write that leaves the order's status differing from
+the one orderTracking was last brought to marks the order (`ordertrack_tracking_due`, in the
+same update); `sync_order_tracking` then brings each marked order's orderTracking to the
+order's *stored* status and clears the mark. A crash between the two bulks leaves the mark,
+so the next run (of any flow) repairs it; an order whose status another system changed
+(cancelled, then rebooked) converges on its next poll.
+
 Side effects are not sent here. An order's first entry into a status that has one leaves a
 marker in the same document update (`ordertrack_outbox.<event>`), atomically with the
 status change; the effects assets drain those markers, so a crash between the write and
@@ -15,8 +22,8 @@ the send loses nothing and repeats nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -24,8 +31,9 @@ from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure, WriteConcernError
 
+from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.records import INDIA, Outcome
 from ordertrack_dagster.statuses import (
     Canonical,
@@ -35,7 +43,20 @@ from ordertrack_dagster.statuses import (
 )
 
 OUTBOX_FIELD = "ordertrack_outbox"
+#: Set on an order whose orderTracking must be brought to its status: the History time to use.
+TRACKING_DUE_FIELD = "ordertrack_tracking_due"
+#: The status id orderTracking was last brought to (orders whose status equals it need nothing).
+TRACKING_SYNCED_FIELD = "ordertrack_tracking_synced"
+#: On orderTracking: the order's `last_tracking_time` it was brought up to date with, so a
+#: slower run that read the order earlier cannot put back an older status.
+SYNCED_AT_FIELD = "ordertrack_synced_at"
 BULK_CHUNK = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class WriteNotAcknowledged(RuntimeError):
+    """MongoDB could not confirm a write with the required write concern: it may or may not
+    stay applied, so it is never counted as done (the run fails and says so)."""
 
 
 class Action(StrEnum):
@@ -45,6 +66,7 @@ class Action(StrEnum):
     POLL_RECORDED = "poll_recorded"  # answer read; status left as it was
     REFUSED = "refused"  # the move would go backwards: alert, status left alone
     UNTOUCHED = "untouched"  # not answered, failed or deferred: stays first in line
+    REJECTED = "rejected"  # MongoDB refused the update: alert, the order stays due
 
 
 class Event(StrEnum):
@@ -111,8 +133,21 @@ class Decision:
 @dataclass
 class WritePlan:
     order_ops: list[UpdateOne] = field(default_factory=list)
-    tracking_ops: list[UpdateOne] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    #: the status id each planned status change moves its order to
+    changes: dict[ObjectId, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One operation MongoDB refused, named by the document it was for."""
+
+    collection: str
+    key: Any
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.collection}: update {self.key}: {self.error}"
 
 
 @dataclass
@@ -123,8 +158,11 @@ class WriteReport:
     orders_modified: int = 0
     tracking_upserted: int = 0
     tracking_modified: int = 0
+    tracking_synced: int = 0
     bulk_calls: int = 0
-    rejected: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    #: orders whose planned status change MongoDB applied (read back after the write)
+    applied: set[ObjectId] = field(default_factory=set)
 
 
 def _literal(value: Any) -> dict[str, Any]:
@@ -160,8 +198,10 @@ def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
     return fields
 
 
-def _poll_op(order: PolledOrder, now: datetime) -> UpdateOne:
-    return UpdateOne({"_id": order.order_oid}, {"$set": _poll_fields(order, now)})
+def _poll_op(order: PolledOrder, now: datetime, moves: _Moves) -> UpdateOne:
+    fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
+    fields[TRACKING_DUE_FIELD] = moves.due_unless_synced
+    return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
 
 
 class _Moves:
@@ -176,7 +216,17 @@ class _Moves:
         self._catalogue = catalogue
         self._now = now
         self._orders: dict[Canonical, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._tracking: dict[Canonical, tuple[dict[str, Any], dict[str, Any]]] = {}
+        due = f"${TRACKING_DUE_FIELD}"
+        synced = {"$ifNull": [f"${TRACKING_SYNCED_FIELD}", None]}
+        #: Marks the order when orderTracking was not brought to its stored status (a status
+        #: another system set, or an earlier crash); an existing mark keeps its time.
+        self.due_unless_synced = {
+            "$cond": [
+                {"$eq": ["$order_status", synced]},
+                due,
+                {"$ifNull": [due, _literal(now)]},
+            ]
+        }
 
     def order(self, new: Canonical) -> tuple[dict[str, Any], dict[str, Any]]:
         """(the guard: the stored status allows the move, the status fields under it)."""
@@ -211,24 +261,6 @@ class _Moves:
             self._orders[new] = (allowed, guarded)
         return self._orders[new]
 
-    def tracking(self, new: Canonical) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(append a History entry, the new currentStatus) for orderTracking."""
-        if new not in self._tracking:
-            refused = sorted(s.value for s in refused_predecessors(new))
-            last_status = {
-                "$getField": {
-                    "field": "status",
-                    "input": {"$arrayElemAt": [{"$ifNull": ["$History", []]}, -1]},
-                }
-            }
-            allowed = {
-                "$not": [{"$in": [{"$ifNull": ["$currentStatus", None]}, _literal(refused)]}]
-            }
-            append = {"$and": [allowed, {"$ne": [last_status, _literal(new.value)]}]}
-            current = {"$cond": [allowed, _literal(new.value), "$currentStatus"]}
-            self._tracking[new] = (append, current)
-        return self._tracking[new]
-
 
 #: The CRM webhook's guard: neither return status was reached before (the old service's).
 _FIRST_RETURN = {
@@ -257,6 +289,9 @@ def _status_op(
     allowed, guarded = moves.order(new)
     fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
     fields.update(guarded)
+    # orderTracking gets the answer's time; the mark is in the same atomic update
+    entry_time = _literal(order.event_time or now)
+    fields[TRACKING_DUE_FIELD] = {"$cond": [allowed, entry_time, moves.due_unless_synced]}
     if events:
         marker = {
             event.value: _literal(
@@ -280,16 +315,28 @@ def _status_op(
     return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
 
 
-def _tracking_op(order: PolledOrder, new: Canonical, moves: _Moves, now: datetime) -> UpdateOne:
-    """Upsert orderTracking: currentStatus and a History entry, atomically de-duplicated."""
-    append, current = moves.tracking(new)
-    entry = {"status": new.value, "timeStamp": order.event_time or now}
+def _follow_op(order_oid: ObjectId, status: Canonical, at: Any, version: Any) -> UpdateOne:
+    """Upsert orderTracking to the order's stored status: currentStatus, and a History entry
+    unless the last one has that status. `version` (the order's last write time as read)
+    keeps a run that read the order earlier from putting back an older status."""
+    fresh = {
+        "$lte": [{"$ifNull": [f"${SYNCED_AT_FIELD}", _literal(_EPOCH)]}, _literal(version)]
+    }
+    last_status = {
+        "$getField": {
+            "field": "status",
+            "input": {"$arrayElemAt": [{"$ifNull": ["$History", []]}, -1]},
+        }
+    }
+    append = {"$and": [fresh, {"$ne": [last_status, _literal(status.value)]}]}
+    entry = {"status": status.value, "timeStamp": at}
     history = {"$concatArrays": [{"$ifNull": ["$History", []]}, [_literal(entry)]]}
-    return UpdateOne(
-        {"orderId": order.order_oid},
-        [{"$set": {"History": {"$cond": [append, history, "$History"]}, "currentStatus": current}}],
-        upsert=True,
-    )
+    changes = {
+        "History": {"$cond": [append, history, "$History"]},
+        "currentStatus": {"$cond": [fresh, _literal(status.value), "$currentStatus"]},
+        SYNCED_AT_FIELD: {"$cond": [fresh, _literal(version), f"${SYNCED_AT_FIELD}"]},
+    }
+    return UpdateOne({"orderId": order_oid}, [{"$set": changes}], upsert=True)
 
 
 def _unchanged(
@@ -336,18 +383,18 @@ def plan_writes(
         from_status = current.value if current else _as_text(order.current_status_id)
         if not order.outcome.was_read:
             if order.stop_tracking:
-                plan.order_ops.append(_poll_op(order, now))
+                plan.order_ops.append(_poll_op(order, now, moves))
             plan.decisions.append(Decision(order.order_oid, Action.UNTOUCHED, from_status, None))
             continue
         new = order.status if order.outcome is Outcome.MAPPED else None
         unchanged = _unchanged(order, current, from_status, new, catalogue)
         if unchanged is not None:
-            plan.order_ops.append(_poll_op(order, now))
+            plan.order_ops.append(_poll_op(order, now, moves))
             plan.decisions.append(unchanged)
             continue
         events = _events_for(order, new, flow_key)
         plan.order_ops.append(_status_op(order, new, moves, events, flow_key, now))
-        plan.tracking_ops.append(_tracking_op(order, new, moves, now))
+        plan.changes[order.order_oid] = catalogue.ids[new]
         plan.decisions.append(
             Decision(order.order_oid, Action.STATUS_CHANGED, from_status, new.value, events)
         )
@@ -358,22 +405,97 @@ def _as_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def apply_plan(db: Database, plan: WritePlan) -> WriteReport:
-    """Send the plan as chunked unordered bulk writes; isolate any operation MongoDB rejects."""
+def apply_plan(db: Database, plan: WritePlan, catalogue: StatusCatalogue) -> WriteReport:
+    """Send the plan as chunked unordered bulk writes, then bring orderTracking to the orders.
+
+    Which planned status changes MongoDB applied is read back, not assumed: a concurrent run
+    or a rejected operation leaves some undone, and the run's figures must say so.
+    """
     report = WriteReport()
+    orders = db["orders"]
     for start in range(0, len(plan.order_ops), BULK_CHUNK):
         matched, modified, _ = bulk_update(
-            db["orders"], plan.order_ops[start : start + BULK_CHUNK], report
+            orders, plan.order_ops[start : start + BULK_CHUNK], report
         )
         report.orders_matched += matched
         report.orders_modified += modified
-    for start in range(0, len(plan.tracking_ops), BULK_CHUNK):
+    kill_point("between_bulks")
+    stored = sync_order_tracking(db, catalogue, report)
+    unseen = [oid for oid in plan.changes if oid not in stored]
+    for start in range(0, len(unseen), BULK_CHUNK):  # changed, and already synced by another run
+        chunk = unseen[start : start + BULK_CHUNK]
+        for doc in orders.find({"_id": {"$in": chunk}}, {"order_status": 1}):
+            stored[doc["_id"]] = doc.get("order_status")
+    report.applied = {oid for oid, new in plan.changes.items() if stored.get(oid) == new}
+    return report
+
+
+def sync_order_tracking(
+    db: Database, catalogue: StatusCatalogue, report: WriteReport
+) -> dict[ObjectId, Any]:
+    """Bring the orderTracking of every marked order to the order's stored status.
+
+    Returns the status read per marked order. The mark is cleared only after orderTracking
+    was written, and only if neither the status nor the mark changed meanwhile.
+    """
+    orders = db["orders"]
+    projection = {"order_status": 1, "last_tracking_time": 1, TRACKING_DUE_FIELD: 1}
+    marked = orders.find({TRACKING_DUE_FIELD: {"$exists": True}}, projection, batch_size=BULK_CHUNK)
+    stored: dict[ObjectId, Any] = {}
+    follow: list[UpdateOne] = []
+    clears: dict[ObjectId, UpdateOne] = {}
+    for doc in marked:
+        oid, status_id, due = doc["_id"], doc.get("order_status"), doc[TRACKING_DUE_FIELD]
+        stored[oid] = status_id
+        status = catalogue.name_of(status_id)
+        if status is not None:
+            follow.append(_follow_op(oid, status, due, doc.get("last_tracking_time") or due))
+        clears[oid] = UpdateOne(
+            {"_id": oid, "order_status": status_id, TRACKING_DUE_FIELD: due},
+            {"$set": {TRACKING_SYNCED_FIELD: status_id}, "$unset": {TRACKING_DUE_FIELD: ""}},
+        )
+    for start in range(0, len(follow), BULK_CHUNK):
         _, modified, upserted = bulk_update(
-            db["orderTracking"], plan.tracking_ops[start : start + BULK_CHUNK], report
+            db["orderTracking"], follow[start : start + BULK_CHUNK], report
         )
         report.tracking_modified += modified
         report.tracking_upserted += upserted
-    return report
+    failed = {rejected.key for rejected in report.rejected if rejected.collection == "orderTracking"}
+    done = [op for oid, op in clears.items() if oid not in failed]
+    for start in range(0, len(done), BULK_CHUNK):
+        bulk_update(orders, done[start : start + BULK_CHUNK], report)
+    report.tracking_synced = len(done)
+    return stored
+
+
+def settle(plan: WritePlan, report: WriteReport) -> list[Decision]:
+    """The plan's decisions corrected by what MongoDB did: a rejected update, or a status
+    change the stored document no longer allowed, is not counted as done."""
+    rejected = {r.key: r for r in report.rejected if r.collection == "orders"}
+    settled = []
+    for decision in plan.decisions:
+        problem = rejected.get(decision.order_oid)
+        if problem is not None:
+            alert = f"MongoDB rejected the update, the order stays due: {problem.error}"
+            settled.append(replace(decision, action=Action.REJECTED, events=(), alert=alert))
+        elif decision.action is Action.STATUS_CHANGED and decision.order_oid not in report.applied:
+            alert = (
+                f"move {decision.from_status!r} -> {decision.to_status!r} not applied: the "
+                "stored status no longer allowed it (changed by another run)"
+            )
+            settled.append(replace(decision, action=Action.REFUSED, events=(), alert=alert))
+        else:
+            settled.append(decision)
+    return settled
+
+
+def _acknowledged(collection: Collection, details: dict[str, Any]) -> None:
+    if details.get("writeConcernErrors"):
+        errors = "; ".join(str(e.get("errmsg")) for e in details["writeConcernErrors"])
+        raise WriteNotAcknowledged(
+            f"{collection.name}: the write was not acknowledged by the required write concern "
+            f"({errors}); it may or may not stay applied"
+        )
 
 
 def bulk_update(
@@ -382,7 +504,8 @@ def bulk_update(
     """One bulk write; if the server rejects it, retry operation by operation.
 
     MongoDB reports per-operation errors; some compatible servers fail the whole command
-    instead. Either way the good operations land and the bad ones are named.
+    instead. Either way the good operations land and the bad ones are named. A write-concern
+    error is never taken for success: it raises `WriteNotAcknowledged`.
     """
     if not ops:
         return 0, 0, 0
@@ -392,6 +515,7 @@ def bulk_update(
         return result.matched_count, result.modified_count, result.upserted_count
     except BulkWriteError as error:
         details = error.details
+        _acknowledged(collection, details)
         failed = {item["index"] for item in details.get("writeErrors", [])}
         retry = [op for index, op in enumerate(ops) if index in failed]
         matched, modified, upserted = (
@@ -403,6 +527,9 @@ def bulk_update(
             return _one_by_one(collection, ops, report)
         more = _one_by_one(collection, retry, report)
         return matched + more[0], modified + more[1], upserted + more[2]
+    except WriteConcernError as error:
+        _acknowledged(collection, {"writeConcernErrors": [{"errmsg": str(error)}]})
+        raise  # unreachable: _acknowledged raised
     except OperationFailure:
         return _one_by_one(collection, ops, report)
 
@@ -414,23 +541,32 @@ def _one_by_one(
     for op in ops:
         report.bulk_calls += 1
         try:
-            result = collection.bulk_write([op], ordered=True)
+            result = _write_one(collection, op)
         except (BulkWriteError, OperationFailure) as error:
-            message = getattr(error, "details", None) or str(error)
-            if "E11000" in str(message):  # a concurrent upsert won the race: retry as update
-                try:
-                    result = collection.bulk_write([op], ordered=True)
-                except (BulkWriteError, OperationFailure) as again:
-                    report.rejected.append(f"{collection.name}: {_describe(op)}: {again}")
-                    continue
-            else:
-                report.rejected.append(f"{collection.name}: {_describe(op)}: {error}")
-                continue
+            report.rejected.append(Rejected(collection.name, _key(op), str(error)))
+            continue
         matched += result.matched_count
         modified += result.modified_count
         upserted += result.upserted_count
     return matched, modified, upserted
 
 
-def _describe(op: UpdateOne) -> str:
-    return f"update {op._filter.get('_id') or op._filter.get('orderId')}"
+def _write_one(collection: Collection, op: UpdateOne) -> Any:
+    """One operation; a concurrent upsert that won the race (E11000) is retried as an update."""
+    for attempt in range(2):
+        try:
+            return collection.bulk_write([op], ordered=True)
+        except BulkWriteError as error:
+            _acknowledged(collection, error.details)
+            if attempt or "E11000" not in str(error.details):
+                raise
+        except WriteConcernError as error:
+            _acknowledged(collection, {"writeConcernErrors": [{"errmsg": str(error)}]})
+        except OperationFailure as error:
+            if attempt or "E11000" not in str(error):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _key(op: UpdateOne) -> Any:
+    return op._filter.get("_id") or op._filter.get("orderId")
