@@ -44,10 +44,15 @@ s3 = OrdertrackS3Resource(
     aws_secret_access_key=_optional_secret("AWS_SECRET_ACCESS_KEY"),
 )
 
+mongo = MongoResource(uri=EnvVar("MONGODB_URI"), database=EnvVar("MONGODB_DB"))
+
 resources = {
-    "mongo": MongoResource(uri=EnvVar("MONGODB_URI"), database=EnvVar("MONGODB_DB")),
+    "mongo": mongo,
     "s3": s3,
-    "parquet_io_manager": ParquetHistoryIOManager(s3=s3, bucket=EnvVar("AWS_S3_BUCKET")),
+    # MongoDB carries the hand-off between the tracking steps; S3 gets the history when up
+    "parquet_io_manager": ParquetHistoryIOManager(
+        s3=s3, mongo=mongo, bucket=EnvVar("AWS_S3_BUCKET")
+    ),
     "history": HistoryResource(s3=s3, bucket=EnvVar("AWS_S3_BUCKET")),
     "slack": OrdertrackSlackResource(
         token=EnvVar("SLACK_TOKEN"), base_url=_optional("SLACK_API_URL", DEFAULT_SLACK_API_URL)

@@ -20,20 +20,13 @@ import boto3
 import pandas as pd
 import pyarrow as pa
 
-from ordertrack_dagster.records import FetchRecord
 from ordertrack_dagster.resources.s3 import history_day_prefix, read_parquet_object
-from ordertrack_dagster.tracking.assets import SNAPSHOT_COLUMNS, WRITE_COLUMNS
-from ordertrack_dagster.tracking.mapping import UPDATE_COLUMNS
+from ordertrack_dagster.tables import TABLE_COLUMNS
 
 DEFAULT_PREFIX = "ordertrack"
 
-#: Column names of each stored tracking asset, taken from the code that writes them.
-HISTORY_COLUMNS: dict[str, list[str]] = {
-    "pending_orders": SNAPSHOT_COLUMNS,
-    "raw_courier_responses": ["flow", "run_id", *FetchRecord.__dataclass_fields__],
-    "status_updates": UPDATE_COLUMNS,
-    "order_status_writes": WRITE_COLUMNS,
-}
+#: Column names of each stored tracking asset, as the tracking tables' schema names them.
+HISTORY_COLUMNS = TABLE_COLUMNS
 HISTORY_ASSETS = tuple(HISTORY_COLUMNS)
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")

@@ -33,6 +33,7 @@ from pydantic import Field
 from pymongo.database import Database
 from slack_sdk import WebClient
 
+from ordertrack_dagster import tables
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.effects.crm import CrmResource
 from ordertrack_dagster.effects.messages import crm_payload, dead_letter_text, status_alert_text
@@ -61,10 +62,10 @@ from ordertrack_dagster.effects.senders import post_slack, put_and_presign
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.effects.smtp import SmtpResource
 from ordertrack_dagster.flows import get_flow
+from ordertrack_dagster.markers import Event
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
-from ordertrack_dagster.tracking import assets as tracking
-from ordertrack_dagster.tracking.writer import Event
+from ordertrack_dagster.run_summary import summarise, summary_per_status
 
 NO_DEAD_LETTERS = "no_dead_letters"
 NO_FAILING_DELIVERIES = "no_failing_deliveries"
@@ -212,9 +213,9 @@ def _source_run(context: AssetExecutionContext, key: AssetKey) -> _SourceRun:
 
 
 @asset(
-    group_name=tracking.GROUP,
-    partitions_def=tracking.flow_partitions,
-    deps=[tracking.order_status_writes],
+    group_name=tables.GROUP,
+    partitions_def=tables.flow_partitions,
+    deps=[tables.ORDER_STATUS_WRITES],
     kinds={"mongodb"},
     description="Drains the status writes' side-effect markers into the durable MongoDB outbox "
     "(ordertrack_outbox), one document per order and event.",
@@ -240,8 +241,8 @@ def effects_outbox(
 
 
 @asset(
-    group_name=tracking.GROUP,
-    partitions_def=tracking.flow_partitions,
+    group_name=tables.GROUP,
+    partitions_def=tables.flow_partitions,
     deps=[effects_outbox],
     check_specs=_checks("crm_rto_webhooks"),
     kinds={"mongodb"},
@@ -270,8 +271,8 @@ def crm_rto_webhooks(
 
 
 @asset(
-    group_name=tracking.GROUP,
-    partitions_def=tracking.flow_partitions,
+    group_name=tables.GROUP,
+    partitions_def=tables.flow_partitions,
     deps=[effects_outbox],
     check_specs=_checks("slack_status_alerts"),
     kinds={"mongodb", "slack"},
@@ -298,8 +299,8 @@ def slack_status_alerts(
 
 
 @asset(
-    group_name=tracking.GROUP,
-    partitions_def=tracking.flow_partitions,
+    group_name=tables.GROUP,
+    partitions_def=tables.flow_partitions,
     check_specs=_checks("tracking_alert_log"),
     kinds={"s3", "slack"},
     description="The run's alerts (rate limits, API and token failures, missing AWBs, unmapped "
@@ -317,7 +318,7 @@ def tracking_alert_log(
     effects: EffectsSettings,
 ) -> MaterializeResult:
     flow = get_flow(context.partition_key)
-    source = _source_run(context, tracking.order_status_writes.key)
+    source = _source_run(context, tables.ORDER_STATUS_WRITES)
     now = datetime.now(UTC)
     lines = alert_lines(flow.key, source.run_id, status_updates, order_status_writes, now)
     summary = alert_summary(lines)
@@ -353,9 +354,9 @@ def tracking_alert_log(
 
 
 @asset(
-    group_name=tracking.GROUP,
-    partitions_def=tracking.flow_partitions,
-    deps=[tracking.pending_orders, tracking.order_status_writes],
+    group_name=tables.GROUP,
+    partitions_def=tables.flow_partitions,
+    deps=[tables.PENDING_ORDERS, tables.ORDER_STATUS_WRITES],
     check_specs=_checks("tracking_query_log"),
     kinds={"s3", "slack"},
     description="The run's selection (MongoDB filter, sort, cap, orders selected) as JSON on S3, "
@@ -370,7 +371,7 @@ def tracking_query_log(
     effects: EffectsSettings,
 ) -> MaterializeResult:
     flow = get_flow(context.partition_key)
-    source = _source_run(context, tracking.pending_orders.key)
+    source = _source_run(context, tables.PENDING_ORDERS)
     now = datetime.now(UTC)
     outbox = _outbox(context, mongo.get_database(), effects)
     if source.metadata:
@@ -396,8 +397,8 @@ def tracking_query_log(
 
 
 @asset(
-    group_name=tracking.GROUP,
-    partitions_def=tracking.flow_partitions,
+    group_name=tables.GROUP,
+    partitions_def=tables.flow_partitions,
     check_specs=_checks("tracking_email_summary"),
     kinds={"email"},
     description="The run's summary (selected, polled, updated per status, no change, unmapped, "
@@ -414,7 +415,7 @@ def tracking_email_summary(
     effects: EffectsSettings,
 ) -> MaterializeResult:
     flow = get_flow(context.partition_key)
-    source = _source_run(context, tracking.order_status_writes.key)
+    source = _source_run(context, tables.ORDER_STATUS_WRITES)
     run = context.instance.get_run_record_by_id(source.run_id)
     duration = (
         source.materialized_at - run.start_time
@@ -424,8 +425,8 @@ def tracking_email_summary(
     summary = RunSummary(
         flow_key=flow.key,
         run_id=source.run_id,
-        figures=tracking.summarise(status_updates, order_status_writes),
-        per_status=tracking.summary_per_status(order_status_writes),
+        figures=summarise(status_updates, order_status_writes),
+        per_status=summary_per_status(order_status_writes),
         duration_seconds=duration,
         run_url=effects.run_url(source.run_id),
     )

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ordertrack_dagster.flows import FLOWS, Selection
-from ordertrack_dagster.tracking.writer import Event
+from ordertrack_dagster.markers import Event
 
 _TITLES = {
     Event.SLACK_CANCELLED.value: ":no_entry: Booking cancelled",

@@ -25,7 +25,8 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from ordertrack_dagster.tracking.writer import OUTBOX_FIELD, Event, WriteReport, bulk_update
+from ordertrack_dagster.markers import OUTBOX_FIELD, Event
+from ordertrack_dagster.resources.mongo import BulkLog, bulk_update
 
 OUTBOX_COLLECTION = "ordertrack_outbox"
 CLAIM_LIMIT = 1_000
@@ -59,7 +60,7 @@ class State(StrEnum):
 
 
 class Report(StrEnum):
-    """Deliveries made once per flow run, beside the per-order events of `writer.Event`."""
+    """Deliveries made once per flow run, beside the per-order events of `markers.Event`."""
 
     ALERT_LOG = "alert_log"
     QUERY_LOG = "query_log"
@@ -199,13 +200,11 @@ class Outbox:
             [("flow", ASCENDING), ("state", ASCENDING), ("next_attempt_at", ASCENDING)]
         )
 
-    def _bulk(self, ops: list[UpdateOne], collection: Collection | None = None) -> WriteReport:
+    def _bulk(self, ops: list[UpdateOne], collection: Collection | None = None) -> BulkLog:
         """Bulk by _id; a concurrent run's identical upsert is a no-op, not an error."""
-        target = self.collection if collection is None else collection
-        report = WriteReport()
-        for start in range(0, len(ops), DRAIN_BATCH):
-            bulk_update(target, ops[start : start + DRAIN_BATCH], report)
-        return report
+        log = BulkLog()
+        bulk_update(self.collection if collection is None else collection, ops, log, DRAIN_BATCH)
+        return log
 
     # -- queueing -----------------------------------------------------------------------
 

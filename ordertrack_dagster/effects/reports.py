@@ -171,8 +171,8 @@ class RunSummary:
 
     flow_key: str
     run_id: str
-    figures: Mapping[str, int]  # `tracking.assets.summarise`
-    per_status: Mapping[str, int]  # `tracking.assets.summary_per_status`
+    figures: Mapping[str, int]  # `run_summary.summarise`
+    per_status: Mapping[str, int]  # `run_summary.summary_per_status`
     duration_seconds: float | None
     run_url: str | None
 

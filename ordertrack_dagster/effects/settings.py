@@ -6,7 +6,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from ordertrack_dagster.effects.outbox import RetryPolicy
-from ordertrack_dagster.tracking.writer import Event
+from ordertrack_dagster.markers import Event
 
 
 class EffectsSettings(ConfigurableResource):

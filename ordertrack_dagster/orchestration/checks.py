@@ -25,7 +25,7 @@ from pymongo.database import Database
 from ordertrack_dagster.flows import Flow, get_flow
 from ordertrack_dagster.orchestration.guards import schedule_interval
 from ordertrack_dagster.resources.mongo import MongoResource
-from ordertrack_dagster.tracking.assets import flow_partitions, order_status_writes
+from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 
 FRESHNESS_INTERVALS = 3
@@ -135,7 +135,7 @@ def evaluate_flow(
     else:
         description = f"every due {flow.key} order was polled since {_when(stale.cutoff)}"
     return AssetCheckResult(
-        asset_key=order_status_writes.key,
+        asset_key=ORDER_STATUS_WRITES,
         check_name=check_name(flow.key),
         passed=stale.count == 0,
         description=description,
@@ -151,7 +151,7 @@ _FLOW_OF_CHECK = {check_name(key): key for key in flow_partitions.get_partition_
     specs=[
         AssetCheckSpec(
             name=name,
-            asset=order_status_writes,
+            asset=ORDER_STATUS_WRITES,
             description=f"Every order the {key} flow is due to track was polled within three "
             "schedule intervals (or max_age_minutes); reports how many were not and the oldest.",
         )

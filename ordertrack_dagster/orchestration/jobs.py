@@ -7,7 +7,7 @@ run without touching the schedules (SPEC §9: a scheduled tick runs the complete
 from dagster import AssetSelection, define_asset_job
 
 from ordertrack_dagster.orchestration.checks import CHECKS
-from ordertrack_dagster.tracking.assets import GROUP
+from ordertrack_dagster.tables import GROUP
 
 tracking_job = define_asset_job(
     name="tracking_job",

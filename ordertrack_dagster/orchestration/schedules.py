@@ -24,7 +24,7 @@ from ordertrack_dagster.orchestration.guards import (
 )
 from ordertrack_dagster.orchestration.jobs import freshness_job, tracking_job
 from ordertrack_dagster.resources.mongo import MongoResource
-from ordertrack_dagster.tracking.assets import flow_partitions
+from ordertrack_dagster.tables import flow_partitions
 
 # Often enough to notice within one threshold (three intervals of an 8-minute flow).
 FRESHNESS_CRON = "*/10 * * * *"

@@ -39,7 +39,7 @@ from ordertrack_dagster.orchestration.guards import (
 from ordertrack_dagster.orchestration.jobs import tracking_job
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
-from ordertrack_dagster.tracking.assets import flow_partitions, order_status_writes
+from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 
 STARTUP_SENSOR = "tracking_startup_runs"
 FAILURE_SENSOR = "tracking_run_failure_alert"
@@ -70,7 +70,7 @@ def recent_run(instance: DagsterInstance, flow: Flow, now: datetime) -> str | No
         return f"ran recently: {describe_run(runs[0])}"
     writes = instance.fetch_materializations(
         AssetRecordsFilter(
-            asset_key=order_status_writes.key,
+            asset_key=ORDER_STATUS_WRITES,
             asset_partitions=[flow.key],
             after_timestamp=since.timestamp(),
         ),

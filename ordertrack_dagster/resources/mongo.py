@@ -1,15 +1,21 @@
-"""MongoDB: one pooled client per process, plus counters of round trips and time waited."""
+"""MongoDB: one pooled client per process, counters of round trips and time waited, and the
+bulk write every writer uses (unordered, chunked, isolating what the server rejects)."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
-from pymongo import ASCENDING, MongoClient, monitoring
+from pymongo import ASCENDING, MongoClient, UpdateOne, monitoring
+from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure, WriteConcernError
+
+BULK_CHUNK = 10_000
 
 
 @dataclass
@@ -136,3 +142,122 @@ def prepare_database(db: Database) -> list[str]:
             warnings.append(f"index {collection}.{keys} not created: {error}")
     _prepared.add(key)
     return warnings
+
+
+class WriteNotAcknowledged(RuntimeError):
+    """MongoDB could not confirm a write with the required write concern: it may or may not
+    stay applied, so it is never counted as done (the step fails and says so)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One operation the server refused, named by the document it was for."""
+
+    collection: str
+    key: Any
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.collection}: update {self.key}: {self.error}"
+
+
+@dataclass
+class BulkLog:
+    """Round trips and the operations the server rejected, over a series of bulk writes."""
+
+    bulk_calls: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def bulk_update(
+    collection: Collection, ops: Sequence[UpdateOne], log: BulkLog, chunk: int = BULK_CHUNK
+) -> tuple[int, int, int]:
+    """Unordered bulk writes of at most `chunk` operations; (matched, modified, upserted)."""
+    totals = (0, 0, 0)
+    for start in range(0, len(ops), chunk):
+        counts = _bulk_once(collection, list(ops[start : start + chunk]), log)
+        totals = (totals[0] + counts[0], totals[1] + counts[1], totals[2] + counts[2])
+    return totals
+
+
+def _acknowledged(collection: Collection, details: dict[str, Any]) -> None:
+    if details.get("writeConcernErrors"):
+        errors = "; ".join(str(e.get("errmsg")) for e in details["writeConcernErrors"])
+        raise WriteNotAcknowledged(
+            f"{collection.name}: the write was not acknowledged by the required write concern "
+            f"({errors}); it may or may not stay applied"
+        )
+
+
+def _bulk_once(
+    collection: Collection, ops: list[UpdateOne], report: BulkLog
+) -> tuple[int, int, int]:
+    """One bulk write; if the server rejects it, retry operation by operation.
+
+    MongoDB reports per-operation errors; some compatible servers fail the whole command
+    instead. Either way the good operations land and the bad ones are named. A write-concern
+    error is never taken for success: it raises `WriteNotAcknowledged`.
+    """
+    if not ops:
+        return 0, 0, 0
+    report.bulk_calls += 1
+    try:
+        result = collection.bulk_write(ops, ordered=False)
+        return result.matched_count, result.modified_count, result.upserted_count
+    except BulkWriteError as error:
+        details = error.details
+        _acknowledged(collection, details)
+        failed = {item["index"] for item in details.get("writeErrors", [])}
+        retry = [op for index, op in enumerate(ops) if index in failed]
+        matched, modified, upserted = (
+            details.get("nMatched", 0),
+            details.get("nModified", 0),
+            details.get("nUpserted", 0),
+        )
+        if len(retry) == len(ops):  # nothing landed: avoid a loop, go one by one
+            return _one_by_one(collection, ops, report)
+        more = _one_by_one(collection, retry, report)
+        return matched + more[0], modified + more[1], upserted + more[2]
+    except WriteConcernError as error:
+        _acknowledged(collection, {"writeConcernErrors": [{"errmsg": str(error)}]})
+        raise  # unreachable: _acknowledged raised
+    except OperationFailure:
+        return _one_by_one(collection, ops, report)
+
+
+def _one_by_one(
+    collection: Collection, ops: list[UpdateOne], report: BulkLog
+) -> tuple[int, int, int]:
+    matched = modified = upserted = 0
+    for op in ops:
+        report.bulk_calls += 1
+        try:
+            result = _write_one(collection, op)
+        except (BulkWriteError, OperationFailure) as error:
+            report.rejected.append(Rejected(collection.name, _key(op), str(error)))
+            continue
+        matched += result.matched_count
+        modified += result.modified_count
+        upserted += result.upserted_count
+    return matched, modified, upserted
+
+
+def _write_one(collection: Collection, op: UpdateOne) -> Any:
+    """One operation; a concurrent upsert that won the race (E11000) is retried as an update."""
+    for attempt in range(2):
+        try:
+            return collection.bulk_write([op], ordered=True)
+        except BulkWriteError as error:
+            _acknowledged(collection, error.details)
+            if attempt or "E11000" not in str(error.details):
+                raise
+        except WriteConcernError as error:
+            _acknowledged(collection, {"writeConcernErrors": [{"errmsg": str(error)}]})
+        except OperationFailure as error:
+            if attempt or "E11000" not in str(error):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _key(op: UpdateOne) -> Any:
+    return op._filter.get("_id") or op._filter.get("orderId")

@@ -16,24 +16,12 @@ from bson import ObjectId
 from ordertrack_dagster.couriers import Interpreter, read_json_text
 from ordertrack_dagster.records import FetchState, Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical
+from ordertrack_dagster.tables import UPDATE_COLUMNS
 from ordertrack_dagster.tracking.writer import PolledOrder
 
 #: What a tracking key may look like before we put it in a URL or a request body.
 VALID_TRACKING_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_/-]{2,39}$")
 
-UPDATE_COLUMNS = [
-    "order_oid",
-    "order_id",
-    "tracking_key",
-    "current_status_id",
-    "booked_at",
-    "outcome",
-    "courier_status",
-    "status",
-    "event_time",
-    "stop_tracking",
-    "alert",
-]
 
 _FETCH_OUTCOMES = {
     FetchState.NOT_ANSWERED: Outcome.NOT_FOUND,

@@ -24,25 +24,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from bson import ObjectId
 from pymongo import UpdateOne
-from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, OperationFailure, WriteConcernError
 
 from ordertrack_dagster.killpoints import kill_point
+from ordertrack_dagster.markers import OUTBOX_FIELD, Event, marker
 from ordertrack_dagster.records import INDIA, Outcome
+from ordertrack_dagster.resources.mongo import BULK_CHUNK, BulkLog, bulk_update
 from ordertrack_dagster.statuses import (
     Canonical,
     is_allowed,
     refused_predecessors,
     timestamp_key,
 )
+from ordertrack_dagster.tables import Action
 
-OUTBOX_FIELD = "ordertrack_outbox"
 #: Set on an order whose orderTracking must be brought to its status: the History time to use.
 TRACKING_DUE_FIELD = "ordertrack_tracking_due"
 #: The status id orderTracking was last brought to (orders whose status equals it need nothing).
@@ -50,32 +49,7 @@ TRACKING_SYNCED_FIELD = "ordertrack_tracking_synced"
 #: On orderTracking: the order's `last_tracking_time` it was brought up to date with, so a
 #: slower run that read the order earlier cannot put back an older status.
 SYNCED_AT_FIELD = "ordertrack_synced_at"
-BULK_CHUNK = 10_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class WriteNotAcknowledged(RuntimeError):
-    """MongoDB could not confirm a write with the required write concern: it may or may not
-    stay applied, so it is never counted as done (the run fails and says so)."""
-
-
-class Action(StrEnum):
-    """What the write step did with one polled order."""
-
-    STATUS_CHANGED = "status_changed"
-    POLL_RECORDED = "poll_recorded"  # answer read; status left as it was
-    REFUSED = "refused"  # the move would go backwards: alert, status left alone
-    UNTOUCHED = "untouched"  # not answered, failed or deferred: stays first in line
-    REJECTED = "rejected"  # MongoDB refused the update: alert, the order stays due
-
-
-class Event(StrEnum):
-    """Side effects that the first entry into a status triggers (SPEC §7)."""
-
-    CRM_RTO = "crm_rto"
-    SLACK_CANCELLED = "slack_booking_cancelled"
-    SLACK_LOST_DESTROY = "slack_lost_destroy"
-    SLACK_B2B_SAME_DAY_DELIVERY = "slack_b2b_same_day_delivery"
 
 
 @dataclass(frozen=True)
@@ -138,20 +112,8 @@ class WritePlan:
     changes: dict[ObjectId, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Rejected:
-    """One operation MongoDB refused, named by the document it was for."""
-
-    collection: str
-    key: Any
-    error: str
-
-    def __str__(self) -> str:
-        return f"{self.collection}: update {self.key}: {self.error}"
-
-
 @dataclass
-class WriteReport:
+class WriteReport(BulkLog):
     """What MongoDB said: counts, round trips and the operations it rejected."""
 
     orders_matched: int = 0
@@ -159,8 +121,6 @@ class WriteReport:
     tracking_upserted: int = 0
     tracking_modified: int = 0
     tracking_synced: int = 0
-    bulk_calls: int = 0
-    rejected: list[Rejected] = field(default_factory=list)
     #: orders whose planned status change MongoDB applied (read back after the write)
     applied: set[ObjectId] = field(default_factory=set)
 
@@ -293,22 +253,15 @@ def _status_op(
     entry_time = _literal(order.event_time or now)
     fields[TRACKING_DUE_FIELD] = {"$cond": [allowed, entry_time, moves.due_unless_synced]}
     if events:
-        marker = {
-            event.value: _literal(
-                {
-                    "status": new.value,
-                    "flow": flow_key,
-                    "tracking_key": order.tracking_key,
-                    "queued_at": now,
-                }
-            )
+        markers = {
+            event.value: _literal(marker(new.value, flow_key, order.tracking_key, now))
             for event in events
         }
         guard: Any = _FIRST_RETURN if Event.CRM_RTO in events else True
         merged = {
             "$mergeObjects": [
                 {"$ifNull": [f"${OUTBOX_FIELD}", {}]},
-                {"$cond": [guard, marker, {}]},
+                {"$cond": [guard, markers, {}]},
             ]
         }
         fields[OUTBOX_FIELD] = {"$cond": [allowed, merged, f"${OUTBOX_FIELD}"]}
@@ -319,9 +272,7 @@ def _follow_op(order_oid: ObjectId, status: Canonical, at: Any, version: Any) ->
     """Upsert orderTracking to the order's stored status: currentStatus, and a History entry
     unless the last one has that status. `version` (the order's last write time as read)
     keeps a run that read the order earlier from putting back an older status."""
-    fresh = {
-        "$lte": [{"$ifNull": [f"${SYNCED_AT_FIELD}", _literal(_EPOCH)]}, _literal(version)]
-    }
+    fresh = {"$lte": [{"$ifNull": [f"${SYNCED_AT_FIELD}", _literal(_EPOCH)]}, _literal(version)]}
     last_status = {
         "$getField": {
             "field": "status",
@@ -413,12 +364,7 @@ def apply_plan(db: Database, plan: WritePlan, catalogue: StatusCatalogue) -> Wri
     """
     report = WriteReport()
     orders = db["orders"]
-    for start in range(0, len(plan.order_ops), BULK_CHUNK):
-        matched, modified, _ = bulk_update(
-            orders, plan.order_ops[start : start + BULK_CHUNK], report
-        )
-        report.orders_matched += matched
-        report.orders_modified += modified
+    report.orders_matched, report.orders_modified, _ = bulk_update(orders, plan.order_ops, report)
     kill_point("between_bulks")
     stored = sync_order_tracking(db, catalogue, report)
     unseen = [oid for oid in plan.changes if oid not in stored]
@@ -454,16 +400,12 @@ def sync_order_tracking(
             {"_id": oid, "order_status": status_id, TRACKING_DUE_FIELD: due},
             {"$set": {TRACKING_SYNCED_FIELD: status_id}, "$unset": {TRACKING_DUE_FIELD: ""}},
         )
-    for start in range(0, len(follow), BULK_CHUNK):
-        _, modified, upserted = bulk_update(
-            db["orderTracking"], follow[start : start + BULK_CHUNK], report
-        )
-        report.tracking_modified += modified
-        report.tracking_upserted += upserted
-    failed = {rejected.key for rejected in report.rejected if rejected.collection == "orderTracking"}
+    _, report.tracking_modified, report.tracking_upserted = bulk_update(
+        db["orderTracking"], follow, report
+    )
+    failed = {r.key for r in report.rejected if r.collection == "orderTracking"}
     done = [op for oid, op in clears.items() if oid not in failed]
-    for start in range(0, len(done), BULK_CHUNK):
-        bulk_update(orders, done[start : start + BULK_CHUNK], report)
+    bulk_update(orders, done, report)
     report.tracking_synced = len(done)
     return stored
 
@@ -487,86 +429,3 @@ def settle(plan: WritePlan, report: WriteReport) -> list[Decision]:
         else:
             settled.append(decision)
     return settled
-
-
-def _acknowledged(collection: Collection, details: dict[str, Any]) -> None:
-    if details.get("writeConcernErrors"):
-        errors = "; ".join(str(e.get("errmsg")) for e in details["writeConcernErrors"])
-        raise WriteNotAcknowledged(
-            f"{collection.name}: the write was not acknowledged by the required write concern "
-            f"({errors}); it may or may not stay applied"
-        )
-
-
-def bulk_update(
-    collection: Collection, ops: list[UpdateOne], report: WriteReport
-) -> tuple[int, int, int]:
-    """One bulk write; if the server rejects it, retry operation by operation.
-
-    MongoDB reports per-operation errors; some compatible servers fail the whole command
-    instead. Either way the good operations land and the bad ones are named. A write-concern
-    error is never taken for success: it raises `WriteNotAcknowledged`.
-    """
-    if not ops:
-        return 0, 0, 0
-    report.bulk_calls += 1
-    try:
-        result = collection.bulk_write(ops, ordered=False)
-        return result.matched_count, result.modified_count, result.upserted_count
-    except BulkWriteError as error:
-        details = error.details
-        _acknowledged(collection, details)
-        failed = {item["index"] for item in details.get("writeErrors", [])}
-        retry = [op for index, op in enumerate(ops) if index in failed]
-        matched, modified, upserted = (
-            details.get("nMatched", 0),
-            details.get("nModified", 0),
-            details.get("nUpserted", 0),
-        )
-        if len(retry) == len(ops):  # nothing landed: avoid a loop, go one by one
-            return _one_by_one(collection, ops, report)
-        more = _one_by_one(collection, retry, report)
-        return matched + more[0], modified + more[1], upserted + more[2]
-    except WriteConcernError as error:
-        _acknowledged(collection, {"writeConcernErrors": [{"errmsg": str(error)}]})
-        raise  # unreachable: _acknowledged raised
-    except OperationFailure:
-        return _one_by_one(collection, ops, report)
-
-
-def _one_by_one(
-    collection: Collection, ops: list[UpdateOne], report: WriteReport
-) -> tuple[int, int, int]:
-    matched = modified = upserted = 0
-    for op in ops:
-        report.bulk_calls += 1
-        try:
-            result = _write_one(collection, op)
-        except (BulkWriteError, OperationFailure) as error:
-            report.rejected.append(Rejected(collection.name, _key(op), str(error)))
-            continue
-        matched += result.matched_count
-        modified += result.modified_count
-        upserted += result.upserted_count
-    return matched, modified, upserted
-
-
-def _write_one(collection: Collection, op: UpdateOne) -> Any:
-    """One operation; a concurrent upsert that won the race (E11000) is retried as an update."""
-    for attempt in range(2):
-        try:
-            return collection.bulk_write([op], ordered=True)
-        except BulkWriteError as error:
-            _acknowledged(collection, error.details)
-            if attempt or "E11000" not in str(error.details):
-                raise
-        except WriteConcernError as error:
-            _acknowledged(collection, {"writeConcernErrors": [{"errmsg": str(error)}]})
-        except OperationFailure as error:
-            if attempt or "E11000" not in str(error):
-                raise
-    raise AssertionError("unreachable")
-
-
-def _key(op: UpdateOne) -> Any:
-    return op._filter.get("_id") or op._filter.get("orderId")

@@ -18,7 +18,8 @@ from ordertrack_dagster.analytics.history import HISTORY_COLUMNS
 from ordertrack_dagster.analytics.models import discover_models, run_model
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.resources.s3 import dataframe_to_parquet, history_key
-from ordertrack_dagster.tracking.assets import TRACKING_ASSETS, flow_partitions
+from ordertrack_dagster.tables import flow_partitions
+from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
 from ordertrack_dagster_tests.analytics import scenario
 from ordertrack_dagster_tests.helpers import load_definitions, seed_orders
 

@@ -10,8 +10,8 @@ from bson import ObjectId
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.stack import SLACK_CHANNELS
 from ordertrack_dagster.effects.crm import CrmResource
+from ordertrack_dagster.markers import OUTBOX_FIELD
 from ordertrack_dagster.statuses import Canonical
-from ordertrack_dagster.tracking.writer import OUTBOX_FIELD
 from ordertrack_dagster_tests.effects.support import (
     EFFECTS,
     FLOW,

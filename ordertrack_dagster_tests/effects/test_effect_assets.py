@@ -16,8 +16,8 @@ from pymongo.database import Database
 
 from ordertrack_dagster.devstack.stack import SLACK_CHANNELS, EmbeddedStack
 from ordertrack_dagster.effects.crm import encode_body
+from ordertrack_dagster.markers import OUTBOX_FIELD
 from ordertrack_dagster.resources.mongo import mongo_client
-from ordertrack_dagster.tracking.writer import OUTBOX_FIELD
 from ordertrack_dagster_tests.effects.support import (
     EFFECTS,
     FLOW,

@@ -18,8 +18,8 @@ from ordertrack_dagster.effects.outbox import (
     Report,
     RetryPolicy,
 )
+from ordertrack_dagster.markers import OUTBOX_FIELD
 from ordertrack_dagster.statuses import Canonical
-from ordertrack_dagster.tracking.writer import OUTBOX_FIELD
 from ordertrack_dagster_tests.effects.support import moved_by_write_path
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)

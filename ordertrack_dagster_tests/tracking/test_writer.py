@@ -6,12 +6,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from bson import ObjectId
 
+from ordertrack_dagster.markers import OUTBOX_FIELD, Event
 from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.statuses import Canonical as C
+from ordertrack_dagster.tables import Action
 from ordertrack_dagster.tracking.writer import (
-    OUTBOX_FIELD,
-    Action,
-    Event,
     PolledOrder,
     StatusCatalogue,
     apply_plan,

@@ -1,0 +1,77 @@
+"""The tracking tables every concern reads: their group, partitions, keys and columns.
+
+tracking/ writes them; effects/ reports them, analytics/ reads their history and
+orchestration/ schedules and checks them: each takes the schema from here, never from the
+assets that write them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from dagster import AssetKey, StaticPartitionsDefinition
+
+from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.records import FetchRecord
+
+GROUP = "tracking"
+IO_MANAGER = "parquet_io_manager"
+#: One partition per flow: ops re-run one courier's partition, analysts load one courier's rows.
+flow_partitions = StaticPartitionsDefinition(list(FLOWS))
+
+PENDING_ORDERS = AssetKey("pending_orders")
+RAW_COURIER_RESPONSES = AssetKey("raw_courier_responses")
+STATUS_UPDATES = AssetKey("status_updates")
+ORDER_STATUS_WRITES = AssetKey("order_status_writes")
+
+SNAPSHOT_COLUMNS = [
+    "order_oid",
+    "order_id",
+    "tracking_key",
+    "order_status",
+    "booked_at",
+    "last_tracking_time",
+    "bookingCourier",
+    "source",
+]
+RAW_RESPONSE_COLUMNS = ["flow", "run_id", *FetchRecord.__dataclass_fields__]
+UPDATE_COLUMNS = [
+    "order_oid",
+    "order_id",
+    "tracking_key",
+    "current_status_id",
+    "booked_at",
+    "outcome",
+    "courier_status",
+    "status",
+    "event_time",
+    "stop_tracking",
+    "alert",
+]
+WRITE_COLUMNS = [
+    "order_oid",
+    "order_id",
+    "tracking_key",
+    "outcome",
+    "action",
+    "from_status",
+    "to_status",
+    "events",
+    "alert",
+]
+#: Column names of each stored tracking table, by asset name.
+TABLE_COLUMNS: dict[str, list[str]] = {
+    PENDING_ORDERS.path[-1]: SNAPSHOT_COLUMNS,
+    RAW_COURIER_RESPONSES.path[-1]: RAW_RESPONSE_COLUMNS,
+    STATUS_UPDATES.path[-1]: UPDATE_COLUMNS,
+    ORDER_STATUS_WRITES.path[-1]: WRITE_COLUMNS,
+}
+
+
+class Action(StrEnum):
+    """What the write step did with one polled order (`order_status_writes.action`)."""
+
+    STATUS_CHANGED = "status_changed"
+    POLL_RECORDED = "poll_recorded"  # answer read; status left as it was
+    REFUSED = "refused"  # the move would go backwards: alert, status left alone
+    UNTOUCHED = "untouched"  # not answered, failed or deferred: stays first in line

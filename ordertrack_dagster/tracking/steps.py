@@ -1,0 +1,183 @@
+"""The four steps of a flow run, one function per tracking asset: each returns its table and
+the metadata ops judge the run by. The assets only hand them their inputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import pandas as pd
+from dagster import Failure
+from pymongo.database import Database
+
+from ordertrack_dagster.couriers import (
+    COURIERS,
+    blocking_pause,
+    describe_pause,
+    fetch_to_completion,
+)
+from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.killpoints import kill_point
+from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState
+from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
+from ordertrack_dagster.tables import SNAPSHOT_COLUMNS, WRITE_COLUMNS
+from ordertrack_dagster.tracking import metadata
+from ordertrack_dagster.tracking.mapping import (
+    interpret_answers,
+    polled_orders,
+    tracking_key_problem,
+)
+from ordertrack_dagster.tracking.selection import SNAPSHOT_FIELDS, SelectionPolicy, build_query
+from ordertrack_dagster.tracking.writer import StatusCatalogue, apply_plan, plan_writes, settle
+
+
+class Table(NamedTuple):
+    """One step's output: the stored table and its metadata."""
+
+    frame: pd.DataFrame
+    metadata: dict[str, Any]
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    return str(value).strip()
+
+
+def select_pending(db: Database, flow: Flow, log: logging.Logger) -> Table:
+    """`pending_orders`: the orders due in this flow (SPEC §2), oldest-polled first, capped."""
+    query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC))
+    with metadata.Measured() as measured:
+        try:
+            warnings = prepare_database(db)
+        except DatabaseNotReady as error:
+            raise Failure(description=str(error), allow_retries=False) from None
+        for warning in warnings:
+            log.warning(warning)
+        projection = {name: 1 for name in SNAPSHOT_FIELDS}
+        cursor = db["orders"].find(query.filter, projection, batch_size=10_000).sort(query.sort)
+        if query.limit:
+            cursor = cursor.limit(query.limit)
+        rows = [
+            {
+                "order_oid": str(doc["_id"]),
+                "order_id": _text(doc.get("order_id")) or "",
+                "tracking_key": _text(doc.get(flow.tracking_key_field)) or "",
+                "order_status": doc.get("order_status"),
+                "booked_at": (doc.get("isBooked") or {}).get("timestamp"),
+                "last_tracking_time": doc.get("last_tracking_time"),
+                "bookingCourier": _text(doc.get("bookingCourier")),
+                "source": _text(doc.get("source")),
+            }
+            for doc in cursor
+        ]
+    frame = pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
+    frame["order_status"] = pd.to_numeric(frame["order_status"], errors="coerce").astype("Int64")
+    for column in ("booked_at", "last_tracking_time"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return Table(frame, metadata.snapshot_metadata(flow, frame, query, measured))
+
+
+def _stop_if_paused(flow: Flow, state: CourierState) -> None:
+    """A run during a stored pause would only defer every key: say so and stop (ops can force)."""
+    resume_at = blocking_pause(state, flow.budget_scope, datetime.now(UTC))
+    if resume_at is not None:
+        raise Failure(
+            description=f"{describe_pause(flow, resume_at)}, so this run stops before asking it. "
+            "To ask anyway, launch again with run config "
+            "`ops: {raw_courier_responses: {config: {force: true}}}`.",
+            allow_retries=False,
+        )
+
+
+def _odd_key_records(keys: list[str]) -> list[FetchRecord]:
+    now = datetime.now(UTC)
+    return [
+        FetchRecord(key, FetchState.FAILED, -1, None, now, None, 0, None, tracking_key_problem(key))
+        for key in keys
+    ]
+
+
+def ask_courier(
+    pending: pd.DataFrame,
+    flow: Flow,
+    courier: Any,
+    state: CourierState,
+    *,
+    force: bool,
+    run_id: str,
+    log: logging.Logger,
+) -> Table:
+    """`raw_courier_responses`: one record per tracking key, asked of the flow's courier
+    (odd keys are recorded as failed without asking). `courier` is the flow's resource."""
+    keys = list(dict.fromkeys(pending["tracking_key"]))
+    good = [key for key in keys if tracking_key_problem(key) is None]
+    odd = [key for key in keys if tracking_key_problem(key) is not None]
+    if good and not force:
+        _stop_if_paused(flow, state)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = (
+        fetch_to_completion(courier.client(flow, state), good, ignore_stored_pause=force)
+        if good
+        else FetchResult(records=[])
+    )
+    fetch_seconds = time.perf_counter() - started
+    kill_point("after_fetch")
+    fetch_cpu_seconds = time.process_time() - cpu_started
+    records = result.records + _odd_key_records(odd)
+    frame = pd.DataFrame([record.__dict__ for record in records])
+    if frame.empty:
+        frame = pd.DataFrame(columns=list(FetchRecord.__dataclass_fields__))
+    frame["state"] = frame["state"].astype(str)
+    frame.insert(0, "flow", flow.key)
+    frame.insert(1, "run_id", run_id)
+    frame["fetched_at"] = pd.to_datetime(frame["fetched_at"], utc=True)
+    if result.stats.paused_until:
+        log.warning(f"{flow.courier_label} paused until {result.stats.paused_until.isoformat()}")
+    return Table(
+        frame,
+        metadata.fetch_metadata(
+            flow, frame, result, len(good), len(odd), fetch_seconds, fetch_cpu_seconds
+        ),
+    )
+
+
+def map_answers(pending: pd.DataFrame, raw: pd.DataFrame, flow: Flow) -> Table:
+    """`status_updates`: each selected order's answer mapped onto a canonical status."""
+    started = time.perf_counter()
+    frame = interpret_answers(pending, raw, COURIERS[flow.key].interpret, datetime.now(UTC))
+    return Table(frame, metadata.mapping_metadata(flow, frame, time.perf_counter() - started))
+
+
+def write_statuses(db: Database, updates: pd.DataFrame, flow: Flow, log: logging.Logger) -> Table:
+    """`order_status_writes`: the MongoDB write (SPEC §6), one row per selected order saying
+    what happened to it."""
+    with metadata.Measured() as measured:
+        catalogue = StatusCatalogue.load(db)
+        plan = plan_writes(polled_orders(updates), catalogue, flow.key, datetime.now(UTC))
+        report = apply_plan(db, plan, catalogue)
+    kill_point("after_write")
+    decisions = pd.DataFrame(
+        [
+            {
+                "action": decision.action.value,
+                "from_status": decision.from_status,
+                "to_status": decision.to_status,
+                "events": ",".join(decision.events),
+                "decision_alert": decision.alert,
+            }
+            for decision in settle(plan, report)
+        ]
+    )
+    frame = updates[["order_oid", "order_id", "tracking_key", "outcome", "alert"]].copy()
+    if not decisions.empty:
+        frame = pd.concat([frame.reset_index(drop=True), decisions], axis=1)
+        frame["alert"] = frame["decision_alert"].combine_first(frame["alert"])
+        frame = frame.drop(columns=["decision_alert"])
+    frame = frame.reindex(columns=WRITE_COLUMNS)
+    for rejected in report.rejected:
+        log.error(f"MongoDB rejected an update: {rejected}")
+    return Table(frame, metadata.write_metadata(flow, updates, frame, report, measured))
