@@ -12,10 +12,9 @@ the session-wide simulator.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
-import runpy
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -33,13 +32,11 @@ from dagster import (
 )
 from pymongo.database import Database
 
+from ordertrack_dagster import settings
 from ordertrack_dagster.couriers import COURIERS
-from ordertrack_dagster.couriers.delhivery import DelhiveryResource
-from ordertrack_dagster.couriers.delhivery_b2b import DelhiveryB2BResource
 from ordertrack_dagster.couriers.engine import CourierClient
-from ordertrack_dagster.couriers.shiprocket import ShiprocketResource
 from ordertrack_dagster.couriers.state import CourierState
-from ordertrack_dagster.couriers.velocity import VelocityResource
+from ordertrack_dagster.definitions import build_definitions
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.simulator import SCENARIOS, ShipmentSpec, SimulatorAdmin
 from ordertrack_dagster.flows import get_flow
@@ -203,15 +200,8 @@ def as_shipment(item: str | Shipment | None) -> Shipment:
 
 
 def load_definitions() -> Definitions:
-    """`ordertrack_dagster.definitions.defs`, built afresh under the current environment.
-
-    definitions.py reads optional settings (S3 endpoint, Slack URL) when it is executed;
-    running it again (without touching the imported module) honours a test's environment.
-    """
-    with warnings.catch_warnings():
-        # runpy notes that the module is imported already: that is the point here
-        warnings.filterwarnings("ignore", "'ordertrack_dagster.definitions' found", RuntimeWarning)
-        return runpy.run_module("ordertrack_dagster.definitions")["defs"]
+    """The code location's definitions, configured from the current environment (a test's)."""
+    return build_definitions(os.environ)
 
 
 def materialize_flow(
@@ -285,42 +275,7 @@ def simulator_counts(simulator: SimulatorAdmin, courier: str) -> dict[str, Any]:
 def courier_resource(flow: str, env: Mapping[str, str], **overrides: str) -> Any:
     """The flow's courier resource configured from SPEC §8 names in `env`, as the code
     location does, with fields overridden (e.g. a wrong password)."""
-    settings: dict[str, tuple[type, dict[str, str]]] = {
-        "delhivery": (
-            DelhiveryResource,
-            {
-                "url": "DELHIVERY_URL",
-                "fallback_url": "DELHIVERY_FALLBACK_URL",
-                "token": "DELHIVERY_AUTH_TOKEN_B2C",
-            },
-        ),
-        "delhivery_b2b": (
-            DelhiveryB2BResource,
-            {
-                "url": "DELHIVERY_B2B_URL",
-                "username": "DELHIVERY_B2B_USERNAME",
-                "password": "DELHIVERY_B2B_PASSWORD",
-            },
-        ),
-        "shiprocket": (
-            ShiprocketResource,
-            {
-                "url": "SHIPROCKET_URL",
-                "email": "SHIPROCKET_EMAIL",
-                "password": "SHIPROCKET_PASSWORD",
-            },
-        ),
-        "velocity": (
-            VelocityResource,
-            {
-                "url": "VELOCITY_URL",
-                "username": "VELOCITY_USERNAME",
-                "password": "VELOCITY_PASSWORD",
-            },
-        ),
-    }
-    resource_class, names = settings[COURIERS[flow].resource_key]
-    return resource_class(**({field: env[name] for field, name in names.items()} | overrides))
+    return settings.courier_resource(COURIERS[flow].resource_key, env, **overrides)
 
 
 def courier_client(

@@ -14,6 +14,7 @@ from pathlib import Path
 from dagster import Definitions
 
 from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.settings import build_resources
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +86,12 @@ def test_workspace_and_pyproject_point_at_the_code_location():
     for pin in ("dagster==1.13.27", "dagster-webserver==1.13.27", "dagster-aws==0.29.27",
                 "dagster-slack==0.29.27"):  # fmt: skip
         assert pin in pyproject
+
+
+def test_resources_are_configured_from_the_environment_they_are_given():
+    env = {"SLACK_API_URL": "http://127.0.0.1:9/api/", "SMTP_PORT": "2525", "SMTP_STARTTLS": "no"}
+    resources = build_resources(env)
+    assert resources["slack"].base_url == env["SLACK_API_URL"]
+    assert (resources["smtp"].port, resources["smtp"].starttls) == (2525, False)
+    assert resources["s3"].endpoint_url is None  # unset optional settings stay unset
+    assert set(resources) == set(json.loads(SNAPSHOT.read_text())["resources"])

@@ -1,0 +1,130 @@
+"""SPEC §8 settings -> resources, written once: `build_resources(env)` for the code location
+and the tests, `courier_resource` for code that asks a courier outside a run.
+
+Required settings and secrets become `EnvVar`s, resolved when a run starts (the UI shows their
+names, never their values); optional settings are read from `env` at once (EnvVar has no
+default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import ConfigurableResource, EnvVar
+
+from ordertrack_dagster.analytics.assets import HistoryResource
+from ordertrack_dagster.couriers.delhivery import DelhiveryResource
+from ordertrack_dagster.couriers.delhivery_b2b import DelhiveryB2BResource
+from ordertrack_dagster.couriers.shiprocket import ShiprocketResource
+from ordertrack_dagster.couriers.velocity import VelocityResource
+from ordertrack_dagster.effects.crm import CrmResource
+from ordertrack_dagster.effects.settings import EffectsSettings
+from ordertrack_dagster.effects.smtp import SmtpResource
+from ordertrack_dagster.resources.mongo import MongoResource
+from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager
+from ordertrack_dagster.resources.slack import DEFAULT_SLACK_API_URL, OrdertrackSlackResource
+
+#: Each courier resource: its class and the setting behind each of its fields.
+COURIER_SETTINGS: dict[str, tuple[type[ConfigurableResource], dict[str, str]]] = {
+    "delhivery": (
+        DelhiveryResource,
+        {
+            "url": "DELHIVERY_URL",
+            "fallback_url": "DELHIVERY_FALLBACK_URL",
+            "token": "DELHIVERY_AUTH_TOKEN_B2C",
+        },
+    ),
+    "delhivery_b2b": (
+        DelhiveryB2BResource,
+        {
+            "url": "DELHIVERY_B2B_URL",
+            "username": "DELHIVERY_B2B_USERNAME",
+            "password": "DELHIVERY_B2B_PASSWORD",
+        },
+    ),
+    "shiprocket": (
+        ShiprocketResource,
+        {"url": "SHIPROCKET_URL", "email": "SHIPROCKET_EMAIL", "password": "SHIPROCKET_PASSWORD"},
+    ),
+    "velocity": (
+        VelocityResource,
+        {"url": "VELOCITY_URL", "username": "VELOCITY_USERNAME", "password": "VELOCITY_PASSWORD"},
+    ),
+}
+
+
+def courier_resource(resource_key: str, env: Mapping[str, str], **overrides: str) -> Any:
+    """A courier resource with its settings' values from `env` (fields overridden, e.g. a
+    wrong password), for asking a courier outside a run."""
+    resource_class, names = COURIER_SETTINGS[resource_key]
+    return resource_class(**({field: env[name] for field, name in names.items()} | overrides))
+
+
+def _optional(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    return env.get(name, "").strip() or default
+
+
+def _optional_secret(env: Mapping[str, str], name: str) -> EnvVar | None:
+    """An optional secret: resolved at run time, so the UI shows its name, never its value."""
+    return EnvVar(name) if _optional(env, name) else None
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = _optional(env, name)
+    return default if value is None else value.lower() not in {"false", "0", "no", "off"}
+
+
+def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every resource of the code location, configured from the settings in `env`."""
+    s3 = OrdertrackS3Resource(
+        region_name=_optional(env, "AWS_REGION", "ap-south-1"),
+        endpoint_url=_optional(env, "AWS_ENDPOINT_URL"),
+        aws_access_key_id=_optional(env, "AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=_optional_secret(env, "AWS_SECRET_ACCESS_KEY"),
+    )
+    couriers = {
+        key: resource_class(**{field: EnvVar(name) for field, name in names.items()})
+        for key, (resource_class, names) in COURIER_SETTINGS.items()
+    }
+    mongo = MongoResource(uri=EnvVar("MONGODB_URI"), database=EnvVar("MONGODB_DB"))
+    return {
+        "mongo": mongo,
+        "s3": s3,
+        # MongoDB carries the hand-off between the tracking steps; S3 gets the history when up
+        "parquet_io_manager": ParquetHistoryIOManager(
+            s3=s3, mongo=mongo, bucket=EnvVar("AWS_S3_BUCKET")
+        ),
+        "history": HistoryResource(s3=s3, bucket=EnvVar("AWS_S3_BUCKET")),
+        "slack": OrdertrackSlackResource(
+            token=EnvVar("SLACK_TOKEN"),
+            base_url=_optional(env, "SLACK_API_URL", DEFAULT_SLACK_API_URL),
+        ),
+        **couriers,
+        # Side effects: every setting optional, so a missing one fails only its own delivery
+        # (kept and retried), never the run's status writes.
+        "effects": EffectsSettings(
+            bucket=_optional(env, "AWS_S3_BUCKET"),
+            booking_cancelled_channel=_optional(env, "BOOKING_CANCELED_CHANNEL_ID"),
+            lost_destroy_channel=_optional(env, "LOST_DESTROY_SLACK_CHANNEL_ID"),
+            b2b_delivered_channel=_optional(env, "DELIVERED_B2B_SLACK_CHANNEL_ID"),
+            alerts_channel=_optional(env, "TRACKING_ALERTS_SLACK_CHANNEL"),
+            query_channel=_optional(env, "TRACKING_QUERY_SLACK_CHANNEL"),
+            webserver_url=_optional(env, "DAGSTER_WEBSERVER_URL"),
+        ),
+        "crm": CrmResource(
+            webhook_url=_optional(env, "CRM_WEBHOOK_URL"),
+            auth_url=_optional(env, "CRM_AUTH_URL"),
+            client_id=_optional(env, "CRM_CLIENT_ID"),
+            client_secret=_optional_secret(env, "CRM_CLIENT_SECRET"),
+            webhook_secret=_optional_secret(env, "CRM_WEBHOOK_SECRET"),
+        ),
+        "smtp": SmtpResource(
+            host=_optional(env, "SMTP_HOST"),
+            port=int(_optional(env, "SMTP_PORT", "587") or 587),
+            sender=_optional(env, "EMAIL_SENDER"),
+            password=_optional_secret(env, "EMAIL_PASSWORD"),
+            recipients=_optional(env, "EMAIL_RECIPIENTS", "") or "",
+            starttls=_flag(env, "SMTP_STARTTLS", default=True),
+        ),
+    }
