@@ -120,7 +120,7 @@ def _notify_dead_letters(
         return
     for doc in dead:
         context.log.error(f"gave up on {doc['_id']}: {doc.get('last_error')}")
-    text = dead_letter_text(flow_key, dead, outbox.policy.max_failures)
+    text = dead_letter_text(flow_key, dead, outbox.policy.give_up_after_hours)
     try:
         post_slack(slack, effects.alerts_channel, text)
     except (DeliveryError, DeliveryDeferred) as error:

@@ -6,7 +6,10 @@ twice is a no-op and a crash between the status write and the send loses nothing
 deliveries (alert log, query log, email) are queued the same way under `kind:flow:run`.
 Sending then claims due documents with a lease (two runs never send the same one), records
 every attempt as soon as it is made, and backs off across runs until a retry limit turns the
-document into a dead letter that ops can see and re-queue.
+document into a dead letter that ops can see and re-queue. Giving up is a matter of time,
+not of attempts (72 hours of failures by default), so a long outage of a service does not
+turn its deliveries into dead letters; and one run's sending is time-boxed, so a slow
+service cannot hold the run (and the flow's next tick) for hours.
 """
 
 from __future__ import annotations
@@ -71,10 +74,16 @@ class Report(StrEnum):
 class RetryPolicy:
     """How often and how long a failing delivery is tried again."""
 
-    max_failures: int = 8
+    give_up_after_seconds: float = 72 * 3600.0  # from the first failed attempt
     base_seconds: float = 60.0
     cap_seconds: float = 6 * 3600.0
     lease_seconds: float = 30 * 60.0
+    #: One run's sending of one effect stops after this long; the rest stays due.
+    send_budget_seconds: float = 60.0
+
+    @property
+    def give_up_after_hours(self) -> float:
+        return self.give_up_after_seconds / 3600
 
     def delay(self, failures: int, rng: random.Random) -> timedelta:
         """Exponential backoff with jitter, so a recovering service is not hit all at once."""
@@ -187,8 +196,14 @@ class Outbox:
     """The `ordertrack_outbox` collection, seen by one asset execution (`owner` = its run)."""
 
     def __init__(
-        self, db: Database, policy: RetryPolicy, owner: str, rng: random.Random | None = None
+        self,
+        db: Database,
+        policy: RetryPolicy,
+        owner: str,
+        rng: random.Random | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._clock = clock  # the time of attempts and retries (tests move it)
         self._db = db
         self.collection = db[OUTBOX_COLLECTION]
         self.policy = policy
@@ -295,7 +310,8 @@ class Outbox:
                     "failures": 0,
                     "next_attempt_at": now,
                     "dead_alerted": False,
-                }
+                },
+                "$unset": {"first_failure_at": ""},
             },
         )
         return result.modified_count
@@ -356,15 +372,18 @@ class Outbox:
         """
         report = DeliveryReport()
         in_a_row = 0
+        box_ends = time.monotonic() + self.policy.send_budget_seconds
         untried: list[dict[str, Any]] = []
         unrecorded: list[UpdateOne] = []
         oldest = 0.0
         try:
             for doc in docs:
+                if report.stopped is None and time.monotonic() >= box_ends:
+                    report.stopped = f"time box of {self.policy.send_budget_seconds:g} s used up"
                 if report.stopped is not None:
                     untried.append(doc)
                     continue
-                started_at, started = datetime.now(UTC), time.perf_counter()
+                started_at, started = self._clock(), time.perf_counter()
                 if not unrecorded:
                     oldest = started
                 try:
@@ -439,13 +458,17 @@ class Outbox:
         return UpdateOne({"_id": doc["_id"]}, update)
 
     def _failure(self, doc: dict[str, Any], attempt: dict[str, Any]) -> tuple[UpdateOne, int]:
-        """Count the failure; back off, or give up (1 returned) after the last allowed one."""
+        """Count the failure; back off, or give up (1 returned) once the document has been
+        failing for the policy's time (a long outage of the service is outlasted)."""
         failures = int(doc.get("failures", 0)) + 1
-        if failures >= self.policy.max_failures:
+        first = doc.get("first_failure_at") or attempt["at"]
+        if attempt["at"] - first >= timedelta(seconds=self.policy.give_up_after_seconds):
             dead = {"state": State.DEAD.value, "dead_at": attempt["at"], "dead_alerted": False}
+            dead["first_failure_at"] = first
             return self._outcome(doc, attempt, dead, inc={"failures": 1}), 1
-        retry_at = datetime.now(UTC) + self.policy.delay(failures, self._rng)
-        return self._outcome(doc, attempt, {"next_attempt_at": retry_at}, inc={"failures": 1}), 0
+        retry_at = attempt["at"] + self.policy.delay(failures, self._rng)
+        retry = {"next_attempt_at": retry_at, "first_failure_at": first}
+        return self._outcome(doc, attempt, retry, inc={"failures": 1}), 0
 
     def _release(self, docs: Sequence[dict[str, Any]]) -> None:
         """Untried documents are due again at once: they did not fail."""
