@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: install run dev test lint format bench bench-smoke lock clean
+.PHONY: install run dev test faults lint format bench bench-smoke lock clean
 
 # Exact versions and hashes from the lock file, then the project itself without resolving again.
 # pip is pinned too: before 23.3 it refuses a hashed lock naming a dependency with an extra.
@@ -30,6 +30,9 @@ test: $(STAMP)  ## lint, then the whole suite (it starts and stops its own serve
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/ruff format --check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/python -m pytest -q
+
+faults: $(STAMP)  ## the fault suite: each fault injected on the real servers (RELIABILITY.md)
+	$(BIN)/python -m pytest -q -m faults ordertrack_dagster_tests/faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests

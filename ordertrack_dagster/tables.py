@@ -75,3 +75,4 @@ class Action(StrEnum):
     POLL_RECORDED = "poll_recorded"  # answer read; status left as it was
     REFUSED = "refused"  # the move would go backwards: alert, status left alone
     UNTOUCHED = "untouched"  # not answered, failed or deferred: stays first in line
+    REJECTED = "rejected"  # MongoDB refused the update: alert, the order stays due
