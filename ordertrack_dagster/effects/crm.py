@@ -21,7 +21,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
-from ordertrack_dagster.effects.outbox import DeliveryError
+from ordertrack_dagster.effects.delivery import DeliveryError
 
 TOKEN_NAME = "crm"
 DEFAULT_TOKEN_SECONDS = 3600.0

@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from ordertrack_dagster.couriers import parse_retry_after
-from ordertrack_dagster.effects.outbox import DeliveryDeferred, DeliveryError
+from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 
 # Slack errors that concern the whole workspace connection, not the one message.
 _SLACK_SERVICE_ERRORS = frozenset(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ordertrack_dagster.effects.outbox import RetryPolicy
+from ordertrack_dagster.effects.documents import RetryPolicy
 from ordertrack_dagster.markers import Event
 
 

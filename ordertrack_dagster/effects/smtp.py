@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ordertrack_dagster.effects.outbox import DeliveryError
+from ordertrack_dagster.effects.delivery import DeliveryError
 
 
 class SmtpResource(ConfigurableResource):

@@ -23,7 +23,7 @@ from dagster import (
 from pydantic import Field
 from pymongo.database import Database
 
-from ordertrack_dagster.effects.outbox import DeliveryDeferred, DeliveryError
+from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.flows import Flow, get_flow

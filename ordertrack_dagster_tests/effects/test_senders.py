@@ -10,7 +10,7 @@ from slack_sdk import WebClient
 
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.effects.crm import TOKEN_NAME, CrmResource, encode_body
-from ordertrack_dagster.effects.outbox import DeliveryDeferred, DeliveryError
+from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack, put_and_presign
 from ordertrack_dagster.effects.smtp import SmtpResource
 from ordertrack_dagster_tests.effects.support import fetch

@@ -23,7 +23,9 @@ from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.stack import AWS_KEY, AWS_REGION, HOST
 from ordertrack_dagster.effects.crm import CrmResource
-from ordertrack_dagster.effects.outbox import DeliveryError, Outbox, Report, RetryPolicy
+from ordertrack_dagster.effects.delivery import DeliveryError, deliver
+from ordertrack_dagster.effects.documents import Report, RetryPolicy
+from ordertrack_dagster.effects.outbox import Outbox
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.killpoints import KILL_AT_ENV
 from ordertrack_dagster.orchestration.guards import hold_reason, max_runtime
@@ -260,13 +262,13 @@ def test_crm_long_outage_is_outlasted(stack, db):
     while moment < datetime(2024, 9, 24, 6, 0, tzinfo=UTC):
         docs = box.claim(FLOW, ["query_log"], moment)
         if docs:
-            box.deliver(docs, send)
+            deliver(box, docs, send)
             attempts += 1
         moment += timedelta(minutes=30)
     doc = box.collection.find_one()
     assert attempts > 8 and doc["state"] == "pending"
     moment += timedelta(hours=25)
-    box.deliver(box.claim(FLOW, ["query_log"], moment), send)
+    deliver(box, box.claim(FLOW, ["query_log"], moment), send)
     assert box.collection.find_one()["state"] == "dead"
 
 
