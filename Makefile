@@ -26,10 +26,10 @@ run: $(STAMP)  ## start the embedded stack, seed it, run every flow once, print 
 dev: $(STAMP)  ## the embedded stack plus `dagster dev` on 127.0.0.1:3000
 	$(BIN)/python -m ordertrack_dagster.devstack dev
 
-test: $(STAMP)  ## lint, then the whole suite (it starts and stops its own servers)
+test: $(STAMP)  ## lint, then the suite (it starts and stops its own servers); of the fault suite, the quick subset
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/ruff format --check ordertrack_dagster ordertrack_dagster_tests
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not faults or fault_subset"
 
 faults: $(STAMP)  ## the fault suite: each fault injected on the real servers (RELIABILITY.md)
 	$(BIN)/python -m pytest -q -m faults ordertrack_dagster_tests/faults

@@ -106,6 +106,7 @@ def test_db_down_before_the_run_then_restarted_with_its_data(stack, db, stack_en
     invariant_e(db, stack, _oids(seeded))
 
 
+@pytest.mark.fault_subset
 def test_order_tracking_follows_a_rebooked_order(stack, db, stack_env):
     """TRACKING-FOLLOWS-ORDER: cancelled, then rebooked by another system; the next poll
     brings orderTracking to the order's status."""
@@ -124,6 +125,7 @@ def test_order_tracking_follows_a_rebooked_order(stack, db, stack_env):
     invariant_i(db, [order.oid], externally_moved=True)
 
 
+@pytest.mark.fault_subset
 def test_db_rejected_ops_fail_a_check_and_stay_due(stack, db, stack_env):
     """DB-REJECTED-OPS: a validator refuses one order's update: the check fails, the alert
     names it, the figures do not count it, and the order stays due."""
@@ -228,6 +230,7 @@ def _trickling_server(stop: threading.Event) -> int:
     return int(listener.getsockname()[1])
 
 
+@pytest.mark.fault_subset
 def test_crm_trickle_ends_within_the_total_deadline():
     """CRM-TRICKLE: one byte every 0.5 s never trips a per-read timeout; the call still ends
     within its total deadline."""
@@ -272,6 +275,7 @@ def test_crm_long_outage_is_outlasted(stack, db):
     assert box.collection.find_one()["state"] == "dead"
 
 
+@pytest.mark.fault_subset
 def test_two_runs_of_one_flow_each_read_their_own_output(stack, db, stack_env):
     """TWO-RUNS-SAME-FLOW: run B stores its output after run A; A's next step reads A's."""
     s3 = OrdertrackS3Resource(
@@ -295,6 +299,7 @@ def test_two_runs_of_one_flow_each_read_their_own_output(stack, db, stack_env):
     assert list(loaded["order_id"]) == ["run-a-0"]
 
 
+@pytest.mark.fault_subset
 def test_duplicate_order_tracking_refuses_the_run(stack, db, stack_env):
     """DB-UNIQUE-INDEX: with duplicate orderTracking documents the unique index cannot be
     built: the run refuses to write, with a clear error, before asking the courier."""
