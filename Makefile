@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: install system-packages run dev test lint format bench bench-smoke deploy-check lock clean
+.PHONY: install system-packages run dev test faults lint format bench bench-smoke deploy-check lock clean
 
 # Exact versions and hashes from the lock file, then the project itself without resolving again.
 # pip is pinned too: before 23.3 it refuses a hashed lock naming a dependency with an extra.
@@ -40,10 +40,13 @@ run: $(STAMP)  ## start the embedded stack, seed it, run every flow once, print 
 dev: $(STAMP)  ## the embedded stack plus `dagster dev` on 127.0.0.1:3000
 	$(BIN)/python -m ordertrack_dagster.devstack dev
 
-test: $(STAMP) system-packages  ## lint, then the whole suite (it starts and stops its own servers)
+test: $(STAMP) system-packages  ## lint, then the whole suite, fault suite included (it starts and stops its own servers)
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/ruff format --check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/python -m pytest -q
+
+faults: $(STAMP)  ## the fault suite: each fault injected on the real servers (RELIABILITY.md)
+	$(BIN)/python -m pytest -q -m faults ordertrack_dagster_tests/faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests

@@ -90,10 +90,14 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
         key: resource_class(**{field: EnvVar(name) for field, name in names.items()})
         for key, (resource_class, names) in COURIER_SETTINGS.items()
     }
+    mongo = MongoResource(uri=EnvVar("MONGODB_URI"), database=EnvVar("MONGODB_DB"))
     return {
-        "mongo": MongoResource(uri=EnvVar("MONGODB_URI"), database=EnvVar("MONGODB_DB")),
+        "mongo": mongo,
         "s3": s3,
-        "parquet_io_manager": ParquetHistoryIOManager(s3=s3, bucket=EnvVar("AWS_S3_BUCKET")),
+        # MongoDB carries the hand-off between the tracking steps; S3 gets the history when up
+        "parquet_io_manager": ParquetHistoryIOManager(
+            s3=s3, mongo=mongo, bucket=EnvVar("AWS_S3_BUCKET")
+        ),
         "history": HistoryResource(s3=s3, bucket=EnvVar("AWS_S3_BUCKET")),
         "slack": OrdertrackSlackResource(
             token=EnvVar("SLACK_TOKEN"),

@@ -75,3 +75,4 @@ class Action(StrEnum):
     POLL_RECORDED = "poll_recorded"  # answer read; status left as it was
     REFUSED = "refused"  # the move would go backwards: alert, status left alone
     UNTOUCHED = "untouched"  # not found, failed or deferred: status and poll fields unchanged
+    REJECTED = "rejected"  # MongoDB refused the update: alert, the order stays due

@@ -91,6 +91,8 @@ class EmbeddedStack:
     `env` then holds only their variables (plus `ENV`). `simulator_args` are passed to
     the courier simulator's command line (e.g. `["--time-scale", "60"]`). Without a
     `workdir`, logs and the mailbox live in a temporary directory removed on exit.
+    `mongodb_storage` keeps SecantusDB's data in that directory instead of in memory, so a
+    `restart_service("mongodb")` finds it again (the fault suite stops and restarts it).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class EmbeddedStack:
         bucket: str = "ordertrack-devstack",
         simulator_args: Sequence[str] = (),
         start_timeout: float = 30.0,
+        mongodb_storage: Path | None = None,
     ) -> None:
         wanted = set(services)
         if unknown := wanted - set(SERVICES):
@@ -111,6 +114,7 @@ class EmbeddedStack:
         self.bucket = bucket
         self.simulator_args = tuple(simulator_args)
         self.start_timeout = start_timeout
+        self.mongodb_storage = str(mongodb_storage) if mongodb_storage else ":memory:"
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ordertrack-devstack-")).resolve()
         self.mailbox_dir = self.workdir / "mailbox"
@@ -175,8 +179,9 @@ class EmbeddedStack:
     def start_service(self, service: Service) -> None:
         """Start a stopped service again, on the same port.
 
-        SecantusDB and S3 keep their data in memory, so they come back empty (the bucket is
-        created again); the Slack and CRM stand-ins and the mailbox keep what they received.
+        S3 keeps its data in memory, so it comes back empty (the bucket is created again), and
+        so does SecantusDB unless the stack has `mongodb_storage`; the Slack and CRM stand-ins
+        and the mailbox keep what they received.
         """
         if service in self._processes:
             return
@@ -209,7 +214,7 @@ class EmbeddedStack:
         listen = ("--host", HOST, "--port", str(self.ports[service]))
         match service:
             case "mongodb":
-                return _script("secantusd-py", *listen, "--storage-path", ":memory:")
+                return _script("secantusd-py", *listen, "--storage-path", self.mongodb_storage)
             case "s3":
                 return _script("moto_server", "-H", HOST, "-p", str(self.ports[service]))
             case "smtp":

@@ -84,7 +84,7 @@ def _notify_dead_letters(
         return
     for doc in dead:
         context.log.error(f"gave up on {doc['_id']}: {doc.get('last_error')}")
-    text = dead_letter_text(flow_key, dead, outbox.policy.max_failures)
+    text = dead_letter_text(flow_key, dead, outbox.policy.give_up_after_hours)
     resources = context.resources.original_resource_dict
     try:
         post_slack(resources["slack"].get_client(), resources["effects"].alerts_channel, text)

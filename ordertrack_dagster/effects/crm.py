@@ -9,6 +9,7 @@ altered call (`docs/security.md` shows how to verify it).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -63,17 +64,44 @@ class CrmResource(ConfigurableResource):
     webhook_secret: str | None = Field(
         default=None, description="CRM_WEBHOOK_SECRET: when set, X-Signature signs each body"
     )
-    timeout_seconds: float = Field(default=15.0, description="per request")
+    timeout_seconds: float = Field(
+        default=15.0, description="per request, in all: a trickling answer is cut off too"
+    )
 
     @contextmanager
     def open(self, tokens: CourierState | None = None) -> Iterator[CrmClient]:
         """A client for one run; `tokens` shares the cached token across runs."""
-        with httpx.Client(timeout=self.timeout_seconds) as http:
-            yield CrmClient(self, http, tokens)
+        loop = asyncio.new_event_loop()
+        http = httpx.AsyncClient(timeout=self.timeout_seconds)
+        try:
+            yield CrmClient(self, _Deadlined(http, loop, self.timeout_seconds), tokens)
+        finally:
+            loop.run_until_complete(http.aclose())
+            loop.close()
+
+
+class _Deadlined:
+    """POSTs that end within a total deadline, whatever the server does.
+
+    httpx's time-outs bound each read; a server sending one byte every few seconds never
+    trips them. Each call here is cancelled once `seconds` have passed since it began.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, loop: asyncio.AbstractEventLoop, seconds: float):
+        self._http = http
+        self._loop = loop
+        self._seconds = seconds
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        call = asyncio.wait_for(self._http.post(url, **kwargs), self._seconds)
+        try:
+            return self._loop.run_until_complete(call)
+        except TimeoutError:
+            raise httpx.TimeoutException(f"no complete answer within {self._seconds:g} s") from None
 
 
 class CrmClient:
-    def __init__(self, settings: CrmResource, http: httpx.Client, tokens: CourierState | None):
+    def __init__(self, settings: CrmResource, http: _Deadlined, tokens: CourierState | None):
         self._settings = settings
         self._http = http
         self._tokens = tokens

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
@@ -89,7 +89,7 @@ class _Sending:
 
     def attempt(self, doc: dict[str, Any]) -> None:
         """Send one document and queue the record of how it went."""
-        started_at, started = datetime.now(UTC), time.perf_counter()
+        started_at, started = self.outbox.clock(), time.perf_counter()
         if not self.unrecorded:
             self.oldest = started
         try:
@@ -145,11 +145,16 @@ class _Sending:
 
 
 def deliver(outbox: Outbox, docs: Iterable[dict[str, Any]], send: Sender) -> DeliveryReport:
-    """Send each claimed document once, until sending stops; the untried are released."""
+    """Send each claimed document once, until sending stops (a deferral, the breaker, or the
+    run's time box for this effect); the untried are released, due at once."""
     sending = _Sending(outbox, send)
+    box_ends = time.monotonic() + outbox.policy.send_budget_seconds
     untried: list[dict[str, Any]] = []
     try:
         for doc in docs:
+            if sending.report.stopped is None and time.monotonic() >= box_ends:
+                budget = outbox.policy.send_budget_seconds
+                sending.report.stopped = f"time box of {budget:g} s used up"
             if sending.report.stopped is None:
                 sending.attempt(doc)
             else:

@@ -7,7 +7,7 @@ import random
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -47,10 +47,16 @@ class Report(StrEnum):
 class RetryPolicy:
     """How often and how long a failing delivery is tried again."""
 
-    max_failures: int = 8
+    give_up_after_seconds: float = 72 * 3600.0  # from the first failed attempt
     base_seconds: float = 60.0
     cap_seconds: float = 6 * 3600.0
     lease_seconds: float = 30 * 60.0
+    #: One run's sending of one effect stops after this long; the rest stays due.
+    send_budget_seconds: float = 60.0
+
+    @property
+    def give_up_after_hours(self) -> float:
+        return self.give_up_after_seconds / 3600
 
     def delay(self, failures: int, rng: random.Random) -> timedelta:
         """Exponential backoff with jitter, so a recovering service is not hit all at once."""
@@ -168,10 +174,14 @@ def attempt_update(
 def failure_update(
     doc: dict[str, Any], attempt: dict[str, Any], policy: RetryPolicy, rng: random.Random
 ) -> tuple[UpdateOne, int]:
-    """Count the failure; back off, or give up (1 returned) after the last allowed one."""
+    """Count the failure; back off, or give up (1 returned) once the document has been
+    failing for the policy's time, so a long outage of the service is outlasted."""
     failures = int(doc.get("failures", 0)) + 1
-    if failures >= policy.max_failures:
+    first = doc.get("first_failure_at") or attempt["at"]
+    if attempt["at"] - first >= timedelta(seconds=policy.give_up_after_seconds):
         dead = {"state": State.DEAD.value, "dead_at": attempt["at"], "dead_alerted": False}
+        dead["first_failure_at"] = first
         return attempt_update(doc, attempt, dead, inc={"failures": 1}), 1
-    retry_at = datetime.now(UTC) + policy.delay(failures, rng)
-    return attempt_update(doc, attempt, {"next_attempt_at": retry_at}, inc={"failures": 1}), 0
+    retry = {"next_attempt_at": attempt["at"] + policy.delay(failures, rng)}
+    retry["first_failure_at"] = first
+    return attempt_update(doc, attempt, retry, inc={"failures": 1}), 0

@@ -128,11 +128,11 @@ def describe_delivery(doc: Mapping[str, Any]) -> str:
     return f"{name} for {subject}"
 
 
-def dead_letter_text(flow_key: str, docs: Sequence[Mapping[str, Any]], attempts: int) -> str:
+def dead_letter_text(flow_key: str, docs: Sequence[Mapping[str, Any]], hours: float) -> str:
     """Slack notice for deliveries given up on: what, and the last error of each."""
     lines = [
         f":skull: *{slack_escape(courier_label(flow_key))}: {len(docs)} side effect(s) gave up "
-        f"after {attempts} failed attempts* (dead letters; re-queue with the asset's "
+        f"after failing for {hours:g} hours* (dead letters; re-queue with the asset's "
         "`retry_dead_letters` config)"
     ]
     for doc in docs[:MAX_LISTED]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
@@ -44,8 +44,14 @@ class Outbox:
     """The `ordertrack_outbox` collection, seen by one asset execution (`owner` = its run)."""
 
     def __init__(
-        self, db: Database, policy: RetryPolicy, owner: str, rng: random.Random | None = None
+        self,
+        db: Database,
+        policy: RetryPolicy,
+        owner: str,
+        rng: random.Random | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.clock = clock  # the time of attempts and retries (tests move it)
         self.db = db
         self.collection = db[OUTBOX_COLLECTION]
         self.policy = policy
@@ -141,7 +147,8 @@ class Outbox:
                     "failures": 0,
                     "next_attempt_at": now,
                     "dead_alerted": False,
-                }
+                },
+                "$unset": {"first_failure_at": ""},
             },
         )
         return result.modified_count

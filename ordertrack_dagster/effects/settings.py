@@ -29,7 +29,9 @@ class EffectsSettings(ConfigurableResource):
     webserver_url: str | None = Field(
         default=None, description="DAGSTER_WEBSERVER_URL: emails link to the run"
     )
-    max_attempts: int = Field(default=8, description="failed attempts before a dead letter")
+    give_up_after_hours: float = Field(
+        default=72.0, description="a delivery failing this long becomes a dead letter"
+    )
     retry_base_seconds: float = Field(default=60.0, description="first backoff; doubles")
     retry_cap_seconds: float = Field(default=6 * 3600.0, description="longest backoff")
     retention_days: int = Field(
@@ -37,12 +39,16 @@ class EffectsSettings(ConfigurableResource):
         description="ORDERTRACK_RETENTION_DAYS: consignee data in sent outbox records is "
         "removed this long after sending (the record stays, so nothing is sent twice)",
     )
+    send_budget_seconds: float = Field(
+        default=60.0, description="one run's sending of one effect stops after this long"
+    )
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
-            max_failures=self.max_attempts,
+            give_up_after_seconds=self.give_up_after_hours * 3600,
             base_seconds=self.retry_base_seconds,
             cap_seconds=self.retry_cap_seconds,
+            send_budget_seconds=self.send_budget_seconds,
         )
 
     def status_channel(self, kind: str) -> str | None:

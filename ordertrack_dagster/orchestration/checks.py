@@ -1,4 +1,5 @@
-"""Freshness: are the orders a flow is due to track actually being polled?
+"""Freshness: are the orders a flow is due to track actually being polled? (A failing check
+is posted to the alerts channel once per failure.)
 
 A run can succeed while orders fall behind (a courier pause, failed batches, a cap too small,
 a stopped schedule or a stuck run). One check per flow, on `order_status_writes`, counts the
@@ -7,7 +8,7 @@ schedule intervals unless configured. The checks run on their own schedule, apar
 tracking runs, so they also notice when no run happens at all.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,9 +23,13 @@ from dagster import (
 from pydantic import Field
 from pymongo.database import Database
 
+from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
+from ordertrack_dagster.effects.senders import post_slack
+from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.flows import Flow, get_flow
 from ordertrack_dagster.orchestration.guards import schedule_interval
 from ordertrack_dagster.resources.mongo import MongoResource
+from ordertrack_dagster.resources.slack import OrdertrackSlackResource
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 
@@ -143,6 +148,32 @@ def evaluate_flow(
     )
 
 
+STATE_COLLECTION = "ordertrack_state"
+
+
+def alert_once(
+    db: Database, result: AssetCheckResult, flow: Flow, post: Callable[[str], Any]
+) -> str | None:
+    """Post a failing freshness check to Slack once per failure, not at every evaluation.
+
+    The failure is remembered in `ordertrack_state` until the check passes again; a post that
+    fails is not remembered, so the next evaluation tries again. Returns what went wrong.
+    """
+    state = db[STATE_COLLECTION]
+    key = {"_id": f"freshness_alert:{flow.key}"}
+    if result.passed:
+        state.delete_one(key)
+        return None
+    if state.find_one(key) is not None:
+        return None
+    try:
+        post(f":hourglass: *{flow.courier_label}*: {result.description}")
+    except (DeliveryError, DeliveryDeferred) as error:
+        return f"freshness alert not posted, the next evaluation tries again: {error}"
+    state.replace_one(key, {**key, "alerted_at": datetime.now(UTC)}, upsert=True)
+    return None
+
+
 _FLOW_OF_CHECK = {check_name(key): key for key in flow_partitions.get_partition_keys()}
 
 
@@ -160,13 +191,25 @@ _FLOW_OF_CHECK = {check_name(key): key for key in flow_partitions.get_partition_
     can_subset=True,
 )
 def due_orders_polled(
-    context: AssetCheckExecutionContext, config: FreshnessConfig, mongo: MongoResource
+    context: AssetCheckExecutionContext,
+    config: FreshnessConfig,
+    mongo: MongoResource,
+    slack: OrdertrackSlackResource,
+    effects: EffectsSettings,
 ) -> Iterator[AssetCheckResult]:
     max_age = timedelta(minutes=config.max_age_minutes) if config.max_age_minutes else None
     db = mongo.get_database()
     now = datetime.now(UTC)
+    client = slack.get_client()
     for key in sorted(context.selected_asset_check_keys, key=lambda k: k.name):
-        yield evaluate_flow(db, get_flow(_FLOW_OF_CHECK[key.name]), max_age, now)
+        flow = get_flow(_FLOW_OF_CHECK[key.name])
+        result = evaluate_flow(db, flow, max_age, now)
+        problem = alert_once(
+            db, result, flow, lambda text: post_slack(client, effects.alerts_channel, text)
+        )
+        if problem:
+            context.log.warning(problem)
+        yield result
 
 
 CHECKS = [due_orders_polled]

@@ -27,6 +27,10 @@ from ordertrack_dagster.flows import Flow
 
 FLOW_TAG = "ordertrack/flow"  # SPEC §9: on every run a schedule or sensor launches
 PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run, UI runs too
+#: Run monitoring cancels a run still going after this many seconds (dagster.yaml).
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+#: A flow's run may last this many schedule intervals before it counts as hung.
+MAX_RUNTIME_INTERVALS = 3
 
 # The old cron service ran on India time: "0 */2 * * *" fires on even hours there (in UTC
 # it would fire at half past in India). India has no daylight saving, so no tick is ever
@@ -77,6 +81,17 @@ def schedule_interval(cron: str) -> timedelta:
             return longest
         previous = tick
     raise AssertionError("unreachable: a cron iterator never ends")
+
+
+def max_runtime(flow: Flow) -> timedelta:
+    """How long a run of the flow may last: three schedule intervals (24 minutes for the
+    8-minute flows, 6 hours for the fallback), past which it is hung or dead."""
+    return MAX_RUNTIME_INTERVALS * schedule_interval(flow.cron)
+
+
+def run_tags(flow: Flow) -> dict[str, str]:
+    """The tags of every run a schedule or sensor launches for the flow."""
+    return {FLOW_TAG: flow.key, MAX_RUNTIME_TAG: str(int(max_runtime(flow).total_seconds()))}
 
 
 def in_flight_run(instance: DagsterInstance, flow_key: str) -> RunRecord | None:

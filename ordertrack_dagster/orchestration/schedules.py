@@ -17,10 +17,10 @@ from dagster import (
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow, get_flow
 from ordertrack_dagster.orchestration.guards import (
-    FLOW_TAG,
     SCHEDULE_TIMEZONE,
     default_schedule_status,
     hold_reason,
+    run_tags,
 )
 from ordertrack_dagster.orchestration.jobs import freshness_job, tracking_job
 from ordertrack_dagster.resources.mongo import MongoResource
@@ -53,7 +53,7 @@ def build_flow_schedule(flow: Flow) -> ScheduleDefinition:
         reason = hold_reason(context.instance, flow, state, datetime.now(UTC))
         if reason is not None:
             return SkipReason(reason)
-        return RunRequest(partition_key=flow.key, tags={FLOW_TAG: flow.key})
+        return RunRequest(partition_key=flow.key, tags=run_tags(flow))
 
     return _flow_schedule
 

@@ -1,4 +1,5 @@
-"""Sensors: the start-up runs (SPEC §1) and the Slack alert on a failed run.
+"""Sensors: the start-up runs (SPEC §1), dead runs marked failed, and the Slack alert on a
+failed run.
 
 The old service ran every flow once when it started. Here "started" means a new Dagster
 daemon process: the sensor daemon's id changes on every (re)start, and the cursor remembers
@@ -11,6 +12,7 @@ from dagster import (
     AssetRecordsFilter,
     DagsterEvent,
     DagsterInstance,
+    DagsterRunStatus,
     RunFailureSensorContext,
     RunRequest,
     RunsFilter,
@@ -28,10 +30,13 @@ from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.flows import Flow, get_flow
 from ordertrack_dagster.orchestration.guards import (
     FLOW_TAG,
+    MAX_RUNTIME_TAG,
     PARTITION_TAG,
     default_sensor_status,
     describe_run,
     hold_reason,
+    max_runtime,
+    run_tags,
     schedule_interval,
 )
 from ordertrack_dagster.orchestration.jobs import tracking_job
@@ -42,6 +47,7 @@ from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 
 STARTUP_SENSOR = "tracking_startup_runs"
 DRAIN_SENSOR = "tracking_drain_runs"
+DEAD_RUN_SENSOR = "tracking_dead_runs"
 FAILURE_SENSOR = "tracking_run_failure_alert"
 NO_HEARTBEAT = "no-daemon-heartbeat"
 MAX_ERROR_CHARS = 600
@@ -113,7 +119,7 @@ def build_startup_sensor() -> SensorDefinition:
                 RunRequest(
                     run_key=f"startup:{started_by}:{key}",
                     partition_key=key,
-                    tags={FLOW_TAG: key},
+                    tags=run_tags(flow),
                 )
             )
         for line in held:
@@ -179,6 +185,66 @@ def build_drain_sensor() -> SensorDefinition:
     return _drain
 
 
+# -- dead runs ---------------------------------------------------------------------------
+
+
+def _allowed_silence(run_tags_: dict[str, str], flow: Flow) -> float:
+    """Seconds a run may go without any event: its max runtime (tag, else the flow's)."""
+    try:
+        return float(run_tags_[MAX_RUNTIME_TAG])
+    except (KeyError, ValueError):
+        return max_runtime(flow).total_seconds()
+
+
+def reap_dead_runs(instance: DagsterInstance, now: datetime) -> list[str]:
+    """Mark failed every STARTED run of a flow with no event for longer than its max runtime.
+
+    Run monitoring cannot see a run whose process died when nobody launched it through the
+    run launcher (a `dagster` CLI run killed with SIGKILL, a lost host): it stays STARTED
+    and every later tick of its flow skips. Reported failed here, it frees the flow, and the
+    failure sensor tells Slack. Returns what was marked.
+    """
+    reaped: list[str] = []
+    for key in flow_partitions.get_partition_keys():
+        flow = get_flow(key)
+        started = instance.get_run_records(
+            RunsFilter(tags={PARTITION_TAG: key}, statuses=[DagsterRunStatus.STARTED])
+        )
+        for record in started:
+            run = record.dagster_run
+            events = instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
+            last = events[0].timestamp if events else record.create_timestamp.timestamp()
+            silence = now.timestamp() - last
+            allowed = _allowed_silence(dict(run.tags), flow)
+            if silence <= allowed:
+                continue
+            instance.report_run_failed(
+                run,
+                message=f"no event for {silence / 60:.0f} minutes, longer than the flow's "
+                f"max runtime of {allowed / 60:.0f} minutes: its process is dead or hung, "
+                "so the run is marked failed and the flow runs again at its next tick",
+            )
+            reaped.append(f"{key}: {run.run_id}")
+    return reaped
+
+
+def build_dead_run_sensor() -> SensorDefinition:
+    @sensor(
+        name=DEAD_RUN_SENSOR,
+        minimum_interval_seconds=60,
+        default_status=default_sensor_status(),
+        description="Marks failed a flow's run that shows no event for longer than its max "
+        "runtime (a dead process the run launcher cannot see); the failure alert follows.",
+    )
+    def _dead_runs(context: SensorEvaluationContext) -> SkipReason:
+        reaped = reap_dead_runs(context.instance, datetime.now(UTC))
+        for line in reaped:
+            context.log.warning(f"marked failed: {line}")
+        return SkipReason("marked failed: " + "; ".join(reaped) if reaped else "no dead run")
+
+    return _dead_runs
+
+
 # -- run failure alerts ------------------------------------------------------------------
 
 
@@ -241,7 +307,12 @@ def build_failure_sensor() -> SensorDefinition:
 
 def build_sensors() -> list[SensorDefinition]:
     """The sensors (default status read from ENV now)."""
-    return [build_startup_sensor(), build_drain_sensor(), build_failure_sensor()]
+    return [
+        build_startup_sensor(),
+        build_drain_sensor(),
+        build_dead_run_sensor(),
+        build_failure_sensor(),
+    ]
 
 
 SENSORS = build_sensors()

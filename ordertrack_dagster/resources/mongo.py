@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
 from pymongo import ASCENDING, MongoClient, UpdateOne, monitoring
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure, WriteConcernError
 
 BULK_CHUNK = 10_000
 
@@ -58,12 +59,22 @@ _clients: dict[str, MongoClient] = {}
 _clients_lock = threading.Lock()
 
 
+#: The write concern of every write (a URI's own `w=` option wins): a status write gates
+#: side effects, so it counts only once a majority of the replica set holds it; a write that
+#: is not acknowledged within the time-out raises instead of being counted.
+WRITE_CONCERN = {"w": "majority", "wtimeoutMS": 30_000}
+
+
 def mongo_client(uri: str) -> MongoClient:
     """A shared client per URI: pymongo pools connections, so one per process is right."""
     with _clients_lock:
         if uri not in _clients:
             _clients[uri] = MongoClient(
-                uri, tz_aware=True, event_listeners=[COMMANDS], serverSelectionTimeoutMS=10_000
+                uri,
+                tz_aware=True,
+                event_listeners=[COMMANDS],
+                serverSelectionTimeoutMS=10_000,
+                **WRITE_CONCERN,
             )
         return _clients[uri]
 
@@ -80,17 +91,45 @@ class MongoResource(ConfigurableResource):
 
 #: Conditions already announced on Slack (`effects/alert_memory.py`), forgotten after 31 days.
 ALERTED = "ordertrack_alerted"
-_indexes_ready: set[tuple[str, str]] = set()
+#: `$getField` (the History guard of the write path) needs MongoDB 5.0.
+MINIMUM_SERVER_VERSION = (5, 0)
+_prepared: set[tuple[int, str]] = set()
 
 
-def ensure_indexes(db: Database) -> list[str]:
-    """Indexes the tracker relies on; returns warnings instead of failing on odd production data.
+class DatabaseNotReady(RuntimeError):
+    """The database cannot give the guarantees the write path relies on: nothing is written."""
 
-    Creating an index that exists is a no-op, so this is safe on a production database.
+
+def server_version(db: Database) -> tuple[int, ...]:
+    info = db.client.server_info()
+    numbers = info.get("versionArray") or str(info.get("version", "0")).split(".")
+    return tuple(int(part) for part in list(numbers)[:2])
+
+
+def prepare_database(db: Database) -> list[str]:
+    """Check the server version and create the indexes the tracker relies on.
+
+    Refuses (DatabaseNotReady) a server older than MongoDB 5.0, and a database where the
+    unique `orderTracking.orderId` index cannot be built: without it two runs could each
+    create an orderTracking for one order. The other indexes only speed queries up, so a
+    failure there is a warning. Creating an index that exists is a no-op.
     """
-    key = (db.client.address.__str__(), db.name)
-    if key in _indexes_ready:
+    key = (id(db.client), db.name)
+    if key in _prepared:
         return []
+    version = server_version(db)
+    if version < MINIMUM_SERVER_VERSION:
+        raise DatabaseNotReady(
+            f"MongoDB {'.'.join(map(str, version))} is too old: ordertrack needs MongoDB "
+            f"{'.'.join(map(str, MINIMUM_SERVER_VERSION))} or newer ($getField); nothing written"
+        )
+    try:
+        db["orderTracking"].create_index([("orderId", ASCENDING)], unique=True)
+    except OperationFailure as error:
+        raise DatabaseNotReady(
+            "the unique index orderTracking.orderId cannot be built, so one orderTracking per "
+            f"order cannot be guaranteed; nothing written. Remove the duplicates first: {error}"
+        ) from None
     warnings: list[str] = []
     specs = [
         ("orders", [("order_status", ASCENDING), ("last_tracking_time", ASCENDING)], {}),
@@ -101,17 +140,34 @@ def ensure_indexes(db: Database) -> list[str]:
         ),
         ("orders", [("awb_number", ASCENDING)], {}),
         ("orders", [("ordertrack_outbox", ASCENDING)], {"sparse": True}),
-        ("orderTracking", [("orderId", ASCENDING)], {"unique": True}),
         (ALERTED, [("first_run", ASCENDING)], {}),
         (ALERTED, [("first_seen", ASCENDING)], {"expireAfterSeconds": 31 * 86_400}),
+        ("orders", [("ordertrack_tracking_due", ASCENDING)], {"sparse": True}),
     ]
     for collection, keys, options in specs:
         try:
             db[collection].create_index(keys, **options)
         except OperationFailure as error:
             warnings.append(f"index {collection}.{keys} not created: {error}")
-    _indexes_ready.add(key)
+    _prepared.add(key)
     return warnings
+
+
+class WriteNotAcknowledged(RuntimeError):
+    """MongoDB could not confirm a write with the required write concern: it may or may not
+    stay applied, so it is never counted as done (the step fails and says so)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One operation the server refused, named by the document it was for."""
+
+    collection: str
+    key: Any
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.collection}: update {self.key}: {self.error}"
 
 
 @dataclass
@@ -119,7 +175,7 @@ class BulkLog:
     """Round trips and the operations the server rejected, over a series of bulk writes."""
 
     bulk_calls: int = 0
-    rejected: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 def bulk_update(
@@ -133,13 +189,23 @@ def bulk_update(
     return totals
 
 
+def _acknowledged(collection: Collection, details: dict[str, Any]) -> None:
+    if details.get("writeConcernErrors"):
+        errors = "; ".join(str(e.get("errmsg")) for e in details["writeConcernErrors"])
+        raise WriteNotAcknowledged(
+            f"{collection.name}: the write was not acknowledged by the required write concern "
+            f"({errors}); it may or may not stay applied"
+        )
+
+
 def _bulk_once(
     collection: Collection, ops: list[UpdateOne], report: BulkLog
 ) -> tuple[int, int, int]:
     """One bulk write; if the server rejects it, retry operation by operation.
 
     MongoDB reports per-operation errors; some compatible servers fail the whole command
-    instead. Either way the good operations land and the bad ones are named.
+    instead. Either way the good operations land and the bad ones are named. A write-concern
+    error is never taken for success: it raises `WriteNotAcknowledged`.
     """
     if not ops:
         return 0, 0, 0
@@ -149,6 +215,7 @@ def _bulk_once(
         return result.matched_count, result.modified_count, result.upserted_count
     except BulkWriteError as error:
         details = error.details
+        _acknowledged(collection, details)
         failed = {item["index"] for item in details.get("writeErrors", [])}
         retry = [op for index, op in enumerate(ops) if index in failed]
         matched, modified, upserted = (
@@ -160,6 +227,9 @@ def _bulk_once(
             return _one_by_one(collection, ops, report)
         more = _one_by_one(collection, retry, report)
         return matched + more[0], modified + more[1], upserted + more[2]
+    except WriteConcernError as error:
+        _acknowledged(collection, {"writeConcernErrors": [{"errmsg": str(error)}]})
+        raise  # unreachable: _acknowledged raised
     except OperationFailure:
         return _one_by_one(collection, ops, report)
 
@@ -171,23 +241,32 @@ def _one_by_one(
     for op in ops:
         report.bulk_calls += 1
         try:
-            result = collection.bulk_write([op], ordered=True)
+            result = _write_one(collection, op)
         except (BulkWriteError, OperationFailure) as error:
-            message = getattr(error, "details", None) or str(error)
-            if "E11000" in str(message):  # a concurrent upsert won the race: retry as update
-                try:
-                    result = collection.bulk_write([op], ordered=True)
-                except (BulkWriteError, OperationFailure) as again:
-                    report.rejected.append(f"{collection.name}: {_describe(op)}: {again}")
-                    continue
-            else:
-                report.rejected.append(f"{collection.name}: {_describe(op)}: {error}")
-                continue
+            report.rejected.append(Rejected(collection.name, _key(op), str(error)))
+            continue
         matched += result.matched_count
         modified += result.modified_count
         upserted += result.upserted_count
     return matched, modified, upserted
 
 
-def _describe(op: UpdateOne) -> str:
-    return f"update {op._filter.get('_id') or op._filter.get('orderId')}"
+def _write_one(collection: Collection, op: UpdateOne) -> Any:
+    """One operation; a concurrent upsert that won the race (E11000) is retried as an update."""
+    for attempt in range(2):
+        try:
+            return collection.bulk_write([op], ordered=True)
+        except BulkWriteError as error:
+            _acknowledged(collection, error.details)
+            if attempt or "E11000" not in str(error.details):
+                raise
+        except WriteConcernError as error:
+            _acknowledged(collection, {"writeConcernErrors": [{"errmsg": str(error)}]})
+        except OperationFailure as error:
+            if attempt or "E11000" not in str(error):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _key(op: UpdateOne) -> Any:
+    return op._filter.get("_id") or op._filter.get("orderId")

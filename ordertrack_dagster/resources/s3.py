@@ -1,7 +1,9 @@
 """S3: a client that honours AWS_ENDPOINT_URL, and the Parquet history IO manager.
 
-Every run's output is kept (analysts read the history); a small pointer per partition names
-the latest object, which is what Dagster loads for a downstream asset.
+Every run's output is kept (analysts read the history). A partitioned (tracking) output is
+kept in MongoDB first and read from there by the steps of the same run, then copied to S3
+(`history_queue.py`), so an S3 outage delays the history and never the tracking. A small
+pointer per partition names the latest object published.
 """
 
 import io
@@ -10,16 +12,22 @@ import threading
 from datetime import UTC, date, datetime
 from typing import Any
 
+import boto3
 import pandas as pd
+from botocore.config import Config as BotoConfig
 from dagster import (
+    AssetRecordsFilter,
     ConfigurableIOManager,
     InputContext,
     MetadataValue,
     OutputContext,
 )
+from dagster._core.execution.context.output import RUN_ID_PLACEHOLDER
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from ordertrack_dagster.resources.history_queue import HistoryQueue
+from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.security.redaction import redactor
 
 PARQUET_ENGINE = "pyarrow"
@@ -39,6 +47,27 @@ class OrdertrackS3Resource(S3Resource):
         with _clients_lock:
             if key not in _clients:
                 _clients[key] = super().get_client()
+            return _clients[key]
+
+    def get_quick_client(self) -> Any:
+        """A client that gives up within seconds (short time-outs, one retry): for work that
+        S3 must not hold up, which keeps what it could not upload for later."""
+        key = "quick:" + self.model_dump_json()
+        with _clients_lock:
+            if key not in _clients:
+                _clients[key] = boto3.session.Session(profile_name=self.profile_name).client(
+                    "s3",
+                    region_name=self.region_name,
+                    endpoint_url=self.endpoint_url,
+                    aws_access_key_id=self.aws_access_key_id,
+                    aws_secret_access_key=self.aws_secret_access_key,
+                    aws_session_token=self.aws_session_token,
+                    config=BotoConfig(
+                        connect_timeout=3,
+                        read_timeout=15,
+                        retries={"max_attempts": 2, "mode": "standard"},
+                    ),
+                )
             return _clients[key]
 
 
@@ -76,59 +105,92 @@ def dataframe_to_parquet(frame: pd.DataFrame) -> bytes:
 
 
 class ParquetHistoryIOManager(ConfigurableIOManager):
-    """Stores DataFrame assets as Parquet on S3: one object per run for a partitioned asset
-    (its history), one replaced object for an unpartitioned one."""
+    """Stores DataFrame assets as Parquet: one object per run for a partitioned asset (its
+    history: MongoDB first, then S3), one replaced S3 object for an unpartitioned one."""
 
-    s3: S3Resource
+    s3: OrdertrackS3Resource
+    mongo: MongoResource
     bucket: str = Field(description="AWS_S3_BUCKET")
     prefix: str = Field(default="ordertrack", description="key prefix inside the bucket")
 
     def _asset_name(self, context: OutputContext | InputContext) -> str:
         return "/".join(context.asset_key.path)
 
+    def _queue(self) -> HistoryQueue:
+        return HistoryQueue(self.mongo.get_database())
+
     def handle_output(self, context: OutputContext, obj: pd.DataFrame) -> None:
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(f"{self._asset_name(context)} must be a DataFrame, got {type(obj)}")
         asset = self._asset_name(context)
         now = datetime.now(UTC)
-        partitioned = context.has_asset_partitions
-        key = (
-            history_key(self.prefix, asset, context.asset_partition_key, context.run_id, now)
-            if partitioned
-            else table_key(self.prefix, asset)
-        )
         body = dataframe_to_parquet(redactor().frame(obj))  # a courier may echo a credential
-        client = self.s3.get_client()
+        metadata: dict[str, Any] = {
+            "rows": len(obj),
+            "bytes": len(body),
+            "columns": ", ".join(map(str, obj.columns)),
+        }
+        if context.has_asset_partitions:
+            flow = context.asset_partition_key
+            key = history_key(self.prefix, asset, flow, context.run_id, now)
+            queue = self._queue()
+            queue.ensure_indexes()
+            queue.store(asset, flow, context.run_id, key, body, len(obj), now)
+            published = queue.publish(asset, flow, self._upload, now)
+            if published.error:
+                context.log.warning(
+                    f"S3 history of {asset} not written now ({published.error}); "
+                    f"{published.pending} object(s) kept in MongoDB for a later run"
+                )
+            metadata |= {"s3_published": published.published, "s3_queued": published.pending}
+        else:
+            key = table_key(self.prefix, asset)
+            self.s3.get_client().put_object(Bucket=self.bucket, Key=key, Body=body)
+        context.add_output_metadata({"uri": MetadataValue.path(f"s3://{self.bucket}/{key}")})
+        context.add_output_metadata(metadata)
+
+    def _upload(self, key: str, body: bytes, header: dict[str, Any]) -> None:
+        client = self.s3.get_quick_client()
         client.put_object(Bucket=self.bucket, Key=key, Body=body)
-        if partitioned:
-            pointer = {
-                "key": key,
-                "run_id": context.run_id,
-                "rows": len(obj),
-                "written_at": now.isoformat(),
-            }
-            client.put_object(
-                Bucket=self.bucket,
-                Key=latest_pointer_key(self.prefix, asset, context.asset_partition_key),
-                Body=json.dumps(pointer).encode(),
-            )
-        context.add_output_metadata(
-            {
-                "uri": MetadataValue.path(f"s3://{self.bucket}/{key}"),
-                "rows": len(obj),
-                "bytes": len(body),
-                "columns": ", ".join(map(str, obj.columns)),
-            }
+        pointer = {
+            "key": key,
+            "run_id": header["run_id"],
+            "rows": header["rows"],
+            "written_at": header["created_at"].isoformat(),
+        }
+        client.put_object(
+            Bucket=self.bucket,
+            Key=latest_pointer_key(self.prefix, header["asset"], header["flow"]),
+            Body=json.dumps(pointer).encode(),
         )
 
     def load_input(self, context: InputContext) -> pd.DataFrame:
         asset = self._asset_name(context)
-        client = self.s3.get_client()
         if not context.has_asset_partitions:
+            client = self.s3.get_client()
             return read_parquet_object(client, self.bucket, table_key(self.prefix, asset))
-        pointer_key = latest_pointer_key(self.prefix, asset, context.asset_partition_key)
-        pointer = json.loads(client.get_object(Bucket=self.bucket, Key=pointer_key)["Body"].read())
-        return read_parquet_object(client, self.bucket, pointer["key"])
+        flow = context.asset_partition_key
+        body = self._queue().load(asset, flow, _producing_run(context))
+        return pd.read_parquet(io.BytesIO(body), engine=PARQUET_ENGINE)
+
+
+def _producing_run(context: InputContext) -> str | None:
+    """The run whose output this input is: the upstream step's run (this run, or the run a
+    re-execution comes from); for an asset not in this run, its latest materialization;
+    None (the latest stored) when loaded outside a run (`load_asset_value`)."""
+    upstream = context.upstream_output
+    run_id = getattr(upstream, "_run_id", None) if upstream is not None else None
+    if run_id and run_id != RUN_ID_PLACEHOLDER:
+        return str(run_id)
+    if not context.has_asset_key or context._instance is None:  # noqa: SLF001
+        return None
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=context.asset_key, asset_partitions=[context.asset_partition_key]
+        ),
+        limit=1,
+    ).records
+    return records[0].run_id if records else None
 
 
 def read_parquet_object(client: Any, bucket: str, key: str) -> pd.DataFrame:

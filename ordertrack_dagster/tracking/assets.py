@@ -5,8 +5,18 @@ courier's DataFrames. Each body hands its inputs to one step of `steps.py`, whic
 table and the metadata ops judge the run by.
 """
 
+from collections.abc import Iterator
+
 import pandas as pd
-from dagster import AssetExecutionContext, Config, Output, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    Output,
+    asset,
+)
 from pydantic import Field
 
 from ordertrack_dagster.couriers import COURIERS
@@ -17,6 +27,7 @@ from ordertrack_dagster.tables import GROUP, IO_MANAGER, flow_partitions
 from ordertrack_dagster.tracking import steps
 
 COURIER_RESOURCE_KEYS = frozenset(binding.resource_key for binding in COURIERS.values())
+NO_REJECTED_WRITES = "no_rejected_writes"
 
 
 def _output(table: steps.Table) -> Output[pd.DataFrame]:
@@ -95,14 +106,30 @@ def status_updates(
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"mongodb", "pandas"},
+    check_specs=[
+        AssetCheckSpec(
+            NO_REJECTED_WRITES,
+            asset="order_status_writes",
+            description="Fails when MongoDB rejected some of the run's updates; those orders "
+            "stay due and are named in the run's alert log.",
+        )
+    ],
     description="The MongoDB write (SPEC §6): statuses moved forward only, polls recorded, "
     "orderTracking history appended once; one row per selected order saying what happened.",
 )
 def order_status_writes(
     context: AssetExecutionContext, status_updates: pd.DataFrame, mongo: MongoResource
-) -> Output[pd.DataFrame]:
+) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
     flow = get_flow(context.partition_key)
-    return _output(steps.write_statuses(mongo.get_database(), status_updates, flow, context.log))
+    table = steps.write_statuses(mongo.get_database(), status_updates, flow, context.log)
+    yield _output(table)
+    rejected = int(table.metadata["rejected_updates"])
+    yield AssetCheckResult(
+        check_name=NO_REJECTED_WRITES,
+        passed=rejected == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"rejected": rejected},
+    )
 
 
 TRACKING_ASSETS = [pending_orders, raw_courier_responses, status_updates, order_status_writes]

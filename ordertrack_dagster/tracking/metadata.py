@@ -120,6 +120,7 @@ def write_metadata(
         "orders_modified": report.orders_modified,
         "order_tracking_upserted": report.tracking_upserted,
         "order_tracking_modified": report.tracking_modified,
+        "order_tracking_synced": report.tracking_synced,
         "rejected_updates": len(report.rejected),
         "bulk_writes": report.bulk_calls,
         **measured.metadata(),

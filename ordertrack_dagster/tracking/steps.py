@@ -20,8 +20,9 @@ from ordertrack_dagster.couriers import (
 )
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState
-from ordertrack_dagster.resources.mongo import ensure_indexes
+from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
 from ordertrack_dagster.tables import SNAPSHOT_COLUMNS, WRITE_COLUMNS
 from ordertrack_dagster.tracking import metadata
 from ordertrack_dagster.tracking.mapping import (
@@ -30,7 +31,7 @@ from ordertrack_dagster.tracking.mapping import (
     tracking_key_problem,
 )
 from ordertrack_dagster.tracking.selection import SNAPSHOT_FIELDS, SelectionPolicy, build_query
-from ordertrack_dagster.tracking.writer import StatusCatalogue, apply_plan, plan_writes
+from ordertrack_dagster.tracking.writer import StatusCatalogue, apply_plan, plan_writes, settle
 
 
 class Table(NamedTuple):
@@ -50,7 +51,11 @@ def select_pending(db: Database, flow: Flow, log: logging.Logger) -> Table:
     """`pending_orders`: the orders due in this flow (SPEC §2), oldest-polled first, capped."""
     query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC))
     with metadata.Measured() as measured:
-        for warning in ensure_indexes(db):
+        try:
+            warnings = prepare_database(db)
+        except DatabaseNotReady as error:
+            raise Failure(description=str(error), allow_retries=False) from None
+        for warning in warnings:
             log.warning(warning)
         projection = {name: 1 for name in SNAPSHOT_FIELDS}
         cursor = db["orders"].find(query.filter, projection, batch_size=10_000).sort(query.sort)
@@ -120,6 +125,7 @@ def ask_courier(
         else FetchResult(records=[])
     )
     fetch_seconds = time.perf_counter() - started
+    kill_point("after_fetch")
     fetch_cpu_seconds = time.process_time() - cpu_started
     records = result.records + _odd_key_records(odd)
     frame = pd.DataFrame([record.__dict__ for record in records])
@@ -152,7 +158,8 @@ def write_statuses(db: Database, updates: pd.DataFrame, flow: Flow, log: logging
     with metadata.Measured() as measured:
         catalogue = StatusCatalogue.load(db)
         plan = plan_writes(polled_orders(updates), catalogue, flow.key, datetime.now(UTC))
-        report = apply_plan(db, plan)
+        report = apply_plan(db, plan, catalogue)
+    kill_point("after_write")
     decisions = pd.DataFrame(
         [
             {
@@ -162,7 +169,7 @@ def write_statuses(db: Database, updates: pd.DataFrame, flow: Flow, log: logging
                 "events": ",".join(decision.events),
                 "decision_alert": decision.alert,
             }
-            for decision in plan.decisions
+            for decision in settle(plan, report)
         ]
     )
     frame = updates[["order_oid", "order_id", "tracking_key", "outcome", "alert"]].copy()

@@ -6,6 +6,13 @@ orderTracking change). The guards inside the updates repeat the transition rule 
 `statuses.py` in MongoDB, so a concurrent run, a stale snapshot or an out-of-order answer can
 never move an order backwards or append a History entry twice.
 
+orderTracking follows the order. Every write that leaves the order's status differing from
+the one orderTracking was last brought to marks the order (`ordertrack_tracking_due`, in the
+same update); `sync_order_tracking` then brings each marked order's orderTracking to the
+order's *stored* status and clears the mark. A crash between the two bulks leaves the mark,
+so the next run (of any flow) repairs it; an order whose status another system changed
+(cancelled, then rebooked) converges on its next poll.
+
 Side effects are not sent here. An order's first entry into a status that has one leaves a
 marker in the same document update (`ordertrack_outbox.<event>`), atomically with the
 status change; the effects assets drain those markers, so a crash between the write and
@@ -15,17 +22,18 @@ the send loses nothing and repeats nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.database import Database
 
+from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event, marker
 from ordertrack_dagster.records import INDIA, Outcome
-from ordertrack_dagster.resources.mongo import BulkLog, bulk_update
+from ordertrack_dagster.resources.mongo import BULK_CHUNK, BulkLog, bulk_update
 from ordertrack_dagster.statuses import (
     Canonical,
     is_allowed,
@@ -34,6 +42,15 @@ from ordertrack_dagster.statuses import (
 )
 from ordertrack_dagster.tables import Action
 from ordertrack_dagster.tracking.selection import ASKED_FIELD
+
+#: Set on an order whose orderTracking must be brought to its status: the History time to use.
+TRACKING_DUE_FIELD = "ordertrack_tracking_due"
+#: The status id orderTracking was last brought to (orders whose status equals it need nothing).
+TRACKING_SYNCED_FIELD = "ordertrack_tracking_synced"
+#: On orderTracking: the order's `last_tracking_time` it was brought up to date with, so a
+#: slower run that read the order earlier cannot put back an older status.
+SYNCED_AT_FIELD = "ordertrack_synced_at"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -91,8 +108,9 @@ class Decision:
 @dataclass
 class WritePlan:
     order_ops: list[UpdateOne] = field(default_factory=list)
-    tracking_ops: list[UpdateOne] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    #: the status id each planned status change moves its order to
+    changes: dict[ObjectId, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +121,9 @@ class WriteReport(BulkLog):
     orders_modified: int = 0
     tracking_upserted: int = 0
     tracking_modified: int = 0
+    tracking_synced: int = 0
+    #: orders whose planned status change MongoDB applied (read back after the write)
+    applied: set[ObjectId] = field(default_factory=set)
 
 
 def _literal(value: Any) -> dict[str, Any]:
@@ -138,8 +159,10 @@ def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
     return fields
 
 
-def _poll_op(order: PolledOrder, now: datetime) -> UpdateOne:
-    return UpdateOne({"_id": order.order_oid}, {"$set": _poll_fields(order, now)})
+def _poll_op(order: PolledOrder, now: datetime, moves: _Moves) -> UpdateOne:
+    fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
+    fields[TRACKING_DUE_FIELD] = moves.due_unless_synced
+    return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
 
 
 class _Moves:
@@ -154,7 +177,17 @@ class _Moves:
         self._catalogue = catalogue
         self._now = now
         self._orders: dict[Canonical, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._tracking: dict[Canonical, tuple[dict[str, Any], dict[str, Any]]] = {}
+        due = f"${TRACKING_DUE_FIELD}"
+        synced = {"$ifNull": [f"${TRACKING_SYNCED_FIELD}", None]}
+        #: Marks the order when orderTracking was not brought to its stored status (a status
+        #: another system set, or an earlier crash); an existing mark keeps its time.
+        self.due_unless_synced = {
+            "$cond": [
+                {"$eq": ["$order_status", synced]},
+                due,
+                {"$ifNull": [due, _literal(now)]},
+            ]
+        }
 
     def order(self, new: Canonical) -> tuple[dict[str, Any], dict[str, Any]]:
         """(the guard: the stored status allows the move, the status fields under it)."""
@@ -189,24 +222,6 @@ class _Moves:
             self._orders[new] = (allowed, guarded)
         return self._orders[new]
 
-    def tracking(self, new: Canonical) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(append a History entry, the new currentStatus) for orderTracking."""
-        if new not in self._tracking:
-            refused = sorted(s.value for s in refused_predecessors(new))
-            last_status = {
-                "$getField": {
-                    "field": "status",
-                    "input": {"$arrayElemAt": [{"$ifNull": ["$History", []]}, -1]},
-                }
-            }
-            allowed = {
-                "$not": [{"$in": [{"$ifNull": ["$currentStatus", None]}, _literal(refused)]}]
-            }
-            append = {"$and": [allowed, {"$ne": [last_status, _literal(new.value)]}]}
-            current = {"$cond": [allowed, _literal(new.value), "$currentStatus"]}
-            self._tracking[new] = (append, current)
-        return self._tracking[new]
-
 
 #: The CRM webhook's guard: neither return status was reached before (the old service's).
 _FIRST_RETURN = {
@@ -235,6 +250,9 @@ def _status_op(
     allowed, guarded = moves.order(new)
     fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
     fields.update(guarded)
+    # orderTracking gets the answer's time; the mark is in the same atomic update
+    entry_time = _literal(order.event_time or now)
+    fields[TRACKING_DUE_FIELD] = {"$cond": [allowed, entry_time, moves.due_unless_synced]}
     if events:
         markers = {
             event.value: _literal(marker(new.value, flow_key, order.tracking_key, now))
@@ -251,16 +269,26 @@ def _status_op(
     return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
 
 
-def _tracking_op(order: PolledOrder, new: Canonical, moves: _Moves, now: datetime) -> UpdateOne:
-    """Upsert orderTracking: currentStatus and a History entry, atomically de-duplicated."""
-    append, current = moves.tracking(new)
-    entry = {"status": new.value, "timeStamp": order.event_time or now}
+def _follow_op(order_oid: ObjectId, status: Canonical, at: Any, version: Any) -> UpdateOne:
+    """Upsert orderTracking to the order's stored status: currentStatus, and a History entry
+    unless the last one has that status. `version` (the order's last write time as read)
+    keeps a run that read the order earlier from putting back an older status."""
+    fresh = {"$lte": [{"$ifNull": [f"${SYNCED_AT_FIELD}", _literal(_EPOCH)]}, _literal(version)]}
+    last_status = {
+        "$getField": {
+            "field": "status",
+            "input": {"$arrayElemAt": [{"$ifNull": ["$History", []]}, -1]},
+        }
+    }
+    append = {"$and": [fresh, {"$ne": [last_status, _literal(status.value)]}]}
+    entry = {"status": status.value, "timeStamp": at}
     history = {"$concatArrays": [{"$ifNull": ["$History", []]}, [_literal(entry)]]}
-    return UpdateOne(
-        {"orderId": order.order_oid},
-        [{"$set": {"History": {"$cond": [append, history, "$History"]}, "currentStatus": current}}],
-        upsert=True,
-    )
+    changes = {
+        "History": {"$cond": [append, history, "$History"]},
+        "currentStatus": {"$cond": [fresh, _literal(status.value), "$currentStatus"]},
+        SYNCED_AT_FIELD: {"$cond": [fresh, _literal(version), f"${SYNCED_AT_FIELD}"]},
+    }
+    return UpdateOne({"orderId": order_oid}, [{"$set": changes}], upsert=True)
 
 
 def _unchanged(
@@ -307,7 +335,7 @@ def plan_writes(
         from_status = current.value if current else _as_text(order.current_status_id)
         if not order.outcome.was_read:
             if order.stop_tracking:
-                plan.order_ops.append(_poll_op(order, now))
+                plan.order_ops.append(_poll_op(order, now, moves))
             elif order.outcome is not Outcome.DEFERRED:  # asked in vain: behind the unasked
                 plan.order_ops.append(
                     UpdateOne({"_id": order.order_oid}, {"$set": {ASKED_FIELD: now}})
@@ -317,12 +345,12 @@ def plan_writes(
         new = order.status if order.outcome is Outcome.MAPPED else None
         unchanged = _unchanged(order, current, from_status, new, catalogue)
         if unchanged is not None:
-            plan.order_ops.append(_poll_op(order, now))
+            plan.order_ops.append(_poll_op(order, now, moves))
             plan.decisions.append(unchanged)
             continue
         events = _events_for(order, new, flow_key)
         plan.order_ops.append(_status_op(order, new, moves, events, flow_key, now))
-        plan.tracking_ops.append(_tracking_op(order, new, moves, now))
+        plan.changes[order.order_oid] = catalogue.ids[new]
         plan.decisions.append(
             Decision(order.order_oid, Action.STATUS_CHANGED, from_status, new.value, events)
         )
@@ -333,13 +361,76 @@ def _as_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def apply_plan(db: Database, plan: WritePlan) -> WriteReport:
-    """Send the plan as chunked unordered bulk writes; isolate any operation MongoDB rejects."""
+def apply_plan(db: Database, plan: WritePlan, catalogue: StatusCatalogue) -> WriteReport:
+    """Send the plan as chunked unordered bulk writes, then bring orderTracking to the orders.
+
+    Which planned status changes MongoDB applied is read back, not assumed: a concurrent run
+    or a rejected operation leaves some undone, and the run's figures must say so.
+    """
     report = WriteReport()
-    report.orders_matched, report.orders_modified, _ = bulk_update(
-        db["orders"], plan.order_ops, report
-    )
-    _, report.tracking_modified, report.tracking_upserted = bulk_update(
-        db["orderTracking"], plan.tracking_ops, report
-    )
+    orders = db["orders"]
+    report.orders_matched, report.orders_modified, _ = bulk_update(orders, plan.order_ops, report)
+    kill_point("between_bulks")
+    stored = sync_order_tracking(db, catalogue, report)
+    unseen = [oid for oid in plan.changes if oid not in stored]
+    for start in range(0, len(unseen), BULK_CHUNK):  # changed, and already synced by another run
+        chunk = unseen[start : start + BULK_CHUNK]
+        for doc in orders.find({"_id": {"$in": chunk}}, {"order_status": 1}):
+            stored[doc["_id"]] = doc.get("order_status")
+    report.applied = {oid for oid, new in plan.changes.items() if stored.get(oid) == new}
     return report
+
+
+def sync_order_tracking(
+    db: Database, catalogue: StatusCatalogue, report: WriteReport
+) -> dict[ObjectId, Any]:
+    """Bring the orderTracking of every marked order to the order's stored status.
+
+    Returns the status read per marked order. The mark is cleared only after orderTracking
+    was written, and only if neither the status nor the mark changed meanwhile.
+    """
+    orders = db["orders"]
+    projection = {"order_status": 1, "last_tracking_time": 1, TRACKING_DUE_FIELD: 1}
+    marked = orders.find({TRACKING_DUE_FIELD: {"$exists": True}}, projection, batch_size=BULK_CHUNK)
+    stored: dict[ObjectId, Any] = {}
+    follow: list[UpdateOne] = []
+    clears: dict[ObjectId, UpdateOne] = {}
+    for doc in marked:
+        oid, status_id, due = doc["_id"], doc.get("order_status"), doc[TRACKING_DUE_FIELD]
+        stored[oid] = status_id
+        status = catalogue.name_of(status_id)
+        if status is not None:
+            follow.append(_follow_op(oid, status, due, doc.get("last_tracking_time") or due))
+        clears[oid] = UpdateOne(
+            {"_id": oid, "order_status": status_id, TRACKING_DUE_FIELD: due},
+            {"$set": {TRACKING_SYNCED_FIELD: status_id}, "$unset": {TRACKING_DUE_FIELD: ""}},
+        )
+    _, report.tracking_modified, report.tracking_upserted = bulk_update(
+        db["orderTracking"], follow, report
+    )
+    failed = {r.key for r in report.rejected if r.collection == "orderTracking"}
+    done = [op for oid, op in clears.items() if oid not in failed]
+    bulk_update(orders, done, report)
+    report.tracking_synced = len(done)
+    return stored
+
+
+def settle(plan: WritePlan, report: WriteReport) -> list[Decision]:
+    """The plan's decisions corrected by what MongoDB did: a rejected update, or a status
+    change the stored document no longer allowed, is not counted as done."""
+    rejected = {r.key: r for r in report.rejected if r.collection == "orders"}
+    settled = []
+    for decision in plan.decisions:
+        problem = rejected.get(decision.order_oid)
+        if problem is not None:
+            alert = f"MongoDB rejected the update, the order stays due: {problem.error}"
+            settled.append(replace(decision, action=Action.REJECTED, events=(), alert=alert))
+        elif decision.action is Action.STATUS_CHANGED and decision.order_oid not in report.applied:
+            alert = (
+                f"move {decision.from_status!r} -> {decision.to_status!r} not applied: the "
+                "stored status no longer allowed it (changed by another run)"
+            )
+            settled.append(replace(decision, action=Action.REFUSED, events=(), alert=alert))
+        else:
+            settled.append(decision)
+    return settled

@@ -160,5 +160,6 @@ def moved_by_write_path(
         )
         for order, status in zip(orders, statuses, strict=True)
     ]
-    apply_plan(db, plan_writes(polled, StatusCatalogue.load(db), flow, now))
+    catalogue = StatusCatalogue.load(db)
+    apply_plan(db, plan_writes(polled, catalogue, flow, now), catalogue)
     return orders

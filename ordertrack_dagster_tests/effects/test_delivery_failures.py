@@ -157,18 +157,19 @@ def test_repeated_failures_become_a_dead_letter_that_ops_can_requeue(
     stack, stack_env, db, instance
 ):
     [rto] = write_markers(db, [Canonical.RTO])
-    runner = Runner(instance, effects={"retry_base_seconds": 0.0, "max_attempts": 2})
+    runner = Runner(instance, effects={"retry_base_seconds": 0.0, "give_up_after_hours": 1 / 3600})
     stack.inject_fault("crm", "500", count=2)
     first = runner.run(*OUTBOX_AND_CRM)
     assert metadata(first, "crm_rto_webhooks")["errors"] == ["CRM webhook answered HTTP 500"]
     assert checks(first, "crm_rto_webhooks")["no_dead_letters"].passed
 
+    time.sleep(1.1)  # failing for longer than the give-up time (one second here)
     second = runner.run("crm_rto_webhooks")
     assert metadata(second, "crm_rto_webhooks")["became_dead"] == 1
     assert not checks(second, "crm_rto_webhooks")["no_dead_letters"].passed
     alerts = stack.slack_messages(SLACK_CHANNELS["TRACKING_ALERTS_SLACK_CHANNEL"])
     [notice] = mentioning(alerts, rto["order_id"])
-    assert "gave up after 2 failed attempts" in notice["text"]
+    assert "gave up after failing for 0.000277778 hours" in notice["text"]
     assert "CRM webhook answered HTTP 500" in notice["text"]
 
     third = runner.run("crm_rto_webhooks")  # dead letters are not retried, nor re-announced

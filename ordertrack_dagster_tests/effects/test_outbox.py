@@ -23,7 +23,7 @@ from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster_tests.effects.support import moved_by_write_path
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
-POLICY = RetryPolicy(max_failures=3, base_seconds=60, cap_seconds=600)
+POLICY = RetryPolicy(give_up_after_seconds=3600, base_seconds=60, cap_seconds=600)
 
 
 def mark(db, flow, *statuses):
@@ -171,21 +171,28 @@ def test_a_group_whose_record_failed_is_not_written_again_on_the_way_out(box, mo
     assert written[0] == 2 and sum(written[1:]) == 0
 
 
-def test_failures_back_off_then_become_dead_letters(box):
+def test_failures_back_off_then_become_dead_letters_after_the_give_up_time(db):
+    moment = NOW
+    box = Outbox(db, POLICY, owner="run-1", rng=random.Random(1), clock=lambda: moment)
     queue_reports(box, 1)
 
     def refuse(doc):
         raise DeliveryError("HTTP 500", http_status=500)
 
-    moment = NOW
-    for failures in range(1, POLICY.max_failures + 1):
+    failures = 0
+    while moment - NOW < timedelta(seconds=POLICY.give_up_after_seconds):
         [doc] = box.claim("delhivery_b2c", ["query_log"], moment)
-        report = deliver(box, [doc], refuse)
+        deliver(box, [doc], refuse)
+        failures += 1
         doc = box.collection.find_one()
         assert doc["failures"] == failures and doc["last_error"] == "HTTP 500"
+        assert (doc["state"], doc["first_failure_at"]) == ("pending", NOW)
         moment = doc["next_attempt_at"]
+    [doc] = box.claim("delhivery_b2c", ["query_log"], moment)
+    report = deliver(box, [doc], refuse)  # the first failure after an hour of failing
+    doc = box.collection.find_one()
     assert report.became_dead == 1
-    assert (doc["state"], len(doc["attempts"])) == ("dead", POLICY.max_failures)
+    assert (doc["state"], doc["failures"]) == ("dead", failures + 1)
     assert box.claim("delhivery_b2c", ["query_log"], moment + timedelta(days=1)) == []
     assert box.counts("delhivery_b2c", ["query_log"])["dead"] == 1
     assert [d["_id"] for d in box.unalerted_dead("delhivery_b2c", ["query_log"])] == [doc["_id"]]

@@ -80,8 +80,8 @@ def test_crm_payload_has_the_spec_fields():
 
 def test_dead_letter_notice_lists_what_gave_up_and_why():
     docs = [event("crm_rto", last_error="HTTP <500>")] * 25
-    text = dead_letter_text("velocity", docs, 8)
-    assert "*Velocity: 25 side effect(s) gave up after 8 failed attempts*" in text
+    text = dead_letter_text("velocity", docs, 72)
+    assert "*Velocity: 25 side effect(s) gave up after failing for 72 hours*" in text
     assert "• CRM RTO webhook for order 2237: HTTP &lt;500&gt;" in text
     assert text.endswith("… and 5 more")
 

@@ -18,6 +18,7 @@ from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.orchestration import SCHEDULES
 from ordertrack_dagster.orchestration.guards import (
     FLOW_TAG,
+    MAX_RUNTIME_TAG,
     PARTITION_TAG,
     SCHEDULE_TIMEZONE,
     schedule_interval,
@@ -57,6 +58,8 @@ def test_a_tick_requests_its_flows_partition_with_the_flow_tag(instance, mongo):
     [request] = result.run_requests
     assert request.partition_key == "shiprocket"
     assert request.tags[FLOW_TAG] == "shiprocket"
+    # run monitoring cancels it after three schedule intervals (ZOMBIE-RUN, HUNG-RUN)
+    assert request.tags[MAX_RUNTIME_TAG] == str(3 * 8 * 60)
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ def polled(oid, current, new=None, outcome=Outcome.MAPPED, courier_status="ud-x"
 
 def write(db, catalogue, orders, flow="delhivery_b2c", now=NOW):
     plan = plan_writes(orders, catalogue, flow, now)
-    return plan, apply_plan(db, plan)
+    return plan, apply_plan(db, plan, catalogue)
 
 
 def test_status_change_writes_every_field(db, catalogue):
@@ -122,7 +122,8 @@ def test_backward_move_is_refused_with_an_alert(db, catalogue):
     doc = db["orders"].find_one({"_id": oid})
     assert doc["order_status"] == STATUS_IDS[C.RTO]
     assert doc["last_tracking_time"] == NOW  # the poll itself is recorded
-    assert db["orderTracking"].find_one({"orderId": oid}) is None
+    # orderTracking follows the order's stored status, never the refused one
+    assert db["orderTracking"].find_one({"orderId": oid})["currentStatus"] == "rto"
 
 
 def test_stale_snapshot_cannot_move_an_order_backwards(db, catalogue):
@@ -338,5 +339,6 @@ def test_many_orders_take_few_round_trips(db, catalogue):
         for n, oid in enumerate(oids)
     ]
     _, report = write(db, catalogue, orders)
-    assert report.bulk_calls == 2  # one for orders, one for orderTracking
+    # one for orders, one for orderTracking, one clearing the orders' orderTracking marks
+    assert report.bulk_calls == 3
     assert db["orders"].count_documents({"order_status": STATUS_IDS[C.DELIVERED]}) == 250

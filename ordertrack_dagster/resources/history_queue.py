@@ -1,0 +1,160 @@
+"""The tracking steps' outputs, kept in MongoDB first and copied to S3 when S3 answers.
+
+The four tracking steps hand their DataFrames to each other through MongoDB (which the
+status writes need anyway), never through S3: an S3 outage must not stop tracking (SPEC §7).
+Each output is one Parquet object, stored as chunks below MongoDB's 16 MB document limit
+under the id of the run that produced it, so a step reads its own run's output even while
+another run of the flow writes. Publishing copies each object to its S3 history key (the
+key analysts read, dated by when the run stored it) oldest first; an object stays queued,
+durably, until S3 took it, and is removed a retention period after that.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import Binary
+from pymongo import ASCENDING
+from pymongo.database import Database
+
+OBJECTS = "ordertrack_history"
+CHUNKS = "ordertrack_history_chunks"
+CHUNK_BYTES = 8 * 1024 * 1024  # half of MongoDB's document limit
+#: How long a published object stays in MongoDB, for re-executing a step of a recent run.
+RETENTION = timedelta(days=7)
+#: After a failed upload, this process leaves S3 alone for a while instead of paying the
+#: failure again at every step.
+BACKOFF_SECONDS = 300.0
+PUBLISH_BATCH = 50
+PUBLISH_WITHIN_SECONDS = 30.0
+
+_s3_down_until = 0.0
+_lock = threading.Lock()
+
+
+class MissingOutput(LookupError):
+    """A step's output is not (or no longer) kept: the run that made it is unknown or too old."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """What one publishing pass did."""
+
+    published: int
+    pending: int
+    error: str | None = None
+
+
+def object_id(asset: str, flow: str, run_id: str) -> str:
+    return f"{asset}:{flow}:{run_id}"
+
+
+class HistoryQueue:
+    """The `ordertrack_history` objects and their chunks in one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.objects = db[OBJECTS]
+        self.chunks = db[CHUNKS]
+
+    def ensure_indexes(self) -> None:
+        self.objects.create_index([("state", ASCENDING), ("created_at", ASCENDING)])
+        for collection in (self.objects, self.chunks):
+            collection.create_index("expire_at", expireAfterSeconds=0)
+
+    def store(
+        self, asset: str, flow: str, run_id: str, key: str, body: bytes, rows: int, now: datetime
+    ) -> str:
+        """Keep one output; the chunks go first, so a listed object is always complete."""
+        oid = object_id(asset, flow, run_id)
+        parts = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)] or [b""]
+        for n, part in enumerate(parts):
+            self.chunks.replace_one(
+                {"_id": f"{oid}:{n}"}, {"object": oid, "n": n, "data": Binary(part)}, upsert=True
+            )
+        header = {
+            "asset": asset,
+            "flow": flow,
+            "run_id": run_id,
+            "key": key,
+            "rows": rows,
+            "bytes": len(body),
+            "chunks": len(parts),
+            "state": "pending",
+            "created_at": now,
+        }
+        self.objects.replace_one({"_id": oid}, header, upsert=True)
+        return oid
+
+    def load(self, asset: str, flow: str, run_id: str | None) -> bytes:
+        """The output of run `run_id`; without a run, the one stored last."""
+        if run_id is None:
+            latest = self.objects.find_one(
+                {"asset": asset, "flow": flow}, {"run_id": 1}, sort=[("created_at", -1)]
+            )
+            run_id = latest["run_id"] if latest else "(none)"
+        oid = object_id(asset, flow, run_id)
+        header = self.objects.find_one({"_id": oid}, {"chunks": 1})
+        if header is None:
+            raise MissingOutput(
+                f"no stored output of {asset} for flow {flow} and run {run_id} (older than "
+                f"{RETENTION.days} days, or never written)"
+            )
+        return self._body(oid, int(header["chunks"]))
+
+    def _body(self, oid: str, chunks: int) -> bytes:
+        parts = {doc["n"]: bytes(doc["data"]) for doc in self.chunks.find({"object": oid})}
+        if len(parts) != chunks:
+            raise MissingOutput(f"stored output {oid} is incomplete ({len(parts)}/{chunks})")
+        return b"".join(parts[n] for n in range(chunks))
+
+    def pending(self, asset: str, flow: str) -> int:
+        return self.objects.count_documents({"asset": asset, "flow": flow, "state": "pending"})
+
+    def publish(
+        self,
+        asset: str,
+        flow: str,
+        upload: Callable[[str, bytes, dict[str, Any]], None],
+        now: datetime,
+    ) -> Published:
+        """Upload this asset's and flow's queued objects to S3, oldest first, while S3 answers.
+
+        `upload(key, body, header)` raises on failure; the object then stays queued and this
+        process waits `BACKOFF_SECONDS` before trying S3 again.
+        """
+        global _s3_down_until
+        if time.monotonic() < _s3_down_until:
+            return Published(0, self.pending(asset, flow), "S3 failed recently; queued")
+        started = time.monotonic()
+        published = 0
+        queued = self.objects.find({"asset": asset, "flow": flow, "state": "pending"}).sort(
+            [("created_at", ASCENDING), ("_id", ASCENDING)]
+        )
+        for header in queued.limit(PUBLISH_BATCH):
+            if time.monotonic() - started > PUBLISH_WITHIN_SECONDS:
+                break
+            try:
+                upload(header["key"], self._body(header["_id"], int(header["chunks"])), header)
+            except Exception as error:  # any S3 failure: keep it queued, durable
+                with _lock:
+                    _s3_down_until = time.monotonic() + BACKOFF_SECONDS
+                return Published(published, self.pending(asset, flow), f"{error}")
+            expire = now + RETENTION
+            self.objects.update_one(
+                {"_id": header["_id"]},
+                {"$set": {"state": "published", "published_at": now, "expire_at": expire}},
+            )
+            self.chunks.update_many({"object": header["_id"]}, {"$set": {"expire_at": expire}})
+            published += 1
+        return Published(published, self.pending(asset, flow))
+
+
+def reset_backoff() -> None:
+    """Forget a recent S3 failure (tests restart S3 within one process)."""
+    global _s3_down_until
+    _s3_down_until = 0.0
