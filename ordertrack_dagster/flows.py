@@ -13,7 +13,7 @@ from enum import StrEnum
 
 
 class Selection(StrEnum):
-    """Which SPEC §2 filter a flow adds to the base filter."""
+    """Which contract §2 filter a flow adds to the base filter."""
 
     WAYBILL = "waybill"  # awb_number set, no LR number, primary source
     LR_NUMBER = "lr_number"  # delhivery_lr_number set, primary source

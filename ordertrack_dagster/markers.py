@@ -15,7 +15,7 @@ OUTBOX_FIELD = "ordertrack_outbox"
 
 
 class Event(StrEnum):
-    """Side effects that the first entry into a status triggers (SPEC §7)."""
+    """Side effects that the first entry into a status triggers (contract §7)."""
 
     CRM_RTO = "crm_rto"
     SLACK_CANCELLED = "slack_booking_cancelled"

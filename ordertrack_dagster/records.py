@@ -30,7 +30,7 @@ class Outcome(StrEnum):
 
     @property
     def was_read(self) -> bool:
-        """SPEC §6: the courier's answer was received and read, so the poll is recorded."""
+        """Contract §6: the courier's answer was received and read, so the poll is recorded."""
         return self in _READ_OUTCOMES
 
 

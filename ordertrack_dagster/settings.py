@@ -1,4 +1,4 @@
-"""SPEC §8 settings -> resources, written once: `build_resources(env)` for the code location
+"""Contract §8 settings -> resources, written once: `build_resources(env)` for the code location
 and the tests, `courier_resource` for code that asks a courier outside a run.
 
 Required settings and secrets become `EnvVar`s, resolved when a run starts (the UI shows their

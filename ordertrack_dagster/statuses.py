@@ -1,4 +1,4 @@
-"""Canonical statuses and the moves allowed between them (SPEC §3, §6): defined here only.
+"""Canonical statuses and the moves allowed between them (contract §3, §6): defined here only.
 
 The Python check (for alerts and reporting) and the MongoDB write filters (the guard that
 holds under concurrent runs) are both derived from `refused_predecessors`, so the two can
@@ -67,7 +67,7 @@ _PUNCTUATION = re.compile(r"[^A-Z0-9_]")
 
 
 def normalise_raw_status(raw: str) -> str:
-    """SPEC §5 normalisation: upper-case, spaces and hyphens to `_`, other punctuation removed."""
+    """Contract §5 normalisation: upper-case, spaces and hyphens to `_`, other marks removed."""
     upper = raw.strip().upper().replace(" ", "_").replace("-", "_")
     return _PUNCTUATION.sub("", upper)
 
@@ -75,7 +75,7 @@ def normalise_raw_status(raw: str) -> str:
 def mapping_table(rows: dict[Canonical | None, str]) -> dict[str, Canonical | None]:
     """Build a lookup from `{status: "RAW_A RAW_B ..."}`; the None key lists "no change" rows.
 
-    Courier modules write their SPEC §5 tables in this compact form so each table reads like
+    Courier modules write their contract §5 tables in this compact form so each table reads like
     the contract; a raw status listed twice is a bug and fails at import.
     """
     table: dict[str, Canonical | None] = {}

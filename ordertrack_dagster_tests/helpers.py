@@ -273,7 +273,7 @@ def simulator_counts(simulator: SimulatorAdmin, courier: str) -> dict[str, Any]:
 
 
 def courier_resource(flow: str, env: Mapping[str, str], **overrides: str) -> Any:
-    """The flow's courier resource configured from SPEC §8 names in `env`, as the code
+    """The flow's courier resource configured from contract §8 names in `env`, as the code
     location does, with fields overridden (e.g. a wrong password)."""
     return settings.courier_resource(COURIERS[flow].resource_key, env, **overrides)
 

@@ -1,4 +1,4 @@
-"""The transition rule of SPEC §6, checked cell by cell, and the normalisation of §5."""
+"""The transition rule of contract §6, checked cell by cell, and the normalisation of §5."""
 
 import pytest
 
@@ -18,7 +18,7 @@ C = Canonical
 
 
 def expected(current: Canonical, new: Canonical) -> bool:
-    """SPEC §6 restated independently of the implementation."""
+    """Contract §6 restated independently of the implementation."""
     if current == new:
         return False
     if current in FORWARD:

@@ -62,7 +62,7 @@ def first_entry(value: Any) -> dict[str, Any]:
 
 
 def newest_activity_time(activities: Any) -> datetime | None:
-    """The newest readable activity `date`, UTC (SPEC §6 History time of Shiprocket, Velocity).
+    """The newest readable activity `date`, UTC (contract §6 History time of Shiprocket, Velocity).
 
     Couriers list activities newest first; taking the latest date does not rely on it.
     """
@@ -78,7 +78,7 @@ StatusTable = Mapping[str, Canonical | None]
 def read_status(
     candidates: Sequence[tuple[Any, StatusTable]], event_time: datetime | None
 ) -> Interpretation:
-    """Map the first raw status its table knows: SPEC §5's "status from X, else Y".
+    """Map the first raw status its table knows: contract §5's "status from X, else Y".
 
     `courier_status` is the raw value actually used, as the courier sent it. When none maps,
     the answer is unmapped (no change, and an alert naming every raw value seen); an answer

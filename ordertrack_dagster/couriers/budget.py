@@ -1,4 +1,4 @@
-"""One request budget per courier limit, shared by every run, flow and process (SPEC §4).
+"""One request budget per courier limit, shared by every run, flow and process (contract §4).
 
 The counts live in one `ordertrack_state` document per budget scope (`budget:<scope>`), in
 whole-second buckets. A process does not ask MongoDB before each request: it reserves a

@@ -1,5 +1,5 @@
 """Delhivery express tracking: the B2C flow (50 waybills a GET) and the slow fallback path
-(one waybill a GET). Client, answer parsing and the SPEC §5 tables, in one place.
+(one waybill a GET). Client, answer parsing and the contract §5 tables, in one place.
 
 The legacy table also serves the B2B module, which imports it from here.
 """
@@ -24,7 +24,7 @@ from ordertrack_dagster.statuses import Canonical, mapping_table, normalise_raw_
 
 C = Canonical
 
-#: SPEC §5 "Delhivery legacy table": B2B, and any raw status the pair table lacks.
+#: contract §5 "Delhivery legacy table": B2B, and any raw status the pair table lacks.
 LEGACY_TABLE = mapping_table(
     {
         None: "PICK_UP_PENDING MANIFESTED WAITING_PICKUP PICKUP_QUEUED PICKUP_RESCHEDULED "
@@ -45,7 +45,7 @@ LEGACY_TABLE = mapping_table(
     }
 )
 
-#: SPEC §5 (StatusType, Status) pairs; UD/Pending and the failed-delivery codes are rules below.
+#: contract §5 (StatusType, Status) pairs; UD/Pending and the failed-delivery codes are rules below.
 PAIR_TABLE: dict[tuple[str, str], Canonical | None] = {
     ("UD", "MANIFESTED"): None,
     ("UD", "NOT_PICKED"): C.BOOKING_CANCELLED,

@@ -1,6 +1,6 @@
 """Delhivery B2B (LTL) tracking: one LR number a GET, with a JWT from a login.
 
-Client, answer parsing and mapping in one place. The mapping is SPEC §5's Delhivery legacy
+Client, answer parsing and mapping in one place. The mapping is contract §5's Delhivery legacy
 table (shared with the express module); the answer carries only the latest status.
 """
 

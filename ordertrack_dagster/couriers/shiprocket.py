@@ -1,6 +1,6 @@
 """Shiprocket tracking: up to 50 AWBs a POST, with a token from a login (valid 10 days).
 
-Client, answer parsing and the SPEC §5 tables (names and numeric codes) in one place.
+Client, answer parsing and the contract §5 tables (names and numeric codes) in one place.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ordertrack_dagster.statuses import Canonical, mapping_table
 C = Canonical
 TOKEN_LIFETIME = timedelta(days=10)
 
-#: SPEC §5 Shiprocket names (`current_status` and `sr-status-label`).
+#: contract §5 Shiprocket names (`current_status` and `sr-status-label`).
 STATUS_TABLE = mapping_table(
     {
         None: "SHIPPED PICKUP_RESCHEDULED OUT_FOR_PICKUP PENDING PICKUP_ERROR AWB_ASSIGNED "
@@ -43,7 +43,7 @@ STATUS_TABLE = mapping_table(
     }
 )
 
-#: SPEC §5 numeric `shipment_status` codes, used when neither name maps (improvement).
+#: contract §5 numeric `shipment_status` codes, used when neither name maps (improvement).
 CODE_TABLE = mapping_table(
     {
         None: "0 1 2 3 4 5 11 13 15 19 20 27 52",

@@ -1,6 +1,6 @@
 """Courier state that must outlive one process: rate-limit pauses, request budgets, tokens.
 
-Kept in MongoDB's `ordertrack_state` collection (SPEC §4), where every run on every machine
+Kept in MongoDB's `ordertrack_state` collection (contract §4), where every run on every machine
 sees it. The old service kept it in memory and forgot a courier's "stop" on restart.
 Tokens are sealed with ORDERTRACK_STATE_KEY when it is set (`security.tokens`).
 """

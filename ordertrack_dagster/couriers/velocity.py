@@ -3,7 +3,7 @@
 A Velocity login revokes every older token and five failed logins lock the account, so the
 token lives in `ordertrack_state` with its expiry; on a 401 the stored token is re-read
 first (another run may have logged in), and only then does one worker log in. Client,
-answer parsing and the SPEC §5 table in one place.
+answer parsing and the contract §5 table in one place.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ DEFAULT_TOKEN_LIFETIME = timedelta(hours=24)
 #: A longer stated lifetime is not believed (a 401 would still refresh it, but only then).
 MAX_TOKEN_LIFETIME = timedelta(days=30)
 
-#: SPEC §5 Velocity (`shipment_status`, else `shipment_track[0].current_status`).
+#: contract §5 Velocity (`shipment_status`, else `shipment_track[0].current_status`).
 STATUS_TABLE = mapping_table(
     {
         None: "MANIFEST_UPLOADED PENDING PROCESSING READY_FOR_PICKUP PICKUP_SCHEDULED",

@@ -1,6 +1,6 @@
 """The demo data set: reference collections and orders shaped like production's.
 
-Orders carry the exact SPEC §2 fields with the values production holds (courier-style
+Orders carry the exact contract §2 fields with the values production holds (courier-style
 waybills, free-text `bookingCourier`, mixed sales channels, partial status histories), so
 the pipeline meets the same data in the demo, the tests and the benchmark. Each trackable
 shipment is registered with the courier simulator, which then answers for it. A few noise

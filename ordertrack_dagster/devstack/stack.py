@@ -4,7 +4,7 @@ SecantusDB (MongoDB wire protocol), moto's S3, an SMTP mailbox, the Slack and CR
 and the courier simulator each run as a child process in its own process group, so that
 leaving the `with` block (normally, on an exception or on Ctrl-C) stops all of them and
 nothing they started, and on Linux they also die with the process that started them.
-`stack.env` is the SPEC §8 environment pointing at them.
+`stack.env` is the contract §8 environment pointing at them.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Side effects of a flow run (SPEC §7): the outbox, Slack, the CRM, logs and the email."""
+"""Side effects of a flow run (contract §7): the outbox, Slack, the CRM, logs and the email."""

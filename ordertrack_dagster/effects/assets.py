@@ -1,4 +1,4 @@
-"""Side effects of a flow run (SPEC §7) as partitioned assets downstream of the MongoDB write.
+"""Side effects of a flow run (contract §7) as partitioned assets downstream of the MongoDB write.
 
 `effects_outbox` drains the write path's markers into the durable outbox; each sending asset,
 built from one declaration of `declarations.py`, then delivers its own kind from there, so

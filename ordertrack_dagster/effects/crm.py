@@ -1,4 +1,4 @@
-"""The CRM (SPEC §7): a client-credentials token and the RTO cancel-order webhook.
+"""The CRM (contract §7): a client-credentials token and the RTO cancel-order webhook.
 
 The token is cached in memory for the run and in `ordertrack_state` until it expires, so
 runs do not ask for a new one each time. Every call carries the outbox document's

@@ -92,7 +92,7 @@ OpenSender = Callable[[EffectRun], contextlib.AbstractContextManager[Sender]]
 
 @dataclass(frozen=True)
 class Effect:
-    """One side effect of SPEC §7 and the asset that sends it."""
+    """One side effect of contract §7 and the asset that sends it."""
 
     name: str
     description: str
@@ -254,7 +254,7 @@ EFFECTS = (
     Effect(
         name="crm_rto_webhooks",
         description="CRM cancel-order webhook for each order's first entry into rto / rto in "
-        "transit (SPEC §7), from the outbox: retried with backoff, never sent twice.",
+        "transit (contract §7), from the outbox: retried with backoff, never sent twice.",
         kinds=(Event.CRM_RTO.value,),
         dagster_kinds=frozenset({"mongodb"}),
         resources=frozenset({"crm"}),
@@ -264,7 +264,7 @@ EFFECTS = (
     Effect(
         name="slack_status_alerts",
         description="Slack messages for booking_cancelled, lost/destroy and same-day B2B "
-        "deliveries (SPEC §7), once per order and transition, from the outbox.",
+        "deliveries (contract §7), once per order and transition, from the outbox.",
         kinds=(
             Event.SLACK_CANCELLED.value,
             Event.SLACK_LOST_DESTROY.value,

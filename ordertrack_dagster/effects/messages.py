@@ -1,4 +1,4 @@
-"""What the side effects say (SPEC §7), as pure functions of outbox documents.
+"""What the side effects say (contract §7), as pure functions of outbox documents.
 
 Slack messages are mrkdwn: every value that comes from an order or a courier is escaped, so
 a waybill or a raw courier status cannot open a link or mention a channel.
@@ -105,7 +105,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def crm_payload(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The CRM cancel-order webhook body (SPEC §7), from the order as drained."""
+    """The CRM cancel-order webhook body (contract §7), from the order as drained."""
     order = _mapping(doc.get("order"))
     return {
         "phone_number": plain_text(order.get("phone")),

@@ -1,4 +1,4 @@
-"""The durable outbox (SPEC §7): the `ordertrack_outbox` collection's operations.
+"""The durable outbox (contract §7): the `ordertrack_outbox` collection's operations.
 
 The write path leaves a marker on the order, atomically with the status change. Draining
 copies it into `ordertrack_outbox` under a deterministic `_id` (order + event), so draining

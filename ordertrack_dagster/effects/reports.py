@@ -1,4 +1,4 @@
-"""The per-run reports (SPEC §7): alert log, query log and email summary, built purely.
+"""The per-run reports (contract §7): alert log, query log and email summary, built purely.
 
 Each is built once, when the run's effects execute, and stored in the outbox as it will be
 delivered, so a retry on a later run sends exactly what this run saw.
@@ -56,7 +56,7 @@ def _text(value: Any) -> str | None:
 
 
 def classify_alert(outcome: str | None, action: str | None, message: str) -> str:
-    """Which of the SPEC's alert kinds a message is, from the row's outcome and action."""
+    """Which of the contract's alert kinds a message is, from the row's outcome and action."""
     if action == "refused":
         return "refused_move"
     if outcome in _OUTCOME_KINDS:

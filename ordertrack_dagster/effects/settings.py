@@ -1,4 +1,4 @@
-"""Where the side effects go and how failing ones are retried (SPEC §7, §8)."""
+"""Where the side effects go and how failing ones are retried (contract §7, §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SMTP for the run summary email (SPEC §7, §8: SMTP_*, EMAIL_*)."""
+"""SMTP for the run summary email (contract §7, §8: SMTP_*, EMAIL_*)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Schedules, sensors, checks and the tracking job (SPEC §1, §4, §8, §9)."""
+"""Schedules, sensors, checks and the tracking job (contract §1, §4, §8, §9)."""
 
 from ordertrack_dagster.orchestration.checks import CHECKS
 from ordertrack_dagster.orchestration.guards import FLOW_TAG

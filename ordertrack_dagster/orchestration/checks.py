@@ -3,7 +3,7 @@ is posted to the alerts channel once per failure.)
 
 A run can succeed while orders fall behind (a courier pause, failed batches, a cap too small,
 a stopped schedule or a stuck run). One check per flow, on `order_status_writes`, counts the
-flow's due orders (its SPEC §2 selection) whose last poll is older than a threshold, three
+flow's due orders (its contract §2 selection) whose last poll is older than a threshold, three
 schedule intervals unless configured. The checks run on their own schedule, apart from the
 tracking runs, so they also notice when no run happens at all.
 """

@@ -1,6 +1,6 @@
 """Whether a flow may start now: the rules its schedule and the start-up sensor share.
 
-SPEC §1: a tick that finds its flow still running is skipped, not queued. SPEC §4: a stored
+Contract §1: a tick that finds its flow still running is skipped, not queued. Contract §4: a stored
 courier pause holds the flow until its resume time. Both rules read shared state (the Dagster
 instance and MongoDB), so they hold across processes, machines and restarts.
 """
@@ -25,7 +25,7 @@ from ordertrack_dagster.couriers import blocking_pause, describe_pause
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow
 
-FLOW_TAG = "ordertrack/flow"  # SPEC §9: on every run a schedule or sensor launches
+FLOW_TAG = "ordertrack/flow"  # contract §9: on every run a schedule or sensor launches
 PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run, UI runs too
 #: Run monitoring cancels a run still going after this many seconds (dagster.yaml).
 MAX_RUNTIME_TAG = "dagster/max_runtime"
@@ -49,7 +49,7 @@ IN_FLIGHT_STATUSES = (
 
 
 def automation_on_by_default() -> bool:
-    """SPEC §8: `ENV=PROD` turns schedules and sensors on; anywhere else they start stopped."""
+    """Contract §8: `ENV=PROD` turns schedules and sensors on; anywhere else they start stopped."""
     return os.environ.get("ENV", "").strip() == "PROD"
 
 

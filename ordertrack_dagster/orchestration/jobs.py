@@ -1,7 +1,7 @@
 """The tracking job (one flow per run) and the freshness job (the checks of every flow).
 
 Selecting by group means side-effect assets added to the group later run in every scheduled
-run without touching the schedules (SPEC §9: a scheduled tick runs the complete flow).
+run without touching the schedules (contract §9: a scheduled tick runs the complete flow).
 """
 
 from dagster import AssetSelection, define_asset_job

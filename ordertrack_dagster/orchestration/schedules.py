@@ -1,4 +1,4 @@
-"""One schedule per flow, on the flow's cron from flows.py (SPEC §1), and one for the checks.
+"""One schedule per flow, on the flow's cron from flows.py (contract §1), and one for the checks.
 
 A flow's tick skips (never queues) while the flow still runs or its courier is paused, and
 says why.

@@ -1,4 +1,4 @@
-"""Sensors: the start-up runs (SPEC §1), dead runs marked failed, and the Slack alert on a
+"""Sensors: the start-up runs (contract §1), dead runs marked failed, and the Slack alert on a
 failed run.
 
 The old service ran every flow once when it started. Here "started" means a new Dagster

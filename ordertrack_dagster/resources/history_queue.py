@@ -1,7 +1,7 @@
 """The tracking steps' outputs, kept in MongoDB first and copied to S3 when S3 answers.
 
 The four tracking steps hand their DataFrames to each other through MongoDB (which the
-status writes need anyway), never through S3: an S3 outage must not stop tracking (SPEC §7).
+status writes need anyway), never through S3: an S3 outage must not stop tracking (contract §7).
 Each output is one Parquet object, stored as chunks below MongoDB's 16 MB document limit
 under the id of the run that produced it, so a step reads its own run's output even while
 another run of the flow writes. Publishing copies each object to its S3 history key (the

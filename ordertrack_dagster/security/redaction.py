@@ -1,4 +1,4 @@
-"""One redaction step for every text that leaves the process (SPEC §8).
+"""One redaction step for every text that leaves the process (contract §8).
 
 The secrets are the values of the secret settings (and of any setting whose name says it is
 one), the MongoDB password inside `MONGODB_URI`, and the tokens this process received at run

@@ -39,7 +39,7 @@ def _output(table: steps.Table) -> Output[pd.DataFrame]:
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"mongodb", "pandas"},
-    description="Orders due for tracking in this flow (SPEC §2 filter, oldest-polled first, "
+    description="Orders due for tracking in this flow (contract §2 filter, oldest-polled first, "
     "capped).",
 )
 def pending_orders(context: AssetExecutionContext, mongo: MongoResource) -> Output[pd.DataFrame]:
@@ -89,7 +89,7 @@ def raw_courier_responses(
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"pandas", "parquet"},
-    description="Each selected order's answer mapped onto a canonical status (SPEC §5), "
+    description="Each selected order's answer mapped onto a canonical status (contract §5), "
     "with the alerts it raised.",
 )
 def status_updates(
@@ -114,7 +114,7 @@ def status_updates(
             "stay due and are named in the run's alert log.",
         )
     ],
-    description="The MongoDB write (SPEC §6): statuses moved forward only, polls recorded, "
+    description="The MongoDB write (contract §6): statuses moved forward only, polls recorded, "
     "orderTracking history appended once; one row per selected order saying what happened.",
 )
 def order_status_writes(

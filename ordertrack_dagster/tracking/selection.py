@@ -1,4 +1,4 @@
-"""Which orders a flow tracks (SPEC §2): the MongoDB filter, sort and cap, as pure values."""
+"""Which orders a flow tracks (contract §2): the MongoDB filter, sort and cap, as pure values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from ordertrack_dagster.flows import Flow, Selection
 
-#: When ordertrack last asked the courier about an order, answered or not (SPEC §2). The
+#: When ordertrack last asked the courier about an order, answered or not (contract §2). The
 #: queue's order: an order asked without a usable answer goes behind those not asked since,
 #: while `last_tracking_time` keeps meaning "the courier answered".
 ASKED_FIELD = "ordertrack_asked_at"
@@ -68,7 +68,7 @@ def _absent(field: str) -> dict[str, Any]:
 
 
 def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuery:
-    """SPEC §2: the base filter plus the flow's own; longest not asked first; the flow's cap."""
+    """Contract §2: the base filter plus the flow's own; longest not asked first; the flow's cap."""
     courier = re.compile(flow.booking_courier_pattern, re.IGNORECASE)
     clauses: list[dict[str, Any]] = [
         {"order_status": {"$in": list(policy.tracking_status_ids)}},

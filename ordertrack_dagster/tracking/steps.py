@@ -48,7 +48,7 @@ def _text(value: Any) -> str | None:
 
 
 def select_pending(db: Database, flow: Flow, log: logging.Logger) -> Table:
-    """`pending_orders`: the orders due in this flow (SPEC §2), oldest-polled first, capped."""
+    """`pending_orders`: the orders due in this flow (contract §2), oldest-polled first, capped."""
     query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC))
     with metadata.Measured() as measured:
         try:
@@ -153,7 +153,7 @@ def map_answers(pending: pd.DataFrame, raw: pd.DataFrame, flow: Flow) -> Table:
 
 
 def write_statuses(db: Database, updates: pd.DataFrame, flow: Flow, log: logging.Logger) -> Table:
-    """`order_status_writes`: the MongoDB write (SPEC §6), one row per selected order saying
+    """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
     what happened to it."""
     with metadata.Measured() as measured:
         catalogue = StatusCatalogue.load(db)

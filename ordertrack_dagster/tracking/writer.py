@@ -1,4 +1,4 @@
-"""SPEC §6: turning mapped answers into MongoDB writes, and applying them in bulk.
+"""Contract §6: turning mapped answers into MongoDB writes, and applying them in bulk.
 
 `plan_writes` is pure: it decides per order what to write and builds the operations.
 `apply_plan` sends them as a few bulk writes, one operation per polled order (plus one per
@@ -150,7 +150,7 @@ def _same_india_day(order: PolledOrder) -> bool:
 
 
 def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
-    """What recording a poll writes, whatever becomes of the status (SPEC §6)."""
+    """What recording a poll writes, whatever becomes of the status (contract §6)."""
     fields: dict[str, Any] = {"last_tracking_time": now, ASKED_FIELD: now}
     if order.courier_status is not None:
         fields["courier_status"] = order.courier_status
@@ -327,7 +327,7 @@ def plan_writes(
     flow_key: str,
     now: datetime,
 ) -> WritePlan:
-    """Decide, per polled order, what SPEC §6 asks to write; build the bulk operations."""
+    """Decide, per polled order, what contract §6 asks to write; build the bulk operations."""
     plan = WritePlan()
     moves = _Moves(catalogue, now)
     for order in orders:

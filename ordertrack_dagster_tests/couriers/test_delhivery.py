@@ -1,4 +1,4 @@
-"""Delhivery express (B2C) and fallback: every SPEC §5 row, the rules, the error shapes."""
+"""Delhivery express (B2C) and fallback: every contract §5 row, the rules, the error shapes."""
 
 from datetime import UTC, datetime, timedelta
 

@@ -1,4 +1,4 @@
-"""Shiprocket: every SPEC §5 row (names and numeric codes), the order of the fallbacks, the
+"""Shiprocket: every contract §5 row (names and numeric codes), the order of the fallbacks, the
 no-scans answer, the answer shapes, and the realistic sample."""
 
 import json

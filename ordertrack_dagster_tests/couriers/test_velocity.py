@@ -1,4 +1,4 @@
-"""Velocity: every SPEC §5 row, the fallback to `shipment_track`, the answer shapes, and its
+"""Velocity: every contract §5 row, the fallback to `shipment_track`, the answer shapes, and its
 one shared token (a login elsewhere revokes ours: the store is re-read before logging in)."""
 
 import asyncio

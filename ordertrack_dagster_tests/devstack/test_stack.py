@@ -353,7 +353,7 @@ def test_spread_orders_covers_every_flow() -> None:
 
 
 def test_full_stack_environment_names(stack: EmbeddedStack) -> None:
-    """The session stack (conftest) supplies the whole SPEC §8 environment."""
+    """The session stack (conftest) supplies the whole contract §8 environment."""
     expected = {
         "MONGODB_URI MONGODB_DB AWS_ENDPOINT_URL AWS_S3_BUCKET AWS_REGION AWS_ACCESS_KEY_ID "
         "AWS_SECRET_ACCESS_KEY SLACK_TOKEN SLACK_API_URL TRACKING_ALERTS_SLACK_CHANNEL "

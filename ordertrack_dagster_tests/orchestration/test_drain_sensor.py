@@ -1,4 +1,4 @@
-"""The drain sensor (SPEC §1): a flow whose last run left orders due gets its next run as
+"""The drain sensor (contract §1): a flow whose last run left orders due gets its next run as
 soon as the last one is over, not at the next tick."""
 
 from datetime import UTC, datetime, timedelta

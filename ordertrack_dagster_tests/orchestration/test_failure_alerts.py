@@ -1,4 +1,4 @@
-"""Courier pauses across processes (SPEC §4) and the Slack alert on a failed run."""
+"""Courier pauses across processes (contract §4) and the Slack alert on a failed run."""
 
 from datetime import UTC, datetime, timedelta
 

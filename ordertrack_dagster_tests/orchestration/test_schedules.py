@@ -1,4 +1,4 @@
-"""Schedule ticks (SPEC §1, §4), ENV gating (SPEC §8) and the shipped dagster.yaml (SPEC §9)."""
+"""Schedule ticks (contract §1, §4), ENV gating (§8) and the shipped dagster.yaml (§9)."""
 
 import shutil
 from datetime import UTC, datetime, timedelta

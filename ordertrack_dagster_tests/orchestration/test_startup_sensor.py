@@ -1,4 +1,4 @@
-"""Start-up runs (SPEC §1): once per daemon start, only for flows that did not run lately."""
+"""Start-up runs (contract §1): once per daemon start, only for flows that did not run lately."""
 
 import time
 from datetime import UTC, datetime, timedelta

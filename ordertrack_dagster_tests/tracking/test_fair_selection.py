@@ -1,4 +1,4 @@
-"""Fair selection (SPEC §2): an order asked without a usable answer goes behind the orders
+"""Fair selection (contract §2): an order asked without a usable answer goes behind the orders
 not asked yet, keeps its `last_tracking_time` (and so stays stale for the freshness check),
 and is asked again once the others had their turn."""
 

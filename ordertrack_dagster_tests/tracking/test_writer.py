@@ -1,4 +1,4 @@
-"""SPEC §6 write rules against a real MongoDB-wire server (SecantusDB)."""
+"""Contract §6 write rules against a real MongoDB-wire server (SecantusDB)."""
 
 import threading
 from datetime import UTC, datetime, timedelta
@@ -214,7 +214,7 @@ def test_two_concurrent_writers_append_history_once(db, catalogue):
 
 @pytest.mark.parametrize("outcome", [Outcome.NOT_FOUND, Outcome.FAILED, Outcome.DEFERRED])
 def test_unread_answers_leave_status_and_poll_untouched(db, catalogue, outcome):
-    """Only the queue place moves, and only for an order that was asked (SPEC §2)."""
+    """Only the queue place moves, and only for an order that was asked (contract §2)."""
     oid = make_order(db, C.IN_TRANSIT)
     before = db["orders"].find_one({"_id": oid})
     plan, _ = write(db, catalogue, [polled(oid, C.IN_TRANSIT, None, outcome=outcome)])
