@@ -134,9 +134,10 @@ def build_startup_sensor() -> SensorDefinition:
 
 
 def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
-    """(run id, why) when the flow's last write shows orders still due beyond it: it hit its
-    cap, or deferred orders for a pause or the budget after asking some (a run that asked
-    nothing would only defer again; the schedule retries it)."""
+    """(run id, why) when the flow's last write shows orders still due beyond it and that run
+    made progress: it hit its cap, or deferred orders for a pause or the budget after asking
+    some. A run whose orders the courier did not answer (an outage, keys it does not know)
+    starts nothing: the schedule retries at its own pace instead of hammering a broken API."""
     writes = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=ORDER_STATUS_WRITES, asset_partitions=[flow.key]), limit=1
     ).records
@@ -147,7 +148,14 @@ def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
         name: value.value
         for name, value in (materialization.metadata if materialization else {}).items()
     }
-    selected, deferred = int(figures.get("selected", 0)), int(figures.get("deferred", 0))
+
+    def count(name: str) -> int:
+        return int(figures.get(name, 0) or 0)
+
+    selected, deferred = count("selected"), count("deferred")
+    answered = selected - deferred - count("failed") - count("not_found")
+    if answered <= 0:
+        return None
     if deferred and deferred < selected:
         return writes[0].run_id, f"{deferred} of {selected} orders deferred"
     if selected >= flow.cap and not deferred:
@@ -177,7 +185,7 @@ def build_drain_sensor() -> SensorDefinition:
             run_id, why = left
             context.log.info(f"{key}: {why} in run {run_id}; starting the next run")
             requests.append(
-                RunRequest(run_key=f"drain:{key}:{run_id}", partition_key=key, tags={FLOW_TAG: key})
+                RunRequest(run_key=f"drain:{key}:{run_id}", partition_key=key, tags=run_tags(flow))
             )
         skip = None if requests else SkipReason("no flow has orders left over by its last run")
         return SensorResult(run_requests=requests, skip_reason=skip)

@@ -36,8 +36,14 @@ SECRET_SETTINGS = (
     "ORDERTRACK_STATE_KEY",
 )
 _SECRET_NAME_PARTS = ("TOKEN", "PASSWORD", "SECRET")
-#: Shorter values are not secrets worth the false matches (e.g. "true", a port number).
+#: Shorter values are not secrets worth the false matches (e.g. a port number).
 MIN_SECRET_CHARS = 4
+#: Words that are part of every JSON answer: masking them would break the answer, not hide a
+#: secret (a setting with such a value is no secret anyway).
+_NEVER_SECRET = frozenset({"true", "false", "null", "none"})
+#: Columns that identify an order or a run: they come from our database or the courier's keys,
+#: never from a credential, and the next step looks orders up by them.
+IDENTIFIER_COLUMNS = frozenset({"order_oid", "order_id", "tracking_key", "flow", "run_id"})
 MASK = "***"
 
 _learned: set[str] = set()
@@ -70,7 +76,11 @@ def _forms(secret: str) -> set[str]:
     escaped = secret.encode("unicode_escape").decode("ascii")
     forms = {secret, secret.strip(), escaped, escaped.strip()}
     forms.update(line.strip() for line in secret.splitlines())
-    return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
+    return {
+        form
+        for form in forms
+        if len(form) >= MIN_SECRET_CHARS and form.lower() not in _NEVER_SECRET
+    }
 
 
 class Redactor:
@@ -101,11 +111,14 @@ class Redactor:
         return value
 
     def frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Text columns redacted; the frame itself is returned when nothing matched."""
+        """Text columns redacted, identifiers kept (IDENTIFIER_COLUMNS); the frame itself is
+        returned when nothing matched."""
         if self._pattern is None:
             return frame
         changed: dict[str, pd.Series] = {}
         for column in frame.columns:
+            if column in IDENTIFIER_COLUMNS:
+                continue
             values = frame[column]
             if not (is_object_dtype(values.dtype) or is_string_dtype(values.dtype)):
                 continue

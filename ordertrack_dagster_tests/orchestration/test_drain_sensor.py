@@ -9,7 +9,7 @@ from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import defs
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.orchestration import SENSORS
-from ordertrack_dagster.orchestration.guards import FLOW_TAG
+from ordertrack_dagster.orchestration.guards import FLOW_TAG, run_tags
 from ordertrack_dagster.orchestration.sensors import DRAIN_SENSOR
 
 SENSOR = next(sensor for sensor in SENSORS if sensor.name == DRAIN_SENSOR)
@@ -38,8 +38,17 @@ def test_a_run_that_hit_its_cap_or_deferred_for_the_budget_is_followed_at_once(i
     requested = {request.partition_key: request for request in result.run_requests}
     assert set(requested) == {"delhivery_fallback", "delhivery_b2c"}
     for flow, request in requested.items():
-        assert request.tags[FLOW_TAG] == flow
+        assert run_tags(get_flow(flow)).items() <= request.tags.items()  # max runtime too
         assert request.run_key.startswith("drain:")
+
+
+def test_a_run_the_courier_did_not_answer_is_left_to_the_schedule(instance, mongo):
+    """An outage or a cap of unknown keys must not turn the drain into a loop of failing runs."""
+    cap = get_flow("shiprocket").cap
+    wrote(instance, "shiprocket", selected=cap, deferred=0, failed=cap - 10, not_found=10)
+    wrote(instance, "velocity", selected=get_flow("velocity").cap, failed=1, not_found=0)
+    result = evaluate(instance, mongo)
+    assert [request.partition_key for request in result.run_requests] == ["velocity"]
 
 
 def test_a_running_or_paused_flow_is_not_drained(instance, mongo, db, add_run):

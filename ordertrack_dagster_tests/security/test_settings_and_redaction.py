@@ -125,3 +125,21 @@ def test_ops_clear_a_stored_pause_from_the_ui_job(db, stack_env):
     result = job.execute_in_process(run_config=config, resources={"mongo": defs.resources["mongo"]})
     assert result.success and result.output_for_node("clear_courier_pause") == ["shiprocket"]
     assert state.paused_until("shiprocket") is None and state.paused_until("velocity") is not None
+
+
+def test_identifiers_and_json_words_survive_redaction():
+    """A short secret must not corrupt what the next step reads: order ids, keys, JSON."""
+    clean = Redactor(["1234", "true"])
+    frame = pd.DataFrame(
+        {
+            "order_oid": ["65a1234bc0000000000000aa"],
+            "tracking_key": ["AWB12345"],
+            "raw": ['{"ok": true, "AWB": "AWB12345"}'],
+            "error": ["token 1234 refused"],
+        }
+    )
+    redacted = clean.frame(frame)
+    assert redacted["order_oid"].tolist() == ["65a1234bc0000000000000aa"]
+    assert redacted["tracking_key"].tolist() == ["AWB12345"]
+    assert redacted["raw"].tolist() == ['{"ok": true, "AWB": "AWB***5"}']
+    assert redacted["error"].tolist() == ["token *** refused"]
