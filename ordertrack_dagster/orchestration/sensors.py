@@ -27,7 +27,7 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.effects.settings import EffectsSettings
-from ordertrack_dagster.flows import Flow, get_flow
+from ordertrack_dagster.flows import Flow, get_flow, max_runtime, schedule_interval
 from ordertrack_dagster.orchestration.guards import (
     FLOW_TAG,
     MAX_RUNTIME_TAG,
@@ -35,9 +35,7 @@ from ordertrack_dagster.orchestration.guards import (
     default_sensor_status,
     describe_run,
     hold_reason,
-    max_runtime,
     run_tags,
-    schedule_interval,
 )
 from ordertrack_dagster.orchestration.jobs import tracking_job
 from ordertrack_dagster.resources.mongo import MongoResource
