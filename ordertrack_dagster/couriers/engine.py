@@ -334,13 +334,16 @@ class CourierClient(ABC):
             return response.status_code, self._read(response, keys)
         raise AssertionError("unreachable")
 
+    def _raise_if_told_to_stop(self, response: httpx.Response, now: datetime) -> None:
+        """A 429 or a block status (a firewall's 403) pauses the courier, whatever was asked."""
+        if response.status_code == 429:
+            raise rate_limited(response, now)
+        if response.status_code in self.block_statuses:
+            raise RateLimited(now + timedelta(seconds=self.block_seconds), response.status_code)
+
     def _read(self, response: httpx.Response, keys: Sequence[str]) -> dict[str, Any]:
         status = response.status_code
-        now = datetime.now(UTC)
-        if status == 429:
-            raise rate_limited(response, now)
-        if status in self.block_statuses:
-            raise RateLimited(now + timedelta(seconds=self.block_seconds), status)
+        self._raise_if_told_to_stop(response, datetime.now(UTC))
         if status >= 500:
             raise BatchFailure(f"HTTP {status}", retryable=True, http_status=status)
         if status == 401:
