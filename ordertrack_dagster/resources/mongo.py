@@ -59,7 +59,7 @@ _clients: dict[str, MongoClient] = {}
 _clients_lock = threading.Lock()
 
 
-#: The write concern of every write (a URI's own `w=` option wins): a status write gates
+#: The write concern of every write (it overrides a URI's own `w=`): a status write gates
 #: side effects, so it counts only once a majority of the replica set holds it; a write that
 #: is not acknowledged within the time-out raises instead of being counted.
 WRITE_CONCERN = {"w": "majority", "wtimeoutMS": 30_000}
