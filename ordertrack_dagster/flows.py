@@ -9,7 +9,24 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import cache
+
+# Dagster has no public cron iterator; this one is what its own schedules use.
+from dagster._utils.schedules import cron_string_iterator
+
+# The old cron service ran on India time: "0 */2 * * *" fires on even hours there (in UTC
+# it would fire at half past in India). India has no daylight saving, so no tick is ever
+# skipped or doubled.
+SCHEDULE_TIMEZONE = "Asia/Kolkata"
+
+#: A flow's run may last this many schedule intervals before it counts as hung.
+MAX_RUNTIME_INTERVALS = 3
+#: The courier fetch may use this share of a run's max runtime; the rest is for the write
+#: and the hand-off, so a slow courier defers its last keys instead of getting the run
+#: cancelled before anything is written.
+FETCH_SHARE_OF_MAX_RUNTIME = 0.5
 
 
 class Selection(StrEnum):
@@ -162,6 +179,37 @@ FLOWS: dict[str, Flow] = {
         ),
     )
 }
+
+
+@cache
+def schedule_interval(cron: str) -> timedelta:
+    """The longest gap between two consecutive ticks of `cron` over a week.
+
+    `*/8 * * * *` gives 8 minutes (not the 4 between :56 and :00), so "within one interval"
+    never expects a run the schedule could not have made.
+    """
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    end = start + timedelta(days=7)
+    ticks = cron_string_iterator(start.timestamp(), cron, SCHEDULE_TIMEZONE)
+    previous = next(ticks)
+    longest = timedelta(0)
+    for tick in ticks:
+        longest = max(longest, tick - previous)
+        if tick > end:
+            return longest
+        previous = tick
+    raise AssertionError("unreachable: a cron iterator never ends")
+
+
+def max_runtime(flow: Flow) -> timedelta:
+    """How long a run of the flow may last: three schedule intervals (24 minutes for the
+    8-minute flows, 6 hours for the fallback), past which it is hung or dead."""
+    return MAX_RUNTIME_INTERVALS * schedule_interval(flow.cron)
+
+
+def fetch_time_box(flow: Flow) -> timedelta:
+    """How long a run of the flow may ask its courier (12 minutes for the 8-minute flows)."""
+    return FETCH_SHARE_OF_MAX_RUNTIME * max_runtime(flow)
 
 
 def get_flow(key: str) -> Flow:

@@ -24,7 +24,7 @@ from ordertrack_dagster.effects.smtp import SmtpResource
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager
 from ordertrack_dagster.resources.slack import DEFAULT_SLACK_API_URL, OrdertrackSlackResource
-from ordertrack_dagster.security.settings import load_settings
+from ordertrack_dagster.security.settings import flag, load_settings
 
 #: Each courier resource: its class and the setting behind each of its fields.
 COURIER_SETTINGS: dict[str, tuple[type[ConfigurableResource], dict[str, str]]] = {
@@ -69,11 +69,6 @@ def _optional(env: Mapping[str, str], name: str, default: str | None = None) -> 
 def _optional_secret(env: Mapping[str, str], name: str) -> EnvVar | None:
     """An optional secret: resolved at run time, so the UI shows its name, never its value."""
     return EnvVar(name) if _optional(env, name) else None
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = _optional(env, name)
-    return default if value is None else value.lower() not in {"false", "0", "no", "off"}
 
 
 def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
@@ -129,6 +124,6 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
             sender=_optional(env, "EMAIL_SENDER"),
             password=_optional_secret(env, "EMAIL_PASSWORD"),
             recipients=_optional(env, "EMAIL_RECIPIENTS", "") or "",
-            starttls=_flag(env, "SMTP_STARTTLS", default=True),
+            starttls=flag(env, "SMTP_STARTTLS", default=True),
         ),
     }

@@ -109,7 +109,8 @@ class SharedBudget:
         self.reservations = 0
 
     def take(self) -> float | None:
-        """Count one request; None when it may be sent now, else seconds to wait first."""
+        """Count one request; None when it may be sent now, else seconds to wait first
+        (0 when the reservation just brought a pause hint, which the caller checks first)."""
         if self.budget is None:
             return None
         now = self._clock()
@@ -118,6 +119,8 @@ class SharedBudget:
             wait = self._renew(now)
             if wait is not None:
                 return wait
+            if self.pause_hinted():
+                return 0.0  # not counted: the caller heeds the pause before asking again
             lease = self._lease
         assert lease is not None
         lease.sent[self._bucket(now)] += 1

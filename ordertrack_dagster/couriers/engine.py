@@ -95,6 +95,7 @@ class CourierClient(ABC):
         self.stats = FetchStats()
         self._resume_at: datetime | None = None
         self._forced_past: datetime | None = None  # the stored pause a forced run ignores
+        self._box_closes: float | None = None  # monotonic time past which nothing is sent
         self._budget: SharedBudget  # set when a fetch starts
         self._records: list[FetchRecord] = []
         #: Notes a courier module leaves on one key's answer (e.g. duplicates resolved).
@@ -121,12 +122,21 @@ class CourierClient(ABC):
 
     # -- the engine ---------------------------------------------------------------------
 
-    async def fetch(self, keys: Sequence[str], *, ignore_stored_pause: bool = False) -> FetchResult:
+    async def fetch(
+        self,
+        keys: Sequence[str],
+        *,
+        ignore_stored_pause: bool = False,
+        time_box: timedelta | None = None,
+    ) -> FetchResult:
         """Ask about every key; every key gets exactly one FetchRecord.
 
         `ignore_stored_pause` (a run forced by ops) starts as if no pause were stored; a rate
-        limit met during the run still pauses it.
+        limit met during the run still pauses it. Keys not yet asked when `time_box` closes
+        are deferred, so a slow courier cannot hold the run past its max runtime.
         """
+        if time_box is not None:
+            self._box_closes = time.monotonic() + time_box.total_seconds()
         stored = self.state.paused_until(self.flow.budget_scope)
         self._resume_at = None if ignore_stored_pause else stored
         self._forced_past = stored if ignore_stored_pause else None
@@ -177,20 +187,28 @@ class CourierClient(ABC):
         """Hold one request (data, retry, re-send or login) until a pause is over and the
         shared budget covers it; raise Deferred when that is longer than a run waits."""
         while True:
+            self._within_time_box(0.0)
             if self._resume_at is not None:
                 wait = (self._resume_at - datetime.now(UTC)).total_seconds()
                 if wait > MAX_INLINE_WAIT_SECONDS:
                     raise Deferred(f"courier paused until {self._resume_at:%Y-%m-%d %H:%M:%S}Z")
                 if wait > 0:
+                    self._within_time_box(wait)
                     await asyncio.sleep(wait)
-            wait = self._budget.take()
             if self._budget.pause_hinted() and self._adopt_stored_pause():
                 continue  # another process met a limit: this request waits for it too
+            wait = self._budget.take()
             if wait is None:
                 return
             if wait > MAX_INLINE_WAIT_SECONDS:
                 raise Deferred("request budget for this window is used up")
+            self._within_time_box(wait)
             await asyncio.sleep(wait)
+
+    def _within_time_box(self, wait: float) -> None:
+        """Raise Deferred when a request sent after `wait` seconds would start past the box."""
+        if self._box_closes is not None and time.monotonic() + wait >= self._box_closes:
+            raise Deferred("the run's time for asking the courier is used up")
 
     def _adopt_stored_pause(self) -> bool:
         """Take over a pause another process stored; True when it lies beyond ours."""
@@ -316,13 +334,16 @@ class CourierClient(ABC):
             return response.status_code, self._read(response, keys)
         raise AssertionError("unreachable")
 
+    def _raise_if_told_to_stop(self, response: httpx.Response, now: datetime) -> None:
+        """A 429 or a block status (a firewall's 403) pauses the courier, whatever was asked."""
+        if response.status_code == 429:
+            raise rate_limited(response, now)
+        if response.status_code in self.block_statuses:
+            raise RateLimited(now + timedelta(seconds=self.block_seconds), response.status_code)
+
     def _read(self, response: httpx.Response, keys: Sequence[str]) -> dict[str, Any]:
         status = response.status_code
-        now = datetime.now(UTC)
-        if status == 429:
-            raise rate_limited(response, now)
-        if status in self.block_statuses:
-            raise RateLimited(now + timedelta(seconds=self.block_seconds), status)
+        self._raise_if_told_to_stop(response, datetime.now(UTC))
         if status >= 500:
             raise BatchFailure(f"HTTP {status}", retryable=True, http_status=status)
         if status == 401:
@@ -382,7 +403,11 @@ class CourierClient(ABC):
 
 
 def fetch_to_completion(
-    client: CourierClient, keys: Sequence[str], *, ignore_stored_pause: bool = False
+    client: CourierClient,
+    keys: Sequence[str],
+    *,
+    ignore_stored_pause: bool = False,
+    time_box: timedelta | None = None,
 ) -> FetchResult:
     """Run a fetch from synchronous code (an asset), as cheaply in CPU as the engine allows.
 
@@ -393,7 +418,9 @@ def fetch_to_completion(
     """
     gc.freeze()
     try:
-        return uvloop.run(client.fetch(keys, ignore_stored_pause=ignore_stored_pause))
+        return uvloop.run(
+            client.fetch(keys, ignore_stored_pause=ignore_stored_pause, time_box=time_box)
+        )
     finally:
         gc.unfreeze()
 

@@ -20,7 +20,6 @@ import httpx
 
 from ordertrack_dagster.couriers.engine import CourierClient, Request
 from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure
-from ordertrack_dagster.couriers.pauses import rate_limited
 from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.couriers.transport import BodyTooLarge, bounded_request
 from ordertrack_dagster.flows import Flow
@@ -140,8 +139,7 @@ class LoginClient(CourierClient):
                 f"login request failed ({type(error).__name__})", block=False
             ) from None
         status = response.status_code
-        if status == 429:
-            raise rate_limited(response, now)
+        self._raise_if_told_to_stop(response, now)  # a pause, not refused credentials
         if status >= 500:
             raise self._give_up(f"login answered HTTP {status}", block=False)
         payload = _json_or_none(response)

@@ -1,8 +1,9 @@
 """Which alerts were announced before, so that Slack hears of each condition once.
 
-A condition of one order (not found, unmapped status, reference mismatch, refused move, odd
-tracking key) repeats on every run until the courier's answer changes: the same order, the
-same kind, the same message. Each is remembered in `ordertrack_alerted` under a fingerprint,
+A condition of one order (not found, unmapped status, reference mismatch, refused move,
+rejected write, shared tracking key, odd tracking key) repeats on every run until the courier's
+answer changes: the same order, the same kind, the same message (for a rejected write, the
+same error code). Each is remembered in `ordertrack_alerted` under a fingerprint,
 with the run that met it first. "New in this run" is then a question MongoDB answers the same
 way however often it is asked (the alert log and the email both ask; a re-run asks again).
 Run-wide conditions (rate limits, API and login failures) are never remembered: they are
@@ -21,17 +22,28 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.database import Database
 
+from ordertrack_dagster.effects.reports import ALERT_KINDS
 from ordertrack_dagster.resources.mongo import ALERTED, BulkLog, bulk_update
 
-#: Alert kinds that belong to one order and repeat unchanged while its answer does not change.
-REMEMBERED_KINDS = frozenset(
-    {"missing_awb", "unmapped_status", "reference_mismatch", "refused_move", "odd_tracking_key"}
-)
+#: Alert kinds that belong to one order and repeat unchanged while its answer does not change:
+#: all but the run-wide ones.
+REMEMBERED_KINDS = frozenset(ALERT_KINDS) - {
+    "rate_limited",
+    "api_failure",
+    "token_failure",
+    "other",
+}
+#: Kinds whose message ends in text that differs every run (MongoDB's error names the time
+#: and the document); the head before the first ": " names the condition (the error code).
+HEAD_ONLY_KINDS = frozenset({"rejected_write"})
 
 
 def fingerprint(line: Mapping[str, Any]) -> str:
     """The condition an alert line announces: order, kind and message (the courier's words)."""
-    parts = (line["flow"], line["order_id"], line["tracking_key"], line["kind"], line["message"])
+    message = str(line["message"])
+    if line["kind"] in HEAD_ONLY_KINDS:
+        message = message.partition(": ")[0]
+    parts = (line["flow"], line["order_id"], line["tracking_key"], line["kind"], message)
     return hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).hexdigest()
 
 

@@ -32,6 +32,8 @@ ALERT_KINDS = (
     "unmapped_status",
     "reference_mismatch",
     "refused_move",
+    "rejected_write",
+    "shared_tracking_key",
     "odd_tracking_key",
     "other",
 )
@@ -56,7 +58,12 @@ def _text(value: Any) -> str | None:
 
 
 def classify_alert(outcome: str | None, action: str | None, message: str) -> str:
-    """Which of the contract's alert kinds a message is, from the row's outcome and action."""
+    """Which of the contract's alert kinds a message is, from the row's outcome and action.
+
+    The write's action comes first: a rejected write is its own condition, whatever the
+    courier answered."""
+    if action == "rejected":
+        return "rejected_write"
     if action == "refused":
         return "refused_move"
     if outcome in _OUTCOME_KINDS:
@@ -66,6 +73,8 @@ def classify_alert(outcome: str | None, action: str | None, message: str) -> str
             return "token_failure"
         if message.startswith("odd tracking key"):
             return "odd_tracking_key"
+        if message.startswith("shared tracking key"):
+            return "shared_tracking_key"
         return "api_failure"
     return "other"
 

@@ -26,8 +26,7 @@ from pymongo.database import Database
 from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack
 from ordertrack_dagster.effects.settings import EffectsSettings
-from ordertrack_dagster.flows import Flow, get_flow
-from ordertrack_dagster.orchestration.guards import schedule_interval
+from ordertrack_dagster.flows import Flow, get_flow, schedule_interval
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions

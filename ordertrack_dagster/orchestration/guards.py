@@ -6,8 +6,7 @@ instance and MongoDB), so they hold across processes, machines and restarts.
 """
 
 import os
-from datetime import UTC, datetime, timedelta
-from functools import cache
+from datetime import UTC, datetime
 
 from dagster import (
     DagsterInstance,
@@ -18,24 +17,14 @@ from dagster import (
     RunsFilter,
 )
 
-# Dagster has no public cron iterator; this one is what its own schedules use.
-from dagster._utils.schedules import cron_string_iterator
-
 from ordertrack_dagster.couriers import blocking_pause, describe_pause
 from ordertrack_dagster.couriers.state import CourierState
-from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.flows import Flow, max_runtime
 
 FLOW_TAG = "ordertrack/flow"  # contract §9: on every run a schedule or sensor launches
 PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run, UI runs too
 #: Run monitoring cancels a run still going after this many seconds (dagster.yaml).
 MAX_RUNTIME_TAG = "dagster/max_runtime"
-#: A flow's run may last this many schedule intervals before it counts as hung.
-MAX_RUNTIME_INTERVALS = 3
-
-# The old cron service ran on India time: "0 */2 * * *" fires on even hours there (in UTC
-# it would fire at half past in India). India has no daylight saving, so no tick is ever
-# skipped or doubled.
-SCHEDULE_TIMEZONE = "Asia/Kolkata"
 
 # A run in any of these may still send courier requests or write orders. NOT_STARTED and
 # QUEUED count too: the run coordinator would start them after this tick's run.
@@ -61,32 +50,6 @@ def default_schedule_status() -> DefaultScheduleStatus:
 def default_sensor_status() -> DefaultSensorStatus:
     on = automation_on_by_default()
     return DefaultSensorStatus.RUNNING if on else DefaultSensorStatus.STOPPED
-
-
-@cache
-def schedule_interval(cron: str) -> timedelta:
-    """The longest gap between two consecutive ticks of `cron` over a week.
-
-    `*/8 * * * *` gives 8 minutes (not the 4 between :56 and :00), so "within one interval"
-    never expects a run the schedule could not have made.
-    """
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    end = start + timedelta(days=7)
-    ticks = cron_string_iterator(start.timestamp(), cron, SCHEDULE_TIMEZONE)
-    previous = next(ticks)
-    longest = timedelta(0)
-    for tick in ticks:
-        longest = max(longest, tick - previous)
-        if tick > end:
-            return longest
-        previous = tick
-    raise AssertionError("unreachable: a cron iterator never ends")
-
-
-def max_runtime(flow: Flow) -> timedelta:
-    """How long a run of the flow may last: three schedule intervals (24 minutes for the
-    8-minute flows, 6 hours for the fallback), past which it is hung or dead."""
-    return MAX_RUNTIME_INTERVALS * schedule_interval(flow.cron)
 
 
 def run_tags(flow: Flow) -> dict[str, str]:

@@ -15,9 +15,8 @@ from dagster import (
 )
 
 from ordertrack_dagster.couriers.state import CourierState
-from ordertrack_dagster.flows import Flow, get_flow
+from ordertrack_dagster.flows import SCHEDULE_TIMEZONE, Flow, get_flow
 from ordertrack_dagster.orchestration.guards import (
-    SCHEDULE_TIMEZONE,
     default_schedule_status,
     hold_reason,
     run_tags,

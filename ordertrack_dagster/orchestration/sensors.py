@@ -6,6 +6,7 @@ daemon process: the sensor daemon's id changes on every (re)start, and the curso
 the id it already handled, so later ticks of the same daemon request nothing.
 """
 
+import contextlib
 from datetime import UTC, datetime
 
 from dagster import (
@@ -27,7 +28,7 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.effects.settings import EffectsSettings
-from ordertrack_dagster.flows import Flow, get_flow
+from ordertrack_dagster.flows import Flow, get_flow, max_runtime, schedule_interval
 from ordertrack_dagster.orchestration.guards import (
     FLOW_TAG,
     MAX_RUNTIME_TAG,
@@ -35,9 +36,7 @@ from ordertrack_dagster.orchestration.guards import (
     default_sensor_status,
     describe_run,
     hold_reason,
-    max_runtime,
     run_tags,
-    schedule_interval,
 )
 from ordertrack_dagster.orchestration.jobs import tracking_job
 from ordertrack_dagster.resources.mongo import MongoResource
@@ -196,21 +195,37 @@ def build_drain_sensor() -> SensorDefinition:
 # -- dead runs ---------------------------------------------------------------------------
 
 
-def _allowed_silence(run_tags_: dict[str, str], flow: Flow) -> float:
-    """Seconds a run may go without any event: its max runtime (tag, else the flow's)."""
+def _allowed_silence(instance: DagsterInstance, run_tags_: dict[str, str], flow: Flow) -> float:
+    """Seconds a run may go without any event: its max runtime (tag, else the flow's), plus
+    the time run monitoring takes to notice that and cancel the run itself (one poll and its
+    cancel timeout), so the two never race over a run the launcher can still stop."""
     try:
-        return float(run_tags_[MAX_RUNTIME_TAG])
+        runtime = float(run_tags_[MAX_RUNTIME_TAG])
     except (KeyError, ValueError):
-        return max_runtime(flow).total_seconds()
+        runtime = max_runtime(flow).total_seconds()
+    return (
+        runtime
+        + instance.run_monitoring_poll_interval_seconds
+        + instance.run_monitoring_cancel_timeout_seconds
+    )
+
+
+def _terminate(instance: DagsterInstance, run_id: str) -> None:
+    """Ask the run launcher to stop the run's process (a K8s pod may still be running it); a
+    launcher that cannot (the process is gone, a CLI run it never launched) is no obstacle."""
+    with contextlib.suppress(Exception):  # the run is marked failed whatever the launcher says
+        instance.run_launcher.terminate(run_id)
 
 
 def reap_dead_runs(instance: DagsterInstance, now: datetime) -> list[str]:
-    """Mark failed every STARTED run of a flow with no event for longer than its max runtime.
+    """Stop and mark failed every STARTED run of a flow with no event for longer than its max
+    runtime and the time run monitoring takes to cancel it.
 
     Run monitoring cannot see a run whose process died when nobody launched it through the
     run launcher (a `dagster` CLI run killed with SIGKILL, a lost host): it stays STARTED
-    and every later tick of its flow skips. Reported failed here, it frees the flow, and the
-    failure sensor tells Slack. Returns what was marked.
+    and every later tick of its flow skips. Terminated (when the launcher can) and reported
+    failed here, it frees the flow, and the failure sensor tells Slack. Returns what was
+    marked.
     """
     reaped: list[str] = []
     for key in flow_partitions.get_partition_keys():
@@ -223,14 +238,16 @@ def reap_dead_runs(instance: DagsterInstance, now: datetime) -> list[str]:
             events = instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
             last = events[0].timestamp if events else record.create_timestamp.timestamp()
             silence = now.timestamp() - last
-            allowed = _allowed_silence(dict(run.tags), flow)
+            allowed = _allowed_silence(instance, dict(run.tags), flow)
             if silence <= allowed:
                 continue
+            _terminate(instance, run.run_id)
             instance.report_run_failed(
                 run,
                 message=f"no event for {silence / 60:.0f} minutes, longer than the flow's "
-                f"max runtime of {allowed / 60:.0f} minutes: its process is dead or hung, "
-                "so the run is marked failed and the flow runs again at its next tick",
+                f"max runtime and run monitoring's cancel time ({allowed / 60:.0f} minutes): "
+                "its process is dead or hung, so the run is stopped, marked failed, and the "
+                "flow runs again at its next tick",
             )
             reaped.append(f"{key}: {run.run_id}")
     return reaped
@@ -241,8 +258,9 @@ def build_dead_run_sensor() -> SensorDefinition:
         name=DEAD_RUN_SENSOR,
         minimum_interval_seconds=60,
         default_status=default_sensor_status(),
-        description="Marks failed a flow's run that shows no event for longer than its max "
-        "runtime (a dead process the run launcher cannot see); the failure alert follows.",
+        description="Stops and marks failed a flow's run that shows no event for longer than "
+        "its max runtime and run monitoring's cancel time (a dead process the run launcher "
+        "cannot see); the failure alert follows.",
     )
     def _dead_runs(context: SensorEvaluationContext) -> SkipReason:
         reaped = reap_dead_runs(context.instance, datetime.now(UTC))

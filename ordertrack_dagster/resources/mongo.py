@@ -59,7 +59,7 @@ _clients: dict[str, MongoClient] = {}
 _clients_lock = threading.Lock()
 
 
-#: The write concern of every write (a URI's own `w=` option wins): a status write gates
+#: The write concern of every write (it overrides a URI's own `w=`): a status write gates
 #: side effects, so it counts only once a majority of the replica set holds it; a write that
 #: is not acknowledged within the time-out raises instead of being counted.
 WRITE_CONCERN = {"w": "majority", "wtimeoutMS": 30_000}
@@ -165,6 +165,7 @@ class Rejected:
     collection: str
     key: Any
     error: str
+    code: int | None = None  # the server's error code: the same whenever the cause is
 
     def __str__(self) -> str:
         return f"{self.collection}: update {self.key}: {self.error}"
@@ -243,7 +244,9 @@ def _one_by_one(
         try:
             result = _write_one(collection, op)
         except (BulkWriteError, OperationFailure) as error:
-            report.rejected.append(Rejected(collection.name, _key(op), str(error)))
+            report.rejected.append(
+                Rejected(collection.name, _key(op), str(error), _error_code(error))
+            )
             continue
         matched += result.matched_count
         modified += result.modified_count
@@ -266,6 +269,13 @@ def _write_one(collection: Collection, op: UpdateOne) -> Any:
             if attempt or "E11000" not in str(error):
                 raise
     raise AssertionError("unreachable")
+
+
+def _error_code(error: OperationFailure) -> int | None:
+    """The server's code for the one operation (a bulk error's own code is a generic 65)."""
+    if isinstance(error, BulkWriteError):
+        return (error.details.get("writeErrors") or [{}])[0].get("code")
+    return error.code
 
 
 def _key(op: UpdateOne) -> Any:

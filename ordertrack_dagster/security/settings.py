@@ -44,6 +44,7 @@ IDENTITIES = (
 )
 CHECKED = (*SECRET_SETTINGS, *URLS, *IDENTITIES)
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class SettingsError(ValueError):
@@ -51,8 +52,14 @@ class SettingsError(ValueError):
 
 
 def flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """The one reading of a yes/no setting: a word that is neither stops the load, so a typo
+    in SMTP_STARTTLS cannot turn TLS off (or on) by accident."""
     value = env.get(name, "").strip().lower()
-    return default if not value else value in _TRUE
+    if not value:
+        return default
+    if value not in _TRUE | _FALSE:
+        raise SettingsError(f"{name} must be one of {', '.join(sorted(_TRUE | _FALSE))}")
+    return value in _TRUE
 
 
 def is_prod(env: Mapping[str, str]) -> bool:

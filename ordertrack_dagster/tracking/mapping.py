@@ -93,7 +93,8 @@ def _refuse_shared_keys(
         if key in shared and key not in matched and reading.outcome.was_read:
             reading = Interpretation(
                 Outcome.FAILED,
-                alert=f"{key} is shared by due orders {', '.join(shared[key])}: "
+                alert=f"shared tracking key: {key} is shared by due orders "
+                f"{', '.join(shared[key])}: "
                 "its answer was applied to none of them",
             )
         result.append((order, reading))

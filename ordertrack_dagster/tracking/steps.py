@@ -19,7 +19,7 @@ from ordertrack_dagster.couriers import (
     fetch_to_completion,
 )
 from ordertrack_dagster.couriers.state import CourierState
-from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.flows import Flow, fetch_time_box
 from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
@@ -120,7 +120,12 @@ def ask_courier(
         _stop_if_paused(flow, state)
     started, cpu_started = time.perf_counter(), time.process_time()
     result = (
-        fetch_to_completion(courier.client(flow, state), good, ignore_stored_pause=force)
+        fetch_to_completion(
+            courier.client(flow, state),
+            good,
+            ignore_stored_pause=force,
+            time_box=fetch_time_box(flow),
+        )
         if good
         else FetchResult(records=[])
     )

@@ -33,7 +33,7 @@ from pymongo.database import Database
 from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event, marker
 from ordertrack_dagster.records import INDIA, Outcome
-from ordertrack_dagster.resources.mongo import BULK_CHUNK, BulkLog, bulk_update
+from ordertrack_dagster.resources.mongo import BULK_CHUNK, BulkLog, Rejected, bulk_update
 from ordertrack_dagster.statuses import (
     Canonical,
     is_allowed,
@@ -124,6 +124,9 @@ class WriteReport(BulkLog):
     tracking_synced: int = 0
     #: orders whose planned status change MongoDB applied (read back after the write)
     applied: set[ObjectId] = field(default_factory=set)
+    #: the plan's own order updates MongoDB rejected, by order (`rejected` also lists the
+    #: orderTracking writes and the clears of its mark, which leave the order's update applied)
+    rejected_updates: dict[ObjectId, Rejected] = field(default_factory=dict)
 
 
 def _literal(value: Any) -> dict[str, Any]:
@@ -370,6 +373,7 @@ def apply_plan(db: Database, plan: WritePlan, catalogue: StatusCatalogue) -> Wri
     report = WriteReport()
     orders = db["orders"]
     report.orders_matched, report.orders_modified, _ = bulk_update(orders, plan.order_ops, report)
+    report.rejected_updates = {r.key: r for r in report.rejected}
     kill_point("between_bulks")
     stored = sync_order_tracking(db, catalogue, report)
     unseen = [oid for oid in plan.changes if oid not in stored]
@@ -418,12 +422,14 @@ def sync_order_tracking(
 def settle(plan: WritePlan, report: WriteReport) -> list[Decision]:
     """The plan's decisions corrected by what MongoDB did: a rejected update, or a status
     change the stored document no longer allowed, is not counted as done."""
-    rejected = {r.key: r for r in report.rejected if r.collection == "orders"}
     settled = []
     for decision in plan.decisions:
-        problem = rejected.get(decision.order_oid)
+        problem = report.rejected_updates.get(decision.order_oid)
         if problem is not None:
-            alert = f"MongoDB rejected the update, the order stays due: {problem.error}"
+            alert = (
+                f"MongoDB rejected the update (error code {problem.code}), the order stays "
+                f"due: {problem.error}"
+            )
             settled.append(replace(decision, action=Action.REJECTED, events=(), alert=alert))
         elif decision.action is Action.STATUS_CHANGED and decision.order_oid not in report.applied:
             alert = (

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ordertrack_dagster.couriers.budget import SharedBudget, seconds_until_free
+from ordertrack_dagster.couriers.failures import Deferred
 from ordertrack_dagster.couriers.state import STATE_COLLECTION, CourierState
 from ordertrack_dagster.devstack.simulator import (
     RateLimit,
@@ -213,3 +214,19 @@ def test_the_wait_is_until_enough_requests_leave_the_window():
     now = 1000.0
     # 4 requests in the second 975, 6 in 990: one must leave; 975 does a window after 976
     assert seconds_until_free({975: 4, 990: 6}, budget, now) == pytest.approx(6.0)
+
+
+def test_a_pause_seen_at_a_reservation_counts_no_request_it_does_not_send(stack, state):
+    budget = RateBudget(requests=1000, window_seconds=3)
+    client = courier_client(
+        "delhivery_b2c", stack.env, state, flow_changes={"default_rate_budget": budget}
+    )
+    client._budget = state.shared_budget("delhivery_express", budget, min_block=1)
+    # another process met the firewall after this run started: the next reservation sees it
+    resume_at = datetime.now(UTC) + timedelta(minutes=10)
+    state.pause("delhivery_express", resume_at)
+    client._budget.note_pause(resume_at)
+    with pytest.raises(Deferred, match="paused"):
+        asyncio.run(client._permit())
+    client._budget.close()
+    assert state.requests_in_window("delhivery_express", budget) == 0

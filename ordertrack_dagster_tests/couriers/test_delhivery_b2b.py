@@ -167,3 +167,15 @@ def test_at_most_one_token_refresh_per_30_seconds(stack, state):
     assert (first.state, first.http_status) == (FetchState.FAILED, 401)
     assert second.state == FetchState.FAILED and "not refreshing again" in second.error
     assert third.state == FetchState.ANSWERED
+
+
+def test_a_firewall_403_on_login_pauses_b2b_and_blocks_no_login(stack, state):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 2)
+    stack.simulator.inject_fault(FLOW, "forbidden", endpoint="login")
+    client = courier_client(FLOW, stack.env, state)
+    result = run_fetch(client, keys)
+    assert {record.state for record in result.records} == {FetchState.DEFERRED}
+    assert 403 in {record.http_status for record in result.records}  # the others wait: paused
+    assert result.stats.logins == 1
+    assert state.paused_until("delhivery_b2b") is not None
+    assert state.login_blocked_until(client.token_key) is None

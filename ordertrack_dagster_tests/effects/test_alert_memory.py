@@ -36,3 +36,22 @@ def test_run_wide_conditions_are_announced_every_time(db):
     failure = line("api_failure", "HTTP 502")
     assert new_alerts(db, [failure], "r1", NOW) == [failure]
     assert new_alerts(db, [failure], "r2", NOW) == [failure]
+
+
+def test_a_rejected_write_is_one_condition_per_error_code_whatever_the_text(db):
+    def rejected(code, text):
+        head = f"MongoDB rejected the update (error code {code}), the order stays due"
+        return line("rejected_write", f"{head}: {text}")
+
+    first = rejected(121, "Document failed validation at 2024-09-22T06:00:00")
+    assert new_alerts(db, [first], "r1", NOW) == [first]
+    again = rejected(121, "Document failed validation at 2024-09-22T06:08:00")
+    assert new_alerts(db, [again], "r2", NOW) == []
+    other = rejected(2, "bad value")
+    assert new_alerts(db, [other], "r3", NOW) == [other]
+
+
+def test_a_shared_tracking_key_is_announced_once(db):
+    shared = line("shared_tracking_key", "shared tracking key: 1 is shared by due orders A, B")
+    assert new_alerts(db, [shared], "r1", NOW) == [shared]
+    assert new_alerts(db, [shared], "r2", NOW) == []

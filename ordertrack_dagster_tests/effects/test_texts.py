@@ -98,6 +98,9 @@ def test_dead_letter_notice_lists_what_gave_up_and_why():
         ("failed", "untouched", "HTTP 401: credentials refused", "token_failure"),
         ("failed", "untouched", "odd tracking key '': not asked", "odd_tracking_key"),
         ("failed", "untouched", "HTTP 500", "api_failure"),
+        ("not_found", "rejected", "MongoDB rejected the update (error code 121)", "rejected_write"),
+        ("mapped", "rejected", "MongoDB rejected the update (error code 2)", "rejected_write"),
+        ("failed", "untouched", "shared tracking key: 1 is shared by ...", "shared_tracking_key"),
         ("mapped", "status_changed", "status 'x' is missing", "other"),
     ],
 )

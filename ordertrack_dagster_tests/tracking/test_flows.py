@@ -4,6 +4,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from ordertrack_dagster import flows
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.flows import FLOWS, RateBudget, get_flow
 from ordertrack_dagster_tests.helpers import (
@@ -98,3 +99,37 @@ def test_flow_end_to_end(flow, stack, stack_env, db, monkeypatch):
 
     fetched = result.asset_materializations_for_node("raw_courier_responses")[0].metadata
     assert fetched["logins"].value == (1 if flow in LOGIN_FLOWS else 0)
+
+
+@pytest.fixture
+def slow_courier(stack):
+    """The session's simulator answering slowly for one test, as a struggling courier does."""
+    before = stack.simulator.settings()
+    stack.simulator.update_settings(latency_mean_ms=600, latency_p99_ms=1000)
+    yield
+    stack.simulator.update_settings(
+        latency_mean_ms=before["latency_mean_ms"], latency_p99_ms=before["latency_p99_ms"]
+    )
+
+
+def test_a_slow_courier_defers_what_the_time_box_leaves_and_the_rest_is_written(
+    stack, stack_env, db, monkeypatch, slow_courier
+):
+    flow = "delhivery_b2b"  # one LR per request, three workers
+    monkeypatch.setattr(flows, "FETCH_SHARE_OF_MAX_RUNTIME", 1.5 / (24 * 60))  # 1.5 s of 24 min
+    seeded = seed_orders(db, stack.simulator, flow, ["delivered"] * 15)
+
+    result = materialize_flow(flow)
+    assert result.success
+
+    raw = stored_frame(stack, "raw_courier_responses", flow, result.run_id)
+    states = raw["state"].value_counts().to_dict()
+    assert states.get("answered", 0) >= 3 and states.get("deferred", 0) >= 3, states
+    assert sum(states.values()) == len(seeded)
+    deferred = raw[raw["state"] == "deferred"]
+    assert deferred["error"].str.contains("time for asking").all()
+    answered = set(raw.loc[raw["state"] == "answered", "tracking_key"])
+    delivered_id = seed_reference_data(db).statuses["delivered"]["status_id"]
+    for order in orders_by_id(db, seeded).values():
+        written = order["order_status"] == delivered_id
+        assert written == (order["delhivery_lr_number"] in answered)

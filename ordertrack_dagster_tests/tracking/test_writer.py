@@ -12,10 +12,12 @@ from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster.tables import Action
 from ordertrack_dagster.tracking.selection import ASKED_FIELD
 from ordertrack_dagster.tracking.writer import (
+    TRACKING_SYNCED_FIELD,
     PolledOrder,
     StatusCatalogue,
     apply_plan,
     plan_writes,
+    settle,
 )
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
@@ -94,6 +96,26 @@ def test_status_change_writes_every_field(db, catalogue):
         {"status": "out_for_delivery", "timeStamp": NOW - timedelta(hours=1)}
     ]
     assert report.rejected == []
+
+
+def test_a_rejected_clear_of_the_tracking_mark_leaves_the_status_change_applied(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT)
+    synced = {"$eq": [{"$type": f"${TRACKING_SYNCED_FIELD}"}, "missing"]}
+    db.command("collMod", "orders", validator={"$expr": synced})  # refuses only the clear
+    plan, report = write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.OUT_FOR_DELIVERY)])
+    assert [(r.collection, r.key, r.code) for r in report.rejected] == [("orders", oid, 121)]
+    assert report.rejected_updates == {}
+    assert [d.action for d in settle(plan, report)] == [Action.STATUS_CHANGED]
+    assert db["orders"].find_one({"_id": oid})["order_status"] == STATUS_IDS[C.OUT_FOR_DELIVERY]
+
+
+def test_a_rejected_order_update_is_settled_as_rejected_with_its_error_code(db, catalogue):
+    oid = make_order(db, C.IN_TRANSIT)
+    db.command("collMod", "orders", validator={"$expr": {"$eq": ["$order_status", 6]}})
+    plan, report = write(db, catalogue, [polled(oid, C.IN_TRANSIT, C.OUT_FOR_DELIVERY)])
+    (decision,) = settle(plan, report)
+    assert decision.action == Action.REJECTED
+    assert decision.alert.startswith("MongoDB rejected the update (error code 121)")
 
 
 def test_rerun_on_the_same_answer_changes_nothing(db, catalogue):
