@@ -168,7 +168,7 @@ def test_zombie_run_is_marked_failed_and_the_flow_resumes(stack, db, stack_env, 
         assert reap_dead_runs(instance, datetime.now(UTC)) == []  # still within its runtime
         later = datetime.now(UTC) + max_runtime(flow) + timedelta(minutes=1)
         [reaped] = reap_dead_runs(instance, later)
-        run = instance.get_run_by_id(reaped.split(": ")[1])
+        run = instance.get_run_by_id(reaped.run.run_id)
         assert run.status == DagsterRunStatus.FAILURE
         assert hold_reason(instance, flow, state, datetime.now(UTC)) is None
 
