@@ -68,7 +68,8 @@ WRITE_CONCERN = {"w": "majority", "wtimeoutMS": 30_000}
 #: for ever (pymongo waits on a socket without limit by default): finding a usable server
 #: (10 s), opening a connection (10 s), and any one answer (60 s: twice the write concern's
 #: time-out, so a slow majority acknowledgement is reported by the server first). A stalled
-#: run therefore fails within about a minute and a half (RELIABILITY.md, DB-SLOW).
+#: run therefore fails within about two minutes: one answer's wait, then each remaining call
+#: finds no server within 10 s (RELIABILITY.md, DB-SLOW, shows it with 1.5 s time-outs).
 #: `timeoutMS` is deliberately not set: it would bound the whole life of a cursor, and a long
 #: selection read over many batches is healthy.
 TIMEOUTS = {

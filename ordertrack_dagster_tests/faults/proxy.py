@@ -18,6 +18,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 HOST = "127.0.0.1"
@@ -99,7 +100,7 @@ class TcpProxy:
     def _running(self) -> bool:
         return not self._stop.is_set() and time.monotonic() < self.deadline
 
-    def _spawn(self, target, *args) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
         self._threads.append(thread)
         thread.start()
