@@ -7,12 +7,14 @@ the id it already handled, so later ticks of the same daemon request nothing.
 """
 
 import contextlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dagster import (
     AssetRecordsFilter,
     DagsterEvent,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     RunFailureSensorContext,
     RunRequest,
@@ -217,17 +219,27 @@ def _terminate(instance: DagsterInstance, run_id: str) -> None:
         instance.run_launcher.terminate(run_id)
 
 
-def reap_dead_runs(instance: DagsterInstance, now: datetime) -> list[str]:
+@dataclass(frozen=True)
+class DeadRun:
+    """A run marked failed by the reaper, and why."""
+
+    run: DagsterRun
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.run.tags.get(PARTITION_TAG)}: {self.run.run_id}"
+
+
+def reap_dead_runs(instance: DagsterInstance, now: datetime) -> list[DeadRun]:
     """Stop and mark failed every STARTED run of a flow with no event for longer than its max
     runtime and the time run monitoring takes to cancel it.
 
     Run monitoring cannot see a run whose process died when nobody launched it through the
     run launcher (a `dagster` CLI run killed with SIGKILL, a lost host): it stays STARTED
     and every later tick of its flow skips. Terminated (when the launcher can) and reported
-    failed here, it frees the flow, and the failure sensor tells Slack. Returns what was
-    marked.
+    failed here, it frees the flow, and Slack hears of it. Returns what was marked.
     """
-    reaped: list[str] = []
+    reaped: list[DeadRun] = []
     for key in flow_partitions.get_partition_keys():
         flow = get_flow(key)
         started = instance.get_run_records(
@@ -242,14 +254,14 @@ def reap_dead_runs(instance: DagsterInstance, now: datetime) -> list[str]:
             if silence <= allowed:
                 continue
             _terminate(instance, run.run_id)
-            instance.report_run_failed(
-                run,
-                message=f"no event for {silence / 60:.0f} minutes, longer than the flow's "
-                f"max runtime and run monitoring's cancel time ({allowed / 60:.0f} minutes): "
-                "its process is dead or hung, so the run is stopped, marked failed, and the "
-                "flow runs again at its next tick",
+            reason = (
+                f"no event for {silence / 60:.0f} minutes, longer than the flow's max runtime "
+                f"and run monitoring's cancel time ({allowed / 60:.0f} minutes): its process is "
+                "dead or hung, so the run is stopped, marked failed, and the flow runs again at "
+                "its next tick"
             )
-            reaped.append(f"{key}: {run.run_id}")
+            instance.report_run_failed(run, message=reason)
+            reaped.append(DeadRun(run, reason))
     return reaped
 
 
@@ -262,11 +274,22 @@ def build_dead_run_sensor() -> SensorDefinition:
         "its max runtime and run monitoring's cancel time (a dead process the run launcher "
         "cannot see); the failure alert follows.",
     )
-    def _dead_runs(context: SensorEvaluationContext) -> SkipReason:
+    def _dead_runs(
+        context: SensorEvaluationContext, slack: OrdertrackSlackResource, effects: EffectsSettings
+    ) -> SkipReason:
         reaped = reap_dead_runs(context.instance, datetime.now(UTC))
-        for line in reaped:
-            context.log.warning(f"marked failed: {line}")
-        return SkipReason("marked failed: " + "; ".join(reaped) if reaped else "no dead run")
+        for dead in reaped:
+            context.log.warning(f"marked failed: {dead}")
+            # a run started outside any code location (the `dagster` CLI) has no origin, and
+            # the failure sensor only sees its own location's runs: it is posted from here
+            if dead.run.remote_job_origin is None:
+                try:
+                    post_failure(slack, effects, dead.run, [dead.reason])
+                except Exception as error:  # noqa: BLE001 - the run stays failed; say so
+                    context.log.warning(f"failure alert for {dead} not posted: {error}")
+        return SkipReason(
+            "marked failed: " + "; ".join(map(str, reaped)) if reaped else "no dead run"
+        )
 
     return _dead_runs
 
@@ -302,6 +325,25 @@ def failure_text(
     return redact("\n".join(lines))
 
 
+def post_failure(
+    slack: OrdertrackSlackResource, effects: EffectsSettings, run: DagsterRun, errors: list[str]
+) -> None:
+    """Post a failed run to the alerts channel (`failure_text`)."""
+    channel = effects.alerts_channel
+    if not channel:
+        raise ValueError("TRACKING_ALERTS_SLACK_CHANNEL is not set: failures cannot be posted")
+    text = failure_text(
+        flow=run.tags.get(FLOW_TAG) or run.tags.get(PARTITION_TAG) or "(none)",
+        run_id=run.run_id,
+        job_name=run.job_name,
+        errors=errors,
+        run_url=effects.run_url(run.run_id),
+    )
+    client = slack.get_client()
+    client.retry_handlers.append(ServerErrorRetryHandler(max_retry_count=2))
+    client.chat_postMessage(channel=channel, text=text)
+
+
 def build_failure_sensor() -> SensorDefinition:
     @run_failure_sensor(
         name=FAILURE_SENSOR,
@@ -312,21 +354,13 @@ def build_failure_sensor() -> SensorDefinition:
     def _failure_alert(
         context: RunFailureSensorContext, slack: OrdertrackSlackResource, effects: EffectsSettings
     ) -> None:
-        channel = effects.alerts_channel
-        if not channel:
-            raise ValueError("TRACKING_ALERTS_SLACK_CHANNEL is not set: failures cannot be posted")
-        run = context.dagster_run
         errors = [step_error(event) for event in context.get_step_failure_events()]
-        text = failure_text(
-            flow=run.tags.get(FLOW_TAG) or run.tags.get(PARTITION_TAG) or "(none)",
-            run_id=run.run_id,
-            job_name=run.job_name,
-            errors=errors or [context.failure_event.message or "the run failed"],
-            run_url=effects.run_url(run.run_id),
+        post_failure(
+            slack,
+            effects,
+            context.dagster_run,
+            errors or [context.failure_event.message or "the run failed"],
         )
-        client = slack.get_client()
-        client.retry_handlers.append(ServerErrorRetryHandler(max_retry_count=2))
-        client.chat_postMessage(channel=channel, text=text)
 
     return _failure_alert
 

@@ -14,6 +14,7 @@ from pymongo import ASCENDING, MongoClient, UpdateOne, monitoring
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, OperationFailure, WriteConcernError
+from pymongo.uri_parser import parse_uri
 
 BULK_CHUNK = 10_000
 
@@ -59,10 +60,34 @@ _clients: dict[str, MongoClient] = {}
 _clients_lock = threading.Lock()
 
 
-#: The write concern of every write (it overrides a URI's own `w=`): a status write gates
-#: side effects, so it counts only once a majority of the replica set holds it; a write that
-#: is not acknowledged within the time-out raises instead of being counted.
+#: The write concern of every write: a status write gates side effects, so it counts only
+#: once a majority of the replica set holds it; a write that is not acknowledged within the
+#: time-out raises instead of being counted.
 WRITE_CONCERN = {"w": "majority", "wtimeoutMS": 30_000}
+#: How long the client waits, so a MongoDB that stalls fails the run instead of holding it
+#: for ever (pymongo waits on a socket without limit by default): finding a usable server
+#: (10 s), opening a connection (10 s), and any one answer (60 s: twice the write concern's
+#: time-out, so a slow majority acknowledgement is reported by the server first). A stalled
+#: run therefore fails within about two minutes: one answer's wait, then each remaining call
+#: finds no server within 10 s (RELIABILITY.md, DB-SLOW, shows it with 1.5 s time-outs).
+#: `timeoutMS` is deliberately not set: it would bound the whole life of a cursor, and a long
+#: selection read over many batches is healthy.
+TIMEOUTS = {
+    "serverSelectionTimeoutMS": 10_000,
+    "connectTimeoutMS": 10_000,
+    "socketTimeoutMS": 60_000,
+}
+
+
+def client_defaults(uri: str) -> dict[str, Any]:
+    """The options above, less those the URI sets itself: pymongo lets keyword arguments
+    override the URI, and a deployment's own `w=` or time-outs must win."""
+    given = {name.lower() for name in parse_uri(uri)["options"]}
+    return {
+        name: value
+        for name, value in {**WRITE_CONCERN, **TIMEOUTS}.items()
+        if name.lower() not in given
+    }
 
 
 def mongo_client(uri: str) -> MongoClient:
@@ -70,13 +95,18 @@ def mongo_client(uri: str) -> MongoClient:
     with _clients_lock:
         if uri not in _clients:
             _clients[uri] = MongoClient(
-                uri,
-                tz_aware=True,
-                event_listeners=[COMMANDS],
-                serverSelectionTimeoutMS=10_000,
-                **WRITE_CONCERN,
+                uri, tz_aware=True, event_listeners=[COMMANDS], **client_defaults(uri)
             )
         return _clients[uri]
+
+
+def close_client(uri: str) -> None:
+    """Close and forget the client of a URI the process no longer uses (its monitor threads
+    would otherwise keep calling an address that is gone)."""
+    with _clients_lock:
+        client = _clients.pop(uri, None)
+    if client is not None:
+        client.close()
 
 
 class MongoResource(ConfigurableResource):

@@ -9,7 +9,12 @@ from pymongo.database import Database
 
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.resources import history_queue
-from ordertrack_dagster.resources.mongo import mongo_client
+from ordertrack_dagster.resources.mongo import TIMEOUTS, close_client, mongo_client
+from ordertrack_dagster_tests.faults.proxy import TcpProxy
+
+#: The client time-outs of the runs that go through the proxy: short, so a stall fails a run
+#: in seconds rather than minutes (the product's own are in `resources/mongo.py`).
+PROXY_TIMEOUT_MS = 1_500
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,3 +55,16 @@ def dagster_home(tmp_path: Path) -> Path:
     project = Path(__file__).resolve().parents[2]
     (home / "dagster.yaml").write_text((project / "dagster.yaml").read_text())
     return home
+
+
+@pytest.fixture
+def proxy(
+    stack: EmbeddedStack, stack_env: dict, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TcpProxy]:
+    """A proxy in front of SecantusDB that can cut or stall; the test's runs go through it."""
+    with TcpProxy(stack.ports["mongodb"], lifetime=240) as through:
+        uri = through.mongodb_uri(**dict.fromkeys(TIMEOUTS, PROXY_TIMEOUT_MS))
+        stack_env["MONGODB_URI"] = uri
+        monkeypatch.setenv("MONGODB_URI", uri)
+        yield through
+        close_client(uri)

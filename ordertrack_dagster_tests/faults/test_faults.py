@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -19,6 +20,7 @@ from dagster import (
     build_output_context,
 )
 
+from ordertrack_dagster.couriers.engine import MAX_ATTEMPTS
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.stack import AWS_KEY, AWS_REGION, HOST
@@ -26,10 +28,11 @@ from ordertrack_dagster.effects.crm import CrmResource
 from ordertrack_dagster.effects.delivery import DeliveryError, deliver
 from ordertrack_dagster.effects.documents import Report, RetryPolicy
 from ordertrack_dagster.effects.outbox import Outbox
-from ordertrack_dagster.flows import get_flow
+from ordertrack_dagster.flows import FLOWS, get_flow
 from ordertrack_dagster.killpoints import KILL_AT_ENV
 from ordertrack_dagster.orchestration.guards import hold_reason, max_runtime
 from ordertrack_dagster.orchestration.sensors import reap_dead_runs
+from ordertrack_dagster.records import FetchState
 from ordertrack_dagster.resources.history_queue import HistoryQueue, reset_backoff
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager
@@ -47,10 +50,15 @@ from ordertrack_dagster_tests.helpers import (
     seed_orders,
     stored_frame,
 )
+from ordertrack_dagster_tests.hostile import Raw, Seen, hostile_server
 from ordertrack_dagster_tests.test_cli_flow import dagster_materialize
 
 FLOW = "shiprocket"
 MOVES = ["delivered", "rto_in_transit", "in_transit", "lost"]
+#: The most the courier engine waits between attempts of a batch (0.5 s, then 1 s).
+BACKOFF_SECONDS = 1.5
+#: A whole flow run on the local stack, courier wait aside.
+RUN_OVERHEAD_SECONDS = 5.0
 
 
 def mongo(env):
@@ -160,7 +168,7 @@ def test_zombie_run_is_marked_failed_and_the_flow_resumes(stack, db, stack_env, 
         assert reap_dead_runs(instance, datetime.now(UTC)) == []  # still within its runtime
         later = datetime.now(UTC) + max_runtime(flow) + timedelta(minutes=10)  # and monitoring
         [reaped] = reap_dead_runs(instance, later)
-        run = instance.get_run_by_id(reaped.split(": ")[1])
+        run = instance.get_run_by_id(reaped.run.run_id)
         assert run.status == DagsterRunStatus.FAILURE
         assert hold_reason(instance, flow, state, datetime.now(UTC)) is None
 
@@ -310,3 +318,32 @@ def test_duplicate_order_tracking_refuses_the_run(stack, db, stack_env):
     )
     assert "last_tracking_time" not in orders_by_id(db, [order])[order.order_id]
     assert stack.simulator.stats()["couriers"][FLOW]["requests"] == before
+
+
+def test_courier_trickle_fails_its_batch_within_the_deadlines_of_a_whole_flow(
+    stack, db, stack_env, monkeypatch
+):
+    """CUR-TRICKLE (full flow): the Delhivery B2C courier answers a byte every 0.2 s, the
+    flow's time-out is 1 s: the batch fails after its attempts, the run finishes within
+    time-out × attempts + backoff + ε, and the orders are left as they were (I), still due."""
+    seeded = seed_orders(db, stack.simulator, "delhivery_b2c", ["delivered", "in_transit"])
+    flow = replace(get_flow("delhivery_b2c"), timeout_seconds=1.0)
+    monkeypatch.setitem(FLOWS, flow.key, flow)
+
+    def trickle(seen: Seen) -> Raw:  # each attempt gets its own trickle
+        body = (b" " for _ in range(60))
+        return Raw(200, [("Content-Type", "application/json")], chunks=body, pause=0.2)
+
+    with hostile_server(trickle) as courier:
+        monkeypatch.setenv("DELHIVERY_URL", f"{courier.url}/api/v1/packages/json/")
+        started = time.monotonic()
+        result = materialize_flow(flow.key, raise_on_error=False)
+        elapsed = time.monotonic() - started
+    assert result.success
+    assert elapsed < flow.timeout_seconds * MAX_ATTEMPTS + BACKOFF_SECONDS + RUN_OVERHEAD_SECONDS
+    raw = stored_frame(stack, "raw_courier_responses", flow.key, result.run_id)
+    assert set(raw["state"]) == {FetchState.FAILED.value}
+    assert set(raw["attempts"]) == {MAX_ATTEMPTS}
+    assert set(raw["error"]) == {"no complete answer within 1 s"}
+    assert all("last_tracking_time" not in doc for doc in orders_by_id(db, seeded).values())
+    invariant_i(db, _oids(seeded))

@@ -1,7 +1,6 @@
 """End to end: the Dagster daemon launches a scheduled run against the embedded stack."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,17 +11,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster._core.scheduler.instigation import InstigatorType
 
-from ordertrack_dagster.orchestration.guards import FLOW_TAG
+from ordertrack_dagster.killpoints import KILL_AT_ENV
+from ordertrack_dagster.orchestration.guards import FLOW_TAG, MAX_RUNTIME_TAG
 from ordertrack_dagster.orchestration.schedules import schedule_name
+from ordertrack_dagster.orchestration.sensors import DEAD_RUN_SENSOR, FAILURE_SENSOR
 from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
 from ordertrack_dagster_tests.orchestration import DAGSTER_YAML, daemon_location
+from ordertrack_dagster_tests.test_cli_flow import dagster_materialize
 
 pytestmark = pytest.mark.slow
 
 FLOW = daemon_location.FLOW
 LOCATION = ("-m", daemon_location.__name__)
+#: The project's own code location, as the `dagster` CLI runs it: the failure sensor watches
+#: the runs of its own location only.
+PROJECT = ("-m", "ordertrack_dagster.definitions")
 DEADLINE_SECONDS = 150
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
@@ -32,12 +39,43 @@ def _command(name: str, *args: str) -> list[str]:
     return [sys.executable, str(Path(sys.executable).parent / name), *args]
 
 
+def _home_and_env(
+    stack_env: dict[str, str], tmp_path: Path, monitoring: dict[str, int] | None = None
+) -> tuple[Path, dict[str, str]]:
+    """A Dagster home with the project's dagster.yaml (run monitoring's times overridden by
+    `monitoring`), and the environment of its processes."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    settings = yaml.safe_load(DAGSTER_YAML.read_text())
+    settings["run_monitoring"] |= monitoring or {}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(settings))
+    root = str(DAGSTER_YAML.parent)
+    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return home, {**os.environ, **stack_env, "DAGSTER_HOME": str(home), "PYTHONPATH": pythonpath}
+
+
+def _start(
+    kind: str, name: str, home: Path, env: dict[str, str], location: tuple[str, str] = LOCATION
+) -> None:
+    """Start a schedule or sensor through the instance, as the UI's toggle does."""
+    start = subprocess.run(
+        _command("dagster", kind, "start", name, *location),
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
+
+
 @contextmanager
-def _daemon(home: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+def _daemon(
+    home: Path, env: dict[str, str], log: Path, location: tuple[str, str] = LOCATION
+) -> Iterator[subprocess.Popen]:
     """`dagster-daemon run` in its own process group; the group (runs included) goes on exit."""
     with log.open("wb") as out:
         daemon = subprocess.Popen(
-            _command("dagster-daemon", "run", *LOCATION),
+            _command("dagster-daemon", "run", *location),
             cwd=home,
             env=env,
             stdout=out,
@@ -68,26 +106,14 @@ def _wait_for_run(instance: DagsterInstance, daemon: subprocess.Popen, log: Path
 
 def test_the_daemon_runs_a_scheduled_tick(stack, stack_env, db, tmp_path):
     seeded = seed_orders(db, stack.simulator, FLOW, ["in_transit", "delivered"])
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(DAGSTER_YAML, home / "dagster.yaml")
-    root = str(DAGSTER_YAML.parent)
-    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, **stack_env, "DAGSTER_HOME": str(home), "PYTHONPATH": pythonpath}
+    home, env = _home_and_env(stack_env, tmp_path)
     started = datetime.now(UTC)
     log = tmp_path / "daemon.log"
 
     # the instance (its storage) exists before the daemon and the CLI open it side by side
     with DagsterInstance.from_config(str(home)) as instance, _daemon(home, env, log) as daemon:
         # started through the instance, as the UI's toggle does; the next minute ticks
-        start = subprocess.run(
-            _command("dagster", "schedule", "start", schedule_name(FLOW), *LOCATION),
-            cwd=home,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
+        _start("schedule", schedule_name(FLOW), home, env)
         run = _wait_for_run(instance, daemon, log)
 
     assert run.status == DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
@@ -96,3 +122,48 @@ def test_the_daemon_runs_a_scheduled_tick(stack, stack_env, db, tmp_path):
     orders = orders_by_id(db, seeded)
     assert {doc["courier_status"] for doc in orders.values()} == {"ud-in_transit", "dl-delivered"}
     assert all(doc["last_tracking_time"] >= started for doc in orders.values())
+
+
+def _has_ticked(instance: DagsterInstance, sensor: str) -> bool:
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.instigator_name == sensor:
+            return bool(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1))
+    return False
+
+
+def test_the_daemon_marks_a_dead_cli_run_failed_and_slack_hears_of_it(
+    stack, stack_env, db, tmp_path
+):
+    """ZOMBIE-RUN (daemon): a CLI run SIGKILLed after its fetch stays STARTED; with a max
+    runtime of 20 s (the tag set on its record, as a launch with that tag would carry), the
+    daemon's `tracking_dead_runs` marks it failed and the failure sensor posts to Slack."""
+    seed_orders(db, stack.simulator, FLOW, ["in_transit"])
+    # The reaper is for what run monitoring cannot stop: with monitoring off it is the only
+    # safeguard; it waits one monitoring poll and cancel time beyond the max runtime (short).
+    quick = {"enabled": False, "poll_interval_seconds": 5, "cancel_timeout_seconds": 5}
+    home, env = _home_and_env(stack_env, tmp_path, quick)
+    killed = dagster_materialize(FLOW, {**stack_env, KILL_AT_ENV: "after_fetch"}, home)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    log = tmp_path / "daemon.log"
+    with DagsterInstance.from_config(str(home)) as instance:
+        [dead] = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+        instance.add_run_tags(dead.run_id, {MAX_RUNTIME_TAG: "20"})
+        with _daemon(home, env, log, PROJECT) as daemon:
+            _start(
+                "sensor", FAILURE_SENSOR, home, env, PROJECT
+            )  # its cursor starts at its first tick
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while not _has_ticked(instance, FAILURE_SENSOR) and time.monotonic() < deadline:
+                time.sleep(1)
+            _start("sensor", DEAD_RUN_SENSOR, home, env, PROJECT)
+            while time.monotonic() < deadline and not _alerts_for(stack, dead.run_id):
+                assert daemon.poll() is None, f"the daemon exited:\n{log.read_text()[-3000:]}"
+                time.sleep(2)
+        run = instance.get_run_by_id(dead.run_id)
+    assert run.status == DagsterRunStatus.FAILURE, log.read_text()[-3000:]
+    [alert] = _alerts_for(stack, dead.run_id)
+    assert f"flow *{FLOW}*" in alert and "max runtime" in alert
+
+
+def _alerts_for(stack, run_id: str) -> list[str]:
+    return [m["text"] for m in stack.slack_messages() if run_id in m["text"]]

@@ -26,7 +26,7 @@ def test_a_silent_run_is_left_to_run_monitoring_until_its_cancel_time_is_over(in
 
     reaped = reap_dead_runs(instance, now + RUNTIME + monitoring + timedelta(minutes=1))
 
-    assert reaped == [f"delhivery_b2c: {run.run_id}"]
+    assert [str(dead) for dead in reaped] == [f"delhivery_b2c: {run.run_id}"]
     assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
     canceling = instance.fetch_run_status_changes(DagsterEventType.RUN_CANCELING, limit=10).records
     assert [record.run_id for record in canceling] == [run.run_id]  # the launcher was asked

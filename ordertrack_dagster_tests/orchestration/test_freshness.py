@@ -68,3 +68,24 @@ def test_the_freshness_job_checks_every_flow(stack, db, instance):
     evaluations = relaxed.get_asset_check_evaluations()
     assert len(evaluations) == len(FLOWS) and all(e.passed for e in evaluations)
     assert {e.asset_key.to_user_string() for e in evaluations} == {"order_status_writes"}
+
+
+@pytest.mark.usefixtures("stack_env")
+def test_a_failing_check_is_posted_once_per_failure(stack, db, instance):
+    """FRESHNESS-ALERT-ONCE: three evaluations of one failure post one Slack alert; once the
+    check passed, a new failure is posted again."""
+    seed(db, stack, flow="velocity", polled_minutes_ago=45)
+    job = load_definitions().resolve_job_def("tracking_freshness_job")
+    label = FLOWS["velocity"].courier_label
+
+    def alerts() -> int:
+        return sum(m["text"].startswith(f":hourglass: *{label}*") for m in stack.slack_messages())
+
+    before = alerts()
+    for _ in range(3):
+        job.execute_in_process(instance=instance)
+    assert alerts() == before + 1
+    relaxed = {"ops": {"due_orders_polled": {"config": {"max_age_minutes": 90}}}}
+    job.execute_in_process(instance=instance, run_config=relaxed)  # passes: failure forgotten
+    job.execute_in_process(instance=instance)
+    assert alerts() == before + 2
