@@ -5,11 +5,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pymongo.database import Database
 
+from ordertrack_dagster.devstack.demo import prepare_dagster_home
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.resources import history_queue
-from ordertrack_dagster.resources.mongo import TIMEOUTS, close_client, mongo_client
+from ordertrack_dagster.resources.mongo import TIMEOUTS, close_client
 from ordertrack_dagster_tests.faults.proxy import TcpProxy
 
 #: The client time-outs of the runs that go through the proxy: short, so a stall fails a run
@@ -41,20 +41,9 @@ def stack(fault_stack: EmbeddedStack) -> Iterator[EmbeddedStack]:
 
 
 @pytest.fixture
-def db(stack: EmbeddedStack, db_name: str) -> Iterator[Database]:
-    client = mongo_client(stack.env["MONGODB_URI"])
-    yield client[db_name]
-    client.drop_database(db_name)
-
-
-@pytest.fixture
 def dagster_home(tmp_path: Path) -> Path:
     """A Dagster instance directory with the project's dagster.yaml, for CLI runs."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    project = Path(__file__).resolve().parents[2]
-    (home / "dagster.yaml").write_text((project / "dagster.yaml").read_text())
-    return home
+    return prepare_dagster_home(tmp_path)
 
 
 @pytest.fixture
