@@ -13,6 +13,13 @@ settles the previous lease in the same update: the block comes off its bucket an
 requests actually sent go into the buckets of the seconds they were sent in, so an unused
 part of a block returns to everyone.
 
+Under contention (two flows waiting on one limit) a process does not take requests one by
+one as they leave the window, which would cost a round trip each: it waits, by what it last
+read and without asking MongoDB, until at least half a block is free, asks for what it saw
+free, and hands a reservation back only when it got less than half a block. Once it met the
+limit it paces its requests at the limit's own rate, so a busy flow does not take all a
+window frees the instant it frees it and a slow flow sharing the limit is served too.
+
 The document also carries a pause hint (`paused_until`): a process that meets a rate limit
 writes it, and the others read it with their next reservation, at no extra round trip.
 """
@@ -55,12 +62,14 @@ def counted_in_window(buckets: Mapping[int, int], budget: RateBudget, now: float
     return sum(n for start, n in buckets.items() if start + width > horizon)
 
 
-def seconds_until_free(buckets: Mapping[int, int], budget: RateBudget, now: float) -> float:
-    """How long until at least one request is free again, reading the buckets in order."""
+def seconds_until_free(
+    buckets: Mapping[int, int], budget: RateBudget, now: float, wanted: int = 1
+) -> float:
+    """How long until at least `wanted` requests are free, reading the buckets in order."""
     width = bucket_width(budget)
     horizon = now - budget.window_seconds
     live = sorted((start, n) for start, n in buckets.items() if start + width > horizon)
-    excess = sum(n for _, n in live) - budget.requests + 1
+    excess = sum(n for _, n in live) - budget.requests + min(wanted, budget.requests)
     for start, n in live:
         excess -= n
         if excess <= 0:
@@ -77,11 +86,19 @@ class _Lease:
     counted_at: int  # the bucket the block is counted in (where the lease ends)
     expires: float  # epoch seconds: the end of that bucket
     granted: int
+    reserved: int  # counted in the document: the grant, plus what came back short
     sent: Counter[int] = field(default_factory=Counter)  # bucket -> requests sent
 
     @property
     def left(self) -> int:
         return self.granted - sum(self.sent.values())
+
+
+def _settled(lease: _Lease) -> Counter[int]:
+    """Per bucket, what settling the lease changes: its block off, what was sent on."""
+    changes: Counter[int] = Counter(lease.sent)
+    changes[lease.counted_at] -= lease.reserved
+    return changes
 
 
 class SharedBudget:
@@ -106,7 +123,15 @@ class SharedBudget:
         self._lease: _Lease | None = None
         self._known: dict[int, int] = {}
         self._pause_hint = 0.0  # epoch seconds of the latest pause another process noted
-        self.reservations = 0
+        #: Once the limit was met, requests are paced at the limit's own rate (a burst of half
+        #: a block allowed): a busy flow that sent a whole window's budget in its first second
+        #: would take every request the window frees at once, before a slower flow sharing the
+        #: limit wakes up, and so on every window.
+        self._paced = False
+        self._spacing = budget.window_seconds / budget.requests if budget else 0.0
+        self._burst_seconds = self._spacing * max(1, self._block // 2)
+        self._next_send = 0.0
+        self.round_trips = 0  # every command this view sent MongoDB
 
     def take(self) -> float | None:
         """Count one request; None when it may be sent now, else seconds to wait first
@@ -114,6 +139,8 @@ class SharedBudget:
         if self.budget is None:
             return None
         now = self._clock()
+        if self._paced and now < self._next_send:
+            return self._next_send - now
         lease = self._lease
         if lease is None or lease.left <= 0 or now >= lease.expires:
             wait = self._renew(now)
@@ -124,11 +151,13 @@ class SharedBudget:
             lease = self._lease
         assert lease is not None
         lease.sent[self._bucket(now)] += 1
+        self._next_send = max(self._next_send, now - self._burst_seconds) + self._spacing
         return None
 
     def close(self) -> None:
         """Settle the open lease: what was not sent is free for everyone again."""
         if self._lease is not None:
+            self.round_trips += 1
             self._collection.update_one(
                 {"_id": self._id}, {"$inc": self._settlement(self._lease)}, upsert=True
             )
@@ -140,6 +169,7 @@ class SharedBudget:
 
     def note_pause(self, resume_at: datetime) -> None:
         """Tell the other processes of this scope, with their next reservation."""
+        self.round_trips += 1
         self._collection.update_one(
             {"_id": self._id}, {"$max": {"paused_until": resume_at}}, upsert=True
         )
@@ -150,22 +180,32 @@ class SharedBudget:
         return int(math.floor(at / width) * width)
 
     def _settlement(self, lease: _Lease) -> dict[str, int]:
-        changes: Counter[int] = Counter(lease.sent)
-        changes[lease.counted_at] -= lease.granted
-        return {f"buckets.{start}": n for start, n in changes.items() if n}
+        """The lease's settlement as `$inc` fields."""
+        return {f"buckets.{start}": n for start, n in _settled(lease).items() if n}
 
     def _renew(self, now: float) -> float | None:
-        """Settle the old lease and reserve the next block in one atomic update."""
+        """Settle the old lease and reserve the next block in one atomic update; or, when
+        the last read already shows too little free, say how long to wait without asking."""
         assert self.budget is not None
         old = self._lease
         if old is not None:  # a block used up before it expired asks for a bigger one
             used = old.granted - old.left
             self._block = min(self._max_block, max(self._min_block, 2 * used))
+        enough = max(1, min(self._block, self._min_block) // 2)
+        known = Counter(self._known)
+        known.update(_settled(old) if old else {})
+        free = self.budget.requests - counted_in_window(known, self.budget, now)
+        if free < enough and (old is None or old.left <= 0):  # nothing of ours to hand back
+            self._paced = True
+            return seconds_until_free(known, self.budget, now, enough)
+        # ask for what the last read says is free: a bigger block would come back short and
+        # hold what it could not use until the next reservation
+        ask = min(self._block, max(enough, free))
         width = bucket_width(self.budget)
         lease_seconds = max(width, self.budget.window_seconds * LEASE_SHARE_OF_WINDOW)
         counted_at = self._bucket(now + lease_seconds - width)
         increments: Counter[str] = Counter(self._settlement(old) if old else {})
-        increments[f"buckets.{counted_at}"] += self._block
+        increments[f"buckets.{counted_at}"] += ask
         stale_before = now - self.budget.window_seconds - width
         stale = {
             f"buckets.{start}": ""
@@ -178,22 +218,25 @@ class SharedBudget:
         doc = self._collection.find_one_and_update(
             {"_id": self._id}, update, upsert=True, return_document=ReturnDocument.AFTER
         )
-        self.reservations += 1
+        self.round_trips += 1
         self._lease = None
         self._known = _buckets(doc)
         hint = (doc or {}).get("paused_until")
         self._pause_hint = calendar.timegm(hint.utctimetuple()) if hint else 0.0
         over = counted_in_window(self._known, self.budget, now) - self.budget.requests
-        granted = self._block - max(0, over)
-        if granted < self._block:  # at the limit: give back what is over it at once
+        granted = ask - max(0, over)
+        if granted < enough:  # others took it first: hand it all back, wait for enough
+            self._paced = True
+            self.round_trips += 1
             self._collection.update_one(
-                {"_id": self._id},
-                {"$inc": {f"buckets.{counted_at}": -(self._block - max(0, granted))}},
+                {"_id": self._id}, {"$inc": {f"buckets.{counted_at}": -ask}}
             )
-            self._known[counted_at] -= self._block - max(0, granted)
-        if granted <= 0:
-            return seconds_until_free(self._known, self.budget, now)
-        self._lease = _Lease(counted_at, counted_at + width, granted)
+            self._known[counted_at] -= ask
+            return seconds_until_free(self._known, self.budget, now, enough)
+        # a grant that came back short stays reserved whole until the lease is settled (with
+        # the next reservation): the others wait a little longer, no round trip is spent
+        self._paced = self._paced or granted < ask
+        self._lease = _Lease(counted_at, counted_at + width, granted, reserved=ask)
         return None
 
 

@@ -230,3 +230,30 @@ def test_a_pause_seen_at_a_reservation_counts_no_request_it_does_not_send(stack,
         asyncio.run(client._permit())
     client._budget.close()
     assert state.requests_in_window("delhivery_express", budget) == 0
+
+
+def test_flows_contending_at_the_limit_reserve_in_blocks_and_both_are_served(db):
+    """Two flows waiting on one limit (B2C's 50 workers, the fallback's 3 workers 5 s apart):
+    the budget is used, neither starves, and a freed request does not cost a round trip."""
+    budget = RateBudget(requests=70, window_seconds=30)
+    clock = [1_000_000.0]
+    busy, slow = (
+        SharedBudget(db[STATE_COLLECTION], "scope", budget, min_block=n, clock=lambda: clock[0])
+        for n in (50, 3)
+    )
+    flows = ((busy, 0.0), (slow, 5.0 / 3))
+    ready_at = [0.0, 0.0]
+    sent = [0, 0]
+    while clock[0] < 1_000_000.0 + 120:  # four windows
+        for index, (shared, spacing) in enumerate(flows):
+            if clock[0] >= ready_at[index]:
+                wait = shared.take()
+                sent[index] += wait is None
+                ready_at[index] = clock[0] + (spacing if wait is None else wait)
+        clock[0] += 0.05
+    busy.close()
+    slow.close()
+    assert sum(sent) >= 4 * budget.requests * 0.95
+    assert sent[1] >= 0.5 * 120 / spacing  # the slow flow gets at least half of what it asks
+    assert busy.round_trips <= 0.15 * sent[0]  # B2C: at most 3 per 1,000 orders
+    assert CourierState(db).requests_in_window("scope", budget) == 0  # all left the window
