@@ -68,6 +68,12 @@ class FetchState(StrEnum):
     DEFERRED = "deferred"  # not asked: rate-limit pause or request budget
 
 
+#: `FetchRecord.batch` of a key this run did not send: an odd key recorded as failed, and
+#: an answer an earlier run got and kept before it stopped (`tracking/checkpoint.py`).
+ODD_KEY_BATCH = -1
+KEPT_ANSWER_BATCH = -2
+
+
 @dataclass(frozen=True)
 class FetchRecord:
     """One row per tracking key asked: exactly what came back, kept for analysts."""

@@ -15,7 +15,7 @@ import random
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +47,9 @@ from ordertrack_dagster.security.redaction import http_error_text, redact
 MAX_ATTEMPTS = 3
 #: How much of an unforeseen error's text a record keeps.
 MAX_ERROR_CHARS = 300
+
+#: Receives finished records while the fetch goes on (a run keeps them against a crash).
+KeepRecords = Callable[[list[FetchRecord]], None]
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ class CourierClient(ABC):
         self._box_closes: float | None = None  # monotonic time past which nothing is sent
         self._budget: SharedBudget  # set when a fetch starts
         self._records: list[FetchRecord] = []
+        self._keep: KeepRecords | None = None
+        self._kept = 0  # records already handed to `_keep`
+        self._kept_at = 0.0  # monotonic time of the last hand-over
+        self._keep_every = 0.0
+        self._keeping = False
         #: Notes a courier module leaves on one key's answer (e.g. duplicates resolved).
         self.answer_notes: dict[str, str] = {}
         self._tls: ssl.SSLContext | None = None
@@ -128,13 +136,20 @@ class CourierClient(ABC):
         *,
         ignore_stored_pause: bool = False,
         time_box: timedelta | None = None,
+        keep: KeepRecords | None = None,
+        keep_every: timedelta = timedelta(0),
     ) -> FetchResult:
         """Ask about every key; every key gets exactly one FetchRecord.
 
         `ignore_stored_pause` (a run forced by ops) starts as if no pause were stored; a rate
         limit met during the run still pauses it. Keys not yet asked when `time_box` closes
-        are deferred, so a slow courier cannot hold the run past its max runtime.
+        are deferred, so a slow courier cannot hold the run past its max runtime. `keep`
+        gets the records finished since its last call every `keep_every` while the fetch
+        goes on (in a thread, so the workers go on asking); it must not raise. A fetch
+        shorter than `keep_every` never calls it.
         """
+        self._keep, self._kept_at = keep, time.monotonic()
+        self._keep_every = keep_every.total_seconds()
         if time_box is not None:
             self._box_closes = time.monotonic() + time_box.total_seconds()
         stored = self.state.paused_until(self.flow.budget_scope)
@@ -180,8 +195,23 @@ class CourierClient(ABC):
     async def _worker(self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch]) -> None:
         while not queue.empty():
             await self._run_batch(http, queue, queue.get_nowait())
+            await self._keep_finished()
             if self.flow.pause_seconds and not queue.empty():
                 await asyncio.sleep(self.flow.pause_seconds)
+
+    async def _keep_finished(self) -> None:
+        """Hand the records finished since the last hand-over to `keep` when it is time
+        (one worker at a time, in a thread, so the others go on asking)."""
+        if self._keep is None or self._keeping or len(self._records) == self._kept:
+            return
+        if time.monotonic() - self._kept_at >= self._keep_every:
+            self._keeping = True
+            chunk = self._records[self._kept :]
+            self._kept, self._kept_at = len(self._records), time.monotonic()
+            try:
+                await asyncio.to_thread(self._keep, chunk)
+            finally:
+                self._keeping = False
 
     async def _permit(self) -> None:
         """Hold one request (data, retry, re-send or login) until a pause is over and the
@@ -408,6 +438,8 @@ def fetch_to_completion(
     *,
     ignore_stored_pause: bool = False,
     time_box: timedelta | None = None,
+    keep: KeepRecords | None = None,
+    keep_every: timedelta = timedelta(0),
 ) -> FetchResult:
     """Run a fetch from synchronous code (an asset), as cheaply in CPU as the engine allows.
 
@@ -419,7 +451,13 @@ def fetch_to_completion(
     gc.freeze()
     try:
         return uvloop.run(
-            client.fetch(keys, ignore_stored_pause=ignore_stored_pause, time_box=time_box)
+            client.fetch(
+                keys,
+                ignore_stored_pause=ignore_stored_pause,
+                time_box=time_box,
+                keep=keep,
+                keep_every=keep_every,
+            )
         )
     finally:
         gc.unfreeze()

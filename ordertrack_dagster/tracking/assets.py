@@ -20,7 +20,6 @@ from dagster import (
 from pydantic import Field
 
 from ordertrack_dagster.couriers import COURIERS
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.tables import GROUP, IO_MANAGER, flow_partitions
@@ -70,13 +69,12 @@ def raw_courier_responses(
 ) -> Output[pd.DataFrame]:
     flow = get_flow(context.partition_key)
     courier = getattr(context.resources, COURIERS[flow.key].resource_key)
-    state = CourierState(context.resources.mongo.get_database())
     return _output(
         steps.ask_courier(
+            context.resources.mongo.get_database(),
             pending_orders,
             flow,
             courier,
-            state,
             force=config.force,
             run_id=context.run_id,
             log=context.log,
@@ -121,7 +119,9 @@ def order_status_writes(
     context: AssetExecutionContext, status_updates: pd.DataFrame, mongo: MongoResource
 ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
     flow = get_flow(context.partition_key)
-    table = steps.write_statuses(mongo.get_database(), status_updates, flow, context.log)
+    table = steps.write_statuses(
+        mongo.get_database(), status_updates, flow, context.run_id, context.log
+    )
     yield _output(table)
     rejected = int(table.metadata["rejected_updates"])
     yield AssetCheckResult(

@@ -62,8 +62,12 @@ def fetch_metadata(
     odd: int,
     seconds: float,
     cpu_seconds: float,
+    *,
+    reused: int = 0,
+    kept_chunks: int = 0,
 ) -> dict[str, Any]:
-    """`raw_courier_responses`: keys per fetch state, requests, retries, pauses and latency."""
+    """`raw_courier_responses`: keys per fetch state, requests, retries, pauses and latency,
+    answers taken from an earlier run that stopped, and chunks kept against a crash."""
     stats = result.stats
     latencies = frame["latency_ms"].dropna()
     states = Counter(frame["state"])
@@ -71,6 +75,8 @@ def fetch_metadata(
         "flow": flow.key,
         "keys_asked": asked,
         "odd_keys": odd,
+        "answers_reused": reused,
+        "answer_chunks_kept": kept_chunks,
         **{f"keys_{name}": states.get(name, 0) for name in (s.value for s in FetchState)},
         "requests": stats.requests,
         "retries": stats.retries,

@@ -21,10 +21,10 @@ from ordertrack_dagster.couriers import (
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow, fetch_time_box
 from ordertrack_dagster.killpoints import kill_point
-from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState
+from ordertrack_dagster.records import ODD_KEY_BATCH, FetchRecord, FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
 from ordertrack_dagster.tables import SNAPSHOT_COLUMNS, WRITE_COLUMNS
-from ordertrack_dagster.tracking import metadata
+from ordertrack_dagster.tracking import checkpoint, metadata
 from ordertrack_dagster.tracking.mapping import (
     interpret_answers,
     polled_orders,
@@ -95,29 +95,37 @@ def _stop_if_paused(flow: Flow, state: CourierState) -> None:
 
 def _odd_key_records(keys: list[str]) -> list[FetchRecord]:
     now = datetime.now(UTC)
+    failed, batch = FetchState.FAILED, ODD_KEY_BATCH
     return [
-        FetchRecord(key, FetchState.FAILED, -1, None, now, None, 0, None, tracking_key_problem(key))
+        FetchRecord(key, failed, batch, None, now, None, 0, None, tracking_key_problem(key))
         for key in keys
     ]
 
 
 def ask_courier(
+    db: Database,
     pending: pd.DataFrame,
     flow: Flow,
     courier: Any,
-    state: CourierState,
     *,
     force: bool,
     run_id: str,
     log: logging.Logger,
 ) -> Table:
     """`raw_courier_responses`: one record per tracking key, asked of the flow's courier
-    (odd keys are recorded as failed without asking). `courier` is the flow's resource."""
+    (odd keys are recorded as failed without asking; answers an earlier run kept before it
+    stopped are taken as they are). `courier` is the flow's resource. Answers are kept in
+    MongoDB while the fetch goes on, so a crash mid-fetch loses at most the last 20 s."""
+    state = CourierState(db)
     keys = list(dict.fromkeys(pending["tracking_key"]))
-    good = [key for key in keys if tracking_key_problem(key) is None]
+    kept = checkpoint.kept_answers(db, flow, pending, datetime.now(UTC))
+    good = [key for key in keys if tracking_key_problem(key) is None and key not in kept]
     odd = [key for key in keys if tracking_key_problem(key) is not None]
+    if kept:
+        log.info(f"{len(kept)} answers kept by an earlier run that stopped are used, not asked")
     if good and not force:
         _stop_if_paused(flow, state)
+    keeper = checkpoint.Keeper(db, flow, run_id, log)
     started, cpu_started = time.perf_counter(), time.process_time()
     result = (
         fetch_to_completion(
@@ -125,6 +133,8 @@ def ask_courier(
             good,
             ignore_stored_pause=force,
             time_box=fetch_time_box(flow),
+            keep=keeper,
+            keep_every=checkpoint.keep_every(),
         )
         if good
         else FetchResult(records=[])
@@ -132,7 +142,7 @@ def ask_courier(
     fetch_seconds = time.perf_counter() - started
     kill_point("after_fetch")
     fetch_cpu_seconds = time.process_time() - cpu_started
-    records = result.records + _odd_key_records(odd)
+    records = list(kept.values()) + result.records + _odd_key_records(odd)
     frame = pd.DataFrame([record.__dict__ for record in records])
     if frame.empty:
         frame = pd.DataFrame(columns=list(FetchRecord.__dataclass_fields__))
@@ -145,7 +155,15 @@ def ask_courier(
     return Table(
         frame,
         metadata.fetch_metadata(
-            flow, frame, result, len(good), len(odd), fetch_seconds, fetch_cpu_seconds
+            flow,
+            frame,
+            result,
+            len(good),
+            len(odd),
+            fetch_seconds,
+            fetch_cpu_seconds,
+            reused=len(kept),
+            kept_chunks=keeper.chunks,
         ),
     )
 
@@ -157,14 +175,17 @@ def map_answers(pending: pd.DataFrame, raw: pd.DataFrame, flow: Flow) -> Table:
     return Table(frame, metadata.mapping_metadata(flow, frame, time.perf_counter() - started))
 
 
-def write_statuses(db: Database, updates: pd.DataFrame, flow: Flow, log: logging.Logger) -> Table:
+def write_statuses(
+    db: Database, updates: pd.DataFrame, flow: Flow, run_id: str, log: logging.Logger
+) -> Table:
     """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
-    what happened to it."""
+    what happened to it. The answers this run kept against a crash are then let go."""
     with metadata.Measured() as measured:
         catalogue = StatusCatalogue.load(db)
         plan = plan_writes(polled_orders(updates), catalogue, flow.key, datetime.now(UTC))
         report = apply_plan(db, plan, catalogue)
-    kill_point("after_write")
+        kill_point("after_write")
+        checkpoint.discard(db, [run_id])
     decisions = pd.DataFrame(
         [
             {

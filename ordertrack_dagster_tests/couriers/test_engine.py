@@ -2,6 +2,7 @@
 answer-reading helpers. Run against the simulator through the Delhivery B2C client (the
 engine's behaviour does not depend on the courier)."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -32,6 +33,7 @@ from ordertrack_dagster_tests.helpers import (
 FLOW = "delhivery_b2c"
 SCOPE = "delhivery_express"
 ONE_AT_A_TIME = {"batch_size": 1, "concurrency": 1}
+ZERO = timedelta(0)
 
 
 @pytest.fixture
@@ -233,3 +235,24 @@ def test_a_response_that_is_not_json_is_a_retryable_failure():
     with pytest.raises(BatchFailure) as failure:
         decode_json(httpx.Response(200, text="<html>maintenance</html>"))
     assert failure.value.retryable and failure.value.http_status == 200
+
+
+def test_finished_records_are_handed_over_while_the_fetch_goes_on(stack, state):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 6)
+    client = courier_client(FLOW, stack.env, state, flow_changes=ONE_AT_A_TIME)
+    chunks = []
+    result = asyncio.run(
+        client.fetch(keys, keep=lambda records: chunks.append(list(records)), keep_every=ZERO)
+    )
+    assert len(chunks) >= 2  # one worker: a hand-over after each request but the last
+    kept = [r.tracking_key for chunk in chunks for r in chunk]
+    assert kept == [r.tracking_key for r in result.records][: len(kept)]
+    assert len(kept) >= 5
+
+
+def test_a_fetch_shorter_than_the_keeping_interval_keeps_nothing(stack, state):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 3)
+    client = courier_client(FLOW, stack.env, state, flow_changes=ONE_AT_A_TIME)
+    chunks = []
+    asyncio.run(client.fetch(keys, keep=chunks.append, keep_every=timedelta(minutes=1)))
+    assert chunks == []

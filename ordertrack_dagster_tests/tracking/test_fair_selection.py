@@ -6,7 +6,6 @@ import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import RateBudget, get_flow
 from ordertrack_dagster.orchestration.checks import find_stale
 from ordertrack_dagster.tracking.selection import SelectionPolicy
@@ -25,15 +24,15 @@ def _run(db, flow, env) -> set[str]:
     """One run of the flow's steps; the order ids it selected."""
     pending = select_pending(db, flow, LOG).frame
     raw = ask_courier(
+        db,
         pending,
         flow,
         courier_resource(flow.key, env),
-        CourierState(db),
         force=False,
         run_id="test",
         log=LOG,
     ).frame
-    write_statuses(db, map_answers(pending, raw, flow).frame, flow, LOG)
+    write_statuses(db, map_answers(pending, raw, flow).frame, flow, "test", LOG)
     return set(pending["order_id"])
 
 
