@@ -119,9 +119,9 @@ def order_status_writes(
     context: AssetExecutionContext, status_updates: pd.DataFrame, mongo: MongoResource
 ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
     flow = get_flow(context.partition_key)
-    table = steps.write_statuses(
-        mongo.get_database(), status_updates, flow, context.run_id, context.log
-    )
+    # a re-execution writes what the run it re-executes fetched but did not write
+    runs = [context.run_id, *filter(None, [context.run.parent_run_id])]
+    table = steps.write_statuses(mongo.get_database(), status_updates, flow, runs, context.log)
     yield _output(table)
     rejected = int(table.metadata["rejected_updates"])
     yield AssetCheckResult(

@@ -24,14 +24,13 @@ from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.records import ODD_KEY_BATCH, FetchRecord, FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
 from ordertrack_dagster.tables import SNAPSHOT_COLUMNS, WRITE_COLUMNS
-from ordertrack_dagster.tracking import checkpoint, metadata
+from ordertrack_dagster.tracking import checkpoint, metadata, streaming
 from ordertrack_dagster.tracking.mapping import (
     interpret_answers,
-    polled_orders,
     tracking_key_problem,
 )
 from ordertrack_dagster.tracking.selection import SNAPSHOT_FIELDS, SelectionPolicy, build_query
-from ordertrack_dagster.tracking.writer import StatusCatalogue, apply_plan, plan_writes, settle
+from ordertrack_dagster.tracking.writer import StatusCatalogue
 
 
 class Table(NamedTuple):
@@ -114,8 +113,9 @@ def ask_courier(
 ) -> Table:
     """`raw_courier_responses`: one record per tracking key, asked of the flow's courier
     (odd keys are recorded as failed without asking; answers an earlier run kept before it
-    stopped are taken as they are). `courier` is the flow's resource. Answers are kept in
-    MongoDB while the fetch goes on, so a crash mid-fetch loses at most the last 20 s."""
+    stopped are taken as they are). `courier` is the flow's resource. Every 20 s while the
+    fetch goes on, the new answers are kept in MongoDB and their statuses written, so a long
+    fetch does not leave every write to its end and a crash loses at most the last 20 s."""
     state = CourierState(db)
     keys = list(dict.fromkeys(pending["tracking_key"]))
     kept = checkpoint.kept_answers(db, flow, pending, datetime.now(UTC))
@@ -125,7 +125,7 @@ def ask_courier(
         log.info(f"{len(kept)} answers kept by an earlier run that stopped are used, not asked")
     if good and not force:
         _stop_if_paused(flow, state)
-    keeper = checkpoint.Keeper(db, flow, run_id, log)
+    writer = streaming.StreamedWriter(db, flow, pending, run_id, log)
     started, cpu_started = time.perf_counter(), time.process_time()
     result = (
         fetch_to_completion(
@@ -133,7 +133,7 @@ def ask_courier(
             good,
             ignore_stored_pause=force,
             time_box=fetch_time_box(flow),
-            keep=keeper,
+            keep=writer,
             keep_every=checkpoint.keep_every(),
         )
         if good
@@ -163,7 +163,8 @@ def ask_courier(
             fetch_seconds,
             fetch_cpu_seconds,
             reused=len(kept),
-            kept_chunks=keeper.chunks,
+            kept_chunks=writer.keeper.chunks,
+            written_while_fetching=writer.written,
         ),
     )
 
@@ -176,16 +177,20 @@ def map_answers(pending: pd.DataFrame, raw: pd.DataFrame, flow: Flow) -> Table:
 
 
 def write_statuses(
-    db: Database, updates: pd.DataFrame, flow: Flow, run_id: str, log: logging.Logger
+    db: Database, updates: pd.DataFrame, flow: Flow, run_ids: list[str], log: logging.Logger
 ) -> Table:
     """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
-    what happened to it. The answers this run kept against a crash are then let go."""
+    what happened to it. Orders the fetch already wrote (`streaming.py`, by any of `run_ids`:
+    this run and the one it re-executes) are reported, not written again; then the answers
+    kept against a crash are let go."""
     with metadata.Measured() as measured:
-        catalogue = StatusCatalogue.load(db)
-        plan = plan_writes(polled_orders(updates), catalogue, flow.key, datetime.now(UTC))
-        report = apply_plan(db, plan, catalogue)
+        earlier = streaming.written_earlier(db, run_ids)
+        rest = updates[~updates["order_oid"].isin(earlier.decisions)]
+        decided, report = streaming.write_updates(db, rest, flow, StatusCatalogue.load(db))
         kill_point("after_write")
-        checkpoint.discard(db, [run_id])
+        checkpoint.discard(db, run_ids)
+    report = earlier.add_to(report)
+    by_order = earlier.decisions | {str(d.order_oid): d for d in decided}
     decisions = pd.DataFrame(
         [
             {
@@ -195,7 +200,7 @@ def write_statuses(
                 "events": ",".join(decision.events),
                 "decision_alert": decision.alert,
             }
-            for decision in settle(plan, report)
+            for decision in (by_order[oid] for oid in updates["order_oid"])
         ]
     )
     frame = updates[["order_oid", "order_id", "tracking_key", "outcome", "alert"]].copy()

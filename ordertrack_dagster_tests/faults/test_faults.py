@@ -130,6 +130,27 @@ def test_a_run_killed_mid_fetch_keeps_its_answers_for_the_next_run(
     invariant_i(db, _oids(seeded))
 
 
+def test_a_run_killed_after_a_streamed_write_keeps_what_it_wrote(
+    stack, db, stack_env, dagster_home
+):
+    """KILL-AFTER-STREAMED-WRITE: SIGKILL right after the fetch wrote its first answers'
+    statuses; those orders stay written, and the next run writes the others, none twice."""
+    flow = "delhivery_b2b"
+    seeded = seed_orders(db, stack.simulator, flow, ["delivered"] * 20)
+    env = {**stack_env, "B2B_TRACKING_WORKERS": "1", KEEP_EVERY_ENV: "0"}
+    killed = dagster_materialize(flow, {**env, KILL_AT_ENV: "after_streamed_write"}, dagster_home)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    delivered = seed_reference_data(db).statuses[Canonical.DELIVERED]["status_id"]
+    written = db["orders"].distinct("_id", {"order_status": delivered})
+    assert 0 < len(written) < 20
+    invariant_i(db, written)  # orderTracking followed, in the dead run itself
+
+    again = dagster_materialize(flow, env, dagster_home)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert db["orders"].count_documents({"order_status": delivered}) == 20
+    invariant_i(db, _oids(seeded))
+
+
 def test_db_down_before_the_run_then_restarted_with_its_data(stack, db, stack_env):
     """DB-DOWN-BEFORE: the run fails before asking the courier; after a restart (data kept on
     disk) the next run writes everything."""

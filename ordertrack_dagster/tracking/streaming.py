@@ -1,0 +1,156 @@
+"""Statuses written while the fetch goes on, so a long fetch (a courier's rate limit, a slow
+courier) does not leave every write to its end.
+
+Each time the fetch keeps its new answers (`checkpoint.py`), the answered keys are mapped
+and written right away, by the same functions the `order_status_writes` step uses, and
+what was decided is stored beside the kept answers. The write step then writes only the
+orders not written yet (not answered, failed, deferred, and the answers of the last
+seconds) and reports the run as a whole. A run killed mid-fetch has written what it got.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+
+import pandas as pd
+from bson import ObjectId
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from ordertrack_dagster.couriers import COURIERS
+from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.killpoints import kill_point
+from ordertrack_dagster.markers import Event
+from ordertrack_dagster.records import FetchRecord, FetchState
+from ordertrack_dagster.resources.mongo import FETCHED, Rejected
+from ordertrack_dagster.tables import Action
+from ordertrack_dagster.tracking.checkpoint import Keeper
+from ordertrack_dagster.tracking.mapping import interpret_answers, polled_orders
+from ordertrack_dagster.tracking.writer import (
+    Decision,
+    StatusCatalogue,
+    WriteReport,
+    apply_plan,
+    plan_writes,
+    settle,
+)
+
+#: The WriteReport counters a streamed write adds to the run's.
+_COUNTERS = (
+    "bulk_calls",
+    "orders_matched",
+    "orders_modified",
+    "tracking_upserted",
+    "tracking_modified",
+    "tracking_synced",
+)
+
+
+def write_updates(
+    db: Database, updates: pd.DataFrame, flow: Flow, catalogue: StatusCatalogue
+) -> tuple[list[Decision], WriteReport]:
+    """Plan and apply the writes of mapped rows; the decisions as MongoDB settled them."""
+    plan = plan_writes(polled_orders(updates), catalogue, flow.key, datetime.now(UTC))
+    report = apply_plan(db, plan, catalogue)
+    return settle(plan, report), report
+
+
+@dataclass
+class Written:
+    """What the streamed writes of a run decided, and the counters of their report."""
+
+    decisions: dict[str, Decision] = field(default_factory=dict)  # by order oid (hex)
+    report: WriteReport = field(default_factory=WriteReport)
+
+    def add_to(self, report: WriteReport) -> WriteReport:
+        """`report` with these writes' counters and rejections added."""
+        for name in _COUNTERS:
+            setattr(report, name, getattr(report, name) + getattr(self.report, name))
+        report.rejected = self.report.rejected + report.rejected
+        return report
+
+
+class StreamedWriter:
+    """The fetch's `keep` callback for one run: keeps the new answers, then writes them."""
+
+    def __init__(
+        self, db: Database, flow: Flow, pending: pd.DataFrame, run_id: str, log: logging.Logger
+    ) -> None:
+        self.keeper = Keeper(db, flow, run_id, log)
+        self._db = db
+        self._flow = flow
+        self._pending = pending
+        self._run_id = run_id
+        self._log = log
+        self._catalogue: StatusCatalogue | None = None
+        self.written = 0
+        self.failures = 0
+
+    def __call__(self, records: list[FetchRecord]) -> None:
+        self.keeper(records)
+        answered = [r for r in records if r.state is FetchState.ANSWERED]
+        if not answered:
+            return
+        try:
+            self._write(answered)
+        except PyMongoError as error:  # the write step writes them instead
+            self.failures += 1
+            self._log.warning(f"{len(answered)} answers not written yet ({error}); later")
+
+    def _write(self, answered: list[FetchRecord]) -> None:
+        if self._catalogue is None:
+            self._catalogue = StatusCatalogue.load(self._db)
+        keys = {r.tracking_key for r in answered}
+        orders = self._pending[self._pending["tracking_key"].isin(keys)]
+        raw = pd.DataFrame([r.__dict__ for r in answered])
+        updates = interpret_answers(
+            orders, raw, COURIERS[self._flow.key].interpret, datetime.now(UTC)
+        )
+        decisions, report = write_updates(self._db, updates, self._flow, self._catalogue)
+        self._db[FETCHED].insert_one(
+            {
+                "flow": self._flow.key,
+                "run_id": self._run_id,
+                "created_at": datetime.now(UTC),
+                "written": [_decision_fields(d) for d in decisions],
+                "counters": {name: getattr(report, name) for name in _COUNTERS},
+                "rejected": [asdict(r) | {"key": str(r.key)} for r in report.rejected],
+            }
+        )
+        self.written += len(decisions)
+        kill_point("after_streamed_write")
+
+
+def written_earlier(db: Database, run_ids: Iterable[str]) -> Written:
+    """What the runs' streamed writes decided (the write step skips those orders)."""
+    written = Written()
+    query = {"run_id": {"$in": list(run_ids)}, "written": {"$exists": True}}
+    for doc in db[FETCHED].find(query, {"records": 0}):
+        for fields_ in doc["written"]:
+            decision = _decision(fields_)
+            written.decisions[str(decision.order_oid)] = decision
+        for name in _COUNTERS:
+            value = getattr(written.report, name) + int(doc["counters"].get(name, 0))
+            setattr(written.report, name, value)
+        written.report.rejected += [Rejected(**r) for r in doc.get("rejected") or []]
+    return written
+
+
+def _decision_fields(decision: Decision) -> dict:
+    return {f.name: getattr(decision, f.name) for f in fields(decision)} | {
+        "events": [event.value for event in decision.events]
+    }
+
+
+def _decision(stored: dict) -> Decision:
+    return Decision(
+        order_oid=ObjectId(stored["order_oid"]),
+        action=Action(stored["action"]),
+        from_status=stored.get("from_status"),
+        to_status=stored.get("to_status"),
+        events=tuple(Event(e) for e in stored.get("events") or ()),
+        alert=stored.get("alert"),
+    )
