@@ -68,10 +68,8 @@ class FetchState(StrEnum):
     DEFERRED = "deferred"  # not asked: rate-limit pause or request budget
 
 
-#: `FetchRecord.batch` of a key this run did not send: an odd key recorded as failed, and
-#: an answer an earlier run got and kept before it stopped (`tracking/checkpoint.py`).
+#: `FetchRecord.batch` of a key never sent: an odd key, recorded as failed.
 ODD_KEY_BATCH = -1
-KEPT_ANSWER_BATCH = -2
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import io
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -188,6 +188,18 @@ class Bench:
     def db(self, name: str) -> Database:
         return self._client[name]
 
+    def written_at(self, database: str, flow_key: str, keys: Collection[str]) -> dict[str, float]:
+        """When each key's order was last written (its `last_tracking_time`, epoch seconds)."""
+        field_name = get_flow(flow_key).tracking_key_field
+        cursor = self._client[database]["orders"].find(
+            {field_name: {"$in": list(keys)}}, {field_name: 1, "last_tracking_time": 1}
+        )
+        return {
+            str(doc[field_name]).strip(): doc["last_tracking_time"].timestamp()
+            for doc in cursor
+            if doc.get("last_tracking_time") is not None
+        }
+
     def due_keys(self, database: str, flow_key: str) -> set[str]:
         """Every tracking key the flow must poll now (its selection without the cap)."""
         flow = get_flow(flow_key)
@@ -329,14 +341,13 @@ def rate_limited(bench: Bench, scale: Scale) -> LimitedFigures:
                 if times:
                     intervals.append((times[0], times[-1]))
                 request_times.extend(times)
-                written_at = figures.materialized_at.get("order_status_writes", figures.ended_at)
                 answered = raw[raw["state"] == "answered"]
-                new = 0
+                new = {}
                 for key, at in zip(answered["tracking_key"], answered["fetched_at"], strict=True):
                     if key in due and key not in first_ask:
-                        first_ask[key] = at.timestamp()
-                        first_write[key] = written_at
-                        new += 1
+                        first_ask[key] = new[key] = at.timestamp()
+                # statuses are written while the fetch goes on: each order's own write time
+                first_write |= bench.written_at(database, LIMITED_FLOW, new)
                 if not new:
                     break  # nothing left that the courier answers
         finally:

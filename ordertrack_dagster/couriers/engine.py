@@ -48,8 +48,8 @@ MAX_ATTEMPTS = 3
 #: How much of an unforeseen error's text a record keeps.
 MAX_ERROR_CHARS = 300
 
-#: Receives finished records while the fetch goes on (a run keeps them against a crash).
-KeepRecords = Callable[[list[FetchRecord]], None]
+#: Receives finished records while the fetch goes on (a run writes their statuses meanwhile).
+StreamRecords = Callable[[list[FetchRecord]], None]
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,11 @@ class CourierClient(ABC):
         self._box_closes: float | None = None  # monotonic time past which nothing is sent
         self._budget: SharedBudget  # set when a fetch starts
         self._records: list[FetchRecord] = []
-        self._keep: KeepRecords | None = None
-        self._kept = 0  # records already handed to `_keep`
-        self._kept_at = 0.0  # monotonic time of the last hand-over
-        self._keep_every = 0.0
-        self._keeping = False
+        self._stream: StreamRecords | None = None
+        self._streamed = 0  # records already handed to `_stream`
+        self._streamed_at = 0.0  # monotonic time of the last hand-over
+        self._stream_every = 0.0
+        self._streaming = False
         #: Notes a courier module leaves on one key's answer (e.g. duplicates resolved).
         self.answer_notes: dict[str, str] = {}
         self._tls: ssl.SSLContext | None = None
@@ -136,20 +136,20 @@ class CourierClient(ABC):
         *,
         ignore_stored_pause: bool = False,
         time_box: timedelta | None = None,
-        keep: KeepRecords | None = None,
-        keep_every: timedelta = timedelta(0),
+        stream: StreamRecords | None = None,
+        stream_every: timedelta = timedelta(0),
     ) -> FetchResult:
         """Ask about every key; every key gets exactly one FetchRecord.
 
         `ignore_stored_pause` (a run forced by ops) starts as if no pause were stored; a rate
         limit met during the run still pauses it. Keys not yet asked when `time_box` closes
-        are deferred, so a slow courier cannot hold the run past its max runtime. `keep`
-        gets the records finished since its last call every `keep_every` while the fetch
+        are deferred, so a slow courier cannot hold the run past its max runtime. `stream`
+        gets the records finished since its last call every `stream_every` while the fetch
         goes on (in a thread, so the workers go on asking); it must not raise. A fetch
-        shorter than `keep_every` never calls it.
+        shorter than `stream_every` never calls it.
         """
-        self._keep, self._kept_at = keep, time.monotonic()
-        self._keep_every = keep_every.total_seconds()
+        self._stream, self._streamed_at = stream, time.monotonic()
+        self._stream_every = stream_every.total_seconds()
         if time_box is not None:
             self._box_closes = time.monotonic() + time_box.total_seconds()
         stored = self.state.paused_until(self.flow.budget_scope)
@@ -195,23 +195,23 @@ class CourierClient(ABC):
     async def _worker(self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch]) -> None:
         while not queue.empty():
             await self._run_batch(http, queue, queue.get_nowait())
-            await self._keep_finished()
+            await self._stream_finished()
             if self.flow.pause_seconds and not queue.empty():
                 await asyncio.sleep(self.flow.pause_seconds)
 
-    async def _keep_finished(self) -> None:
-        """Hand the records finished since the last hand-over to `keep` when it is time
+    async def _stream_finished(self) -> None:
+        """Hand the records finished since the last hand-over to `stream` when it is time
         (one worker at a time, in a thread, so the others go on asking)."""
-        if self._keep is None or self._keeping or len(self._records) == self._kept:
+        if self._stream is None or self._streaming or len(self._records) == self._streamed:
             return
-        if time.monotonic() - self._kept_at >= self._keep_every:
-            self._keeping = True
-            chunk = self._records[self._kept :]
-            self._kept, self._kept_at = len(self._records), time.monotonic()
+        if time.monotonic() - self._streamed_at >= self._stream_every:
+            self._streaming = True
+            chunk = self._records[self._streamed :]
+            self._streamed, self._streamed_at = len(self._records), time.monotonic()
             try:
-                await asyncio.to_thread(self._keep, chunk)
+                await asyncio.to_thread(self._stream, chunk)
             finally:
-                self._keeping = False
+                self._streaming = False
 
     async def _permit(self) -> None:
         """Hold one request (data, retry, re-send or login) until a pause is over and the
@@ -438,8 +438,8 @@ def fetch_to_completion(
     *,
     ignore_stored_pause: bool = False,
     time_box: timedelta | None = None,
-    keep: KeepRecords | None = None,
-    keep_every: timedelta = timedelta(0),
+    stream: StreamRecords | None = None,
+    stream_every: timedelta = timedelta(0),
 ) -> FetchResult:
     """Run a fetch from synchronous code (an asset), as cheaply in CPU as the engine allows.
 
@@ -455,8 +455,8 @@ def fetch_to_completion(
                 keys,
                 ignore_stored_pause=ignore_stored_pause,
                 time_box=time_box,
-                keep=keep,
-                keep_every=keep_every,
+                stream=stream,
+                stream_every=stream_every,
             )
         )
     finally:

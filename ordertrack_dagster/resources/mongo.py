@@ -121,8 +121,8 @@ class MongoResource(ConfigurableResource):
 
 #: Conditions already announced on Slack (`effects/alert_memory.py`), forgotten after 31 days.
 ALERTED = "ordertrack_alerted"
-#: Answers a run got from its courier, kept until written (`tracking/checkpoint.py`).
-FETCHED = "ordertrack_fetched"
+#: What a run decided for the orders it wrote while fetching (`tracking/streaming.py`).
+STREAMED = "ordertrack_streamed"
 #: `$getField` (the History guard of the write path) needs MongoDB 5.0.
 MINIMUM_SERVER_VERSION = (5, 0)
 _prepared: set[tuple[int, str]] = set()
@@ -175,9 +175,8 @@ def prepare_database(db: Database) -> list[str]:
         (ALERTED, [("first_run", ASCENDING)], {}),
         (ALERTED, [("first_seen", ASCENDING)], {"expireAfterSeconds": 31 * 86_400}),
         ("orders", [("ordertrack_tracking_due", ASCENDING)], {"sparse": True}),
-        (FETCHED, [("flow", ASCENDING), ("created_at", ASCENDING)], {}),
-        (FETCHED, [("run_id", ASCENDING)], {}),
-        (FETCHED, [("created_at", ASCENDING)], {"expireAfterSeconds": 86_400}),
+        (STREAMED, [("run_id", ASCENDING)], {}),
+        (STREAMED, [("created_at", ASCENDING)], {"expireAfterSeconds": 86_400}),
     ]
     for collection, keys, options in specs:
         try:

@@ -63,13 +63,10 @@ def fetch_metadata(
     seconds: float,
     cpu_seconds: float,
     *,
-    reused: int = 0,
-    kept_chunks: int = 0,
     written_while_fetching: int = 0,
 ) -> dict[str, Any]:
     """`raw_courier_responses`: keys per fetch state, requests, retries, pauses and latency,
-    answers taken from an earlier run that stopped, chunks kept against a crash, and orders
-    whose status was written while the fetch went on."""
+    and the orders whose status was written while the fetch went on."""
     stats = result.stats
     latencies = frame["latency_ms"].dropna()
     states = Counter(frame["state"])
@@ -77,8 +74,6 @@ def fetch_metadata(
         "flow": flow.key,
         "keys_asked": asked,
         "odd_keys": odd,
-        "answers_reused": reused,
-        "answer_chunks_kept": kept_chunks,
         "orders_written_while_fetching": written_while_fetching,
         **{f"keys_{name}": states.get(name, 0) for name in (s.value for s in FetchState)},
         "requests": stats.requests,

@@ -24,7 +24,7 @@ from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.records import ODD_KEY_BATCH, FetchRecord, FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
 from ordertrack_dagster.tables import SNAPSHOT_COLUMNS, WRITE_COLUMNS
-from ordertrack_dagster.tracking import checkpoint, metadata, streaming
+from ordertrack_dagster.tracking import metadata, streaming
 from ordertrack_dagster.tracking.mapping import (
     interpret_answers,
     tracking_key_problem,
@@ -112,17 +112,13 @@ def ask_courier(
     log: logging.Logger,
 ) -> Table:
     """`raw_courier_responses`: one record per tracking key, asked of the flow's courier
-    (odd keys are recorded as failed without asking; answers an earlier run kept before it
-    stopped are taken as they are). `courier` is the flow's resource. Every 20 s while the
-    fetch goes on, the new answers are kept in MongoDB and their statuses written, so a long
-    fetch does not leave every write to its end and a crash loses at most the last 20 s."""
+    (odd keys are recorded as failed without asking). `courier` is the flow's resource.
+    Every 20 s while the fetch goes on, the statuses of its new answers are written
+    (`streaming.py`), so a long fetch does not leave every write to its end."""
     state = CourierState(db)
     keys = list(dict.fromkeys(pending["tracking_key"]))
-    kept = checkpoint.kept_answers(db, flow, pending, datetime.now(UTC))
-    good = [key for key in keys if tracking_key_problem(key) is None and key not in kept]
+    good = [key for key in keys if tracking_key_problem(key) is None]
     odd = [key for key in keys if tracking_key_problem(key) is not None]
-    if kept:
-        log.info(f"{len(kept)} answers kept by an earlier run that stopped are used, not asked")
     if good and not force:
         _stop_if_paused(flow, state)
     writer = streaming.StreamedWriter(db, flow, pending, run_id, log)
@@ -133,8 +129,8 @@ def ask_courier(
             good,
             ignore_stored_pause=force,
             time_box=fetch_time_box(flow),
-            keep=writer,
-            keep_every=checkpoint.keep_every(),
+            stream=writer,
+            stream_every=streaming.stream_every(),
         )
         if good
         else FetchResult(records=[])
@@ -142,7 +138,7 @@ def ask_courier(
     fetch_seconds = time.perf_counter() - started
     kill_point("after_fetch")
     fetch_cpu_seconds = time.process_time() - cpu_started
-    records = list(kept.values()) + result.records + _odd_key_records(odd)
+    records = result.records + _odd_key_records(odd)
     frame = pd.DataFrame([record.__dict__ for record in records])
     if frame.empty:
         frame = pd.DataFrame(columns=list(FetchRecord.__dataclass_fields__))
@@ -162,8 +158,6 @@ def ask_courier(
             len(odd),
             fetch_seconds,
             fetch_cpu_seconds,
-            reused=len(kept),
-            kept_chunks=writer.keeper.chunks,
             written_while_fetching=writer.written,
         ),
     )
@@ -181,14 +175,14 @@ def write_statuses(
 ) -> Table:
     """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
     what happened to it. Orders the fetch already wrote (`streaming.py`, by any of `run_ids`:
-    this run and the one it re-executes) are reported, not written again; then the answers
-    kept against a crash are let go."""
+    this run and the one it re-executes) are reported, not written again; then their stored
+    decisions are let go."""
     with metadata.Measured() as measured:
         earlier = streaming.written_earlier(db, run_ids)
         rest = updates[~updates["order_oid"].isin(earlier.decisions)]
         decided, report = streaming.write_updates(db, rest, flow, StatusCatalogue.load(db))
         kill_point("after_write")
-        checkpoint.discard(db, run_ids)
+        streaming.discard(db, run_ids)
     report = earlier.add_to(report)
     by_order = earlier.decisions | {str(d.order_oid): d for d in decided}
     decisions = pd.DataFrame(

@@ -11,9 +11,10 @@ seconds) and reports the run as a whole. A run killed mid-fetch has written what
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from bson import ObjectId
@@ -25,9 +26,8 @@ from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.markers import Event
 from ordertrack_dagster.records import FetchRecord, FetchState
-from ordertrack_dagster.resources.mongo import FETCHED, Rejected
+from ordertrack_dagster.resources.mongo import STREAMED, Rejected
 from ordertrack_dagster.tables import Action
-from ordertrack_dagster.tracking.checkpoint import Keeper
 from ordertrack_dagster.tracking.mapping import interpret_answers, polled_orders
 from ordertrack_dagster.tracking.writer import (
     Decision,
@@ -37,6 +37,22 @@ from ordertrack_dagster.tracking.writer import (
     plan_writes,
     settle,
 )
+
+STREAM_EVERY_ENV = "ORDERTRACK_STREAM_WRITES_EVERY_SECONDS"
+DEFAULT_STREAM_EVERY = timedelta(seconds=20)
+
+
+def stream_every(env: Mapping[str, str] = os.environ) -> timedelta:
+    """How often a fetch writes the answers it got: more often costs more, smaller MongoDB
+    writes; less often leaves more unwritten when a run is killed mid-fetch."""
+    text = env.get(STREAM_EVERY_ENV, "").strip()
+    if not text:
+        return DEFAULT_STREAM_EVERY
+    seconds = float(text)
+    if not seconds >= 0:
+        raise ValueError(f"{STREAM_EVERY_ENV} must be a number of seconds, 0 or more")
+    return timedelta(seconds=seconds)
+
 
 #: The WriteReport counters a streamed write adds to the run's.
 _COUNTERS = (
@@ -74,12 +90,12 @@ class Written:
 
 
 class StreamedWriter:
-    """The fetch's `keep` callback for one run: keeps the new answers, then writes them."""
+    """The fetch's `stream` callback for one run: writes the statuses of new answers. It never
+    raises: what it could not write, the write step writes."""
 
     def __init__(
         self, db: Database, flow: Flow, pending: pd.DataFrame, run_id: str, log: logging.Logger
     ) -> None:
-        self.keeper = Keeper(db, flow, run_id, log)
         self._db = db
         self._flow = flow
         self._pending = pending
@@ -90,7 +106,6 @@ class StreamedWriter:
         self.failures = 0
 
     def __call__(self, records: list[FetchRecord]) -> None:
-        self.keeper(records)
         answered = [r for r in records if r.state is FetchState.ANSWERED]
         if not answered:
             return
@@ -110,7 +125,7 @@ class StreamedWriter:
             orders, raw, COURIERS[self._flow.key].interpret, datetime.now(UTC)
         )
         decisions, report = write_updates(self._db, updates, self._flow, self._catalogue)
-        self._db[FETCHED].insert_one(
+        self._db[STREAMED].insert_one(
             {
                 "flow": self._flow.key,
                 "run_id": self._run_id,
@@ -127,8 +142,8 @@ class StreamedWriter:
 def written_earlier(db: Database, run_ids: Iterable[str]) -> Written:
     """What the runs' streamed writes decided (the write step skips those orders)."""
     written = Written()
-    query = {"run_id": {"$in": list(run_ids)}, "written": {"$exists": True}}
-    for doc in db[FETCHED].find(query, {"records": 0}):
+    query = {"run_id": {"$in": list(run_ids)}}
+    for doc in db[STREAMED].find(query):
         for fields_ in doc["written"]:
             decision = _decision(fields_)
             written.decisions[str(decision.order_oid)] = decision
@@ -154,3 +169,8 @@ def _decision(stored: dict) -> Decision:
         events=tuple(Event(e) for e in stored.get("events") or ()),
         alert=stored.get("alert"),
     )
+
+
+def discard(db: Database, run_ids: Iterable[str]) -> None:
+    """The runs are written and reported: their streamed decisions are no longer needed."""
+    db[STREAMED].delete_many({"run_id": {"$in": list(run_ids)}})

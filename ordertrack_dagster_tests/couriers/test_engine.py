@@ -242,17 +242,17 @@ def test_finished_records_are_handed_over_while_the_fetch_goes_on(stack, state):
     client = courier_client(FLOW, stack.env, state, flow_changes=ONE_AT_A_TIME)
     chunks = []
     result = asyncio.run(
-        client.fetch(keys, keep=lambda records: chunks.append(list(records)), keep_every=ZERO)
+        client.fetch(keys, stream=lambda records: chunks.append(list(records)), stream_every=ZERO)
     )
     assert len(chunks) >= 2  # one worker: a hand-over after each request but the last
-    kept = [r.tracking_key for chunk in chunks for r in chunk]
-    assert kept == [r.tracking_key for r in result.records][: len(kept)]
-    assert len(kept) >= 5
+    streamed = [r.tracking_key for chunk in chunks for r in chunk]
+    assert streamed == [r.tracking_key for r in result.records][: len(streamed)]
+    assert len(streamed) >= 5
 
 
-def test_a_fetch_shorter_than_the_keeping_interval_keeps_nothing(stack, state):
+def test_a_fetch_shorter_than_the_streaming_interval_streams_nothing(stack, state):
     keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 3)
     client = courier_client(FLOW, stack.env, state, flow_changes=ONE_AT_A_TIME)
     chunks = []
-    asyncio.run(client.fetch(keys, keep=chunks.append, keep_every=timedelta(minutes=1)))
+    asyncio.run(client.fetch(keys, stream=chunks.append, stream_every=timedelta(minutes=1)))
     assert chunks == []

@@ -34,10 +34,10 @@ from ordertrack_dagster.orchestration.guards import hold_reason, max_runtime
 from ordertrack_dagster.orchestration.sensors import reap_dead_runs
 from ordertrack_dagster.records import FetchState
 from ordertrack_dagster.resources.history_queue import HistoryQueue, reset_backoff
-from ordertrack_dagster.resources.mongo import FETCHED, MongoResource
+from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager
 from ordertrack_dagster.statuses import Canonical
-from ordertrack_dagster.tracking.checkpoint import KEEP_EVERY_ENV
+from ordertrack_dagster.tracking.streaming import STREAM_EVERY_ENV
 from ordertrack_dagster_tests.effects.support import (
     Runner,
     metadata,
@@ -100,36 +100,6 @@ def test_db_kill_between_bulks(stack, db, stack_env, dagster_home):
     invariant_e(db, stack, _oids(seeded))
 
 
-def test_a_run_killed_mid_fetch_keeps_its_answers_for_the_next_run(
-    stack, db, stack_env, dagster_home
-):
-    """KILL-MID-FETCH: SIGKILL once the first answers were kept, with most keys not asked
-    yet; the next run takes the kept answers, asks the courier only about the rest, and
-    every order is written once."""
-    flow = "delhivery_b2b"  # one key per request, one worker, answers kept after each
-    seeded = seed_orders(db, stack.simulator, flow, ["in_transit"] * 50)
-    env = {**stack_env, "B2B_TRACKING_WORKERS": "1", KEEP_EVERY_ENV: "0"}
-
-    def asked() -> int:
-        counts = stack.simulator.stats()["couriers"][flow]
-        return counts["requests"] - counts["logins"]
-
-    before = asked()
-    killed = dagster_materialize(flow, {**env, KILL_AT_ENV: "after_keep"}, dagster_home)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    kept = {r["tracking_key"] for doc in db[FETCHED].find() for r in doc["records"]}
-    assert 0 < len(kept) < 50 and asked() - before == len(kept)
-    assert db["orders"].count_documents({"last_tracking_time": {"$exists": True}}) == 0
-
-    before = asked()
-    again = dagster_materialize(flow, env, dagster_home)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert asked() - before == 50 - len(kept)  # the kept answers were not asked again
-    assert db["orders"].count_documents({"last_tracking_time": {"$exists": True}}) == 50
-    [dead_run] = {doc["run_id"] for doc in db[FETCHED].find()}  # the written run let go
-    invariant_i(db, _oids(seeded))
-
-
 def test_a_run_killed_after_a_streamed_write_keeps_what_it_wrote(
     stack, db, stack_env, dagster_home
 ):
@@ -137,7 +107,7 @@ def test_a_run_killed_after_a_streamed_write_keeps_what_it_wrote(
     statuses; those orders stay written, and the next run writes the others, none twice."""
     flow = "delhivery_b2b"
     seeded = seed_orders(db, stack.simulator, flow, ["delivered"] * 20)
-    env = {**stack_env, "B2B_TRACKING_WORKERS": "1", KEEP_EVERY_ENV: "0"}
+    env = {**stack_env, "B2B_TRACKING_WORKERS": "1", STREAM_EVERY_ENV: "0"}
     killed = dagster_materialize(flow, {**env, KILL_AT_ENV: "after_streamed_write"}, dagster_home)
     assert killed.returncode == -9, killed.stderr[-2000:]
     delivered = seed_reference_data(db).statuses[Canonical.DELIVERED]["status_id"]

@@ -7,14 +7,14 @@ import logging
 import pytest
 
 from ordertrack_dagster.flows import get_flow
-from ordertrack_dagster.resources.mongo import FETCHED
-from ordertrack_dagster.tracking.checkpoint import KEEP_EVERY_ENV
+from ordertrack_dagster.resources.mongo import STREAMED
 from ordertrack_dagster.tracking.steps import (
     ask_courier,
     map_answers,
     select_pending,
     write_statuses,
 )
+from ordertrack_dagster.tracking.streaming import STREAM_EVERY_ENV
 from ordertrack_dagster_tests.faults.invariants import invariant_i
 from ordertrack_dagster_tests.helpers import courier_resource, seed_orders
 
@@ -24,8 +24,8 @@ FLOW = get_flow("delhivery_b2b")  # one key per request
 
 @pytest.fixture
 def streaming_each_request(monkeypatch):
-    """One worker, answers kept and written after every request."""
-    monkeypatch.setenv(KEEP_EVERY_ENV, "0")
+    """One worker, answers written after every request."""
+    monkeypatch.setenv(STREAM_EVERY_ENV, "0")
     monkeypatch.setenv("B2B_TRACKING_WORKERS", "1")
 
 
@@ -51,5 +51,5 @@ def test_a_long_fetch_writes_as_it_goes_and_the_write_step_writes_the_rest(
     assert written.metadata["orders_modified"] == 6
     assert written.metadata["rejected_updates"] == 0
     assert db["orders"].count_documents({"last_tracking_time": {"$exists": True}}) == 5
-    assert db[FETCHED].count_documents({}) == 0  # the written run let go of what it kept
+    assert db[STREAMED].count_documents({}) == 0  # the written run let go of its decisions
     invariant_i(db, [order.oid for order in seeded])

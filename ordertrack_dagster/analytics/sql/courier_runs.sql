@@ -1,8 +1,7 @@
 -- One row per tracking run: how many keys were asked and how each ended (answered,
 -- not_answered, failed, deferred), the most common error, the requests sent and retried, and
 -- the request latency in milliseconds (p50, p99, max). Latency is counted once per request
--- (batch), not once per key; keys never sent (odd keys, batch -1) count only as failed, and
--- answers an earlier run got before it stopped (batch -2) only as answered.
+-- (batch), not once per key; keys never sent (odd keys, batch -1) count only as failed.
 WITH per_run AS (
     SELECT
         flow,
