@@ -183,7 +183,7 @@ def write_statuses(
         decided, report = streaming.write_updates(db, rest, flow, StatusCatalogue.load(db))
         kill_point("after_write")
         streaming.discard(db, run_ids)
-    report = earlier.add_to(report)
+    report = streaming.added(earlier.report, report)
     by_order = earlier.decisions | {str(d.order_oid): d for d in decided}
     decisions = pd.DataFrame(
         [

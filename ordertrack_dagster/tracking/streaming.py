@@ -26,7 +26,7 @@ from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.markers import Event
 from ordertrack_dagster.records import FetchRecord, FetchState
-from ordertrack_dagster.resources.mongo import STREAMED, Rejected
+from ordertrack_dagster.resources.mongo import BULK_CHUNK, STREAMED, Rejected
 from ordertrack_dagster.tables import Action
 from ordertrack_dagster.tracking.mapping import interpret_answers, polled_orders
 from ordertrack_dagster.tracking.writer import (
@@ -68,10 +68,27 @@ _COUNTERS = (
 def write_updates(
     db: Database, updates: pd.DataFrame, flow: Flow, catalogue: StatusCatalogue
 ) -> tuple[list[Decision], WriteReport]:
-    """Plan and apply the writes of mapped rows; the decisions as MongoDB settled them."""
-    plan = plan_writes(polled_orders(updates), catalogue, flow.key, datetime.now(UTC))
-    report = apply_plan(db, plan, catalogue)
-    return settle(plan, report), report
+    """Plan and apply the writes of mapped rows, one bulk's worth at a time (a plan of a
+    whole cap's operations at once costs a run its largest share of memory); the decisions
+    as MongoDB settled them, and the report of all parts."""
+    decisions: list[Decision] = []
+    total = WriteReport()
+    for start in range(0, len(updates), BULK_CHUNK):
+        part = updates.iloc[start : start + BULK_CHUNK]
+        plan = plan_writes(polled_orders(part), catalogue, flow.key, datetime.now(UTC))
+        report = apply_plan(db, plan, catalogue)
+        decisions += settle(plan, report)
+        total = added(total, report)
+    return decisions, total
+
+
+def added(report: WriteReport, more: WriteReport) -> WriteReport:
+    """`report` with the counters and rejections of `more` added (the figures of a run
+    written in parts)."""
+    for name in _COUNTERS:
+        setattr(report, name, getattr(report, name) + getattr(more, name))
+    report.rejected = report.rejected + more.rejected
+    return report
 
 
 @dataclass
@@ -80,13 +97,6 @@ class Written:
 
     decisions: dict[str, Decision] = field(default_factory=dict)  # by order oid (hex)
     report: WriteReport = field(default_factory=WriteReport)
-
-    def add_to(self, report: WriteReport) -> WriteReport:
-        """`report` with these writes' counters and rejections added."""
-        for name in _COUNTERS:
-            setattr(report, name, getattr(report, name) + getattr(self.report, name))
-        report.rejected = self.report.rejected + report.rejected
-        return report
 
 
 class StreamedWriter:
