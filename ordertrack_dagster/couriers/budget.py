@@ -47,6 +47,9 @@ BUCKETS_PER_WINDOW = 30
 LEASE_SHARE_OF_WINDOW = 0.2
 #: One block takes at most this share of the limit, so one process cannot hold it all.
 MAX_BLOCK_SHARE = 0.25
+#: A wait read from the last reservation is waited without asking MongoDB only up to this;
+#: a longer one (which could defer the rest of a run) is checked with a fresh reservation.
+LOCAL_WAIT_SECONDS = 30.0
 
 
 def bucket_width(budget: RateBudget) -> int:
@@ -196,8 +199,11 @@ class SharedBudget:
         known.update(_settled(old) if old else {})
         free = self.budget.requests - counted_in_window(known, self.budget, now)
         if free < enough and (old is None or old.left <= 0):  # nothing of ours to hand back
-            self._paced = True
-            return seconds_until_free(known, self.budget, now, enough)
+            wait = seconds_until_free(known, self.budget, now, enough)
+            if wait <= LOCAL_WAIT_SECONDS:
+                self._paced = True
+                return wait
+            # a long wait is not taken on an old read: others may have handed blocks back
         # ask for what the last read says is free: a bigger block would come back short and
         # hold what it could not use until the next reservation
         ask = min(self._block, max(enough, free))

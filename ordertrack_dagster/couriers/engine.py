@@ -200,8 +200,8 @@ class CourierClient(ABC):
                 await asyncio.sleep(self.flow.pause_seconds)
 
     async def _stream_finished(self) -> None:
-        """Hand the records finished since the last hand-over to `stream` when it is time
-        (one worker at a time, in a thread, so the others go on asking)."""
+        """Hand the records finished since the last hand-over to `stream` when it is time: in a
+        thread, so the other workers go on asking while this one waits for it."""
         if self._stream is None or self._streaming or len(self._records) == self._streamed:
             return
         if time.monotonic() - self._streamed_at >= self._stream_every:

@@ -14,6 +14,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     Config,
+    DagsterEventType,
     Output,
     asset,
 )
@@ -22,7 +23,7 @@ from pydantic import Field
 from ordertrack_dagster.couriers import COURIERS
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.resources.mongo import MongoResource
-from ordertrack_dagster.tables import GROUP, IO_MANAGER, flow_partitions
+from ordertrack_dagster.tables import GROUP, IO_MANAGER, RAW_COURIER_RESPONSES, flow_partitions
 from ordertrack_dagster.tracking import steps
 
 COURIER_RESOURCE_KEYS = frozenset(binding.resource_key for binding in COURIERS.values())
@@ -119,9 +120,9 @@ def order_status_writes(
     context: AssetExecutionContext, status_updates: pd.DataFrame, mongo: MongoResource
 ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
     flow = get_flow(context.partition_key)
-    # a re-execution writes what the run it re-executes fetched but did not write
-    runs = [context.run_id, *filter(None, [context.run.parent_run_id])]
-    table = steps.write_statuses(mongo.get_database(), status_updates, flow, runs, context.log)
+    table = steps.write_statuses(
+        mongo.get_database(), status_updates, flow, [_fetching_run(context)], context.log
+    )
     yield _output(table)
     rejected = int(table.metadata["rejected_updates"])
     yield AssetCheckResult(
@@ -130,6 +131,26 @@ def order_status_writes(
         severity=AssetCheckSeverity.ERROR,
         metadata={"rejected": rejected},
     )
+
+
+def _fetching_run(context: AssetExecutionContext) -> str:
+    """The run whose fetch these answers come from (and whose streamed writes to skip): this
+    run, or for a re-execution that did not fetch again, the nearest run it re-executes that
+    materialized `raw_courier_responses`."""
+    run_id: str | None = context.run_id
+    while run_id is not None:
+        events = context.instance.get_records_for_run(
+            run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        if any(
+            record.event_log_entry.dagster_event.asset_key == RAW_COURIER_RESPONSES
+            for record in events
+            if record.event_log_entry.dagster_event is not None
+        ):
+            return run_id
+        run = context.instance.get_run_by_id(run_id)
+        run_id = run.parent_run_id if run is not None else None
+    return context.run_id
 
 
 TRACKING_ASSETS = [pending_orders, raw_courier_responses, status_updates, order_status_writes]

@@ -174,8 +174,8 @@ def write_statuses(
     db: Database, updates: pd.DataFrame, flow: Flow, run_ids: list[str], log: logging.Logger
 ) -> Table:
     """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
-    what happened to it. Orders the fetch already wrote (`streaming.py`, by any of `run_ids`:
-    this run and the one it re-executes) are reported, not written again; then their stored
+    what happened to it. Orders the fetch already wrote (`streaming.py`, in `run_ids`: the
+    run that fetched these answers) are reported, not written again; then their stored
     decisions are let go."""
     with metadata.Measured() as measured:
         earlier = streaming.written_earlier(db, run_ids)

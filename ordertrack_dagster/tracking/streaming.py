@@ -1,16 +1,20 @@
 """Statuses written while the fetch goes on, so a long fetch (a courier's rate limit, a slow
-courier) does not leave every write to its end.
+courier) does not leave every write to its end, and a run killed mid-fetch has written what
+it got.
 
-Each time the fetch keeps its new answers (`checkpoint.py`), the answered keys are mapped
-and written right away, by the same functions the `order_status_writes` step uses, and
-what was decided is stored beside the kept answers. The write step then writes only the
-orders not written yet (not answered, failed, deferred, and the answers of the last
-seconds) and reports the run as a whole. A run killed mid-fetch has written what it got.
+Every `ORDERTRACK_STREAM_WRITES_EVERY_SECONDS` (20 s) the fetch hands over the answers it
+got since (`couriers.engine`); they are mapped and written right away by the functions the
+`order_status_writes` step uses, and what was decided goes into `ordertrack_streamed`. The
+write step then writes only the orders not written yet (not answered, failed, deferred, and
+the answers of the last seconds), reports the run as a whole and deletes the run's
+documents (a dead run's expire after a day). A fetch shorter than the interval streams
+nothing: the write step writes everything.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -19,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 from bson import ObjectId
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 from ordertrack_dagster.couriers import COURIERS
 from ordertrack_dagster.flows import Flow
@@ -27,6 +30,7 @@ from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.markers import Event
 from ordertrack_dagster.records import FetchRecord, FetchState
 from ordertrack_dagster.resources.mongo import BULK_CHUNK, STREAMED, Rejected
+from ordertrack_dagster.security.redaction import redact
 from ordertrack_dagster.tables import Action
 from ordertrack_dagster.tracking.mapping import interpret_answers, polled_orders
 from ordertrack_dagster.tracking.writer import (
@@ -40,6 +44,8 @@ from ordertrack_dagster.tracking.writer import (
 
 STREAM_EVERY_ENV = "ORDERTRACK_STREAM_WRITES_EVERY_SECONDS"
 DEFAULT_STREAM_EVERY = timedelta(seconds=20)
+#: Longer than any flow's fetch time box: the fetch would write nothing while it goes on.
+MAX_STREAM_EVERY = timedelta(hours=3)
 
 
 def stream_every(env: Mapping[str, str] = os.environ) -> timedelta:
@@ -48,9 +54,15 @@ def stream_every(env: Mapping[str, str] = os.environ) -> timedelta:
     text = env.get(STREAM_EVERY_ENV, "").strip()
     if not text:
         return DEFAULT_STREAM_EVERY
-    seconds = float(text)
-    if not seconds >= 0:
-        raise ValueError(f"{STREAM_EVERY_ENV} must be a number of seconds, 0 or more")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_STREAM_EVERY.total_seconds():
+        raise ValueError(
+            f"{STREAM_EVERY_ENV}={text!r}: expected a number of seconds from 0 to "
+            f"{MAX_STREAM_EVERY.total_seconds():g}"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -73,7 +85,8 @@ def write_updates(
     as MongoDB settled them, and the report of all parts."""
     decisions: list[Decision] = []
     total = WriteReport()
-    for start in range(0, len(updates), BULK_CHUNK):
+    # an empty part still syncs orderTracking: every run repairs what a crash left marked
+    for start in range(0, max(len(updates), 1), BULK_CHUNK):
         part = updates.iloc[start : start + BULK_CHUNK]
         plan = plan_writes(polled_orders(part), catalogue, flow.key, datetime.now(UTC))
         report = apply_plan(db, plan, catalogue)
@@ -121,9 +134,12 @@ class StreamedWriter:
             return
         try:
             self._write(answered)
-        except PyMongoError as error:  # the write step writes them instead
+        except Exception as error:  # noqa: BLE001 - the write step writes them instead
             self.failures += 1
-            self._log.warning(f"{len(answered)} answers not written yet ({error}); later")
+            self._log.warning(
+                f"{len(answered)} answers not written while fetching "
+                f"({type(error).__name__}: {redact(str(error))[:300]}); the write step will"
+            )
 
     def _write(self, answered: list[FetchRecord]) -> None:
         if self._catalogue is None:

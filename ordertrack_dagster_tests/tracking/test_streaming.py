@@ -5,9 +5,11 @@ table and figures tell the whole run."""
 import logging
 
 import pytest
+from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
 
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.resources.mongo import STREAMED
+from ordertrack_dagster.tracking import streaming
 from ordertrack_dagster.tracking.steps import (
     ask_courier,
     map_answers,
@@ -16,7 +18,7 @@ from ordertrack_dagster.tracking.steps import (
 )
 from ordertrack_dagster.tracking.streaming import STREAM_EVERY_ENV
 from ordertrack_dagster_tests.faults.invariants import invariant_i
-from ordertrack_dagster_tests.helpers import courier_resource, seed_orders
+from ordertrack_dagster_tests.helpers import courier_resource, load_definitions, seed_orders
 
 LOG = logging.getLogger(__name__)
 FLOW = get_flow("delhivery_b2b")  # one key per request
@@ -53,3 +55,39 @@ def test_a_long_fetch_writes_as_it_goes_and_the_write_step_writes_the_rest(
     assert db["orders"].count_documents({"last_tracking_time": {"$exists": True}}) == 5
     assert db[STREAMED].count_documents({}) == 0  # the written run let go of its decisions
     invariant_i(db, [order.oid for order in seeded])
+
+
+def tracking_job():
+    """The code location's tracking job, rebuilt in each step process."""
+    return load_definitions().resolve_job_def("tracking_job")
+
+
+@pytest.mark.slow
+def test_a_re_executed_write_reports_what_the_failed_runs_fetch_wrote(
+    stack, stack_env, db, streaming_each_request, tmp_path, monkeypatch
+):
+    seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 4)
+    discard = streaming.discard
+
+    def lost(db, run_ids):
+        raise ConnectionError("MongoDB went away after the write")
+
+    monkeypatch.setattr(streaming, "discard", lost)  # the write step fails at its very end
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        job = reconstructable(tracking_job)
+        tags = {"dagster/partition": FLOW.key}
+        with execute_job(job, instance, tags=tags, raise_on_error=False) as first:
+            assert not first.success
+        assert db[STREAMED].count_documents({"run_id": first.run_id}) > 0
+        monkeypatch.setattr(streaming, "discard", discard)
+        from_failure = ReexecutionOptions.from_failure(first.run_id, instance)
+        with execute_job(job, instance, tags=tags, reexecution_options=from_failure) as again:
+            assert again.success
+            [write] = [
+                event.step_materialization_data.materialization.metadata
+                for event in again.all_events
+                if event.is_step_materialization and event.step_key == "order_status_writes"
+            ]
+    # the failed run's streamed decisions were found (and let go): the run that fetched
+    assert db[STREAMED].count_documents({}) == 0
+    assert write["updated"].value == 4
