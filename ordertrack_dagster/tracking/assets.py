@@ -121,7 +121,7 @@ def order_status_writes(
 ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
     flow = get_flow(context.partition_key)
     table = steps.write_statuses(
-        mongo.get_database(), status_updates, flow, [_fetching_run(context)], context.log
+        mongo.get_database(), status_updates, flow, _fetching_run(context), context.log
     )
     yield _output(table)
     rejected = int(table.metadata["rejected_updates"])

@@ -171,18 +171,18 @@ def map_answers(pending: pd.DataFrame, raw: pd.DataFrame, flow: Flow) -> Table:
 
 
 def write_statuses(
-    db: Database, updates: pd.DataFrame, flow: Flow, run_ids: list[str], log: logging.Logger
+    db: Database, updates: pd.DataFrame, flow: Flow, fetch_run_id: str, log: logging.Logger
 ) -> Table:
     """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
-    what happened to it. Orders the fetch already wrote (`streaming.py`, in `run_ids`: the
-    run that fetched these answers) are reported, not written again; then their stored
+    what happened to it. Orders the fetch already wrote (`streaming.py`, by `fetch_run_id`:
+    the run that fetched these answers) are reported, not written again; then their stored
     decisions are let go."""
     with metadata.Measured() as measured:
-        earlier = streaming.written_earlier(db, run_ids)
+        earlier = streaming.written_earlier(db, fetch_run_id)
         rest = updates[~updates["order_oid"].isin(earlier.decisions)]
         decided, report = streaming.write_updates(db, rest, flow, StatusCatalogue.load(db))
         kill_point("after_write")
-        streaming.discard(db, run_ids)
+        streaming.discard(db, fetch_run_id)
     report = streaming.added(earlier.report, report)
     by_order = earlier.decisions | {str(d.order_oid): d for d in decided}
     decisions = pd.DataFrame(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
@@ -126,7 +126,6 @@ class StreamedWriter:
         self._log = log
         self._catalogue: StatusCatalogue | None = None
         self.written = 0
-        self.failures = 0
 
     def __call__(self, records: list[FetchRecord]) -> None:
         answered = [r for r in records if r.state is FetchState.ANSWERED]
@@ -135,7 +134,6 @@ class StreamedWriter:
         try:
             self._write(answered)
         except Exception as error:  # noqa: BLE001 - the write step writes them instead
-            self.failures += 1
             self._log.warning(
                 f"{len(answered)} answers not written while fetching "
                 f"({type(error).__name__}: {redact(str(error))[:300]}); the write step will"
@@ -157,27 +155,37 @@ class StreamedWriter:
                 "run_id": self._run_id,
                 "created_at": datetime.now(UTC),
                 "written": [_decision_fields(d) for d in decisions],
-                "counters": {name: getattr(report, name) for name in _COUNTERS},
-                "rejected": [asdict(r) | {"key": str(r.key)} for r in report.rejected],
+                **_report_fields(report),
             }
         )
         self.written += len(decisions)
         kill_point("after_streamed_write")
 
 
-def written_earlier(db: Database, run_ids: Iterable[str]) -> Written:
-    """What the runs' streamed writes decided (the write step skips those orders)."""
+def written_earlier(db: Database, run_id: str) -> Written:
+    """What the run's streamed writes decided (the write step skips those orders)."""
     written = Written()
-    query = {"run_id": {"$in": list(run_ids)}}
-    for doc in db[STREAMED].find(query):
+    for doc in db[STREAMED].find({"run_id": run_id}):
         for fields_ in doc["written"]:
             decision = _decision(fields_)
             written.decisions[str(decision.order_oid)] = decision
-        for name in _COUNTERS:
-            value = getattr(written.report, name) + int(doc["counters"].get(name, 0))
-            setattr(written.report, name, value)
-        written.report.rejected += [Rejected(**r) for r in doc.get("rejected") or []]
+        written.report = added(written.report, _stored_report(doc))
     return written
+
+
+def _report_fields(report: WriteReport) -> dict:
+    return {
+        "counters": {name: getattr(report, name) for name in _COUNTERS},
+        "rejected": [asdict(r) | {"key": str(r.key)} for r in report.rejected],
+    }
+
+
+def _stored_report(doc: dict) -> WriteReport:
+    """The report `_report_fields` stored (its counters and rejections)."""
+    report = WriteReport(rejected=[Rejected(**r) for r in doc.get("rejected") or []])
+    for name in _COUNTERS:
+        setattr(report, name, int(doc["counters"].get(name, 0)))
+    return report
 
 
 def _decision_fields(decision: Decision) -> dict:
@@ -197,6 +205,6 @@ def _decision(stored: dict) -> Decision:
     )
 
 
-def discard(db: Database, run_ids: Iterable[str]) -> None:
-    """The runs are written and reported: their streamed decisions are no longer needed."""
-    db[STREAMED].delete_many({"run_id": {"$in": list(run_ids)}})
+def discard(db: Database, run_id: str) -> None:
+    """The run is written and reported: its streamed decisions are no longer needed."""
+    db[STREAMED].delete_many({"run_id": run_id})

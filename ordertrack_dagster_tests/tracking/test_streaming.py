@@ -45,7 +45,7 @@ def test_a_long_fetch_writes_as_it_goes_and_the_write_step_writes_the_rest(
     polled = db["orders"].count_documents({"last_tracking_time": {"$exists": True}})
     assert polled == streamed
 
-    written = write_statuses(db, map_answers(pending, raw.frame, FLOW).frame, FLOW, ["r"], LOG)
+    written = write_statuses(db, map_answers(pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
     actions = dict(zip(written.frame["tracking_key"], written.frame["action"], strict=True))
     assert sorted(actions.values()) == ["status_changed"] * 5 + ["untouched"]
     assert written.metadata["updated"] == 5
@@ -69,7 +69,7 @@ def test_a_re_executed_write_reports_what_the_failed_runs_fetch_wrote(
     seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 4)
     discard = streaming.discard
 
-    def lost(db, run_ids):
+    def lost(db, run_id):
         raise ConnectionError("MongoDB went away after the write")
 
     monkeypatch.setattr(streaming, "discard", lost)  # the write step fails at its very end
