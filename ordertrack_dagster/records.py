@@ -98,6 +98,8 @@ class FetchStats:
     batches_failed: int = 0
     batches_deferred: int = 0
     paused_until: datetime | None = None
+    # the budget's last settlement failed: its unused reservation stays counted for a window
+    budget_unsettled: str | None = None
 
 
 @dataclass(repr=False)

@@ -159,12 +159,12 @@ class SharedBudget:
 
     def close(self) -> None:
         """Settle the open lease: what was not sent is free for everyone again."""
-        if self._lease is not None:
+        lease, self._lease = self._lease, None  # settled at most once, even if this fails
+        if lease is not None:
             self.round_trips += 1
             self._collection.update_one(
-                {"_id": self._id}, {"$inc": self._settlement(self._lease)}, upsert=True
+                {"_id": self._id}, {"$inc": self._settlement(lease)}, upsert=True
             )
-            self._lease = None
 
     def pause_hinted(self) -> bool:
         """Whether the last reservation saw a pause that some process noted and that lasts."""
@@ -221,11 +221,14 @@ class SharedBudget:
         update: dict[str, Any] = {"$inc": {k: n for k, n in increments.items() if n}}
         if stale:
             update["$unset"] = stale
+        # the old lease is settled by this update or never: when it fails, the server may
+        # still have applied it, and settling again could free what was sent. Left unsettled,
+        # its whole reservation stays counted until it leaves the window (safe: too much)
+        self._lease = None
         doc = self._collection.find_one_and_update(
             {"_id": self._id}, update, upsert=True, return_document=ReturnDocument.AFTER
         )
         self.round_trips += 1
-        self._lease = None
         self._known = _buckets(doc)
         hint = (doc or {}).get("paused_until")
         self._pause_hint = calendar.timegm(hint.utctimetuple()) if hint else 0.0

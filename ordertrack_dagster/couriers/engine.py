@@ -23,6 +23,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import uvloop
+from pymongo.errors import PyMongoError
 
 from ordertrack_dagster.couriers.answers import decode_json, json_text
 from ordertrack_dagster.couriers.budget import SharedBudget
@@ -173,7 +174,10 @@ class CourierClient(ABC):
             try:
                 await asyncio.gather(*workers)
             finally:
-                self._budget.close()
+                try:
+                    self._budget.close()
+                except PyMongoError as error:  # the answers are in: this only over-counts
+                    self.stats.budget_unsettled = redact(str(error))
         self.stats.paused_until = self._resume_at
         return FetchResult(records=self._records, stats=self.stats)
 

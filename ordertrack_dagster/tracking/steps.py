@@ -148,6 +148,12 @@ def ask_courier(
     frame["fetched_at"] = pd.to_datetime(frame["fetched_at"], utc=True)
     if result.stats.paused_until:
         log.warning(f"{flow.courier_label} paused until {result.stats.paused_until.isoformat()}")
+    if result.stats.budget_unsettled:
+        log.warning(
+            f"{flow.courier_label}'s request budget was not settled "
+            f"({result.stats.budget_unsettled}): what this run reserved and did not send stays "
+            "counted until it leaves the window"
+        )
     return Table(
         frame,
         metadata.fetch_metadata(
