@@ -13,6 +13,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetRecordsFilter,
     Config,
     DagsterEventType,
     Output,
@@ -136,7 +137,8 @@ def order_status_writes(
 def _fetching_run(context: AssetExecutionContext) -> str:
     """The run whose fetch these answers come from (and whose streamed writes to skip): this
     run, or for a re-execution that did not fetch again, the nearest run it re-executes that
-    materialized `raw_courier_responses`."""
+    materialized `raw_courier_responses`; for a write materialized on its own, the run of the
+    flow's latest `raw_courier_responses` (where its input's answers come from)."""
     run_id: str | None = context.run_id
     while run_id is not None:
         events = context.instance.get_records_for_run(
@@ -150,7 +152,13 @@ def _fetching_run(context: AssetExecutionContext) -> str:
             return run_id
         run = context.instance.get_run_by_id(run_id)
         run_id = run.parent_run_id if run is not None else None
-    return context.run_id
+    latest = context.instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=RAW_COURIER_RESPONSES, asset_partitions=[context.partition_key]
+        ),
+        limit=1,
+    ).records
+    return latest[0].run_id if latest else context.run_id
 
 
 TRACKING_ASSETS = [pending_orders, raw_courier_responses, status_updates, order_status_writes]

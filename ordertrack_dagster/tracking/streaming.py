@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 
@@ -44,7 +44,8 @@ from ordertrack_dagster.tracking.writer import (
 
 STREAM_EVERY_ENV = "ORDERTRACK_STREAM_WRITES_EVERY_SECONDS"
 DEFAULT_STREAM_EVERY = timedelta(seconds=20)
-#: Longer than any flow's fetch time box: the fetch would write nothing while it goes on.
+#: The longest fetch time box (the fallback flow's): with a longer interval a fetch would
+#: write nothing while it goes on.
 MAX_STREAM_EVERY = timedelta(hours=3)
 
 
@@ -78,11 +79,16 @@ _COUNTERS = (
 
 
 def write_updates(
-    db: Database, updates: pd.DataFrame, flow: Flow, catalogue: StatusCatalogue
+    db: Database,
+    updates: pd.DataFrame,
+    flow: Flow,
+    catalogue: StatusCatalogue,
+    after_part: Callable[[list[Decision], WriteReport], None] | None = None,
 ) -> tuple[list[Decision], WriteReport]:
     """Plan and apply the writes of mapped rows, one bulk's worth at a time (a plan of a
     whole cap's operations at once costs a run its largest share of memory); the decisions
-    as MongoDB settled them, and the report of all parts."""
+    as MongoDB settled them, and the report of all parts. `after_part` hears of each part as
+    soon as it is written."""
     decisions: list[Decision] = []
     total = WriteReport()
     # an empty part still syncs orderTracking: every run repairs what a crash left marked
@@ -90,7 +96,10 @@ def write_updates(
         part = updates.iloc[start : start + BULK_CHUNK]
         plan = plan_writes(polled_orders(part), catalogue, flow.key, datetime.now(UTC))
         report = apply_plan(db, plan, catalogue)
-        decisions += settle(plan, report)
+        settled = settle(plan, report)
+        if after_part is not None:
+            after_part(settled, report)
+        decisions += settled
         total = added(total, report)
     return decisions, total
 
@@ -148,7 +157,12 @@ class StreamedWriter:
         updates = interpret_answers(
             orders, raw, COURIERS[self._flow.key].interpret, datetime.now(UTC)
         )
-        decisions, report = write_updates(self._db, updates, self._flow, self._catalogue)
+        write_updates(self._db, updates, self._flow, self._catalogue, after_part=self._record)
+        kill_point("after_streamed_write")
+
+    def _record(self, decisions: list[Decision], report: WriteReport) -> None:
+        """Store what one written part decided, at once: the write step skips and reports
+        those orders (one document per part stays far below MongoDB's document limit)."""
         self._db[STREAMED].insert_one(
             {
                 "flow": self._flow.key,
@@ -159,7 +173,6 @@ class StreamedWriter:
             }
         )
         self.written += len(decisions)
-        kill_point("after_streamed_write")
 
 
 def written_earlier(db: Database, run_id: str) -> Written:

@@ -6,9 +6,12 @@ import logging
 
 import pytest
 from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+from pymongo.errors import AutoReconnect
 
 from ordertrack_dagster.flows import get_flow
+from ordertrack_dagster.records import FetchRecord, FetchState
 from ordertrack_dagster.resources.mongo import STREAMED
+from ordertrack_dagster.tables import ORDER_STATUS_WRITES
 from ordertrack_dagster.tracking import streaming
 from ordertrack_dagster.tracking.steps import (
     ask_courier,
@@ -57,14 +60,59 @@ def test_a_long_fetch_writes_as_it_goes_and_the_write_step_writes_the_rest(
     invariant_i(db, [order.oid for order in seeded])
 
 
+def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
+    stack, stack_env, db, monkeypatch
+):
+    seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 5)
+    monkeypatch.setenv(STREAM_EVERY_ENV, "10800")  # the fetch itself streams nothing here
+    pending = select_pending(db, FLOW, LOG).frame
+    raw = ask_courier(
+        db, pending, FLOW, courier_resource(FLOW.key, stack_env), force=False, run_id="r", log=LOG
+    )
+    records = [
+        FetchRecord(**(fields_ | {"state": FetchState(fields_["state"])}))
+        for fields_ in raw.frame.drop(columns=["flow", "run_id"]).to_dict("records")
+    ]
+    applied = streaming.apply_plan
+
+    def third_part_lost(*args):
+        parts.append(len(parts) + 1)
+        if len(parts) == 3:
+            raise AutoReconnect("MongoDB went away")
+        return applied(*args)
+
+    parts: list[int] = []
+    monkeypatch.setattr(streaming, "BULK_CHUNK", 2)
+    monkeypatch.setattr(streaming, "apply_plan", third_part_lost)
+    writer = streaming.StreamedWriter(db, FLOW, pending, "r", LOG)
+    writer(records)  # never raises: what it could not write, the write step writes
+    assert writer.written == 4
+    assert [len(doc["written"]) for doc in db[STREAMED].find({"run_id": "r"})] == [2, 2]
+
+    monkeypatch.setattr(streaming, "apply_plan", applied)
+    written = write_statuses(db, map_answers(pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
+    assert list(written.frame["action"]) == ["status_changed"] * 5  # none seen as refused
+    assert written.metadata["updated"] == 5
+
+
 def tracking_job():
     """The code location's tracking job, rebuilt in each step process."""
     return load_definitions().resolve_job_def("tracking_job")
 
 
+def _write_metadata(result) -> dict:
+    [write] = [
+        event.step_materialization_data.materialization.metadata
+        for event in result.all_events
+        if event.is_step_materialization and event.step_key == "order_status_writes"
+    ]
+    return write
+
+
 @pytest.mark.slow
-def test_a_re_executed_write_reports_what_the_failed_runs_fetch_wrote(
-    stack, stack_env, db, streaming_each_request, tmp_path, monkeypatch
+@pytest.mark.parametrize("again", ["re-execution from failure", "the write alone"])
+def test_a_later_write_reports_what_the_failed_runs_fetch_wrote(
+    stack, stack_env, db, streaming_each_request, tmp_path, monkeypatch, again
 ):
     seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 4)
     discard = streaming.discard
@@ -80,14 +128,14 @@ def test_a_re_executed_write_reports_what_the_failed_runs_fetch_wrote(
             assert not first.success
         assert db[STREAMED].count_documents({"run_id": first.run_id}) > 0
         monkeypatch.setattr(streaming, "discard", discard)
-        from_failure = ReexecutionOptions.from_failure(first.run_id, instance)
-        with execute_job(job, instance, tags=tags, reexecution_options=from_failure) as again:
-            assert again.success
-            [write] = [
-                event.step_materialization_data.materialization.metadata
-                for event in again.all_events
-                if event.is_step_materialization and event.step_key == "order_status_writes"
-            ]
+        if again == "re-execution from failure":
+            from_failure = ReexecutionOptions.from_failure(first.run_id, instance)
+            options = {"reexecution_options": from_failure}
+        else:  # a new run of order_status_writes, its input the last status_updates
+            options = {"asset_selection": [ORDER_STATUS_WRITES]}
+        with execute_job(job, instance, tags=tags, **options) as second:
+            assert second.success
+            write = _write_metadata(second)
     # the failed run's streamed decisions were found (and let go): the run that fetched
     assert db[STREAMED].count_documents({}) == 0
     assert write["updated"].value == 4
