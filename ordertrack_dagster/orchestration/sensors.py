@@ -171,8 +171,9 @@ def build_drain_sensor() -> SensorDefinition:
         minimum_interval_seconds=30,
         default_status=default_sensor_status(),
         description="Starts a flow's next run as soon as its last run is over when that run "
-        "left orders due (cap reached, or orders deferred for the budget), so the courier is "
-        "kept busy up to the budget instead of waiting for the next tick.",
+        "left orders due (cap reached, or orders deferred for a pause, the budget or the "
+        "fetch's time box) and the courier answered some, so the courier is kept busy up to "
+        "the budget instead of waiting for the next tick.",
     )
     def _drain(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
         state = CourierState(mongo.get_database())
