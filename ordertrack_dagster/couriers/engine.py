@@ -16,7 +16,7 @@ import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -68,6 +68,11 @@ class _Batch:
     index: int
     keys: list[str]
     attempts: int = 0
+    #: When its request last went out, after any wait for the budget or a login (until then,
+    #: when a worker took it up): its records' `fetched_at` and the start of their latency,
+    #: so a wait for the budget is not read as a slow courier.
+    sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    sent_clock: float = 0.0
 
 
 def request_url(spec: Request) -> str:
@@ -257,15 +262,14 @@ class CourierClient(ABC):
         self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch], batch: _Batch
     ) -> None:
         batch.attempts += 1
-        started = time.perf_counter()
-        fetched_at = datetime.now(UTC)
+        batch.sent_at, batch.sent_clock = datetime.now(UTC), time.perf_counter()
         http_status: int | None = None
         try:
-            http_status, answers = await self._send(http, batch.keys)
-            latency_ms = (time.perf_counter() - started) * 1000
+            http_status, answers = await self._send(http, batch)
+            latency_ms = (time.perf_counter() - batch.sent_clock) * 1000
             records = [
                 self._answer_record(
-                    batch, key, answers.get(key), http_status, fetched_at, latency_ms
+                    batch, key, answers.get(key), http_status, batch.sent_at, latency_ms
                 )
                 for key in batch.keys
             ]
@@ -275,8 +279,8 @@ class CourierClient(ABC):
                 FetchState.NOT_ANSWERED,
                 f"not answered: {reason}",
                 reason.http_status,
-                fetched_at,
-                (time.perf_counter() - started) * 1000,
+                batch.sent_at,
+                (time.perf_counter() - batch.sent_clock) * 1000,
             )
             return
         except Deferred as reason:
@@ -288,7 +292,7 @@ class CourierClient(ABC):
             self._defer(batch, str(limited), http_status=limited.http_status)
             return
         except AuthFailure as failure:
-            self._fail(batch, f"login failed: {failure}", None, fetched_at, started)
+            self._fail(batch, f"login failed: {failure}", None)
             return
         except BatchFailure as failure:
             if failure.retryable and batch.attempts < self.max_attempts:
@@ -296,11 +300,11 @@ class CourierClient(ABC):
                 await asyncio.sleep(_backoff_seconds(batch.attempts))
                 await self._run_batch(http, queue, batch)
                 return
-            self._fail(batch, str(failure), failure.http_status, fetched_at, started)
+            self._fail(batch, str(failure), failure.http_status)
             return
         except Exception as error:  # noqa: BLE001 - any answer that breaks reading fails its batch
             reason = redact(f"unreadable answer: {type(error).__name__}: {error}")
-            self._fail(batch, reason[:MAX_ERROR_CHARS], http_status, fetched_at, started)
+            self._fail(batch, reason[:MAX_ERROR_CHARS], http_status)
             return
         self._records.extend(records)
 
@@ -325,12 +329,13 @@ class CourierClient(ABC):
             error=self.answer_notes.get(key) if answer is not None else "asked but not answered",
         )
 
-    async def _send(self, http: httpx.AsyncClient, keys: Sequence[str]) -> tuple[int, dict]:
+    async def _send(self, http: httpx.AsyncClient, batch: _Batch) -> tuple[int, dict]:
         """One request (and at most one re-authentication); the per-key answers."""
-        spec = self.build_request(keys)
+        spec = self.build_request(batch.keys)
         for attempt in range(2):
             headers = await self.auth_headers(http)
             await self._permit()
+            batch.sent_at, batch.sent_clock = datetime.now(UTC), time.perf_counter()
             self.stats.requests += 1
             try:
                 response = await bounded_request(
@@ -365,7 +370,7 @@ class CourierClient(ABC):
                 and await self.on_unauthorized(http, headers)
             ):
                 continue
-            return response.status_code, self._read(response, keys)
+            return response.status_code, self._read(response, batch.keys)
         raise AssertionError("unreachable")
 
     def _raise_if_told_to_stop(self, response: httpx.Response, now: datetime) -> None:
@@ -399,17 +404,10 @@ class CourierClient(ABC):
         self.stats.batches_deferred += 1
         self._record_all(batch, FetchState.DEFERRED, reason, http_status, datetime.now(UTC), None)
 
-    def _fail(
-        self,
-        batch: _Batch,
-        reason: str,
-        http_status: int | None,
-        fetched_at: datetime,
-        started: float,
-    ) -> None:
+    def _fail(self, batch: _Batch, reason: str, http_status: int | None) -> None:
         self.stats.batches_failed += 1
-        latency_ms = (time.perf_counter() - started) * 1000
-        self._record_all(batch, FetchState.FAILED, reason, http_status, fetched_at, latency_ms)
+        latency_ms = (time.perf_counter() - batch.sent_clock) * 1000
+        self._record_all(batch, FetchState.FAILED, reason, http_status, batch.sent_at, latency_ms)
 
     def _record_all(
         self,

@@ -116,6 +116,21 @@ def test_retries_count_against_the_budget(stack, state):
     assert deferred and all("budget" in r.error for r in deferred)
 
 
+def test_a_request_is_timed_from_when_it_went_out_not_from_its_wait_for_the_budget(stack, state):
+    flow = "delhivery_b2c"
+    keys = register_shipments(stack.simulator, flow, ["in_transit"] * 2)
+    budget = RateBudget(requests=1, window_seconds=2)
+    client = courier_client(
+        flow, stack.env, state, flow_changes={"default_rate_budget": budget, **ONE_AT_A_TIME}
+    )
+    first, second = sorted(run_fetch(client, keys).records, key=lambda r: r.fetched_at)
+    assert {first.state, second.state} == {FetchState.ANSWERED}
+    waited_ms = (second.fetched_at - first.fetched_at).total_seconds() * 1000
+    assert waited_ms >= 1000  # the second request waited for the first to leave the window
+    # ...and that wait is neither its send time nor part of the courier's latency
+    assert second.latency_ms < waited_ms - first.latency_ms
+
+
 def test_logins_and_re_sends_after_401_count_against_the_budget(stack, state):
     flow = "delhivery_b2b"
     keys = register_shipments(stack.simulator, flow, ["in_transit", "delivered"])
