@@ -70,9 +70,14 @@ class _Batch:
     attempts: int = 0
     #: When its request last went out, after any wait for the budget or a login (until then,
     #: when a worker took it up): its records' `fetched_at` and the start of their latency,
-    #: so a wait for the budget is not read as a slow courier.
+    #: so a wait for the budget is not read as a slow courier. `sent_clock` is 0 while no
+    #: request of this attempt went out (a refused login): such records have no latency.
     sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     sent_clock: float = 0.0
+
+    def latency_ms(self) -> float | None:
+        """Milliseconds since its request went out; None when none did."""
+        return (time.perf_counter() - self.sent_clock) * 1000 if self.sent_clock else None
 
 
 def request_url(spec: Request) -> str:
@@ -262,11 +267,11 @@ class CourierClient(ABC):
         self, http: httpx.AsyncClient, queue: asyncio.Queue[_Batch], batch: _Batch
     ) -> None:
         batch.attempts += 1
-        batch.sent_at, batch.sent_clock = datetime.now(UTC), time.perf_counter()
+        batch.sent_at, batch.sent_clock = datetime.now(UTC), 0.0
         http_status: int | None = None
         try:
             http_status, answers = await self._send(http, batch)
-            latency_ms = (time.perf_counter() - batch.sent_clock) * 1000
+            latency_ms = batch.latency_ms()
             records = [
                 self._answer_record(
                     batch, key, answers.get(key), http_status, batch.sent_at, latency_ms
@@ -280,7 +285,7 @@ class CourierClient(ABC):
                 f"not answered: {reason}",
                 reason.http_status,
                 batch.sent_at,
-                (time.perf_counter() - batch.sent_clock) * 1000,
+                batch.latency_ms(),
             )
             return
         except Deferred as reason:
@@ -315,7 +320,7 @@ class CourierClient(ABC):
         answer: Any,
         http_status: int,
         fetched_at: datetime,
-        latency_ms: float,
+        latency_ms: float | None,
     ) -> FetchRecord:
         return FetchRecord(
             tracking_key=key,
@@ -406,8 +411,9 @@ class CourierClient(ABC):
 
     def _fail(self, batch: _Batch, reason: str, http_status: int | None) -> None:
         self.stats.batches_failed += 1
-        latency_ms = (time.perf_counter() - batch.sent_clock) * 1000
-        self._record_all(batch, FetchState.FAILED, reason, http_status, batch.sent_at, latency_ms)
+        self._record_all(
+            batch, FetchState.FAILED, reason, http_status, batch.sent_at, batch.latency_ms()
+        )
 
     def _record_all(
         self,

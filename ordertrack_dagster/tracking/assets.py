@@ -13,9 +13,11 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     AssetRecordsFilter,
     Config,
     DagsterEventType,
+    DagsterInstance,
     Output,
     asset,
 )
@@ -24,7 +26,13 @@ from pydantic import Field
 from ordertrack_dagster.couriers import COURIERS
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.resources.mongo import MongoResource
-from ordertrack_dagster.tables import GROUP, IO_MANAGER, RAW_COURIER_RESPONSES, flow_partitions
+from ordertrack_dagster.tables import (
+    GROUP,
+    IO_MANAGER,
+    RAW_COURIER_RESPONSES,
+    STATUS_UPDATES,
+    flow_partitions,
+)
 from ordertrack_dagster.tracking import steps
 
 COURIER_RESOURCE_KEYS = frozenset(binding.resource_key for binding in COURIERS.values())
@@ -135,30 +143,36 @@ def order_status_writes(
 
 
 def _fetching_run(context: AssetExecutionContext) -> str:
-    """The run whose fetch these answers come from (and whose streamed writes to skip): this
-    run, or for a re-execution that did not fetch again, the nearest run it re-executes that
-    materialized `raw_courier_responses`; for a write materialized on its own, the run of the
-    flow's latest `raw_courier_responses` (where its input's answers come from)."""
-    run_id: str | None = context.run_id
+    """The run whose fetch these answers come from (and whose streamed writes to skip): up
+    the re-execution chain from this run, the nearest run that materialized
+    `raw_courier_responses`; for a write materialized on its own, the same from the run of
+    the partition's latest `status_updates` (where its input comes from)."""
+    fetched = _up_the_chain(context.instance, context.run_id, RAW_COURIER_RESPONSES)
+    if fetched is None:  # materialized on its own
+        latest = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=STATUS_UPDATES, asset_partitions=[context.partition_key]),
+            limit=1,
+        ).records
+        if latest:
+            fetched = _up_the_chain(context.instance, latest[0].run_id, RAW_COURIER_RESPONSES)
+    return fetched or context.run_id
+
+
+def _up_the_chain(instance: DagsterInstance, run_id: str | None, key: AssetKey) -> str | None:
+    """The nearest run from `run_id` up its parent runs that materialized `key`."""
     while run_id is not None:
-        events = context.instance.get_records_for_run(
+        events = instance.get_records_for_run(
             run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
         ).records
         if any(
-            record.event_log_entry.dagster_event.asset_key == RAW_COURIER_RESPONSES
+            record.event_log_entry.dagster_event.asset_key == key
             for record in events
             if record.event_log_entry.dagster_event is not None
         ):
             return run_id
-        run = context.instance.get_run_by_id(run_id)
+        run = instance.get_run_by_id(run_id)
         run_id = run.parent_run_id if run is not None else None
-    latest = context.instance.fetch_materializations(
-        AssetRecordsFilter(
-            asset_key=RAW_COURIER_RESPONSES, asset_partitions=[context.partition_key]
-        ),
-        limit=1,
-    ).records
-    return latest[0].run_id if latest else context.run_id
+    return None
 
 
 TRACKING_ASSETS = [pending_orders, raw_courier_responses, status_updates, order_status_writes]

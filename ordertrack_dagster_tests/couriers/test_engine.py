@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from pymongo.errors import AutoReconnect
 
 from ordertrack_dagster.couriers.answers import (
     decode_json,
@@ -128,6 +129,37 @@ def test_the_request_budget_defers_what_it_cannot_cover(stack, state):
     assert asked.state == FetchState.ANSWERED
     assert deferred.state == FetchState.DEFERRED and "budget" in deferred.error
     assert state.requests_in_window(SCOPE, budget) == 1
+
+
+class _SettlementLost:
+    """The budget's collection, with every settlement lost on its way to the server."""
+
+    def __init__(self, collection):
+        self._collection = collection
+
+    def __getattr__(self, name):
+        return getattr(self._collection, name)
+
+    def update_one(self, *args, **kwargs):
+        raise AutoReconnect("MongoDB went away")
+
+
+def test_a_failed_last_settlement_does_not_fail_a_finished_fetch(stack, state, monkeypatch):
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit", "delivered"])
+    budget = RateBudget(requests=100, window_seconds=300)
+    reserve = state.shared_budget
+
+    def settlement_lost(*args, **kwargs):
+        shared = reserve(*args, **kwargs)
+        shared._collection = _SettlementLost(shared._collection)
+        return shared
+
+    monkeypatch.setattr(state, "shared_budget", settlement_lost)
+    result = run_fetch(client(stack, state, default_rate_budget=budget), keys)
+    assert {record.state for record in result.records} == {FetchState.ANSWERED}
+    assert "went away" in result.stats.budget_unsettled
+    # what was reserved stays counted until it leaves the window: too much, never too little
+    assert state.requests_in_window(SCOPE, budget) >= result.stats.requests
 
 
 def test_unknown_keys_are_not_answered_with_the_http_status_kept(stack, state):

@@ -88,6 +88,8 @@ def test_a_refused_login_is_not_retried_and_blocks_later_runs(stack, state, flow
     result = run_fetch(client, keys)
     assert {record.state for record in result.records} == {FetchState.FAILED}
     assert all(record.error.startswith("login failed: login refused") for record in result.records)
+    # no request of theirs went out: no courier latency to report
+    assert all(record.latency_ms is None for record in result.records)
     assert result.stats.logins == 1
     assert logins(stack, flow) == (before + 1, failed_before + 1)
     blocked_until = state.login_blocked_until(client.token_key)

@@ -11,7 +11,7 @@ from pymongo.errors import AutoReconnect
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.records import FetchRecord, FetchState
 from ordertrack_dagster.resources.mongo import STREAMED
-from ordertrack_dagster.tables import ORDER_STATUS_WRITES
+from ordertrack_dagster.tables import ORDER_STATUS_WRITES, PENDING_ORDERS, RAW_COURIER_RESPONSES
 from ordertrack_dagster.tracking import streaming
 from ordertrack_dagster.tracking.steps import (
     ask_courier,
@@ -110,7 +110,10 @@ def _write_metadata(result) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("again", ["re-execution from failure", "the write alone"])
+@pytest.mark.parametrize(
+    "again",
+    ["re-execution from failure", "the write alone", "the write alone after a later fetch"],
+)
 def test_a_later_write_reports_what_the_failed_runs_fetch_wrote(
     stack, stack_env, db, streaming_each_request, tmp_path, monkeypatch, again
 ):
@@ -133,6 +136,10 @@ def test_a_later_write_reports_what_the_failed_runs_fetch_wrote(
             options = {"reexecution_options": from_failure}
         else:  # a new run of order_status_writes, its input the last status_updates
             options = {"asset_selection": [ORDER_STATUS_WRITES]}
+        if again == "the write alone after a later fetch":  # not the fetch of that input
+            fetch_only = [PENDING_ORDERS, RAW_COURIER_RESPONSES]
+            with execute_job(job, instance, tags=tags, asset_selection=fetch_only) as fetch:
+                assert fetch.success
         with execute_job(job, instance, tags=tags, **options) as second:
             assert second.success
             write = _write_metadata(second)
