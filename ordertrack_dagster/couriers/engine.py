@@ -54,6 +54,27 @@ StreamRecords = Callable[[list[FetchRecord]], None]
 
 
 @dataclass(frozen=True)
+class FetchOptions:
+    """How one fetch runs, beyond its keys.
+
+    `ignore_stored_pause` (a run forced by ops) starts as if no pause were stored; a rate limit
+    met during the run still pauses it. Keys not yet asked when `time_box` closes are
+    deferred, so a slow courier cannot hold the run past its max runtime. `stream` gets the
+    records finished since its last call every `stream_every` while the fetch goes on (in a
+    thread, so the workers go on asking); it must not raise. A fetch shorter than
+    `stream_every` never calls it.
+    """
+
+    ignore_stored_pause: bool = False
+    time_box: timedelta | None = None
+    stream: StreamRecords | None = None
+    stream_every: timedelta = timedelta(0)
+
+
+PLAIN_FETCH = FetchOptions()
+
+
+@dataclass(frozen=True)
 class Request:
     """One HTTP request, as a courier module describes it."""
 
@@ -141,31 +162,15 @@ class CourierClient(ABC):
 
     # -- the engine ---------------------------------------------------------------------
 
-    async def fetch(
-        self,
-        keys: Sequence[str],
-        *,
-        ignore_stored_pause: bool = False,
-        time_box: timedelta | None = None,
-        stream: StreamRecords | None = None,
-        stream_every: timedelta = timedelta(0),
-    ) -> FetchResult:
-        """Ask about every key; every key gets exactly one FetchRecord.
-
-        `ignore_stored_pause` (a run forced by ops) starts as if no pause were stored; a rate
-        limit met during the run still pauses it. Keys not yet asked when `time_box` closes
-        are deferred, so a slow courier cannot hold the run past its max runtime. `stream`
-        gets the records finished since its last call every `stream_every` while the fetch
-        goes on (in a thread, so the workers go on asking); it must not raise. A fetch
-        shorter than `stream_every` never calls it.
-        """
-        self._stream, self._streamed_at = stream, time.monotonic()
-        self._stream_every = stream_every.total_seconds()
-        if time_box is not None:
-            self._box_closes = time.monotonic() + time_box.total_seconds()
+    async def fetch(self, keys: Sequence[str], options: FetchOptions = PLAIN_FETCH) -> FetchResult:
+        """Ask about every key (as `options` say); every key gets exactly one FetchRecord."""
+        self._stream, self._streamed_at = options.stream, time.monotonic()
+        self._stream_every = options.stream_every.total_seconds()
+        if options.time_box is not None:
+            self._box_closes = time.monotonic() + options.time_box.total_seconds()
         stored = self.state.paused_until(self.flow.budget_scope)
-        self._resume_at = None if ignore_stored_pause else stored
-        self._forced_past = stored if ignore_stored_pause else None
+        self._resume_at = None if options.ignore_stored_pause else stored
+        self._forced_past = stored if options.ignore_stored_pause else None
         self._budget = self.state.shared_budget(
             self.flow.budget_scope, self.flow.rate_budget, min_block=self.flow.workers
         )
@@ -441,13 +446,7 @@ class CourierClient(ABC):
 
 
 def fetch_to_completion(
-    client: CourierClient,
-    keys: Sequence[str],
-    *,
-    ignore_stored_pause: bool = False,
-    time_box: timedelta | None = None,
-    stream: StreamRecords | None = None,
-    stream_every: timedelta = timedelta(0),
+    client: CourierClient, keys: Sequence[str], options: FetchOptions = PLAIN_FETCH
 ) -> FetchResult:
     """Run a fetch from synchronous code (an asset), as cheaply in CPU as the engine allows.
 
@@ -458,15 +457,7 @@ def fetch_to_completion(
     """
     gc.freeze()
     try:
-        return uvloop.run(
-            client.fetch(
-                keys,
-                ignore_stored_pause=ignore_stored_pause,
-                time_box=time_box,
-                stream=stream,
-                stream_every=stream_every,
-            )
-        )
+        return uvloop.run(client.fetch(keys, options))
     finally:
         gc.unfreeze()
 

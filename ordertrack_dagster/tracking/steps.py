@@ -14,6 +14,7 @@ from pymongo.database import Database
 
 from ordertrack_dagster.couriers import (
     COURIERS,
+    FetchOptions,
     blocking_pause,
     describe_pause,
     fetch_to_completion,
@@ -127,10 +128,12 @@ def ask_courier(
         fetch_to_completion(
             courier.client(flow, state),
             good,
-            ignore_stored_pause=force,
-            time_box=fetch_time_box(flow),
-            stream=writer,
-            stream_every=streaming.stream_every(),
+            FetchOptions(
+                ignore_stored_pause=force,
+                time_box=fetch_time_box(flow),
+                stream=writer,
+                stream_every=streaming.stream_every(),
+            ),
         )
         if good
         else FetchResult(records=[])

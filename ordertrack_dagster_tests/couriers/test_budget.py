@@ -11,6 +11,7 @@ import pytest
 from pymongo.errors import AutoReconnect
 
 from ordertrack_dagster.couriers.budget import SharedBudget, seconds_until_free
+from ordertrack_dagster.couriers.engine import FetchOptions
 from ordertrack_dagster.couriers.failures import Deferred
 from ordertrack_dagster.couriers.state import STATE_COLLECTION, CourierState
 from ordertrack_dagster.devstack.simulator import (
@@ -196,7 +197,7 @@ def test_a_forced_run_is_not_stopped_by_the_pause_it_was_forced_past(stack, stat
         state,
         flow_changes={"default_rate_budget": budget, **ONE_AT_A_TIME},
     )
-    result = asyncio.run(client.fetch(keys, ignore_stored_pause=True))
+    result = asyncio.run(client.fetch(keys, FetchOptions(ignore_stored_pause=True)))
     assert {r.state for r in result.records} == {FetchState.ANSWERED}
 
 

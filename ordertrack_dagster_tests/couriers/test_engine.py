@@ -16,7 +16,7 @@ from ordertrack_dagster.couriers.answers import (
     parse_courier_time,
     read_status,
 )
-from ordertrack_dagster.couriers.engine import MAX_ATTEMPTS
+from ordertrack_dagster.couriers.engine import MAX_ATTEMPTS, FetchOptions
 from ordertrack_dagster.couriers.failures import BatchFailure
 from ordertrack_dagster.couriers.pauses import parse_retry_after
 from ordertrack_dagster.couriers.state import CourierState
@@ -274,7 +274,7 @@ def test_finished_records_are_handed_over_while_the_fetch_goes_on(stack, state):
     client = courier_client(FLOW, stack.env, state, flow_changes=ONE_AT_A_TIME)
     chunks = []
     result = asyncio.run(
-        client.fetch(keys, stream=lambda records: chunks.append(list(records)), stream_every=ZERO)
+        client.fetch(keys, FetchOptions(stream=lambda r: chunks.append(list(r)), stream_every=ZERO))
     )
     assert len(chunks) >= 2  # one worker: a hand-over after each request but the last
     streamed = [r.tracking_key for chunk in chunks for r in chunk]
@@ -286,5 +286,6 @@ def test_a_fetch_shorter_than_the_streaming_interval_streams_nothing(stack, stat
     keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 3)
     client = courier_client(FLOW, stack.env, state, flow_changes=ONE_AT_A_TIME)
     chunks = []
-    asyncio.run(client.fetch(keys, stream=chunks.append, stream_every=timedelta(minutes=1)))
+    once_a_minute = FetchOptions(stream=chunks.append, stream_every=timedelta(minutes=1))
+    asyncio.run(client.fetch(keys, once_a_minute))
     assert chunks == []
