@@ -33,7 +33,7 @@ from ordertrack_dagster.tables import (
     STATUS_UPDATES,
     flow_partitions,
 )
-from ordertrack_dagster.tracking import steps
+from ordertrack_dagster.tracking import steps, streaming
 
 COURIER_RESOURCE_KEYS = frozenset(binding.resource_key for binding in COURIERS.values())
 NO_REJECTED_WRITES = "no_rejected_writes"
@@ -129,10 +129,12 @@ def order_status_writes(
     context: AssetExecutionContext, status_updates: pd.DataFrame, mongo: MongoResource
 ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
     flow = get_flow(context.partition_key)
-    table = steps.write_statuses(
-        mongo.get_database(), status_updates, flow, _fetching_run(context), context.log
-    )
+    db, fetch_run = mongo.get_database(), _fetching_run(context)
+    table = steps.write_statuses(db, status_updates, flow, fetch_run, context.log)
     yield _output(table)
+    # stored (Dagster stores an output before the body goes on): a write that failed to store
+    # its table is re-executed with the streamed decisions still there to report
+    streaming.discard(db, fetch_run)
     rejected = int(table.metadata["rejected_updates"])
     yield AssetCheckResult(
         check_name=NO_REJECTED_WRITES,

@@ -184,14 +184,13 @@ def write_statuses(
 ) -> Table:
     """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
     what happened to it. Orders the fetch already wrote (`streaming.py`, by `fetch_run_id`:
-    the run that fetched these answers) are reported, not written again; then their stored
-    decisions are let go."""
+    the run that fetched these answers) are reported, not written again (their stored
+    decisions are let go once this table is stored)."""
     with metadata.Measured() as measured:
         earlier = streaming.written_earlier(db, fetch_run_id)
         rest = updates[~updates["order_oid"].isin(earlier.decisions)]
         decided, report = streaming.write_updates(db, rest, flow, StatusCatalogue.load(db))
         kill_point("after_write")
-        streaming.discard(db, fetch_run_id)
     report = streaming.added(earlier.report, report)
     by_order = earlier.decisions | {str(d.order_oid): d for d in decided}
     decisions = pd.DataFrame(

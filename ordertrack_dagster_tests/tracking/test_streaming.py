@@ -11,6 +11,7 @@ from pymongo.errors import AutoReconnect
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.records import FetchRecord, FetchState
 from ordertrack_dagster.resources.mongo import STREAMED
+from ordertrack_dagster.resources.s3 import ParquetHistoryIOManager
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, PENDING_ORDERS, RAW_COURIER_RESPONSES
 from ordertrack_dagster.tracking import streaming
 from ordertrack_dagster.tracking.steps import (
@@ -56,7 +57,8 @@ def test_a_long_fetch_writes_as_it_goes_and_the_write_step_writes_the_rest(
     assert written.metadata["orders_modified"] == 6
     assert written.metadata["rejected_updates"] == 0
     assert db["orders"].count_documents({"last_tracking_time": {"$exists": True}}) == 5
-    assert db[STREAMED].count_documents({}) == 0  # the written run let go of its decisions
+    # kept until the asset has stored this table (then let go: the Dagster tests below)
+    assert db[STREAMED].count_documents({"run_id": "r"}) > 0
     invariant_i(db, [order.oid for order in seeded])
 
 
@@ -109,28 +111,48 @@ def _write_metadata(result) -> dict:
     return write
 
 
+def _fail_at(monkeypatch, failure: str) -> None:
+    """Make the write step fail at its very end: storing its table, or letting go of the
+    streamed decisions once it is stored."""
+    if failure == "letting go":
+
+        def lost(db, run_id):
+            raise ConnectionError("MongoDB went away after the write")
+
+        monkeypatch.setattr(streaming, "discard", lost)
+        return
+    store = ParquetHistoryIOManager.handle_output
+
+    def table_lost(self, context, obj):
+        if context.asset_key == ORDER_STATUS_WRITES:
+            raise ConnectionError("the history store went away")
+        return store(self, context, obj)
+
+    monkeypatch.setattr(ParquetHistoryIOManager, "handle_output", table_lost)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "again",
-    ["re-execution from failure", "the write alone", "the write alone after a later fetch"],
+    ("failure", "again"),
+    [
+        ("letting go", "re-execution from failure"),
+        ("letting go", "the write alone"),
+        ("letting go", "the write alone after a later fetch"),
+        ("storing the table", "re-execution from failure"),
+    ],
 )
 def test_a_later_write_reports_what_the_failed_runs_fetch_wrote(
-    stack, stack_env, db, streaming_each_request, tmp_path, monkeypatch, again
+    stack, stack_env, db, streaming_each_request, tmp_path, monkeypatch, failure, again
 ):
     seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 4)
-    discard = streaming.discard
-
-    def lost(db, run_id):
-        raise ConnectionError("MongoDB went away after the write")
-
-    monkeypatch.setattr(streaming, "discard", lost)  # the write step fails at its very end
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
         job = reconstructable(tracking_job)
         tags = {"dagster/partition": FLOW.key}
-        with execute_job(job, instance, tags=tags, raise_on_error=False) as first:
-            assert not first.success
+        with monkeypatch.context() as failing:
+            _fail_at(failing, failure)
+            with execute_job(job, instance, tags=tags, raise_on_error=False) as first:
+                assert not first.success
         assert db[STREAMED].count_documents({"run_id": first.run_id}) > 0
-        monkeypatch.setattr(streaming, "discard", discard)
         if again == "re-execution from failure":
             from_failure = ReexecutionOptions.from_failure(first.run_id, instance)
             options = {"reexecution_options": from_failure}
