@@ -18,6 +18,7 @@ from dagster import (
     Config,
     DagsterEventType,
     DagsterInstance,
+    EventLogRecord,
     Output,
     asset,
 )
@@ -133,8 +134,8 @@ def order_status_writes(
     table = steps.write_statuses(db, status_updates, flow, fetch_run, context.log)
     yield _output(table)
     # stored (Dagster stores an output before the body goes on): a write that failed to store
-    # its table is re-executed with the streamed decisions still there to report
-    streaming.discard(db, fetch_run)
+    # its table is re-executed with the run's recorded decisions still there to report
+    streaming.discard(db, fetch_run, context.log)
     rejected = int(table.metadata["rejected_updates"])
     yield AssetCheckResult(
         check_name=NO_REJECTED_WRITES,
@@ -145,19 +146,34 @@ def order_status_writes(
 
 
 def _fetching_run(context: AssetExecutionContext) -> str:
-    """The run whose fetch these answers come from (and whose streamed writes to skip): up
+    """The run whose fetch these answers come from (and whose recorded writes to skip): up
     the re-execution chain from this run, the nearest run that materialized
-    `raw_courier_responses`; for a write materialized on its own, the same from the run of
-    the partition's latest `status_updates` (where its input comes from)."""
-    fetched = _up_the_chain(context.instance, context.run_id, RAW_COURIER_RESPONSES)
-    if fetched is None:  # materialized on its own
-        latest = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=STATUS_UPDATES, asset_partitions=[context.partition_key]),
-            limit=1,
-        ).records
-        if latest:
-            fetched = _up_the_chain(context.instance, latest[0].run_id, RAW_COURIER_RESPONSES)
-    return fetched or context.run_id
+    `raw_courier_responses`. For a write materialized on its own, the same from the run of the
+    partition's latest `status_updates` (its input); when that was mapped on its own too, the
+    run of the last `raw_courier_responses` before it (what it mapped)."""
+    instance, partition = context.instance, context.partition_key
+    fetched = _up_the_chain(instance, context.run_id, RAW_COURIER_RESPONSES)
+    if fetched is not None:
+        return fetched
+    mapped = _latest(instance, STATUS_UPDATES, partition)
+    if mapped is None:
+        return context.run_id
+    fetched = _up_the_chain(instance, mapped.run_id, RAW_COURIER_RESPONSES)
+    if fetched is not None:
+        return fetched
+    before = _latest(instance, RAW_COURIER_RESPONSES, partition, before=mapped.storage_id)
+    return before.run_id if before is not None else context.run_id
+
+
+def _latest(
+    instance: DagsterInstance, key: AssetKey, partition: str, before: int | None = None
+) -> EventLogRecord | None:
+    """The partition's latest materialization of `key` (before the storage id `before`)."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition], before_storage_id=before),
+        limit=1,
+    ).records
+    return records[0] if records else None
 
 
 def _up_the_chain(instance: DagsterInstance, run_id: str | None, key: AssetKey) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 import pandas as pd
@@ -183,13 +184,20 @@ def write_statuses(
     db: Database, updates: pd.DataFrame, flow: Flow, fetch_run_id: str, log: logging.Logger
 ) -> Table:
     """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
-    what happened to it. Orders the fetch already wrote (`streaming.py`, by `fetch_run_id`:
-    the run that fetched these answers) are reported, not written again (their stored
-    decisions are let go once this table is stored)."""
+    what happened to it. Orders already written for this fetch (`fetch_run_id`: the run that
+    fetched these answers), by its streamed writes or an earlier attempt of this step, are
+    reported, not written again; each part written here is recorded the same way
+    (`streaming.py`; let go once this table is stored)."""
     with metadata.Measured() as measured:
         earlier = streaming.written_earlier(db, fetch_run_id)
         rest = updates[~updates["order_oid"].isin(earlier.decisions)]
-        decided, report = streaming.write_updates(db, rest, flow, StatusCatalogue.load(db))
+        decided, report = streaming.write_updates(
+            db,
+            rest,
+            flow,
+            StatusCatalogue.load(db),
+            after_part=partial(streaming.record_part, db, flow.key, fetch_run_id),
+        )
         kill_point("after_write")
     report = streaming.added(earlier.report, report)
     by_order = earlier.decisions | {str(d.order_oid): d for d in decided}

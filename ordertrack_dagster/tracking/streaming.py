@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 from bson import ObjectId
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from ordertrack_dagster.couriers import COURIERS
 from ordertrack_dagster.flows import Flow
@@ -161,18 +162,25 @@ class StreamedWriter:
         kill_point("after_streamed_write")
 
     def _record(self, decisions: list[Decision], report: WriteReport) -> None:
-        """Store what one written part decided, at once: the write step skips and reports
-        those orders (one document per part stays far below MongoDB's document limit)."""
-        self._db[STREAMED].insert_one(
-            {
-                "flow": self._flow.key,
-                "run_id": self._run_id,
-                "created_at": datetime.now(UTC),
-                "written": [_decision_fields(d) for d in decisions],
-                **_report_fields(report),
-            }
-        )
+        record_part(self._db, self._flow.key, self._run_id, decisions, report)
         self.written += len(decisions)
+
+
+def record_part(
+    db: Database, flow_key: str, run_id: str, decisions: list[Decision], report: WriteReport
+) -> None:
+    """Store what one written part of a run decided, at once: a later write of the run (the
+    write step after the fetch's, or its re-execution) skips and reports those orders. One
+    document per part stays far below MongoDB's document limit."""
+    db[STREAMED].insert_one(
+        {
+            "flow": flow_key,
+            "run_id": run_id,
+            "created_at": datetime.now(UTC),
+            "written": [_decision_fields(d) for d in decisions],
+            **_report_fields(report),
+        }
+    )
 
 
 def written_earlier(db: Database, run_id: str) -> Written:
@@ -218,6 +226,13 @@ def _decision(stored: dict) -> Decision:
     )
 
 
-def discard(db: Database, run_id: str) -> None:
-    """The run is written and reported: its streamed decisions are no longer needed."""
-    db[STREAMED].delete_many({"run_id": run_id})
+def discard(db: Database, run_id: str, log: logging.Logger) -> None:
+    """The run is written and its table stored: its recorded decisions are no longer needed.
+    A failure here fails nothing: they expire within a day."""
+    try:
+        db[STREAMED].delete_many({"run_id": run_id})
+    except PyMongoError as error:
+        log.warning(
+            f"the run's recorded decisions stay until they expire (within a day): "
+            f"{redact(str(error))[:300]}"
+        )

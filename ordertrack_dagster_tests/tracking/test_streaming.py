@@ -12,7 +12,12 @@ from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.records import FetchRecord, FetchState
 from ordertrack_dagster.resources.mongo import STREAMED
 from ordertrack_dagster.resources.s3 import ParquetHistoryIOManager
-from ordertrack_dagster.tables import ORDER_STATUS_WRITES, PENDING_ORDERS, RAW_COURIER_RESPONSES
+from ordertrack_dagster.tables import (
+    ORDER_STATUS_WRITES,
+    PENDING_ORDERS,
+    RAW_COURIER_RESPONSES,
+    STATUS_UPDATES,
+)
 from ordertrack_dagster.tracking import streaming
 from ordertrack_dagster.tracking.steps import (
     ask_courier,
@@ -111,16 +116,8 @@ def _write_metadata(result) -> dict:
     return write
 
 
-def _fail_at(monkeypatch, failure: str) -> None:
-    """Make the write step fail at its very end: storing its table, or letting go of the
-    streamed decisions once it is stored."""
-    if failure == "letting go":
-
-        def lost(db, run_id):
-            raise ConnectionError("MongoDB went away after the write")
-
-        monkeypatch.setattr(streaming, "discard", lost)
-        return
+def _table_lost(monkeypatch) -> None:
+    """The write step fails at its very end: storing its table."""
     store = ParquetHistoryIOManager.handle_output
 
     def table_lost(self, context, obj):
@@ -133,29 +130,34 @@ def _fail_at(monkeypatch, failure: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("failure", "again"),
+    ("again", "streamed"),
     [
-        ("letting go", "re-execution from failure"),
-        ("letting go", "the write alone"),
-        ("letting go", "the write alone after a later fetch"),
-        ("storing the table", "re-execution from failure"),
+        ("re-execution from failure", "after every request"),
+        ("re-execution from failure", "never"),  # the write step wrote them all itself
+        ("the write alone", "after every request"),
+        ("the write alone after a later fetch", "after every request"),
+        ("the mapping and write alone", "after every request"),
     ],
 )
-def test_a_later_write_reports_what_the_failed_runs_fetch_wrote(
-    stack, stack_env, db, streaming_each_request, tmp_path, monkeypatch, failure, again
+def test_a_later_write_reports_what_the_failed_runs_writes_did(
+    stack, stack_env, db, tmp_path, monkeypatch, again, streamed
 ):
+    monkeypatch.setenv(STREAM_EVERY_ENV, "0" if streamed == "after every request" else "10800")
+    monkeypatch.setenv("B2B_TRACKING_WORKERS", "1")
     seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 4)
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
         job = reconstructable(tracking_job)
         tags = {"dagster/partition": FLOW.key}
         with monkeypatch.context() as failing:
-            _fail_at(failing, failure)
+            _table_lost(failing)
             with execute_job(job, instance, tags=tags, raise_on_error=False) as first:
                 assert not first.success
         assert db[STREAMED].count_documents({"run_id": first.run_id}) > 0
         if again == "re-execution from failure":
             from_failure = ReexecutionOptions.from_failure(first.run_id, instance)
             options = {"reexecution_options": from_failure}
+        elif again == "the mapping and write alone":  # its input: the failed run's answers
+            options = {"asset_selection": [STATUS_UPDATES, ORDER_STATUS_WRITES]}
         else:  # a new run of order_status_writes, its input the last status_updates
             options = {"asset_selection": [ORDER_STATUS_WRITES]}
         if again == "the write alone after a later fetch":  # not the fetch of that input
@@ -165,6 +167,22 @@ def test_a_later_write_reports_what_the_failed_runs_fetch_wrote(
         with execute_job(job, instance, tags=tags, **options) as second:
             assert second.success
             write = _write_metadata(second)
-    # the failed run's streamed decisions were found (and let go): the run that fetched
+    # the failed run's recorded decisions were found (and let go): nothing seen as refused
     assert db[STREAMED].count_documents({}) == 0
     assert write["updated"].value == 4
+
+
+class _DeleteFails:
+    """A database whose deletes never reach the server."""
+
+    def __getitem__(self, name):
+        return self
+
+    def delete_many(self, *args, **kwargs):
+        raise AutoReconnect("MongoDB went away")
+
+
+def test_letting_go_of_a_runs_decisions_never_fails_the_write(caplog):
+    with caplog.at_level(logging.WARNING):
+        streaming.discard(_DeleteFails(), "r", LOG)
+    assert "expire" in caplog.text
