@@ -54,6 +54,10 @@ def object_id(asset: str, flow: str, run_id: str) -> str:
     return f"{asset}:{flow}:{run_id}"
 
 
+#: The databases (client, name) whose history indexes this process has made sure of.
+_indexed: set[tuple[int, str]] = set()
+
+
 class HistoryQueue:
     """The `ordertrack_history` objects and their chunks in one database."""
 
@@ -62,9 +66,15 @@ class HistoryQueue:
         self.chunks = db[CHUNKS]
 
     def ensure_indexes(self) -> None:
+        """Once per process and database: an index that exists is not created again, but
+        asking costs a round trip per index, and a run stores four outputs."""
+        db = self.objects.database
+        if (id(db.client), db.name) in _indexed:
+            return
         self.objects.create_index([("state", ASCENDING), ("created_at", ASCENDING)])
         for collection in (self.objects, self.chunks):
             collection.create_index("expire_at", expireAfterSeconds=0)
+        _indexed.add((id(db.client), db.name))
 
     def store(
         self, asset: str, flow: str, run_id: str, key: str, body: bytes, rows: int, now: datetime
