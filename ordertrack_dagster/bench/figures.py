@@ -39,26 +39,32 @@ def per_1000(value: float, run: RunFigures) -> float:
     return value * 1000 / run.orders if run.orders else 0.0
 
 
+def phase_round_trips(run: RunFigures, *phases: str) -> int:
+    """The run's MongoDB commands sent while a step of these phases ran."""
+    return int(sum(run.mongo.per_phase.get(p, {}).get("round_trips", 0) for p in phases))
+
+
 def tracking_round_trips(run: RunFigures) -> int:
-    return int(sum(run.mongo.per_phase.get(p, {}).get("round_trips", 0) for p in TRACKING_PHASES))
+    return phase_round_trips(run, *TRACKING_PHASES)
+
+
+def collection_round_trips(run: RunFigures, *collections: str) -> int:
+    """The run's MongoDB commands on these collections (`per_command` keys end with one)."""
+    return sum(
+        count
+        for command, count in run.mongo.per_command.items()
+        if command.rsplit(" ", 1)[-1] in collections
+    )
 
 
 def courier_state_round_trips(run: RunFigures) -> int:
     """The run's commands on the courier state (budget reservations, pauses, tokens)."""
-    return sum(
-        count
-        for command, count in run.mongo.per_command.items()
-        if command.endswith("ordertrack_state")
-    )
+    return collection_round_trips(run, "ordertrack_state")
 
 
 def staging_round_trips(run: RunFigures) -> int:
     """The run's commands on the step outputs staged in MongoDB before S3 (the history)."""
-    return sum(
-        count
-        for command, count in run.mongo.per_command.items()
-        if command.split(" ")[-1] in ("ordertrack_history", "ordertrack_history_chunks")
-    )
+    return collection_round_trips(run, "ordertrack_history", "ordertrack_history_chunks")
 
 
 def deliveries(run: RunFigures) -> int:
@@ -383,7 +389,7 @@ def targets(results: Results, fetch: FetchReading | None) -> list[Target]:
         tracking = max(per_1000(tracking_round_trips(r), r) for r in scaled)
         whole_run = max(scaled, key=lambda r: per_1000(r.mongo.round_trips, r))
         whole = per_1000(whole_run.mongo.round_trips, whole_run)
-        effects = whole_run.mongo.per_phase.get("effects", {}).get("round_trips", 0)
+        effects = phase_round_trips(whole_run, "effects")
         fixed_cost = (
             f"{whole_run.flow}: {whole_run.mongo.round_trips} in all, "
             f"{staging_round_trips(whole_run)} of them staging the step outputs in MongoDB on "
@@ -601,7 +607,7 @@ def effects_reading(flows: Sequence[RunFigures]) -> EffectsReading | None:
     return EffectsReading(
         run=worst,
         messages=messages,
-        round_trips=int(worst.mongo.per_phase.get("effects", {}).get("round_trips", 0)),
+        round_trips=phase_round_trips(worst, "effects"),
         messages_percent=messages * 100 / max(worst.orders, 1),
         tracking_round_trips_per_1000=per_1000(tracking_round_trips(worst), worst),
     )

@@ -4,10 +4,11 @@ it got.
 
 Every `ORDERTRACK_STREAM_WRITES_EVERY_SECONDS` (20 s) the fetch hands over the answers it
 got since (`couriers.engine`); they are mapped and written right away by the functions the
-`order_status_writes` step uses, and what was decided goes into `ordertrack_streamed`. The
-write step then writes only the orders not written yet (not answered, failed, deferred, and
-the answers of the last seconds), reports the run as a whole and deletes the run's
-documents (a dead run's expire after a day). A fetch shorter than the interval streams
+`order_status_writes` step uses, and what each written part decided goes into
+`ordertrack_streamed`. The write step then writes only the orders not written yet (not
+answered, failed, deferred, and the answers of the last seconds), recording its own parts
+the same way, and reports the run as a whole; once its table is stored the run's documents
+are deleted (a dead run's expire after a day). A fetch shorter than the interval streams
 nothing: the write step writes everything.
 """
 
