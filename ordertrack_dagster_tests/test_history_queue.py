@@ -1,7 +1,15 @@
 """The history queue (step outputs kept in MongoDB on their way to S3), against the local
 MongoDB: what it costs a run beyond storing and publishing."""
 
-from ordertrack_dagster.resources.history_queue import CHUNKS, HistoryQueue
+from datetime import UTC, datetime, timedelta
+
+from ordertrack_dagster.resources.history_queue import (
+    CHUNKS,
+    PUBLISH_BATCH,
+    HistoryQueue,
+    Published,
+    reset_backoff,
+)
 from ordertrack_dagster.resources.mongo import COMMANDS
 
 
@@ -11,3 +19,57 @@ def test_the_history_indexes_are_made_once_per_process_and_database(db):
     before = COMMANDS.snapshot()
     HistoryQueue(db).ensure_indexes()  # its later outputs
     assert COMMANDS.snapshot().since(before).commands == 0
+
+
+NOW = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+
+def _store(queue: HistoryQueue, run_id: str, body: bytes, minutes: int) -> str:
+    at = NOW + timedelta(minutes=minutes)
+    return queue.store("raw", "velocity", run_id, f"key/{run_id}", body, 1, at)
+
+
+def test_a_body_just_stored_is_published_without_reading_it_back(db):
+    queue = HistoryQueue(db)
+    queue.ensure_indexes()
+    older = _store(queue, "run-1", b"older", 0)  # left queued by an S3 outage
+    fresh = _store(queue, "run-2", b"fresh", 1)
+    uploaded: list[tuple[str, bytes]] = []
+    before = COMMANDS.snapshot()
+    published = queue.publish(
+        "raw",
+        "velocity",
+        lambda key, body, header: uploaded.append((key, body)),
+        NOW,
+        in_hand={fresh: b"fresh"},
+    )
+    # one listing, the older object's chunks, then two marks per object; no count after it
+    assert COMMANDS.snapshot().since(before).commands == 6
+    assert uploaded == [("key/run-1", b"older"), ("key/run-2", b"fresh")]
+    assert published == Published(2, 0)
+    assert (
+        queue.objects.count_documents({"_id": {"$in": [older, fresh]}, "state": "published"}) == 2
+    )
+
+
+def test_a_full_publishing_batch_counts_what_is_left(db):
+    queue = HistoryQueue(db)
+    for n in range(PUBLISH_BATCH + 2):
+        _store(queue, f"run-{n}", b"x", n)
+    published = queue.publish("raw", "velocity", lambda key, body, header: None, NOW)
+    assert published == Published(PUBLISH_BATCH, 2)
+
+
+def test_what_s3_refused_stays_queued_and_is_counted(db):
+    queue = HistoryQueue(db)
+    oid = _store(queue, "run-1", b"x", 0)
+
+    def refuse(key: str, body: bytes, header: dict) -> None:
+        raise ConnectionError("S3 is down")
+
+    try:
+        published = queue.publish("raw", "velocity", refuse, NOW, in_hand={oid: b"x"})
+    finally:
+        reset_backoff()
+    assert published == Published(0, 1, "S3 is down")
+    assert queue.objects.find_one({"_id": oid})["state"] == "pending"

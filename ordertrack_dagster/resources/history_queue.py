@@ -131,36 +131,45 @@ class HistoryQueue:
         flow: str,
         upload: Callable[[str, bytes, dict[str, Any]], None],
         now: datetime,
+        in_hand: dict[str, bytes] | None = None,
     ) -> Published:
         """Upload this asset's and flow's queued objects to S3, oldest first, while S3 answers.
 
         `upload(key, body, header)` raises on failure; the object then stays queued and this
-        process waits `BACKOFF_SECONDS` before trying S3 again.
+        process waits `BACKOFF_SECONDS` before trying S3 again. `in_hand` holds bodies the
+        caller has just stored (by object id): those are not read back from their chunks.
         """
         global _s3_down_until
         if time.monotonic() < _s3_down_until:
             return Published(0, self.pending(asset, flow), "S3 failed recently; queued")
         started = time.monotonic()
+        in_hand = in_hand or {}
         published = 0
-        queued = self.objects.find({"asset": asset, "flow": flow, "state": "pending"}).sort(
-            [("created_at", ASCENDING), ("_id", ASCENDING)]
+        queued = list(
+            self.objects.find({"asset": asset, "flow": flow, "state": "pending"})
+            .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+            .limit(PUBLISH_BATCH)
         )
-        for header in queued.limit(PUBLISH_BATCH):
+        for header in queued:
             if time.monotonic() - started > PUBLISH_WITHIN_SECONDS:
                 break
+            oid = header["_id"]
             try:
-                upload(header["key"], self._body(header["_id"], int(header["chunks"])), header)
+                body = in_hand[oid] if oid in in_hand else self._body(oid, int(header["chunks"]))
+                upload(header["key"], body, header)
             except Exception as error:  # any S3 failure: keep it queued, durable
                 with _lock:
                     _s3_down_until = time.monotonic() + BACKOFF_SECONDS
                 return Published(published, self.pending(asset, flow), f"{error}")
             expire = now + RETENTION
             self.objects.update_one(
-                {"_id": header["_id"]},
+                {"_id": oid},
                 {"$set": {"state": "published", "published_at": now, "expire_at": expire}},
             )
-            self.chunks.update_many({"object": header["_id"]}, {"$set": {"expire_at": expire}})
+            self.chunks.update_many({"object": oid}, {"$set": {"expire_at": expire}})
             published += 1
+        if len(queued) < PUBLISH_BATCH:  # all of the queue was seen: no need to count it
+            return Published(published, len(queued) - published)
         return Published(published, self.pending(asset, flow))
 
 

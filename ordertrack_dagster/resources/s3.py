@@ -136,8 +136,8 @@ class ParquetHistoryIOManager(ConfigurableIOManager):
             key = history_key(self.prefix, asset, flow, context.run_id, now)
             queue = self._queue()
             queue.ensure_indexes()
-            queue.store(asset, flow, context.run_id, key, body, len(obj), now)
-            published = queue.publish(asset, flow, self._upload, now)
+            oid = queue.store(asset, flow, context.run_id, key, body, len(obj), now)
+            published = queue.publish(asset, flow, self._upload, now, in_hand={oid: body})
             if published.error:
                 context.log.warning(
                     f"S3 history of {asset} not written now ({published.error}); "
