@@ -129,7 +129,6 @@ def _send(
             "queue_pending": counts["pending"],
             "queue_retrying": counts["retrying"],
             "queue_dead": counts["dead"],
-            "queue_sent": counts["sent"],
             "errors": MetadataValue.json(report.errors),
             **metadata,
         },

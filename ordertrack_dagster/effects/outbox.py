@@ -40,6 +40,25 @@ _CLAIM_GUARD = ("_id", "state", "next_attempt_at", "lease_until")
 DRAIN_BATCH = 1_000
 
 
+def _marker_removal(
+    order_id: Any, markers: dict[str, Any], ours: dict[str, dict[str, Any]]
+) -> UpdateOne:
+    """One update removing exactly the markers copied, and never one written meanwhile.
+
+    When all of the order's markers were ours, the whole object goes (so the index on it
+    stays small), but only if it is still exactly what was read: a marker added or replaced
+    since keeps it all, and the next drain copies again (a no-op) and removes it then.
+    Otherwise each copied marker goes on its own, if its `queued_at` is unchanged.
+    """
+    if len(ours) == len(markers):
+        return UpdateOne({"_id": order_id, OUTBOX_FIELD: markers}, {"$unset": {OUTBOX_FIELD: ""}})
+    unchanged = {f"{OUTBOX_FIELD}.{name}.queued_at": m.get("queued_at") for name, m in ours.items()}
+    return UpdateOne(
+        {"_id": order_id, **unchanged},
+        {"$unset": {f"{OUTBOX_FIELD}.{name}": "" for name in ours}},
+    )
+
+
 class Outbox:
     """The `ordertrack_outbox` collection, seen by one asset execution (`owner` = its run)."""
 
@@ -59,8 +78,15 @@ class Outbox:
         self._rng = rng or random.Random()
 
     def ensure_indexes(self) -> None:
+        """Every query of a sending asset names the flow, a state and its kinds: with all
+        three in the index, none reads the sent documents, which only grow."""
         self.collection.create_index(
-            [("flow", ASCENDING), ("state", ASCENDING), ("next_attempt_at", ASCENDING)]
+            [
+                ("flow", ASCENDING),
+                ("state", ASCENDING),
+                ("kind", ASCENDING),
+                ("next_attempt_at", ASCENDING),
+            ]
         )
 
     def _bulk(self, ops: list[UpdateOne], collection: Collection | None = None) -> BulkLog:
@@ -83,8 +109,7 @@ class Outbox:
         }
         events = {event.value: event for event in Event}
         inserts: list[UpdateOne] = []
-        marker_unsets: list[UpdateOne] = []
-        empty_unsets: list[UpdateOne] = []
+        removals: list[UpdateOne] = []
         drained: Counter[str] = Counter()
         orders = self.db["orders"]
         marked = orders.find(
@@ -102,27 +127,13 @@ class Outbox:
             for name, marker in ours.items():
                 doc = event_document(order, events[name], marker, marketplaces, now)
                 inserts.append(UpdateOne({"_id": doc["_id"]}, {"$setOnInsert": doc}, upsert=True))
-                # only the marker we copied: a newer one written meanwhile stays
-                queued_at = f"{OUTBOX_FIELD}.{name}.queued_at"
-                marker_unsets.append(
-                    UpdateOne(
-                        {"_id": order["_id"], queued_at: marker.get("queued_at")},
-                        {"$unset": {f"{OUTBOX_FIELD}.{name}": ""}},
-                    )
-                )
                 drained[name] += 1
-            if len(ours) == len(markers):  # an emptied object goes too: the index stays small
-                empty_unsets.append(
-                    UpdateOne(
-                        {"_id": order["_id"], OUTBOX_FIELD: {}}, {"$unset": {OUTBOX_FIELD: ""}}
-                    )
-                )
+            if ours or not markers:  # another flow's markers alone stay for its drain
+                removals.append(_marker_removal(order["_id"], markers, ours))
         rejected = self._bulk(inserts).rejected
         if rejected:  # keep the markers of a failed copy: the next run tries again
             return drained, rejected
-        return drained, (
-            self._bulk(marker_unsets, orders).rejected + self._bulk(empty_unsets, orders).rejected
-        )
+        return drained, self._bulk(removals, orders).rejected
 
     def enqueue_report(
         self,
@@ -169,11 +180,13 @@ class Outbox:
     ) -> list[dict[str, Any]]:
         """Lease the due documents to this owner; a concurrent run leases a disjoint set."""
         due = self._due(flow_key, kinds, now)
-        seen = (
-            self.collection.find(due, list(_CLAIM_GUARD))
+        seen = list(
+            self.collection.find(due)
             .sort([("next_attempt_at", ASCENDING), ("_id", ASCENDING)])
             .limit(limit)
         )
+        if not seen:
+            return []
         lease = {
             "lease_owner": self.owner,
             "lease_until": now + timedelta(seconds=self.policy.lease_seconds),
@@ -182,13 +195,18 @@ class Outbox:
         # one of these fields, so the lease lands only on a document still due. Plain
         # equalities keep the update on the _id index; the `due` filter itself (its $or and
         # the flow/state index) made SecantusDB scan the outbox once per claimed document.
-        self._bulk(
+        leased, _, _ = bulk_update(
+            self.collection,
             [
                 UpdateOne({name: doc.get(name) for name in _CLAIM_GUARD}, {"$set": lease})
                 for doc in seen
-            ]
+            ],
+            BulkLog(),
+            DRAIN_BATCH,
         )
-        claimed = self.collection.find(
+        if leased == len(seen):  # all of them are ours: no need to read them again
+            return [doc | lease for doc in seen]
+        claimed = self.collection.find(  # a concurrent run took some: which are ours?
             {
                 "lease_owner": self.owner,
                 "lease_until": {"$gt": now},
@@ -241,36 +259,35 @@ class Outbox:
     # -- what ops see -------------------------------------------------------------------
 
     def counts(self, flow_key: str, kinds: Sequence[str]) -> dict[str, int]:
-        """Documents per state, plus those still pending after a failed attempt."""
-        counts = {state.value: 0 for state in State} | {"retrying": 0}
-        pipeline = [
-            {"$match": {"flow": flow_key, "kind": {"$in": list(kinds)}}},
-            {
-                "$group": {
-                    "_id": "$state",
-                    "n": {"$sum": 1},
-                    "retrying": {"$sum": {"$cond": [{"$gt": ["$failures", 0]}, 1, 0]}},
-                }
-            },
-        ]
-        for row in self.collection.aggregate(pipeline):
-            counts[str(row["_id"])] = int(row["n"])
-            if row["_id"] == State.PENDING.value:
-                counts["retrying"] = int(row["retrying"])
-        return counts
+        """The documents waiting (pending; retrying: pending after a failed attempt) and the
+        dead letters. Sent ones are not counted: they only grow (each stays as a tombstone),
+        and each run reports what it sent.
+
+        One query per state, each on the index's prefix (flow, state, kinds): one query
+        grouping the states would read every sent document on some servers.
+        """
+        waiting = {"flow": flow_key, "state": State.PENDING.value, "kind": {"$in": list(kinds)}}
+        group = {
+            "_id": None,
+            "n": {"$sum": 1},
+            "retrying": {"$sum": {"$cond": [{"$gt": ["$failures", 0]}, 1, 0]}},
+        }
+        rows = list(self.collection.aggregate([{"$match": waiting}, {"$group": group}]))
+        dead = self.collection.count_documents(waiting | {"state": State.DEAD.value})
+        return {
+            State.PENDING.value: int(rows[0]["n"]) if rows else 0,
+            "retrying": int(rows[0]["retrying"]) if rows else 0,
+            State.DEAD.value: dead,
+        }
 
     def unalerted_dead(self, flow_key: str, kinds: Sequence[str]) -> list[dict[str, Any]]:
-        return list(
-            self.collection.find(
-                {
-                    "flow": flow_key,
-                    "kind": {"$in": list(kinds)},
-                    "state": State.DEAD.value,
-                    "dead_alerted": {"$ne": True},
-                },
-                {"content": 0},
-            )
+        """Dead letters not yet announced. The query stays on the index's prefix and the
+        flag is checked here: dead letters are few, and ops re-queue them."""
+        dead = self.collection.find(
+            {"flow": flow_key, "state": State.DEAD.value, "kind": {"$in": list(kinds)}},
+            {"content": 0},
         )
+        return [doc for doc in dead if doc.get("dead_alerted") is not True]
 
     def mark_dead_alerted(self, docs: Sequence[dict[str, Any]]) -> None:
         self._bulk(

@@ -9,6 +9,7 @@ from pymongo.errors import AutoReconnect
 
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.effects import delivery as delivery_module
+from ordertrack_dagster.effects import outbox as outbox_module
 from ordertrack_dagster.effects.delivery import (
     BREAKER_THRESHOLD,
     RECORD_EVERY,
@@ -19,6 +20,7 @@ from ordertrack_dagster.effects.delivery import (
 from ordertrack_dagster.effects.documents import Report, RetryPolicy
 from ordertrack_dagster.effects.outbox import Outbox
 from ordertrack_dagster.markers import OUTBOX_FIELD
+from ordertrack_dagster.resources.mongo import COMMANDS
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster_tests.effects.support import moved_by_write_path
 
@@ -96,6 +98,66 @@ def test_a_second_drain_of_the_same_marker_changes_nothing(db, box):
     assert OUTBOX_FIELD not in db["orders"].find_one({"_id": lost["_id"]})
 
 
+def test_a_drain_costs_one_copy_and_one_removal_per_thousand_orders(db, box):
+    mark(db, "delhivery_b2c", *[Canonical.RTO_IN_TRANSIT] * 3, Canonical.LOST)
+    mark(db, "shiprocket", Canonical.LOST)
+    before = COMMANDS.snapshot()
+    drained, rejected = box.drain_markers("delhivery_b2c", NOW)
+    # the marketplaces, the marked orders, the copies, the removals
+    assert COMMANDS.snapshot().since(before).commands == 4
+    assert (dict(drained), rejected) == ({"crm_rto": 3, "slack_lost_destroy": 1}, [])
+    assert db["orders"].count_documents({OUTBOX_FIELD: {"$exists": True}}) == 1
+
+
+def _write_meanwhile(box, monkeypatch, db, order_id, update):
+    """Write `update` to the order while the drain copies its markers (between read and removal)."""
+    copy = box._bulk
+
+    def copy_then_write(ops, collection=None):
+        if collection is None:
+            db["orders"].update_one({"_id": order_id}, update)
+        return copy(ops, collection)
+
+    monkeypatch.setattr(box, "_bulk", copy_then_write)
+
+
+def test_a_marker_of_another_event_written_meanwhile_stays(db, box, monkeypatch):
+    [lost] = mark(db, "delhivery_b2c", Canonical.LOST)
+    newer = {"flow": "delhivery_b2c", "queued_at": NOW + timedelta(minutes=1)}
+    _write_meanwhile(
+        box, monkeypatch, db, lost["_id"], {"$set": {f"{OUTBOX_FIELD}.crm_rto": newer}}
+    )
+    box.drain_markers("delhivery_b2c", NOW)
+    markers = db["orders"].find_one({"_id": lost["_id"]})[OUTBOX_FIELD]
+    assert set(markers) == {"slack_lost_destroy", "crm_rto"}  # kept whole, nothing lost
+    monkeypatch.undo()
+    drained, _ = box.drain_markers("delhivery_b2c", NOW)  # the next drain: the copy is a no-op
+    assert dict(drained) == {"slack_lost_destroy": 1, "crm_rto": 1}
+    assert OUTBOX_FIELD not in db["orders"].find_one({"_id": lost["_id"]})
+    assert box.collection.count_documents({"kind": "slack_lost_destroy"}) == 1
+
+
+def test_beside_another_flows_marker_a_replaced_marker_stays(db, box, monkeypatch):
+    [lost] = mark(db, "delhivery_b2c", Canonical.LOST)
+    other = {"flow": "shiprocket", "queued_at": NOW}
+    db["orders"].update_one({"_id": lost["_id"]}, {"$set": {f"{OUTBOX_FIELD}.crm_rto": other}})
+    replaced = {"flow": "delhivery_b2c", "queued_at": NOW + timedelta(minutes=1)}
+    _write_meanwhile(
+        box,
+        monkeypatch,
+        db,
+        lost["_id"],
+        {"$set": {f"{OUTBOX_FIELD}.slack_lost_destroy": replaced}},
+    )
+    box.drain_markers("delhivery_b2c", NOW)
+    markers = db["orders"].find_one({"_id": lost["_id"]})[OUTBOX_FIELD]
+    assert markers["slack_lost_destroy"]["queued_at"] == replaced["queued_at"]
+    assert markers["crm_rto"]["flow"] == "shiprocket"
+    monkeypatch.undo()
+    box.drain_markers("delhivery_b2c", NOW)
+    assert set(db["orders"].find_one({"_id": lost["_id"]})[OUTBOX_FIELD]) == {"crm_rto"}
+
+
 def test_a_run_report_is_queued_once(box):
     assert box.enqueue_report(Report.EMAIL_SUMMARY, "velocity", "r1", {"subject": "a"}, NOW)
     assert not box.enqueue_report(Report.EMAIL_SUMMARY, "velocity", "r1", {"subject": "b"}, NOW)
@@ -109,6 +171,37 @@ def test_concurrent_runs_lease_disjoint_deliveries(db, box):
     assert len(mine) == 3 and len(theirs) == 2
     assert not {d["_id"] for d in mine} & {d["_id"] for d in theirs}
     assert Outbox(db, POLICY, owner="run-3").claim("delhivery_b2c", ["query_log"], NOW) == []
+
+
+def test_a_claim_reads_the_due_documents_once(box):
+    queue_reports(box, 3)
+    before = COMMANDS.snapshot()
+    claimed = box.claim("delhivery_b2c", ["query_log"], NOW)
+    assert COMMANDS.snapshot().since(before).commands == 2  # the due documents, the lease
+    assert [doc["lease_owner"] for doc in claimed] == ["run-1"] * 3
+    stored = box.collection.find({"lease_owner": "run-1"}).sort("_id")
+    assert [doc["_id"] for doc in stored] == [doc["_id"] for doc in claimed]
+    assert box.claim("delhivery_b2c", ["query_log"], NOW) == []
+
+
+def test_a_claim_overtaken_by_another_run_keeps_only_its_own(db, box, monkeypatch):
+    queue_reports(box, 4)
+    theirs = Outbox(db, POLICY, owner="run-2")
+    lease = outbox_module.bulk_update
+
+    def overtaken(collection, ops, log, chunk):
+        monkeypatch.setattr(outbox_module, "bulk_update", lease)
+        taken.extend(theirs.claim("delhivery_b2c", ["query_log"], NOW, limit=2))
+        return lease(collection, ops, log, chunk)
+
+    taken: list[dict] = []
+    monkeypatch.setattr(outbox_module, "bulk_update", overtaken)
+    mine = box.claim("delhivery_b2c", ["query_log"], NOW)
+    assert len(taken) == 2 and len(mine) == 2
+    assert not {d["_id"] for d in mine} & {d["_id"] for d in taken}
+    assert {
+        d["lease_owner"] for d in box.collection.find({"_id": {"$in": [d["_id"] for d in mine]}})
+    } == {"run-1"}
 
 
 def test_success_is_recorded_and_the_report_body_dropped(box):
@@ -240,6 +333,18 @@ def test_a_deferral_is_no_failure_and_waits_until_asked(box):
     deferred = box.collection.find_one({"attempts.outcome": "deferred"})
     assert deferred["failures"] == 0
     assert abs(deferred["next_attempt_at"] - later) < timedelta(milliseconds=2)
+
+
+def test_ops_see_what_waits_retries_and_died_per_effect(box):
+    queue_reports(box, 4)  # query logs: one sent, one failed once, one dead, one waiting
+    box.enqueue_report(Report.ALERT_LOG, "delhivery_b2c", "run-0", {}, NOW)  # another effect
+    ids = [f"query_log:delhivery_b2c:run-{n}" for n in range(3)]
+    box.collection.update_one({"_id": ids[0]}, {"$set": {"state": "sent"}})
+    box.collection.update_one({"_id": ids[1]}, {"$set": {"failures": 1}})
+    box.collection.update_one({"_id": ids[2]}, {"$set": {"state": "dead", "dead_alerted": True}})
+    assert box.counts("delhivery_b2c", ["query_log"]) == {"pending": 2, "retrying": 1, "dead": 1}
+    assert box.counts("velocity", ["query_log"]) == {"pending": 0, "retrying": 0, "dead": 0}
+    assert box.unalerted_dead("delhivery_b2c", ["query_log"]) == []  # announced already
 
 
 @pytest.mark.parametrize("failures", [1, 2, 5, 12])
