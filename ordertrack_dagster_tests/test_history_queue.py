@@ -3,6 +3,9 @@ MongoDB: what it costs a run beyond storing and publishing."""
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from ordertrack_dagster.resources import history_queue
 from ordertrack_dagster.resources.history_queue import (
     CHUNKS,
     PUBLISH_BATCH,
@@ -22,6 +25,14 @@ def test_the_history_indexes_are_made_once_per_process_and_database(db):
 
 
 NOW = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def no_backoff():
+    """No S3 failure remembered from an earlier test of this process, nor left to a later one."""
+    reset_backoff()
+    yield
+    reset_backoff()
 
 
 def _store(queue: HistoryQueue, run_id: str, body: bytes, minutes: int) -> str:
@@ -67,9 +78,21 @@ def test_what_s3_refused_stays_queued_and_is_counted(db):
     def refuse(key: str, body: bytes, header: dict) -> None:
         raise ConnectionError("S3 is down")
 
-    try:
-        published = queue.publish("raw", "velocity", refuse, NOW, in_hand={oid: b"x"})
-    finally:
-        reset_backoff()
+    published = queue.publish("raw", "velocity", refuse, NOW, in_hand={oid: b"x"})
     assert published == Published(0, 1, "S3 is down")
     assert queue.objects.find_one({"_id": oid})["state"] == "pending"
+
+
+def test_an_output_stored_again_with_fewer_chunks_reads_and_publishes_whole(db, monkeypatch):
+    """A step retried in its run stores its output again: chunks of the first attempt
+    beyond the new count are dropped, and never read as part of it."""
+    monkeypatch.setattr(history_queue, "CHUNK_BYTES", 4)
+    queue = HistoryQueue(db)
+    oid = _store(queue, "run-1", b"first attempt", 0)  # 4 chunks
+    _store(queue, "run-1", b"second", 0)  # 2 chunks
+    assert queue.load("raw", "velocity", "run-1") == b"second"
+    assert queue.chunks.count_documents({"object": oid}) == 2
+    uploaded: list[bytes] = []
+    queue.publish("raw", "velocity", lambda key, body, header: uploaded.append(body), NOW)
+    assert uploaded == [b"second"]
+    assert queue.chunks.count_documents({"object": oid, "expire_at": {"$exists": True}}) == 2

@@ -38,25 +38,32 @@ CLAIM_LIMIT = 1_000
 #: The fields a claim reads and then requires unchanged (see `Outbox.claim`).
 _CLAIM_GUARD = ("_id", "state", "next_attempt_at", "lease_until")
 DRAIN_BATCH = 1_000
+#: What a dead-letter notice names (`messages.dead_letter_text`) and its flag.
+DEAD_NOTICE_FIELDS = ("kind", "order_id", "run_id", "last_error", "dead_alerted")
 
 
 def _marker_removal(
     order_id: Any, markers: dict[str, Any], ours: dict[str, dict[str, Any]]
 ) -> UpdateOne:
-    """One update removing exactly the markers copied, and never one written meanwhile.
+    """One update removing the markers copied, but only while none of the order's markers
+    changed since they were read.
 
-    When all of the order's markers were ours, the whole object goes (so the index on it
-    stays small), but only if it is still exactly what was read: a marker added or replaced
-    since keeps it all, and the next drain copies again (a no-op) and removes it then.
-    Otherwise each copied marker goes on its own, if its `queued_at` is unchanged.
+    The filter names each copied marker's `queued_at` and, when all of the order's markers
+    were ours, requires every other event's marker to be absent; the whole object then goes
+    (so the index on it stays small). A marker added or replaced meanwhile keeps them all,
+    and the next drain copies them again (adding nothing) and removes them. Field by field,
+    not the object as a whole: the filter must not depend on the order of its fields.
     """
-    if len(ours) == len(markers):
-        return UpdateOne({"_id": order_id, OUTBOX_FIELD: markers}, {"$unset": {OUTBOX_FIELD: ""}})
-    unchanged = {f"{OUTBOX_FIELD}.{name}.queued_at": m.get("queued_at") for name, m in ours.items()}
-    return UpdateOne(
-        {"_id": order_id, **unchanged},
-        {"$unset": {f"{OUTBOX_FIELD}.{name}": "" for name in ours}},
-    )
+    unchanged: dict[str, Any] = {
+        f"{OUTBOX_FIELD}.{name}.queued_at": marker.get("queued_at") for name, marker in ours.items()
+    }
+    if len(ours) < len(markers):  # another flow's markers stay
+        unset = {f"{OUTBOX_FIELD}.{name}": "" for name in ours}
+        return UpdateOne({"_id": order_id, **unchanged}, {"$unset": unset})
+    absent = {
+        f"{OUTBOX_FIELD}.{event.value}": {"$exists": False} for event in Event if event not in ours
+    }
+    return UpdateOne({"_id": order_id, **unchanged, **absent}, {"$unset": {OUTBOX_FIELD: ""}})
 
 
 class Outbox:
@@ -187,10 +194,10 @@ class Outbox:
         )
         if not seen:
             return []
-        lease = {
-            "lease_owner": self.owner,
-            "lease_until": now + timedelta(seconds=self.policy.lease_seconds),
-        }
+        until = now + timedelta(seconds=self.policy.lease_seconds)
+        # as stored (milliseconds), so the documents returned below equal the stored ones
+        until = until.replace(microsecond=until.microsecond // 1000 * 1000)
+        lease = {"lease_owner": self.owner, "lease_until": until}
         # Compare-and-set on what was read: another run's claim, a send or a retry changes
         # one of these fields, so the lease lands only on a document still due. Plain
         # equalities keep the update on the _id index; the `due` filter itself (its $or and
@@ -281,11 +288,13 @@ class Outbox:
         }
 
     def unalerted_dead(self, flow_key: str, kinds: Sequence[str]) -> list[dict[str, Any]]:
-        """Dead letters not yet announced. The query stays on the index's prefix and the
-        flag is checked here: dead letters are few, and ops re-queue them."""
+        """Dead letters not yet announced, with what the notice names. The query stays on
+        the index's prefix and the flag is checked here (an inequality made some servers
+        read the whole outbox); dead letters stay until ops re-queue them, so only the few
+        fields a notice needs are read."""
         dead = self.collection.find(
             {"flow": flow_key, "state": State.DEAD.value, "kind": {"$in": list(kinds)}},
-            {"content": 0},
+            dict.fromkeys(DEAD_NOTICE_FIELDS, 1),
         )
         return [doc for doc in dead if doc.get("dead_alerted") is not True]
 

@@ -54,6 +54,12 @@ def object_id(asset: str, flow: str, run_id: str) -> str:
     return f"{asset}:{flow}:{run_id}"
 
 
+def _chunk_ids(oid: str, chunks: int) -> list[str]:
+    """The chunks' ids: reading and marking them by id uses the `_id` index (there is
+    none on `object`), and ignores any chunk beyond the object's count."""
+    return [f"{oid}:{n}" for n in range(chunks)]
+
+
 #: The databases (client, name) whose history indexes this process has made sure of.
 _indexed: set[tuple[int, str]] = set()
 
@@ -82,9 +88,9 @@ class HistoryQueue:
         """Keep one output; the chunks go first, so a listed object is always complete."""
         oid = object_id(asset, flow, run_id)
         parts = [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)] or [b""]
-        for n, part in enumerate(parts):
+        for n, (chunk_id, part) in enumerate(zip(_chunk_ids(oid, len(parts)), parts, strict=True)):
             self.chunks.replace_one(
-                {"_id": f"{oid}:{n}"}, {"object": oid, "n": n, "data": Binary(part)}, upsert=True
+                {"_id": chunk_id}, {"object": oid, "n": n, "data": Binary(part)}, upsert=True
             )
         header = {
             "asset": asset,
@@ -97,7 +103,9 @@ class HistoryQueue:
             "state": "pending",
             "created_at": now,
         }
-        self.objects.replace_one({"_id": oid}, header, upsert=True)
+        replaced = self.objects.replace_one({"_id": oid}, header, upsert=True)
+        if replaced.matched_count:  # stored again (a retried step): drop chunks left over
+            self.chunks.delete_many({"object": oid, "n": {"$gte": len(parts)}})
         return oid
 
     def load(self, asset: str, flow: str, run_id: str | None) -> bytes:
@@ -117,7 +125,8 @@ class HistoryQueue:
         return self._body(oid, int(header["chunks"]))
 
     def _body(self, oid: str, chunks: int) -> bytes:
-        parts = {doc["n"]: bytes(doc["data"]) for doc in self.chunks.find({"object": oid})}
+        found = self.chunks.find({"_id": {"$in": _chunk_ids(oid, chunks)}})
+        parts = {doc["n"]: bytes(doc["data"]) for doc in found}
         if len(parts) != chunks:
             raise MissingOutput(f"stored output {oid} is incomplete ({len(parts)}/{chunks})")
         return b"".join(parts[n] for n in range(chunks))
@@ -166,7 +175,10 @@ class HistoryQueue:
                 {"_id": oid},
                 {"$set": {"state": "published", "published_at": now, "expire_at": expire}},
             )
-            self.chunks.update_many({"object": oid}, {"$set": {"expire_at": expire}})
+            self.chunks.update_many(
+                {"_id": {"$in": _chunk_ids(oid, int(header["chunks"]))}},
+                {"$set": {"expire_at": expire}},
+            )
             published += 1
         if len(queued) < PUBLISH_BATCH:  # all of the queue was seen: no need to count it
             return Published(published, len(queued) - published)
