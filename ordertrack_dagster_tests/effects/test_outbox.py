@@ -121,31 +121,26 @@ def _write_meanwhile(box, monkeypatch, db, order_id, update):
     monkeypatch.setattr(box, "_bulk", copy_then_write)
 
 
-def test_a_marker_of_another_event_written_meanwhile_stays(db, box, monkeypatch):
-    [lost] = mark(db, "delhivery_b2c", Canonical.LOST)
+@pytest.mark.parametrize(
+    "status",
+    [Canonical.LOST, Canonical.RTO_IN_TRANSIT],
+    ids=["another event's marker added", "the same event's marker replaced"],
+)
+def test_a_marker_written_meanwhile_keeps_the_orders_markers(db, box, monkeypatch, status):
+    [order] = mark(db, "delhivery_b2c", status)
+    read = set(db["orders"].find_one({"_id": order["_id"]})[OUTBOX_FIELD])
     newer = {"flow": "delhivery_b2c", "queued_at": NOW + timedelta(minutes=1)}
-    _write_meanwhile(
-        box, monkeypatch, db, lost["_id"], {"$set": {f"{OUTBOX_FIELD}.crm_rto": newer}}
-    )
+    written = {"$set": {f"{OUTBOX_FIELD}.crm_rto": newer}}
+    _write_meanwhile(box, monkeypatch, db, order["_id"], written)
     box.drain_markers("delhivery_b2c", NOW)
-    markers = db["orders"].find_one({"_id": lost["_id"]})[OUTBOX_FIELD]
-    assert set(markers) == {"slack_lost_destroy", "crm_rto"}  # kept whole, nothing lost
+    markers = db["orders"].find_one({"_id": order["_id"]})[OUTBOX_FIELD]
+    assert set(markers) == read | {"crm_rto"}  # kept whole, nothing lost
+    assert markers["crm_rto"]["queued_at"] == newer["queued_at"]
     monkeypatch.undo()
-    drained, _ = box.drain_markers("delhivery_b2c", NOW)  # the next drain: the copy is a no-op
-    assert dict(drained) == {"slack_lost_destroy": 1, "crm_rto": 1}
-    assert OUTBOX_FIELD not in db["orders"].find_one({"_id": lost["_id"]})
-    assert box.collection.count_documents({"kind": "slack_lost_destroy"}) == 1
-
-
-def test_a_marker_replaced_meanwhile_stays_with_the_others(db, box, monkeypatch):
-    [rto] = mark(db, "delhivery_b2c", Canonical.RTO_IN_TRANSIT)
-    replaced = {"flow": "delhivery_b2c", "queued_at": NOW + timedelta(minutes=1)}
-    _write_meanwhile(
-        box, monkeypatch, db, rto["_id"], {"$set": {f"{OUTBOX_FIELD}.crm_rto": replaced}}
-    )
-    box.drain_markers("delhivery_b2c", NOW)
-    markers = db["orders"].find_one({"_id": rto["_id"]})[OUTBOX_FIELD]
-    assert markers["crm_rto"]["queued_at"] == replaced["queued_at"]
+    box.drain_markers("delhivery_b2c", NOW)  # the next drain: copying again adds nothing
+    assert OUTBOX_FIELD not in db["orders"].find_one({"_id": order["_id"]})
+    for kind in read | {"crm_rto"}:
+        assert box.collection.count_documents({"kind": kind}) == 1
 
 
 def test_beside_another_flows_marker_a_replaced_marker_stays(db, box, monkeypatch):
