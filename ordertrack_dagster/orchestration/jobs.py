@@ -11,7 +11,7 @@ from ordertrack_dagster.orchestration.operator import clear_courier_pause_job
 from ordertrack_dagster.tables import GROUP
 
 # The pod of one tracking run on Kubernetes (the `dagster-k8s/config` tag is read by
-# K8sRunLauncher; other run launchers ignore it). BENCH.md: a run's peak RSS is at most 989 MiB
+# K8sRunLauncher; other run launchers ignore it). BENCH.md: a run's peak RSS is at most 959 MiB
 # at the flow's cap of 36,000 orders (a run never selects more; the highest under the courier's
 # limit, writing while it fetched), so 1 GiB is requested and 1.5 GiB is the limit. Its CPU is
 # about 30 s over a 6-minute run, much of it while fetching; the limit of one core keeps that
