@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, UpdateOne
 from pymongo.collection import Collection
@@ -31,7 +31,7 @@ from ordertrack_dagster.effects.documents import (
     report_document,
 )
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event
-from ordertrack_dagster.resources.mongo import BulkLog, bulk_update
+from ordertrack_dagster.resources.mongo import BulkLog, Rejected, bulk_update
 
 OUTBOX_COLLECTION = "ordertrack_outbox"
 CLAIM_LIMIT = 1_000
@@ -40,6 +40,13 @@ _CLAIM_GUARD = ("_id", "state", "next_attempt_at", "lease_until")
 DRAIN_BATCH = 1_000
 #: What a dead-letter notice names (`messages.dead_letter_text`) and its flag.
 DEAD_NOTICE_FIELDS = ("kind", "order_id", "run_id", "last_error", "dead_alerted")
+
+
+class _Bulked(NamedTuple):
+    """What a series of bulk writes matched, and the operations the server rejected."""
+
+    matched: int
+    rejected: list[Rejected]
 
 
 def _marker_removal(
@@ -96,11 +103,12 @@ class Outbox:
             ]
         )
 
-    def _bulk(self, ops: list[UpdateOne], collection: Collection | None = None) -> BulkLog:
+    def _bulk(self, ops: list[UpdateOne], collection: Collection | None = None) -> _Bulked:
         """Bulk by _id; a concurrent run's identical upsert is a no-op, not an error."""
         log = BulkLog()
-        bulk_update(self.collection if collection is None else collection, ops, log, DRAIN_BATCH)
-        return log
+        target = self.collection if collection is None else collection
+        matched, _, _ = bulk_update(target, ops, log, DRAIN_BATCH)
+        return _Bulked(matched, log.rejected)
 
     # -- queueing -----------------------------------------------------------------------
 
@@ -202,15 +210,12 @@ class Outbox:
         # one of these fields, so the lease lands only on a document still due. Plain
         # equalities keep the update on the _id index; the `due` filter itself (its $or and
         # the flow/state index) made SecantusDB scan the outbox once per claimed document.
-        leased, _, _ = bulk_update(
-            self.collection,
+        leased = self._bulk(
             [
                 UpdateOne({name: doc.get(name) for name in _CLAIM_GUARD}, {"$set": lease})
                 for doc in seen
-            ],
-            BulkLog(),
-            DRAIN_BATCH,
-        )
+            ]
+        ).matched
         if leased == len(seen):  # all of them are ours: no need to read them again
             return [doc | lease for doc in seen]
         claimed = self.collection.find(  # a concurrent run took some: which are ours?
@@ -273,14 +278,15 @@ class Outbox:
         One query per state, each on the index's prefix (flow, state, kinds): one query
         grouping the states would read every sent document on some servers.
         """
-        waiting = {"flow": flow_key, "state": State.PENDING.value, "kind": {"$in": list(kinds)}}
+        theirs = {"flow": flow_key, "kind": {"$in": list(kinds)}}
+        waiting = theirs | {"state": State.PENDING.value}
         group = {
             "_id": None,
             "n": {"$sum": 1},
             "retrying": {"$sum": {"$cond": [{"$gt": ["$failures", 0]}, 1, 0]}},
         }
         rows = list(self.collection.aggregate([{"$match": waiting}, {"$group": group}]))
-        dead = self.collection.count_documents(waiting | {"state": State.DEAD.value})
+        dead = self.collection.count_documents(theirs | {"state": State.DEAD.value})
         return {
             State.PENDING.value: int(rows[0]["n"]) if rows else 0,
             "retrying": int(rows[0]["retrying"]) if rows else 0,
