@@ -22,6 +22,8 @@ from bson import Binary
 from pymongo import ASCENDING
 from pymongo.database import Database
 
+from ordertrack_dagster.resources.mongo import OncePerDatabase
+
 OBJECTS = "ordertrack_history"
 CHUNKS = "ordertrack_history_chunks"
 CHUNK_BYTES = 8 * 1024 * 1024  # half of MongoDB's document limit
@@ -60,8 +62,8 @@ def _chunk_ids(oid: str, chunks: int) -> list[str]:
     return [f"{oid}:{n}" for n in range(chunks)]
 
 
-#: The databases (client, name) whose history indexes this process has made sure of.
-_indexed: set[tuple[int, str]] = set()
+#: The databases whose history indexes this process has made sure of.
+_indexed = OncePerDatabase()
 
 
 class HistoryQueue:
@@ -75,12 +77,12 @@ class HistoryQueue:
         """Once per process and database: an index that exists is not created again, but
         asking costs a round trip per index, and a run stores four outputs."""
         db = self.objects.database
-        if (id(db.client), db.name) in _indexed:
+        if _indexed.done(db):
             return
         self.objects.create_index([("state", ASCENDING), ("created_at", ASCENDING)])
         for collection in (self.objects, self.chunks):
             collection.create_index("expire_at", expireAfterSeconds=0)
-        _indexed.add((id(db.client), db.name))
+        _indexed.mark(db)
 
     def store(
         self, asset: str, flow: str, run_id: str, key: str, body: bytes, rows: int, now: datetime

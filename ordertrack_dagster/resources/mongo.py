@@ -125,7 +125,23 @@ ALERTED = "ordertrack_alerted"
 STREAMED = "ordertrack_streamed"
 #: `$getField` (the History guard of the write path) needs MongoDB 5.0.
 MINIMUM_SERVER_VERSION = (5, 0)
-_prepared: set[tuple[int, str]] = set()
+
+
+class OncePerDatabase:
+    """The databases (client and name) this process has done one thing for, such as making
+    sure of indexes: asking again would cost round trips at every run or step."""
+
+    def __init__(self) -> None:
+        self._done: set[tuple[int, str]] = set()
+
+    def done(self, db: Database) -> bool:
+        return (id(db.client), db.name) in self._done
+
+    def mark(self, db: Database) -> None:
+        self._done.add((id(db.client), db.name))
+
+
+_prepared = OncePerDatabase()
 
 
 class DatabaseNotReady(RuntimeError):
@@ -146,8 +162,7 @@ def prepare_database(db: Database) -> list[str]:
     create an orderTracking for one order. The other indexes only speed queries up, so a
     failure there is a warning. Creating an index that exists is a no-op.
     """
-    key = (id(db.client), db.name)
-    if key in _prepared:
+    if _prepared.done(db):
         return []
     version = server_version(db)
     if version < MINIMUM_SERVER_VERSION:
@@ -183,7 +198,7 @@ def prepare_database(db: Database) -> list[str]:
             db[collection].create_index(keys, **options)
         except OperationFailure as error:
             warnings.append(f"index {collection}.{keys} not created: {error}")
-    _prepared.add(key)
+    _prepared.mark(db)
     return warnings
 
 
