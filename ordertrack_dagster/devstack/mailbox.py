@@ -6,6 +6,8 @@ no TLS; a client that logs in (AUTH LOGIN or PLAIN) must give the configured pas
 or any password when none is configured.
 
 Run it with `python -m ordertrack_dagster.devstack.mailbox --port P --directory DIR`.
+`--refuse ADDRESS` (repeatable) makes it refuse that recipient with `550`, as a relay does
+for an unknown mailbox, so a partial refusal can be tried.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -29,11 +32,21 @@ _sequence = itertools.count()
 
 
 class MailboxHandler:
-    """Writes each message, with its envelope as `X-Envelope-*` headers, to `directory`."""
+    """Writes each message, with its envelope as `X-Envelope-*` headers, to `directory`;
+    refuses the recipients in `refuse` (case-insensitively)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, refuse: Iterable[str] = ()) -> None:
         self.directory = directory
+        self.refuse = {address.lower() for address in refuse}
         directory.mkdir(parents=True, exist_ok=True)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        if address.lower() in self.refuse:
+            return "550 5.1.1 No such mailbox here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or envelope.content or b""
@@ -67,11 +80,15 @@ class _PasswordAuthenticator:
 
 
 def mailbox_controller(
-    directory: Path, host: str = "127.0.0.1", port: int = 0, password: str | None = None
+    directory: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    password: str | None = None,
+    refuse: Iterable[str] = (),
 ) -> Controller:
     """An SMTP server (not yet started) that stores what it receives in `directory`."""
     return Controller(
-        MailboxHandler(directory),
+        MailboxHandler(directory, refuse),
         hostname=host,
         port=port,
         authenticator=_PasswordAuthenticator(password),
@@ -94,9 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--directory", type=Path, required=True)
     parser.add_argument("--password", default=None)
+    parser.add_argument("--refuse", action="append", default=[], help="a recipient to refuse")
     args = parser.parse_args(argv)
 
-    controller = mailbox_controller(args.directory, args.host, args.port, args.password)
+    controller = mailbox_controller(
+        args.directory, args.host, args.port, args.password, args.refuse
+    )
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

@@ -27,7 +27,7 @@ from ordertrack_dagster.effects.alert_memory import new_alerts
 from ordertrack_dagster.effects.delivery import Sender
 from ordertrack_dagster.effects.documents import Report
 from ordertrack_dagster.effects.messages import crm_payload, status_alert_text
-from ordertrack_dagster.effects.outbox import Outbox
+from ordertrack_dagster.effects.outbox import DELIVERED_TO, Outbox
 from ordertrack_dagster.effects.reports import (
     ALERT_LINK_DAYS,
     QUERY_LINK_DAYS,
@@ -42,6 +42,7 @@ from ordertrack_dagster.effects.reports import (
     render_email,
 )
 from ordertrack_dagster.effects.senders import post_slack, put_and_presign
+from ordertrack_dagster.effects.smtp import RecipientsRefused
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.markers import Event
 from ordertrack_dagster.run_summary import summarise, summary_per_status
@@ -245,7 +246,12 @@ def _email_sender(run: EffectRun) -> Iterator[Sender]:
     smtp = run.resources["smtp"]
 
     def send(doc: dict[str, Any]) -> None:
-        smtp.send(**doc["content"])
+        """A retry after a partial refusal goes only to those not reached yet."""
+        try:
+            smtp.send(**doc["content"], skip=doc.get(DELIVERED_TO, []))
+        except RecipientsRefused as refused:
+            run.outbox.note_delivered_to(doc["_id"], refused.accepted)
+            raise
 
     yield send
 

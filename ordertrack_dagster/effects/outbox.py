@@ -38,6 +38,9 @@ CLAIM_LIMIT = 1_000
 #: The fields a claim reads and then requires unchanged (see `Outbox.claim`).
 _CLAIM_GUARD = ("_id", "state", "next_attempt_at", "lease_until")
 DRAIN_BATCH = 1_000
+#: The mail recipients an earlier attempt reached, so a retry after a partial refusal goes
+#: only to the others (`effects/smtp.py`).
+DELIVERED_TO = "delivered_to"
 #: What a dead-letter notice names (`messages.dead_letter_text`) and its flag.
 DEAD_NOTICE_FIELDS = ("kind", "order_id", "run_id", "last_error", "dead_alerted")
 
@@ -247,6 +250,13 @@ class Outbox:
                 for doc in docs
             ]
         )
+
+    def note_delivered_to(self, doc_id: Any, addresses: Sequence[str]) -> None:
+        """Remember who an attempt reached (a set: recording it twice changes nothing)."""
+        if addresses:
+            self.collection.update_one(
+                {"_id": doc_id}, {"$addToSet": {DELIVERED_TO: {"$each": list(addresses)}}}
+            )
 
     # -- retention ----------------------------------------------------------------------
 

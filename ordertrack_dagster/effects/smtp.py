@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from collections.abc import Collection, Mapping
 from email.message import EmailMessage
 
 from dagster import ConfigurableResource
@@ -11,6 +12,23 @@ from pydantic import Field
 
 from ordertrack_dagster.effects.delivery import DeliveryError
 from ordertrack_dagster.security.redaction import redact
+
+
+class RecipientsRefused(DeliveryError):
+    """The relay refused some recipients: the mail did not reach everyone, so it is not sent.
+
+    `accepted` names those who got it, so a retry can go to the others alone. Transient only
+    when every refusal was temporary (4xx); a 5xx (no such mailbox) is permanent.
+    """
+
+    def __init__(self, refused: Mapping[str, tuple[int, bytes]], accepted: list[str]) -> None:
+        named = "; ".join(
+            f"{address} ({code} {reply.decode(errors='replace')})"
+            for address, (code, reply) in refused.items()
+        )
+        transient = all(400 <= code < 500 for code, _ in refused.values())
+        super().__init__(redact(f"SMTP refused recipients: {named}"), transient=transient)
+        self.accepted = accepted
 
 
 class SmtpResource(ConfigurableResource):
@@ -27,16 +45,20 @@ class SmtpResource(ConfigurableResource):
     def recipient_list(self) -> list[str]:
         return [address.strip() for address in self.recipients.split(",") if address.strip()]
 
-    def send(self, subject: str, text: str, html: str) -> None:
+    def send(self, subject: str, text: str, html: str, skip: Collection[str] = ()) -> None:
         """One multipart/alternative message (plain text and HTML, redacted) to every
-        recipient."""
-        recipients = self.recipient_list()
-        if not (self.host and self.sender and recipients):
+        recipient not in `skip` (those an earlier attempt reached). Any refused recipient
+        raises `RecipientsRefused`: smtplib returns a partial refusal instead of raising."""
+        every = self.recipient_list()
+        if not (self.host and self.sender and every):
             raise DeliveryError("SMTP_HOST, EMAIL_SENDER or EMAIL_RECIPIENTS is not set")
+        recipients = [address for address in every if address not in skip]
+        if not recipients:
+            return
         message = EmailMessage()
         message["Subject"] = redact(subject)
         message["From"] = self.sender
-        message["To"] = ", ".join(recipients)
+        message["To"] = ", ".join(every)
         message.set_content(redact(text))
         message.add_alternative(redact(html), subtype="html")
         try:
@@ -45,8 +67,12 @@ class SmtpResource(ConfigurableResource):
                     smtp.starttls(context=ssl.create_default_context())
                 if self.password:
                     smtp.login(self.sender, self.password)
-                smtp.send_message(message)
+                refused = smtp.send_message(message, to_addrs=recipients)
+        except smtplib.SMTPRecipientsRefused as error:
+            raise RecipientsRefused(error.recipients, []) from None
         except (smtplib.SMTPException, OSError) as error:
             raise DeliveryError(
                 redact(f"SMTP {self.host}:{self.port}: {type(error).__name__}: {error}")
             ) from None
+        if refused:
+            raise RecipientsRefused(refused, [a for a in recipients if a not in refused])

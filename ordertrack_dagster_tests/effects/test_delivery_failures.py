@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 import pytest
 from bson import ObjectId
 
+from ordertrack_dagster.devstack.mailbox import read_mailbox
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.stack import SLACK_CHANNELS
 from ordertrack_dagster.effects.crm import CrmResource
+from ordertrack_dagster.effects.smtp import SmtpResource
 from ordertrack_dagster.markers import OUTBOX_FIELD
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster_tests.effects.support import (
@@ -199,3 +201,34 @@ def test_slack_rate_limit_is_waited_out(stack, stack_env, db, instance):
     time.sleep(max(0.0, (doc["next_attempt_at"] - datetime.now(UTC)).total_seconds()) + 0.1)
     assert metadata(runner.run("slack_status_alerts"), "slack_status_alerts")["sent"] == 1
     assert len(mentioning(stack.slack_messages(), lost["awb_number"])) == 1
+
+
+def test_a_partly_refused_summary_is_retried_to_the_refused_recipient_alone(
+    stack, stack_env, db, instance, refusing_mailbox
+):
+    """SMTP-PARTIAL: the relay refuses one recipient of two. The summary is recorded as a
+    failed attempt (not sent), the recipient it reached is kept on the outbox record, and
+    the retry goes to the refused recipient alone: nobody gets it twice."""
+    directory, port, kept, refused = refusing_mailbox
+    seed_orders(db, stack.simulator, FLOW, ["in_transit"])
+    runner = Runner(instance)
+    relay = SmtpResource(
+        host="127.0.0.1",
+        port=port,
+        sender=stack_env["EMAIL_SENDER"],
+        recipients=stack_env["EMAIL_RECIPIENTS"],
+        starttls=False,
+    )
+    first = runner.run(smtp=relay)
+    assert first.success
+    reported = metadata(first, "tracking_email_summary")
+    assert (reported["failed"], reported["sent"]) == (1, 0) and refused in reported["errors"][0]
+    [summary] = [doc for doc in outbox(db).values() if doc["kind"] == "email_summary"]
+    assert summary["state"] == "pending" and summary["delivered_to"] == [kept]
+    assert [mail["X-Envelope-To"] for mail in read_mailbox(directory)] == [kept]
+
+    mails_before = len(stack.mailbox())
+    assert runner.run("tracking_email_summary").success  # the stack's relay takes everyone
+    assert outbox(db)[summary["_id"]]["state"] == "sent"
+    [retry] = [mail for mail in stack.mailbox()[mails_before:] if first.run_id in mail.as_string()]
+    assert retry["X-Envelope-To"] == refused  # not again to the one it reached

@@ -10,6 +10,7 @@ from cryptography.fernet import Fernet
 from slack_sdk import WebClient
 
 from ordertrack_dagster.couriers.state import STATE_COLLECTION, CachedToken, CourierState
+from ordertrack_dagster.devstack.mailbox import read_mailbox
 from ordertrack_dagster.effects.crm import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -20,7 +21,7 @@ from ordertrack_dagster.effects.crm import (
 )
 from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack, put_and_presign
-from ordertrack_dagster.effects.smtp import SmtpResource
+from ordertrack_dagster.effects.smtp import RecipientsRefused, SmtpResource
 from ordertrack_dagster.security.tokens import TokenCipher
 from ordertrack_dagster_tests.effects.support import fetch
 
@@ -170,6 +171,27 @@ def test_smtp_failures_are_delivery_errors(stack_env):
         smtp(stack_env, starttls=True).send("s", "t", "<p>h</p>")
     with pytest.raises(DeliveryError, match="EMAIL_RECIPIENTS"):
         smtp(stack_env, recipients=" , ").send("s", "t", "<p>h</p>")
+
+
+def test_a_refused_recipient_is_a_failure_and_the_retry_goes_to_it_alone(
+    stack_env, refusing_mailbox
+):
+    """SMTP-PARTIAL: one recipient of two refused. The send fails naming it (it used to
+    count as sent); the accepted one is reported, so the retry skips it and gets no copy
+    twice; with every recipient refused it fails too."""
+    directory, port, kept, refused = refusing_mailbox
+    relay = smtp(stack_env, port=port, host="127.0.0.1")
+    with pytest.raises(RecipientsRefused, match=refused) as partial:
+        relay.send("summary", "t", "<p>h</p>")
+    assert partial.value.accepted == [kept] and not partial.value.transient
+    [mail] = read_mailbox(directory)
+    assert mail["X-Envelope-To"] == kept
+    with pytest.raises(RecipientsRefused, match=refused) as again:
+        relay.send("summary", "t", "<p>h</p>", skip=partial.value.accepted)
+    assert again.value.accepted == []
+    assert len(read_mailbox(directory)) == 1  # the accepted recipient got it once
+    with pytest.raises(DeliveryError, match=refused):
+        smtp(stack_env, port=port, host="127.0.0.1", recipients=refused).send("s", "t", "<p/>")
 
 
 def test_a_malformed_crm_token_is_refused_and_never_echoed(stack, stack_env, db):
