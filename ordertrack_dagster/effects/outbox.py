@@ -31,7 +31,12 @@ from ordertrack_dagster.effects.documents import (
     report_document,
 )
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event
-from ordertrack_dagster.resources.mongo import BulkLog, Rejected, bulk_update
+from ordertrack_dagster.resources.mongo import (
+    BulkLog,
+    Rejected,
+    bulk_update,
+    update_many_idempotent,
+)
 
 OUTBOX_COLLECTION = "ordertrack_outbox"
 CLAIM_LIMIT = 1_000
@@ -168,19 +173,22 @@ class Outbox:
 
     def requeue_dead(self, flow_key: str, kinds: Sequence[str], now: datetime) -> int:
         """Ops' second chance: dead letters become due again with a fresh retry budget."""
-        result = self.collection.update_many(
-            {"flow": flow_key, "kind": {"$in": list(kinds)}, "state": State.DEAD.value},
+        theirs = {"flow": flow_key, "kind": {"$in": list(kinds)}}
+        return update_many_idempotent(
+            self.collection,
+            theirs | {"state": State.DEAD.value},
             {
                 "$set": {
                     "state": State.PENDING.value,
                     "failures": 0,
                     "next_attempt_at": now,
                     "dead_alerted": False,
+                    "requeued_at": now,
                 },
                 "$unset": {"first_failure_at": ""},
             },
+            changed=theirs | {"requeued_at": now},
         )
-        return result.modified_count
 
     # -- sending ------------------------------------------------------------------------
 
@@ -264,7 +272,8 @@ class Outbox:
         """Strip the consignee data (phone, amount, report content, attempts) from documents
         sent before `older_than`. The document itself stays as a tombstone: its `_id` (order
         and event) is what keeps a second drain of the same event from sending it again."""
-        result = self.collection.update_many(
+        return update_many_idempotent(
+            self.collection,
             {
                 "flow": flow_key,
                 "state": State.SENT.value,
@@ -275,8 +284,8 @@ class Outbox:
                 "$unset": {"order": "", "content": "", "attempts": "", "last_error": ""},
                 "$set": {"purged_at": now},
             },
+            changed={"flow": flow_key, "purged_at": now},
         )
-        return result.modified_count
 
     # -- what ops see -------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from bson import Binary
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from ordertrack_dagster.resources.mongo import OncePerDatabase
+from ordertrack_dagster.resources.mongo import OncePerDatabase, update_many_idempotent
 
 OBJECTS = "ordertrack_history"
 CHUNKS = "ordertrack_history_chunks"
@@ -177,7 +177,8 @@ class HistoryQueue:
                 {"_id": oid},
                 {"$set": {"state": "published", "published_at": now, "expire_at": expire}},
             )
-            self.chunks.update_many(
+            update_many_idempotent(
+                self.chunks,
                 {"_id": {"$in": _chunk_ids(oid, int(header["chunks"]))}},
                 {"$set": {"expire_at": expire}},
             )

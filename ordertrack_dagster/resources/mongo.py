@@ -4,7 +4,7 @@ bulk write every writer uses (unordered, chunked, isolating what the server reje
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,12 @@ from pydantic import Field
 from pymongo import ASCENDING, MongoClient, UpdateOne, monitoring
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, OperationFailure, WriteConcernError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    OperationFailure,
+    WriteConcernError,
+)
 from pymongo.uri_parser import parse_uri
 
 BULK_CHUNK = 10_000
@@ -205,6 +210,53 @@ def prepare_database(db: Database) -> list[str]:
 class WriteNotAcknowledged(RuntimeError):
     """MongoDB could not confirm a write with the required write concern: it may or may not
     stay applied, so it is never counted as done (the step fails and says so)."""
+
+
+#: How many times an idempotent multi-document update is sent before it fails the step.
+UPDATE_ATTEMPTS = 3
+
+
+def _worth_resending(error: Exception) -> bool:
+    """The update may not have been applied, or may not be confirmed, and saying so again
+    is harmless: a lost answer or a step-down (NotWritablePrimary is an AutoReconnect), an
+    unconfirmed write concern, or the server's own `RetryableWriteError` label."""
+    if isinstance(error, AutoReconnect | WriteConcernError):
+        return True
+    return isinstance(error, OperationFailure) and error.has_error_label("RetryableWriteError")
+
+
+def update_many_idempotent(
+    collection: Collection,
+    query: Mapping[str, Any],
+    update: Mapping[str, Any],
+    changed: Mapping[str, Any] | None = None,
+) -> int:
+    """`update_many` whose second sending changes nothing more (its `query` no longer
+    matches an updated document, or it sets the same values again). MongoDB's retryable
+    writes exclude multi-document updates, so a step-down or a lost answer would fail it,
+    or leave it half done without a word: it is sent again up to `UPDATE_ATTEMPTS` times,
+    then `WriteNotAcknowledged`.
+
+    Returns the documents changed: the answer's count, or after a failed attempt the
+    documents matching `changed` (the mark this call's update sets), so a document whose
+    answer was lost is counted once and one never updated is not counted.
+    """
+    errors: list[str] = []
+    for attempt in range(UPDATE_ATTEMPTS):
+        try:
+            result = collection.update_many(dict(query), dict(update))
+        except (AutoReconnect, OperationFailure) as error:
+            if not _worth_resending(error):
+                raise
+            errors.append(f"{type(error).__name__}: {error}")
+            continue
+        if attempt == 0 or changed is None:
+            return result.modified_count
+        return collection.count_documents(dict(changed))
+    raise WriteNotAcknowledged(
+        f"{collection.name}: an update of many documents was not confirmed after "
+        f"{UPDATE_ATTEMPTS} attempts ({'; '.join(errors)}); it is safe to run again"
+    )
 
 
 @dataclass(frozen=True)
