@@ -9,13 +9,15 @@ whitespace, escaped the way `repr` escapes it (`b'Token abc\\n'`), and cut at it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -153,20 +155,92 @@ def redact(text: str) -> str:
     return redactor().text(text)
 
 
+class RedactedFailure(Exception):
+    """An error whose text held a secret, re-raised with the secret masked and without its
+    chain (Dagster stores a failed step's message, cause and context in the event log and
+    the failure alert quotes it)."""
+
+
+def _chain_text(error: BaseException) -> str:
+    """The messages of an exception and of every exception it was raised from or during."""
+    texts: list[str] = []
+    current: BaseException | None = error
+    while current is not None and len(texts) < 32:
+        texts.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
+
+
+@contextlib.contextmanager
+def redacted_failures() -> Iterator[None]:
+    """Let an exception through unless its text, or its chain's, holds a secret; then raise
+    a `RedactedFailure` with the masked text instead, its chain cut."""
+    try:
+        yield
+    except Exception as error:
+        text = _chain_text(error)
+        if not redactor().found_in(text):
+            raise
+        raise RedactedFailure(redact(text)) from None
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    """Mask secrets in the message, the traceback (`exc_info`, rendered now and kept as the
+    `exc_text` every formatter prints instead) and the stack."""
+    message = record.getMessage()
+    clean = redact(message)
+    if clean is not message or not isinstance(record.msg, str):
+        record.msg, record.args = clean, ()
+    if record.exc_info and record.exc_info[1] is not None:
+        rendered = logging.Formatter().formatException(record.exc_info)
+        if redactor().found_in(rendered):
+            record.exc_text, record.exc_info = redact(rendered), None
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
+class RedactingStream:
+    """A text stream that masks secrets in what is written to it (`print` and libraries
+    writing to stdout or stderr). Each write is redacted whole: a secret split across two
+    writes would pass, which `print` never does."""
+
+    redacting = True
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def install_stream_redaction() -> None:
+    """Redact what this process writes to `sys.stdout` and `sys.stderr` from now on
+    (Dagster captures both into a run's compute logs). Idempotent."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not getattr(stream, "redacting", False):
+            setattr(sys, name, RedactingStream(stream))
+
+
 def install_log_redaction() -> None:
     """Redact every log record this process makes from now on, Dagster's run logs included
-    (`context.log` builds its records through the standard factory). Idempotent."""
+    (`context.log` builds its records through the standard factory): the message, a logged
+    traceback and the stack. Idempotent."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "redacting", False):
         return
 
     def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        if isinstance(record.msg, str):
-            message = record.getMessage()
-            clean = redact(message)
-            if clean is not message:
-                record.msg, record.args = clean, ()
+        _redact_record(record)
         return record
 
     redacting_factory.redacting = True  # type: ignore[attr-defined]

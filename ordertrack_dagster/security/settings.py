@@ -13,7 +13,11 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from ordertrack_dagster.security.redaction import SECRET_SETTINGS, install_log_redaction
+from ordertrack_dagster.security.redaction import (
+    SECRET_SETTINGS,
+    install_log_redaction,
+    install_stream_redaction,
+)
 from ordertrack_dagster.security.tokens import STATE_KEY, TokenCipher
 
 #: Set to `true` to allow plain-text transport with `ENV=PROD` (a TLS-terminating sidecar).
@@ -123,7 +127,8 @@ def validate_settings(env: Mapping[str, str]) -> list[str]:
 
 def load_settings(env: Mapping[str, str]) -> None:
     """What the code location does first: refuse unusable settings, log the warnings, and
-    redact every log record from then on."""
+    redact every log record and everything written to stdout and stderr from then on."""
     for warning in validate_settings(env):
         logging.getLogger("ordertrack").warning(warning)
     install_log_redaction()
+    install_stream_redaction()

@@ -27,6 +27,7 @@ from pydantic import Field
 from ordertrack_dagster.couriers import COURIERS
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.resources.mongo import MongoResource
+from ordertrack_dagster.security.redaction import redacted_failures
 from ordertrack_dagster.tables import (
     GROUP,
     IO_MANAGER,
@@ -80,17 +81,18 @@ def raw_courier_responses(
 ) -> Output[pd.DataFrame]:
     flow = get_flow(context.partition_key)
     courier = getattr(context.resources, COURIERS[flow.key].resource_key)
-    return _output(
-        steps.ask_courier(
-            context.resources.mongo.get_database(),
-            pending_orders,
-            flow,
-            courier,
-            force=config.force,
-            run_id=context.run_id,
-            log=context.log,
+    with redacted_failures():  # a client's error may quote its credentials
+        return _output(
+            steps.ask_courier(
+                context.resources.mongo.get_database(),
+                pending_orders,
+                flow,
+                courier,
+                force=config.force,
+                run_id=context.run_id,
+                log=context.log,
+            )
         )
-    )
 
 
 @asset(
