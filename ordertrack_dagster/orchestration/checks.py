@@ -1,5 +1,6 @@
-"""Freshness: are the orders a flow is due to track actually being polled? (A failing check
-is posted to the alerts channel once per failure.)
+"""Freshness: are the orders a flow is due to track actually being polled? And is the
+tracking history reaching S3? (A failing check is posted to the alerts channel once per
+failure.)
 
 A run can succeed while orders fall behind (a courier pause, failed batches, a cap too small,
 a stopped schedule or a stuck run). One check per flow, on `order_status_writes`, counts the
@@ -18,6 +19,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     Config,
+    asset_check,
     multi_asset_check,
 )
 from pydantic import Field
@@ -27,9 +29,10 @@ from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.flows import Flow, get_flow, schedule_interval
+from ordertrack_dagster.resources.history_queue import RETENTION, HistoryQueue
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
-from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
+from ordertrack_dagster.tables import ORDER_STATUS_WRITES, RAW_COURIER_RESPONSES, flow_partitions
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 
 FRESHNESS_INTERVALS = 3
@@ -150,27 +153,41 @@ def evaluate_flow(
 STATE_COLLECTION = "ordertrack_state"
 
 
-def alert_once(
-    db: Database, result: AssetCheckResult, flow: Flow, post: Callable[[str], Any]
+def alert_once_per_failure(
+    db: Database, name: str, failing: bool, text: str, post: Callable[[str], Any]
 ) -> str | None:
-    """Post a failing freshness check to Slack once per failure, not at every evaluation.
+    """Post a failing check's `text` to Slack once per failure, not at every evaluation.
 
-    The failure is remembered in `ordertrack_state` until the check passes again; a post that
-    fails is not remembered, so the next evaluation tries again. Returns what went wrong.
+    The failure is remembered in `ordertrack_state` under `name` until the check passes
+    again; a post that fails is not remembered, so the next evaluation tries again. Returns
+    what went wrong.
     """
     state = db[STATE_COLLECTION]
-    key = {"_id": f"freshness_alert:{flow.key}"}
-    if result.passed:
+    key = {"_id": name}
+    if not failing:
         state.delete_one(key)
         return None
     if state.find_one(key) is not None:
         return None
     try:
-        post(f":hourglass: *{flow.courier_label}*: {result.description}")
+        post(text)
     except (DeliveryError, DeliveryDeferred) as error:
-        return f"freshness alert not posted, the next evaluation tries again: {error}"
+        return f"{name} not posted, the next evaluation tries again: {error}"
     state.replace_one(key, {**key, "alerted_at": datetime.now(UTC)}, upsert=True)
     return None
+
+
+def alert_once(
+    db: Database, result: AssetCheckResult, flow: Flow, post: Callable[[str], Any]
+) -> str | None:
+    """A failing freshness check, posted once per failure."""
+    return alert_once_per_failure(
+        db,
+        f"freshness_alert:{flow.key}",
+        not result.passed,
+        f":hourglass: *{flow.courier_label}*: {result.description}",
+        post,
+    )
 
 
 _FLOW_OF_CHECK = {check_name(key): key for key in flow_partitions.get_partition_keys()}
@@ -211,4 +228,137 @@ def due_orders_polled(
         yield result
 
 
-CHECKS = [due_orders_polled]
+#: A history object S3 has refused for this long is an outage worth a person's attention.
+HISTORY_ALERT_AFTER = timedelta(hours=3)
+#: ... and one refused for this long is dropped, named in an alert: by then the raw consignee
+#: data it holds has stayed in MongoDB as long as a published object would (`RETENTION`).
+HISTORY_DROP_AFTER = RETENTION
+HISTORY_CHECK = "history_published_to_s3"
+HISTORY_ALERT = "history_alert"
+#: A drop alert names at most this many objects, then counts the rest.
+NAMED_IN_ALERT = 30
+
+
+def _days(span: timedelta) -> str:
+    return f"{span.total_seconds() / 86_400:g}"
+
+
+def _object_name(header: dict[str, Any]) -> str:
+    return (
+        f"{header['asset']} of flow {header['flow']}, run {header['run_id']} "
+        f"(stored {_when(header['created_at'])}, {header.get('rows', '?')} rows)"
+    )
+
+
+def drop_alert_text(dropped: list[dict[str, Any]], drop_after: timedelta) -> str:
+    """What was lost: each object by asset, flow and run id (the first few), and the count."""
+    names = [f"• {_object_name(header)}" for header in dropped[:NAMED_IN_ALERT]]
+    if len(dropped) > NAMED_IN_ALERT:
+        names.append(f"• and {len(dropped) - NAMED_IN_ALERT} more")
+    return "\n".join(
+        [
+            f":wastebasket: {len(dropped)} tracking history objects S3 refused for over "
+            f"{_days(drop_after)} days were dropped from MongoDB and are lost to analysts:",
+            *names,
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class HistoryHealth:
+    """One evaluation of the history queue: what waits too long, what was dropped."""
+
+    waiting: list[dict[str, Any]]
+    dropped: list[dict[str, Any]]
+    problems: list[str]
+
+
+def tend_history(
+    db: Database,
+    now: datetime,
+    alert_after: timedelta,
+    drop_after: timedelta,
+    post: Callable[[str], Any],
+) -> HistoryHealth:
+    """Drop the objects queued longer than `drop_after`, once an alert naming them is posted
+    (if Slack fails they stay, and the next evaluation tries again: nothing is lost
+    unannounced), then alert once per failure while any object waits over `alert_after`."""
+    queue = HistoryQueue(db)
+    problems: list[str] = []
+    dropped = queue.waiting_since(now - drop_after)
+    if dropped:
+        try:
+            post(drop_alert_text(dropped, drop_after))
+        except (DeliveryError, DeliveryDeferred) as error:
+            problems.append(f"history drop not announced, so nothing was dropped: {error}")
+            dropped = []
+        else:
+            queue.drop(dropped)
+    waiting = queue.waiting_since(now - alert_after)
+    if waiting:
+        oldest = waiting[0]
+        text = (
+            f":inbox_tray: {len(waiting)} tracking history objects are waiting in MongoDB for "
+            f"over {alert_after.total_seconds() / 3600:g} h because S3 refuses them (a rotated "
+            f"key? a wrong bucket?); oldest: {_object_name(oldest)}. They are dropped after "
+            f"{_days(drop_after)} days."
+        )
+    else:
+        text = ""
+    problem = alert_once_per_failure(db, HISTORY_ALERT, bool(waiting), text, post)
+    return HistoryHealth(waiting, dropped, [*problems, *([problem] if problem else [])])
+
+
+class HistoryCheckConfig(Config):
+    alert_after_hours: float = Field(
+        default=HISTORY_ALERT_AFTER.total_seconds() / 3600,
+        description="Alert when a history object has waited for S3 longer than this.",
+    )
+    drop_after_days: float = Field(
+        default=HISTORY_DROP_AFTER.days,
+        description="Drop (with an alert naming them) history objects S3 refused this long.",
+    )
+
+
+@asset_check(
+    asset=RAW_COURIER_RESPONSES,
+    name=HISTORY_CHECK,
+    description="No tracking history object (raw answers, mapped and written tables) waits "
+    "in MongoDB for S3 longer than a few hours; those refused past the retention are dropped "
+    "and named in an alert. Posted to Slack once per failure.",
+)
+def history_published_to_s3(
+    context: AssetCheckExecutionContext,
+    config: HistoryCheckConfig,
+    mongo: MongoResource,
+    slack: OrdertrackSlackResource,
+    effects: EffectsSettings,
+) -> AssetCheckResult:
+    client = slack.get_client()
+    health = tend_history(
+        mongo.get_database(),
+        datetime.now(UTC),
+        timedelta(hours=config.alert_after_hours),
+        timedelta(days=config.drop_after_days),
+        lambda text: post_slack(client, effects.alerts_channel, text),
+    )
+    for problem in health.problems:
+        context.log.warning(problem)
+    metadata: dict[str, Any] = {
+        "waiting_too_long": len(health.waiting),
+        "dropped": len(health.dropped),
+        "dropped_objects": [_object_name(header) for header in health.dropped[:NAMED_IN_ALERT]],
+    }
+    if health.waiting:
+        metadata["oldest_waiting"] = _object_name(health.waiting[0])
+    return AssetCheckResult(
+        passed=not (health.waiting or health.dropped or health.problems),
+        metadata=metadata,
+        description=(
+            f"{len(health.waiting)} history objects waiting for S3 over "
+            f"{config.alert_after_hours:g} h; {len(health.dropped)} dropped"
+        ),
+    )
+
+
+CHECKS = [due_orders_polled, history_published_to_s3]

@@ -6,7 +6,9 @@ Each output is one Parquet object, stored as chunks below MongoDB's 16 MB docume
 under the id of the run that produced it, so a step reads its own run's output even while
 another run of the flow writes. Publishing copies each object to its S3 history key (the
 key analysts read, dated by when the run stored it) oldest first; an object stays queued,
-durably, until S3 took it, and is removed a retention period after that.
+durably, until S3 took it, and is removed a retention period after that. An object S3 keeps
+refusing does not stay for ever: the history check (`orchestration/checks.py`) alerts when
+one waits too long, and drops those older than the retention, naming them.
 """
 
 from __future__ import annotations
@@ -132,6 +134,28 @@ class HistoryQueue:
         if len(parts) != chunks:
             raise MissingOutput(f"stored output {oid} is incomplete ({len(parts)}/{chunks})")
         return b"".join(parts[n] for n in range(chunks))
+
+    def waiting_since(self, cutoff: datetime) -> list[dict[str, Any]]:
+        """The objects of every asset and flow still queued that were stored before
+        `cutoff`, oldest first (their headers, without the data)."""
+        return list(
+            self.objects.find(
+                {"state": "pending", "created_at": {"$lt": cutoff}},
+                {"asset": 1, "flow": 1, "run_id": 1, "created_at": 1, "chunks": 1, "rows": 1},
+            ).sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        )
+
+    def drop(self, headers: list[dict[str, Any]]) -> None:
+        """Remove queued objects and their chunks (chunks first: a listed object is whole)."""
+        chunk_ids = [
+            chunk
+            for header in headers
+            for chunk in _chunk_ids(header["_id"], int(header["chunks"]))
+        ]
+        self.chunks.delete_many({"_id": {"$in": chunk_ids}})
+        self.objects.delete_many(
+            {"_id": {"$in": [header["_id"] for header in headers]}, "state": "pending"}
+        )
 
     def pending(self, asset: str, flow: str) -> int:
         return self.objects.count_documents({"asset": asset, "flow": flow, "state": "pending"})
