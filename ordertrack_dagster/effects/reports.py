@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ordertrack_dagster.effects.messages import courier_label, slack_escape, slack_link
+from ordertrack_dagster.resources.s3 import key_part
 
 ALERT_LINK_DAYS = 6
 QUERY_LINK_DAYS = 3
@@ -48,7 +49,7 @@ _OUTCOME_KINDS = {
 def log_key(prefix: str, folder: str, flow_key: str, run_id: str, when: datetime, ext: str) -> str:
     """`<prefix>/<folder>/flow=<flow>/date=<YYYY-MM-DD>/<run_id>.<ext>`, like the history."""
     base = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-    return f"{base}{folder}/flow={flow_key}/date={when:%Y-%m-%d}/{run_id}.{ext}"
+    return f"{base}{folder}/flow={key_part(flow_key)}/date={when:%Y-%m-%d}/{key_part(run_id)}.{ext}"
 
 
 def _text(value: Any) -> str | None:

@@ -8,6 +8,7 @@ pointer per partition names the latest object published.
 
 import io
 import json
+import re
 import threading
 from datetime import UTC, date, datetime
 from typing import Any
@@ -71,6 +72,18 @@ class OrdertrackS3Resource(S3Resource):
             return _clients[key]
 
 
+#: A flow or run id as one segment of a key: letters, digits, `_`, `-` (a Dagster run id is a
+#: UUID, a flow a partition key), so no value can climb out of its folder (`../`, `/`).
+_KEY_PART = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_part(value: str) -> str:
+    """`value` if it is safe as one segment of an S3 key; ValueError otherwise."""
+    if not _KEY_PART.fullmatch(value):
+        raise ValueError(f"{value[:60]!r} is not a safe S3 key part (letters, digits, _ and -)")
+    return value
+
+
 def _base(prefix: str) -> str:
     return f"{prefix.strip('/')}/" if prefix.strip("/") else ""
 
@@ -80,12 +93,12 @@ def history_day_prefix(prefix: str, asset: str, flow: str, day: date) -> str:
 
     Readers list this prefix per day, so reading a week never lists the whole bucket.
     """
-    return f"{_base(prefix)}{asset}/flow={flow}/date={day:%Y-%m-%d}/"
+    return f"{_base(prefix)}{asset}/flow={key_part(flow)}/date={day:%Y-%m-%d}/"
 
 
 def history_key(prefix: str, asset: str, flow: str, run_id: str, when: datetime) -> str:
     """`<prefix>/<asset>/flow=<flow>/date=<YYYY-MM-DD>/<run_id>.parquet` (Hive-style parts)."""
-    return f"{history_day_prefix(prefix, asset, flow, when)}{run_id}.parquet"
+    return f"{history_day_prefix(prefix, asset, flow, when)}{key_part(run_id)}.parquet"
 
 
 def latest_pointer_key(prefix: str, asset: str, flow: str) -> str:

@@ -25,6 +25,7 @@ from ordertrack_dagster.effects.reports import (
     query_log_document,
     render_email,
 )
+from ordertrack_dagster.resources.s3 import history_key
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
 
@@ -221,3 +222,16 @@ def test_missing_or_odd_sub_documents_still_make_a_payload_and_a_message(order):
     assert payload["phone_number"] in (None, "98765")
     assert encode_body(payload)
     assert "*Order:* None" in status_alert_text(doc)
+
+
+@pytest.mark.parametrize("bad", ["../velocity", "a/b", "..", "", "r1\n", "%2e%2e"])
+def test_a_flow_or_run_id_that_would_leave_its_folder_is_refused_in_every_key(bad):
+    """SEC-S3-KEYS: a flow or run id is one path segment of a key, never `../` or `/`."""
+    for key in (
+        lambda: log_key("ordertrack", "alert_logs", bad, "r1", NOW, "jsonl"),
+        lambda: log_key("ordertrack", "alert_logs", "velocity", bad, NOW, "jsonl"),
+        lambda: history_key("ordertrack", "raw", bad, "r1", NOW),
+        lambda: history_key("ordertrack", "raw", "velocity", bad, NOW),
+    ):
+        with pytest.raises(ValueError, match="not a safe S3 key part"):
+            key()
