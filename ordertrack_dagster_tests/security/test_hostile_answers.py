@@ -13,6 +13,7 @@ import pytest
 
 from ordertrack_dagster.couriers import delhivery
 from ordertrack_dagster.couriers.delhivery import DelhiveryResource
+from ordertrack_dagster.couriers.pauses import DEFAULT_RETRY_AFTER_SECONDS
 from ordertrack_dagster.couriers.state import MAX_PAUSE, CourierState
 from ordertrack_dagster.couriers.transport import MAX_BODY_BYTES
 from ordertrack_dagster.couriers.velocity import DEFAULT_TOKEN_LIFETIME, VelocityClient
@@ -139,6 +140,21 @@ def test_a_hostile_retry_after_is_clamped_and_named(state, retry_after):
         return
     assert paused is not None and paused <= before + MAX_PAUSE + timedelta(seconds=5)
     assert repr(retry_after.strip()[:60]) in record.error  # the alert names the value
+
+
+def test_a_429_without_retry_after_pauses_the_courier_for_five_minutes(state):
+    """CUR-429-NO-HEADER through the client and the stored pause: the contract's default."""
+    limited = Raw(429, [], b"slow down")
+    with hostile_server(lambda seen: limited) as server:
+        before = datetime.now(UTC)
+        result = run_fetch(client_for(server.url, state, concurrency=1), ["AWBLIMITED002"])
+        after = datetime.now(UTC)
+    [record] = result.records
+    assert record.state is FetchState.DEFERRED
+    paused = state.paused_until("delhivery_express")
+    default = timedelta(seconds=DEFAULT_RETRY_AFTER_SECONDS)
+    assert paused is not None
+    assert before + default - timedelta(seconds=1) <= paused <= after + default
 
 
 def test_a_stored_pause_beyond_the_clamp_reads_as_an_hour_and_ops_can_clear_it(db, state):
