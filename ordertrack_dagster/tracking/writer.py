@@ -387,7 +387,10 @@ def plan_writes(
                     ASKED_FIELD: now,
                     NEXT_POLL_FIELD: _next_poll_unchanged(order, current, now),
                 }
-                plan.order_ops.append(UpdateOne({"_id": order.order_oid}, {"$set": asked}))
+                # an order the courier keeps not answering backs off like an unchanged one
+                since = {STATUS_CHANGED_FIELD: now}
+                update = {"$set": asked, "$min": since}
+                plan.order_ops.append(UpdateOne({"_id": order.order_oid}, update))
             plan.decisions.append(
                 Decision(order.order_oid, Action.UNTOUCHED, from_status, None, written_at=now)
             )
