@@ -117,9 +117,8 @@ def _one_holder_only(
     fits = _holders_the_answer_fits(order.tracking_key, holder_ids, record, interpret, now)
     if fits == [str(order.order_id)]:
         return reading
-    held = (
-        f"shared tracking key: {order.tracking_key} is held by live orders {', '.join(holder_ids)}"
-    )
+    key, ids = order.tracking_key, ", ".join(holder_ids)
+    held = f"shared tracking key: {key} is held by live orders {ids}"
     if len(fits) == 1:
         verdict = f"its answer names order {fits[0]}, so it was not applied to this one"
     elif fits:
@@ -135,12 +134,15 @@ def _holders_the_answer_fits(
     """The holders the courier's answer does not refuse as another order's (only Delhivery's
     answers name their order; the others' fit every holder)."""
     answer = read_json_text(record.raw)
-    return [
-        holder
-        for holder in holder_ids
-        if interpret(answer, OrderContext(order_id=holder, tracking_key=key), now).outcome
-        is not Outcome.REFERENCE_MISMATCH
-    ]
+
+    def fits(holder: str) -> bool:
+        try:
+            reading = interpret(answer, OrderContext(order_id=holder, tracking_key=key), now)
+        except Exception:  # noqa: BLE001 - a reader bug: it cannot rule the holder out
+            return True
+        return reading.outcome is not Outcome.REFERENCE_MISMATCH
+
+    return [holder for holder in holder_ids if fits(holder)]
 
 
 def _read(order: Any, record: Any, interpret: Interpreter, now: datetime) -> Interpretation:
