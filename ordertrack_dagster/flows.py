@@ -7,6 +7,7 @@ change that the partitions, schedules and courier clients all follow.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -179,6 +180,46 @@ FLOWS: dict[str, Flow] = {
         ),
     )
 }
+
+
+#: Which flow tracks an order whose free-text `bookingCourier` names the couriers of two
+#: flows selecting the same kind of order (contract §2), first wins: a Shiprocket or Velocity
+#: booking carried by Delhivery ("Shiprocket - Delhivery Surface") was booked through the
+#: aggregator, whose account and API know the shipment, and whose answers are the ones the
+#: booking's own status follows; Delhivery's express API would answer for the same AWB, and
+#: two flows taking turns would double the requests and could make History flap.
+CLAIM_PRECEDENCE = (
+    "shiprocket",
+    "velocity",
+    "delhivery_b2c",
+    "delhivery_b2b",
+    "delhivery_fallback",
+)
+
+
+def _rank(flow: Flow) -> int:
+    return CLAIM_PRECEDENCE.index(flow.key)
+
+
+def outranking(flow: Flow) -> list[Flow]:
+    """The flows that take, before `flow`, an order both would select."""
+    return [
+        other
+        for other in FLOWS.values()
+        if other.selection is flow.selection and _rank(other) < _rank(flow)
+    ]
+
+
+def also_claimed_by(flow: Flow, booking_courier: str | None) -> list[Flow]:
+    """The flows `flow` outranks that would also select an order (of `flow`'s kind) with this
+    `bookingCourier`: they leave it to `flow`."""
+    return [
+        other
+        for other in FLOWS.values()
+        if other.selection is flow.selection
+        and _rank(other) > _rank(flow)
+        and re.search(other.booking_courier_pattern, booking_courier or "", re.IGNORECASE)
+    ]
 
 
 @cache

@@ -123,7 +123,8 @@ def _status_alert_sender(run: EffectRun) -> Iterator[Sender]:
 def _run_alerts(run: EffectRun, run_id: str) -> tuple[list[dict[str, Any]], list[Any]]:
     """Every alert line of the run, and those it announces for the first time."""
     updates, writes = run.tables["status_updates"], run.tables["order_status_writes"]
-    lines = alert_lines(run.flow.key, run_id, updates, writes, run.now)
+    pending = run.tables["pending_orders"]
+    lines = alert_lines(run.flow.key, run_id, updates, writes, run.now, pending)
     return lines, new_alerts(run.outbox.db, lines, run_id, run.now)
 
 
@@ -284,14 +285,15 @@ EFFECTS = (
     Effect(
         name="tracking_alert_log",
         description="The run's alerts (rate limits, API and token failures, missing AWBs, "
-        "unmapped statuses, reference mismatches, refused moves) as JSON lines on S3, with a "
+        "unmapped statuses, reference mismatches, refused moves, shared keys, orders two flows "
+        "match) as JSON lines on S3, with a "
         "grouped summary and a 6-day link in Slack.",
         kinds=(Report.ALERT_LOG.value,),
         dagster_kinds=frozenset({"s3", "slack"}),
         resources=frozenset({"s3"}),
         sender=_alert_log_sender,
         queue=_queue_alert_log,
-        reads=("status_updates", "order_status_writes"),
+        reads=("pending_orders", "status_updates", "order_status_writes"),
     ),
     Effect(
         name="tracking_query_log",
@@ -313,6 +315,6 @@ EFFECTS = (
         resources=frozenset({"smtp"}),
         sender=_email_sender,
         queue=_queue_email_summary,
-        reads=("status_updates", "order_status_writes"),
+        reads=("pending_orders", "status_updates", "order_status_writes"),
     ),
 )

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ordertrack_dagster.effects.messages import courier_label, slack_escape, slack_link
+from ordertrack_dagster.flows import Flow, also_claimed_by, get_flow
 from ordertrack_dagster.resources.s3 import key_part
 
 ALERT_LINK_DAYS = 6
@@ -35,6 +36,7 @@ ALERT_KINDS = (
     "refused_move",
     "rejected_write",
     "shared_tracking_key",
+    "two_flows",
     "odd_tracking_key",
     "other",
 )
@@ -80,22 +82,59 @@ def classify_alert(outcome: str | None, action: str | None, message: str) -> str
     return "other"
 
 
+def _line(
+    flow_key: str, run_id: str, now: datetime, kind: str, source: str, row: Any, **fields: Any
+) -> dict[str, Any]:
+    return {
+        "time": now.isoformat(),
+        "flow": flow_key,
+        "run_id": run_id,
+        "kind": kind,
+        "source": source,
+        "order_id": _text(row.order_id),
+        "tracking_key": _text(row.tracking_key),
+        **fields,
+    }
+
+
+def claim_alert(flow: Flow, booking_courier: str | None) -> str | None:
+    """Why an order of the selection is this flow's though other flows match it too, or None."""
+    others = also_claimed_by(flow, booking_courier)
+    if not others:
+        return None
+    names = ", ".join(other.key for other in others)
+    return (
+        f"two flows would track this order: bookingCourier {booking_courier!r} also matches "
+        f"{names}; tracked by {flow.key} only (the aggregator the booking went through first)"
+    )
+
+
 def alert_lines(
     flow_key: str,
     run_id: str,
     updates: pd.DataFrame,
     writes: pd.DataFrame,
     now: datetime,
+    pending: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
-    """One JSON-able line per alert of the run: the mapping's, then the write's own.
+    """One JSON-able line per alert of the run: the selection's (an order other flows match
+    too, from `pending`), the mapping's, then the write's own.
 
     A fetch error (HTTP status, rate limit, login failure) reaches `status_updates.alert`
     verbatim for each order it concerns. `order_status_writes.alert` repeats the mapping's
     alert unless the write raised its own (a refused move), so a write alert is listed only
     when it differs.
     """
-    mapping_alerts = {row.order_oid: _text(row.alert) for row in updates.itertuples(index=False)}
     lines: list[dict[str, Any]] = []
+    flow = get_flow(flow_key)
+    for row in () if pending is None else pending.itertuples(index=False):
+        message = claim_alert(flow, _text(row.bookingCourier))
+        if message:
+            lines.append(
+                _line(flow_key, run_id, now, "two_flows", "selection", row, outcome=None,
+                      action=None, message=message)
+            )  # fmt: skip
+    mapping_alerts = {row.order_oid: _text(row.alert) for row in updates.itertuples(index=False)}
     for row in writes.itertuples(index=False):
         outcome, action = _text(row.outcome), _text(row.action)
         found = mapping_alerts.get(row.order_oid)
@@ -103,20 +142,11 @@ def alert_lines(
         for source, message in (("mapping", found), ("write", own if own != found else None)):
             if not message:
                 continue
+            kind = classify_alert(outcome, action if source == "write" else None, message)
             lines.append(
-                {
-                    "time": now.isoformat(),
-                    "flow": flow_key,
-                    "run_id": run_id,
-                    "kind": classify_alert(outcome, action if source == "write" else None, message),
-                    "source": source,
-                    "order_id": _text(row.order_id),
-                    "tracking_key": _text(row.tracking_key),
-                    "outcome": outcome,
-                    "action": action,
-                    "message": message,
-                }
-            )
+                _line(flow_key, run_id, now, kind, source, row, outcome=outcome, action=action,
+                      message=message)
+            )  # fmt: skip
     return lines
 
 

@@ -195,6 +195,8 @@ def prepare_database(db: Database) -> list[str]:
             {},
         ),
         ("orders", [("awb_number", ASCENDING)], {}),
+        # the LR orders sharing a key (tracking/selection.shared_key_holders)
+        ("orders", [("delhivery_lr_number", ASCENDING)], {"sparse": True}),
         ("orders", [("ordertrack_outbox", ASCENDING)], {"sparse": True}),
         (ALERTED, [("first_run", ASCENDING)], {}),
         (ALERTED, [("first_seen", ASCENDING)], {"expireAfterSeconds": 31 * 86_400}),

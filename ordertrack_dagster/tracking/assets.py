@@ -100,7 +100,7 @@ def raw_courier_responses(
     group_name=GROUP,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
-    kinds={"pandas", "parquet"},
+    kinds={"mongodb", "pandas", "parquet"},
     description="Each selected order's answer mapped onto a canonical status (contract §5), "
     "with the alerts it raised.",
 )
@@ -108,9 +108,11 @@ def status_updates(
     context: AssetExecutionContext,
     pending_orders: pd.DataFrame,
     raw_courier_responses: pd.DataFrame,
+    mongo: MongoResource,
 ) -> Output[pd.DataFrame]:
     flow = get_flow(context.partition_key)
-    return _output(steps.map_answers(pending_orders, raw_courier_responses, flow))
+    db = mongo.get_database()
+    return _output(steps.map_answers(db, pending_orders, raw_courier_responses, flow))
 
 
 @asset(

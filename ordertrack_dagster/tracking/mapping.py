@@ -7,6 +7,7 @@ reader, and turns fetch failures into outcomes that leave the order due for the 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -39,16 +40,30 @@ def tracking_key_problem(key: Any) -> str | None:
 
 
 def interpret_answers(
-    orders: pd.DataFrame, raw: pd.DataFrame, interpret: Interpreter, now: datetime
+    orders: pd.DataFrame,
+    raw: pd.DataFrame,
+    interpret: Interpreter,
+    now: datetime,
+    holders: Mapping[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
-    """One row per selected order: its answer read and mapped, or why there was none."""
+    """One row per selected order: its answer read and mapped, or why there was none.
+
+    `holders`: the order ids of every live order, of any flow, holding each tracking key
+    that more than one of them holds (`selection.shared_key_holders`); keys shared inside
+    the selection are found here too."""
     by_key = {row.tracking_key: row for row in raw.itertuples(index=False)}
     readings = [
         (order, _read(order, by_key.get(order.tracking_key), interpret, now))
         for order in orders.itertuples(index=False)
     ]
+    shared = _shared_keys(orders, holders or {})
     rows = []
-    for order, reading in _refuse_shared_keys(readings):
+    for order, reading in readings:
+        if order.tracking_key in shared and reading.outcome.was_read:
+            record = by_key[order.tracking_key]
+            reading = _one_holder_only(
+                order, reading, shared[order.tracking_key], record, interpret, now
+            )
         rows.append(
             {
                 "order_oid": order.order_oid,
@@ -72,35 +87,64 @@ def interpret_answers(
     return frame
 
 
-def _refuse_shared_keys(
-    readings: list[tuple[Any, Interpretation]],
-) -> list[tuple[Any, Interpretation]]:
-    """Due orders sharing one AWB or LR get one answer between them: it is applied to none
-    of them (a status, and an RTO webhook, for the wrong order is worse than a late one),
-    unless the answer itself names its order (Delhivery's ReferenceNo) and so picks one."""
-    orders_by_key: dict[str, list[str]] = {}
-    for order, _ in readings:
-        orders_by_key.setdefault(order.tracking_key, []).append(str(order.order_id))
-    shared = {key: ids for key, ids in orders_by_key.items() if len(ids) > 1}
-    if not shared:
-        return readings
-    matched = {
-        order.tracking_key
-        for order, reading in readings
-        if order.tracking_key in shared and reading.outcome is Outcome.REFERENCE_MISMATCH
-    }
-    result = []
-    for order, reading in readings:
-        key = order.tracking_key
-        if key in shared and key not in matched and reading.outcome.was_read:
-            reading = Interpretation(
-                Outcome.FAILED,
-                alert=f"shared tracking key: {key} is shared by due orders "
-                f"{', '.join(shared[key])}: "
-                "its answer was applied to none of them",
-            )
-        result.append((order, reading))
-    return result
+def _shared_keys(
+    orders: pd.DataFrame, holders: Mapping[str, Sequence[str]]
+) -> dict[str, list[str]]:
+    """The order ids holding each key held by more than one order: the live orders found in
+    MongoDB, or else the selected orders (an order changed since it was selected)."""
+    selected: dict[str, list[str]] = {}
+    for order in orders.itertuples(index=False):
+        selected.setdefault(order.tracking_key, []).append(str(order.order_id))
+    shared = {}
+    for key, ids in selected.items():
+        held = sorted(map(str, holders.get(key) or ()))
+        widest = held if len(held) >= len(ids) else sorted(ids)
+        if len(widest) > 1:
+            shared[key] = widest
+    return shared
+
+
+def _one_holder_only(
+    order: Any,
+    reading: Interpretation,
+    holder_ids: list[str],
+    record: Any,
+    interpret: Interpreter,
+    now: datetime,
+) -> Interpretation:
+    """An answer for a tracking key several live orders hold reaches exactly one of them or
+    none: a status, and an RTO webhook, for the wrong customer is worse than a late one. It
+    reaches the one order the answer itself names (Delhivery's ReferenceNo) when exactly one
+    holder fits it; every other holder is left untouched with an alert."""
+    fits = _holders_the_answer_fits(order.tracking_key, holder_ids, record, interpret, now)
+    if fits == [str(order.order_id)]:
+        return reading
+    key, ids = order.tracking_key, ", ".join(holder_ids)
+    held = f"shared tracking key: {key} is held by live orders {ids}"
+    if len(fits) == 1:
+        verdict = f"its answer names order {fits[0]}, so it was not applied to this one"
+    elif fits:
+        verdict = f"its answer fits orders {', '.join(fits)}: applied to none of them"
+    else:
+        verdict = "its answer fits none of them: applied to none of them"
+    return Interpretation(Outcome.FAILED, alert=f"{held}: {verdict}")
+
+
+def _holders_the_answer_fits(
+    key: str, holder_ids: list[str], record: Any, interpret: Interpreter, now: datetime
+) -> list[str]:
+    """The holders the courier's answer does not refuse as another order's (only Delhivery's
+    answers name their order; the others' fit every holder)."""
+    answer = read_json_text(record.raw)
+
+    def fits(holder: str) -> bool:
+        try:
+            reading = interpret(answer, OrderContext(order_id=holder, tracking_key=key), now)
+        except Exception:  # noqa: BLE001 - a reader bug: it cannot rule the holder out
+            return True
+        return reading.outcome is not Outcome.REFERENCE_MISMATCH
+
+    return [holder for holder in holder_ids if fits(holder)]
 
 
 def _read(order: Any, record: Any, interpret: Interpreter, now: datetime) -> Interpretation:

@@ -1,15 +1,20 @@
-"""Which orders a flow tracks (contract §2): the MongoDB filter, sort and cap, as pure values."""
+"""Which orders a flow tracks (contract §2): the MongoDB filter, sort and cap, as pure values;
+and which tracking keys more than one live order holds."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ordertrack_dagster.flows import Flow, Selection
+from pymongo.database import Database
+
+from ordertrack_dagster.flows import Flow, Selection, outranking
 from ordertrack_dagster.polling import SELECTION_SORT, STATUS_CHANGED_FIELD
+from ordertrack_dagster.resources.mongo import BULK_CHUNK
 
 PRIMARY_SOURCES = ("shopify", "woocommerce", "Outbound", "other", "Retailer")
 DEFAULT_TRACKING_STATUS = "4,5,6,7,8,9,11,14,16,51,26,25"
@@ -65,14 +70,23 @@ def _absent(field: str) -> dict[str, Any]:
     return {"$or": [{field: {"$exists": False}}, {field: {"$in": [None, ""]}}]}
 
 
-def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuery:
-    """Contract §2: the base filter plus the flow's own; earliest next poll first; the cap."""
-    courier = re.compile(flow.booking_courier_pattern, re.IGNORECASE)
-    clauses: list[dict[str, Any]] = [
+def _base_clauses(policy: SelectionPolicy, now: datetime) -> list[dict[str, Any]]:
+    """Contract §2's base filter: the orders some flow may track (the live orders)."""
+    return [
         {"order_status": {"$in": list(policy.tracking_status_ids)}},
         {"isBooked.timestamp": {"$gte": now - timedelta(days=policy.buffer_days)}},
         {"being_tracked": {"$ne": False}},
-        {"bookingCourier": courier},
+    ]
+
+
+def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuery:
+    """Contract §2: the base filter plus the flow's own; earliest next poll first; the cap."""
+    courier = re.compile(flow.booking_courier_pattern, re.IGNORECASE)
+    clauses = [*_base_clauses(policy, now), {"bookingCourier": courier}]
+    # a bookingCourier naming two flows' couriers goes to the flow that comes first
+    clauses += [
+        {"bookingCourier": {"$not": re.compile(other.booking_courier_pattern, re.IGNORECASE)}}
+        for other in outranking(flow)
     ]
     if flow.selection is Selection.LR_NUMBER:
         clauses += [_present("delhivery_lr_number"), {"source": {"$in": list(PRIMARY_SOURCES)}}]
@@ -88,6 +102,38 @@ def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuer
         sort=list(SELECTION_SORT),
         limit=flow.cap,
     )
+
+
+def shared_keys_pipeline(
+    flow: Flow, policy: SelectionPolicy, now: datetime, keys: Iterable[str]
+) -> list[dict[str, Any]]:
+    """The aggregation finding which of `keys` more than one live order holds, whatever flow
+    tracks them (an answer for such a key cannot say whose it is), with their order ids. It
+    reads the orders holding the keys through the index on the key field."""
+    field = flow.tracking_key_field
+    clauses = [{field: {"$in": list(keys)}}, *_base_clauses(policy, now)]
+    if flow.selection is not Selection.LR_NUMBER:
+        clauses.append(_absent("delhivery_lr_number"))  # LR orders are asked by their LR
+    return [
+        {"$match": {"$and": clauses}},
+        {"$group": {"_id": f"${field}", "order_ids": {"$push": "$order_id"}, "n": {"$sum": 1}}},
+        {"$match": {"n": {"$gt": 1}}},
+    ]
+
+
+def shared_key_holders(
+    db: Database, flow: Flow, keys: Iterable[str], now: datetime
+) -> dict[str, list[str]]:
+    """The order ids of the live orders holding each of `keys` that more than one holds: one
+    indexed query over every flow's orders (per 10,000 keys, as every `$in` here), so a pair
+    of orders split between two capped runs is seen by both."""
+    keys, policy = list(dict.fromkeys(keys)), SelectionPolicy.from_env()
+    holders: dict[str, list[str]] = {}
+    for start in range(0, len(keys), BULK_CHUNK):
+        pipeline = shared_keys_pipeline(flow, policy, now, keys[start : start + BULK_CHUNK])
+        for doc in db["orders"].aggregate(pipeline):
+            holders[doc["_id"]] = [str(order_id) for order_id in doc["order_ids"]]
+    return holders
 
 
 def _jsonable(value: Any) -> Any:

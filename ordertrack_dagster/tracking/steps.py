@@ -32,7 +32,12 @@ from ordertrack_dagster.tracking.mapping import (
     interpret_answers,
     tracking_key_problem,
 )
-from ordertrack_dagster.tracking.selection import SNAPSHOT_FIELDS, SelectionPolicy, build_query
+from ordertrack_dagster.tracking.selection import (
+    SNAPSHOT_FIELDS,
+    SelectionPolicy,
+    build_query,
+    shared_key_holders,
+)
 from ordertrack_dagster.tracking.writer import StatusCatalogue
 
 
@@ -175,10 +180,13 @@ def ask_courier(
     )
 
 
-def map_answers(pending: pd.DataFrame, raw: pd.DataFrame, flow: Flow) -> Table:
-    """`status_updates`: each selected order's answer mapped onto a canonical status."""
-    started = time.perf_counter()
-    frame = interpret_answers(pending, raw, COURIERS[flow.key].interpret, datetime.now(UTC))
+def map_answers(db: Database, pending: pd.DataFrame, raw: pd.DataFrame, flow: Flow) -> Table:
+    """`status_updates`: each selected order's answer mapped onto a canonical status; an answer
+    for a key other live orders hold too reaches one order at most."""
+    started, now = time.perf_counter(), datetime.now(UTC)
+    answered = raw.loc[raw["state"] == FetchState.ANSWERED.value, "tracking_key"]
+    holders = shared_key_holders(db, flow, answered, now)
+    frame = interpret_answers(pending, raw, COURIERS[flow.key].interpret, now, holders)
     return Table(frame, metadata.mapping_metadata(flow, frame, time.perf_counter() - started))
 
 

@@ -35,6 +35,7 @@ from ordertrack_dagster.resources.mongo import BULK_CHUNK, STREAMED, Rejected
 from ordertrack_dagster.security.redaction import redact
 from ordertrack_dagster.tables import Action
 from ordertrack_dagster.tracking.mapping import interpret_answers, polled_orders
+from ordertrack_dagster.tracking.selection import shared_key_holders
 from ordertrack_dagster.tracking.writer import (
     Decision,
     StatusCatalogue,
@@ -156,9 +157,9 @@ class StreamedWriter:
         keys = {r.tracking_key for r in answered}
         orders = self._pending[self._pending["tracking_key"].isin(keys)]
         raw = pd.DataFrame([r.__dict__ for r in answered])
-        updates = interpret_answers(
-            orders, raw, COURIERS[self._flow.key].interpret, datetime.now(UTC)
-        )
+        now = datetime.now(UTC)
+        holders = shared_key_holders(self._db, self._flow, keys, now)
+        updates = interpret_answers(orders, raw, COURIERS[self._flow.key].interpret, now, holders)
         write_updates(self._db, updates, self._flow, self._catalogue, after_part=self._record)
         kill_point("after_streamed_write")
 

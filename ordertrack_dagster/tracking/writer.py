@@ -11,7 +11,11 @@ the one orderTracking was last brought to marks the order (`ordertrack_tracking_
 same update); `sync_order_tracking` then brings each marked order's orderTracking to the
 order's *stored* status and clears the mark. A crash between the two bulks leaves the mark,
 so the next run (of any flow) repairs it; an order whose status another system changed
-(cancelled, then rebooked) converges on its next poll.
+(cancelled, then rebooked) converges on its next poll. The order's `last_tracking_time` is
+the version orderTracking is synced by: no write moves it back (two runs of one order may
+apply their plans in either order), every write that leaves a status to sync moves it on,
+orderTracking never takes a version older than its own, and the mark is cleared only while
+the order is still at the version synced.
 
 Side effects are not sent here. An order's first entry into a status that has one leaves a
 marker in the same document update (`ordertrack_outbox.<event>`), atomically with the
@@ -163,13 +167,14 @@ def _same_india_day(order: PolledOrder) -> bool:
 
 
 def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
-    """What recording a poll writes, whatever becomes of the status (contract §6)."""
-    fields: dict[str, Any] = {"last_tracking_time": now, ASKED_FIELD: now}
+    """What recording a poll writes, whatever becomes of the status (contract §6), as pipeline
+    values; `last_tracking_time` is the caller's (it is also the order's version)."""
+    fields: dict[str, Any] = {ASKED_FIELD: now}
     if order.courier_status is not None:
         fields["courier_status"] = order.courier_status
     if order.stop_tracking:
         fields["being_tracked"] = False
-    return fields
+    return {name: _literal(value) for name, value in fields.items()}
 
 
 def _next_poll_unchanged(
@@ -187,7 +192,8 @@ def _changed_at_unless_set(now: datetime) -> dict[str, Any]:
 def _poll_op(
     order: PolledOrder, current: Canonical | None, now: datetime, moves: _Moves
 ) -> UpdateOne:
-    fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
+    fields = _poll_fields(order, now)
+    fields["last_tracking_time"] = moves.poll_time("$order_status")
     fields[TRACKING_DUE_FIELD] = moves.due_unless_synced
     fields[NEXT_POLL_FIELD] = _literal(_next_poll_unchanged(order, current, now))
     fields[STATUS_CHANGED_FIELD] = _changed_at_unless_set(now)
@@ -217,6 +223,21 @@ class _Moves:
                 {"$ifNull": [due, _literal(now)]},
             ]
         }
+        self._synced = synced
+        stored = "$last_tracking_time"
+        stored_time = {"$cond": [{"$eq": [{"$type": stored}, "date"]}, stored, None]}
+        #: never back: a writer that planned earlier than one already applied keeps its time
+        self._not_back = {"$max": [_literal(now), stored_time]}
+        #: strictly after the stored time: a new version of the order's status
+        self._after = {"$max": [_literal(now), {"$add": [stored_time, 1]}]}
+
+    def poll_time(self, status_after: Any) -> dict[str, Any]:
+        """`last_tracking_time`, which is also the version orderTracking is synced by: never
+        earlier than the stored one, and later than it whenever the write leaves the order
+        with a status orderTracking was not brought to (`status_after`, the stored status
+        after this update), so two different statuses never share a version."""
+        unsynced = {"$ne": [status_after, self._synced]}
+        return {"$cond": [unsynced, self._after, self._not_back]}
 
     def status_id(self, status: Canonical) -> int:
         return self._catalogue.ids[status]
@@ -281,8 +302,9 @@ def _status_op(
     update plus a conditional one halves the writes of a changed order.
     """
     allowed, guarded = moves.order(new)
-    fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
+    fields = _poll_fields(order, now)
     fields.update(guarded)
+    fields["last_tracking_time"] = moves.poll_time(guarded["order_status"])
     # orderTracking gets the answer's time; the mark is in the same atomic update
     changed_at = order.event_time or now
     entry_time = _literal(changed_at)
@@ -448,7 +470,9 @@ def sync_order_tracking(
     """Bring the orderTracking of every marked order to the order's stored status.
 
     Returns the status read per marked order. The mark is cleared only after orderTracking
-    was written, and only if neither the status nor the mark changed meanwhile.
+    was written, and only if the order is still at the version read (`last_tracking_time`,
+    which moves on with every new status): a sync that another writer's newer version
+    overtook leaves the mark, so the next sync brings orderTracking to that version.
     """
     orders = db["orders"]
     projection = {"order_status": 1, "last_tracking_time": 1, TRACKING_DUE_FIELD: 1}
@@ -460,10 +484,12 @@ def sync_order_tracking(
         oid, status_id, due = doc["_id"], doc.get("order_status"), doc[TRACKING_DUE_FIELD]
         stored[oid] = status_id
         status = catalogue.name_of(status_id)
+        version = doc.get("last_tracking_time")
         if status is not None:
-            follow.append(_follow_op(oid, status, due, doc.get("last_tracking_time") or due))
+            follow.append(_follow_op(oid, status, due, version or due))
+        read = {"order_status": status_id, "last_tracking_time": version, TRACKING_DUE_FIELD: due}
         clears[oid] = UpdateOne(
-            {"_id": oid, "order_status": status_id, TRACKING_DUE_FIELD: due},
+            {"_id": oid, **read},
             {"$set": {TRACKING_SYNCED_FIELD: status_id}, "$unset": {TRACKING_DUE_FIELD: ""}},
         )
     _, report.tracking_modified, report.tracking_upserted = bulk_update(

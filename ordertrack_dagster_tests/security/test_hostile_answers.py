@@ -215,7 +215,7 @@ def test_two_due_orders_sharing_an_awb_get_no_status_from_it(state):
         result = run_fetch(client_for(server.url, state), ["AWBSHARED0001"])
     rows = _read(result, ["AWBSHARED0001", "AWBSHARED0001"], datetime.now(UTC))
     assert set(rows["outcome"]) == {Outcome.FAILED.value}
-    assert all("shared by due orders OT-0, OT-1" in alert for alert in rows["alert"])
+    assert all("held by live orders OT-0, OT-1" in alert for alert in rows["alert"])
 
 
 @pytest.mark.parametrize("bad", [TOKEN + "\n", TOKEN + "\r\nX-Injected: 1", f" {TOKEN}"])

@@ -32,7 +32,7 @@ def _run(db, flow, env) -> set[str]:
         run_id="test",
         log=LOG,
     ).frame
-    write_statuses(db, map_answers(pending, raw, flow).frame, flow, "test", LOG)
+    write_statuses(db, map_answers(db, pending, raw, flow).frame, flow, "test", LOG)
     return set(pending["order_id"])
 
 

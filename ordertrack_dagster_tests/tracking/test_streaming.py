@@ -54,7 +54,7 @@ def test_a_long_fetch_writes_as_it_goes_and_the_write_step_writes_the_rest(
     polled = db["orders"].count_documents({"last_tracking_time": {"$exists": True}})
     assert polled == streamed
 
-    written = write_statuses(db, map_answers(pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
+    written = write_statuses(db, map_answers(db, pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
     actions = dict(zip(written.frame["tracking_key"], written.frame["action"], strict=True))
     assert sorted(actions.values()) == ["status_changed"] * 5 + ["untouched"]
     assert written.metadata["updated"] == 5
@@ -97,7 +97,7 @@ def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
     assert [len(doc["written"]) for doc in db[STREAMED].find({"run_id": "r"})] == [2, 2]
 
     monkeypatch.setattr(streaming, "apply_plan", applied)
-    written = write_statuses(db, map_answers(pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
+    written = write_statuses(db, map_answers(db, pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
     assert list(written.frame["action"]) == ["status_changed"] * 5  # none seen as refused
     assert written.metadata["updated"] == 5
 

@@ -17,6 +17,7 @@ from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster.tables import Action
 from ordertrack_dagster.tracking.writer import (
+    TRACKING_DUE_FIELD,
     TRACKING_SYNCED_FIELD,
     PolledOrder,
     StatusCatalogue,
@@ -24,6 +25,7 @@ from ordertrack_dagster.tracking.writer import (
     plan_writes,
     settle,
 )
+from ordertrack_dagster_tests.faults.invariants import invariant_i
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
 STATUS_IDS = {
@@ -237,6 +239,23 @@ def test_two_concurrent_writers_append_history_once(db, catalogue):
         doc = db["orders"].find_one({"_id": oid})
         assert doc["order_status_map"] == [catalogue.object_ids[C.DELIVERED]]
         assert OUTBOX_FIELD not in doc  # delivered has no side effect on B2C
+
+
+def test_two_writers_applied_out_of_order_never_leave_order_tracking_behind(db, catalogue):
+    """Two runs of one order (a CLI run beside a scheduled one): the run that planned later
+    writes first, then the earlier plan lands. The poll time never moves back, and
+    orderTracking follows the order's stored status (invariant I)."""
+    oid = make_order(db, "booked")
+    earlier = plan_writes([polled(oid, "booked", C.DELIVERED)], catalogue, "shiprocket", NOW)
+    later_now = NOW + timedelta(minutes=1)
+    later = plan_writes([polled(oid, "booked", C.IN_TRANSIT)], catalogue, "shiprocket", later_now)
+    apply_plan(db, later, catalogue)
+    apply_plan(db, earlier, catalogue)
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc["order_status"] == STATUS_IDS[C.DELIVERED]
+    invariant_i(db, [oid])
+    assert doc["last_tracking_time"] > later_now  # never back, and a new version
+    assert TRACKING_DUE_FIELD not in doc
 
 
 @pytest.mark.parametrize("outcome", [Outcome.NOT_FOUND, Outcome.FAILED, Outcome.DEFERRED])
