@@ -123,7 +123,7 @@ def ask_courier(
     odd = [key for key in keys if tracking_key_problem(key) is not None]
     if good and not force:
         _stop_if_paused(flow, state)
-    writer = streaming.StreamedWriter(db, flow, pending, run_id, log)
+    writer = streaming.StreamedWriter(db, flow, pending, run_id, log, asking=len(good))
     started, cpu_started = time.perf_counter(), time.process_time()
     result = (
         fetch_to_completion(
