@@ -67,8 +67,33 @@ def _absent(field: str) -> dict[str, Any]:
     return {"$or": [{field: {"$exists": False}}, {field: {"$in": [None, ""]}}]}
 
 
-def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuery:
-    """Contract §2: the base filter plus the flow's own; longest not asked first; the flow's cap."""
+@dataclass(frozen=True)
+class ChosenOrders:
+    """Orders ops asked to re-poll now, by order id and/or tracking key (AWB or LR number)."""
+
+    order_ids: tuple[str, ...] = ()
+    tracking_keys: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.order_ids or self.tracking_keys)
+
+    def clause(self, flow: Flow) -> dict[str, Any]:
+        """Any of the chosen orders (ids as text or as numbers, as the shop stored them)."""
+        ids: list[Any] = list(self.order_ids)
+        ids += [int(text) for text in self.order_ids if text.isdigit()]
+        return {
+            "$or": [
+                {"order_id": {"$in": ids}},
+                {flow.tracking_key_field: {"$in": list(self.tracking_keys)}},
+            ]
+        }
+
+
+def build_query(
+    flow: Flow, policy: SelectionPolicy, now: datetime, chosen: ChosenOrders | None = None
+) -> OrderQuery:
+    """Contract §2: the base filter plus the flow's own; longest not asked first; the flow's cap.
+    With `chosen`, only those of the flow's tracked orders (a re-poll ops asked for)."""
     courier = re.compile(flow.booking_courier_pattern, re.IGNORECASE)
     clauses: list[dict[str, Any]] = [
         {"order_status": {"$in": list(policy.tracking_status_ids)}},
@@ -85,6 +110,8 @@ def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuer
             _absent("delhivery_lr_number"),
             {"source": {primary: list(PRIMARY_SOURCES)}},
         ]
+    if chosen:
+        clauses.append(chosen.clause(flow))
     return OrderQuery(
         filter={"$and": clauses},
         sort=[(ASKED_FIELD, 1), ("last_tracking_time", 1), ("_id", 1)],

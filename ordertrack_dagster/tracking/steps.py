@@ -31,7 +31,12 @@ from ordertrack_dagster.tracking.mapping import (
     interpret_answers,
     tracking_key_problem,
 )
-from ordertrack_dagster.tracking.selection import SNAPSHOT_FIELDS, SelectionPolicy, build_query
+from ordertrack_dagster.tracking.selection import (
+    SNAPSHOT_FIELDS,
+    ChosenOrders,
+    SelectionPolicy,
+    build_query,
+)
 from ordertrack_dagster.tracking.writer import StatusCatalogue
 
 
@@ -48,9 +53,12 @@ def _text(value: Any) -> str | None:
     return str(value).strip()
 
 
-def select_pending(db: Database, flow: Flow, log: logging.Logger) -> Table:
-    """`pending_orders`: the orders due in this flow (contract §2), oldest-polled first, capped."""
-    query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC))
+def select_pending(
+    db: Database, flow: Flow, log: logging.Logger, chosen: ChosenOrders | None = None
+) -> Table:
+    """`pending_orders`: the orders due in this flow (contract §2), oldest-polled first, capped;
+    with `chosen`, only those of them (a re-poll ops asked for)."""
+    query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC), chosen)
     with metadata.Measured() as measured:
         try:
             warnings = prepare_database(db)
@@ -79,7 +87,10 @@ def select_pending(db: Database, flow: Flow, log: logging.Logger) -> Table:
     frame["order_status"] = pd.to_numeric(frame["order_status"], errors="coerce").astype("Int64")
     for column in ("booked_at", "last_tracking_time"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
-    return Table(frame, metadata.snapshot_metadata(flow, frame, query, measured))
+    found = metadata.snapshot_metadata(flow, frame, query, measured)
+    if chosen:
+        found |= metadata.chosen_metadata(chosen, frame)
+    return Table(frame, found)
 
 
 def _stop_if_paused(flow: Flow, state: CourierState) -> None:
