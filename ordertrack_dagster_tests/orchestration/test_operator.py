@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import DagsterInstance
 
+from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import build_definitions
 from ordertrack_dagster.effects.outbox import OUTBOX_COLLECTION
 from ordertrack_dagster.markers import Event
@@ -36,6 +37,19 @@ def _output_metadata(result, node: str) -> dict:
     [event] = [e for e in result.all_node_events if e.is_successful_output]
     assert event.node_name == node
     return {k: v.value for k, v in event.step_output_data.metadata.items()}
+
+
+def test_clear_courier_pause_records_what_it_was_asked_and_cleared(db, stack_env):
+    state = CourierState(db)
+    state.pause("velocity", datetime.now(UTC) + timedelta(minutes=30), "429")
+    defs = build_definitions(stack_env)
+    result = defs.get_job_def("clear_courier_pause_job").execute_in_process(
+        run_config={"ops": {"clear_courier_pause": {"config": {"scopes": []}}}},
+        resources={"mongo": defs.resources["mongo"]},
+    )
+    assert result.success and state.paused_until("velocity") is None
+    metadata = _output_metadata(result, "clear_courier_pause")
+    assert metadata == {"asked_scopes": [], "cleared": ["velocity"], "cleared_count": 1}
 
 
 def test_requeue_dead_letters_by_flow_effect_and_age(db, stack_env):
