@@ -12,8 +12,9 @@ once per `REFRESH_INTERVAL_CRON` window; a model whose header says `-- @cron ...
 one) once per tick of that cron instead.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -94,6 +95,19 @@ def preview_metadata(frame: pd.DataFrame) -> dict[str, MetadataValue | int]:
     return {"preview": MetadataValue.md(preview), "dagster/row_count": len(frame)}
 
 
+def model_metadata(
+    frame: pd.DataFrame, columns: TableSchema, window: tuple[date, date]
+) -> dict[str, Any]:
+    """What a materialization shows on the model's page: a preview, the row count, the
+    columns and the run days the views held."""
+    first, last = window
+    return {
+        **preview_metadata(frame),
+        "dagster/column_schema": columns,
+        "history_window": MetadataValue.text(f"{first} to {last} (UTC run days)"),
+    }
+
+
 def column_schema(schema: pa.Schema) -> TableSchema:
     """The model's columns as the asset page's column list (DuckDB's Arrow types, as text)."""
     return TableSchema(columns=[TableColumn(field.name, str(field.type)) for field in schema])
@@ -148,18 +162,11 @@ def sql_model_asset(model: SqlModel) -> AssetsDefinition:
             lookback_days=config.lookback_days,
             params=config.params,
         )
-        first, last = history_window(as_of, config.lookback_days)
-        context.log.info(f"{model.name}: {len(frame)} rows over run days {first} to {last}")
-        return Output(
-            frame,
-            metadata={
-                **preview_metadata(frame),
-                "dagster/column_schema": columns,
-                "history_window": MetadataValue.text(f"{first} to {last} (UTC run days)"),
-                "history_first_day": MetadataValue.text(first.isoformat()),
-                "history_last_day": MetadataValue.text(last.isoformat()),
-            },
+        window = history_window(as_of, config.lookback_days)
+        context.log.info(
+            f"{model.name}: {len(frame)} rows over run days {window[0]} to {window[1]}"
         )
+        return Output(frame, metadata=model_metadata(frame, columns, window))
 
     return _model
 
