@@ -151,6 +151,7 @@ def ask_courier(
         else FetchResult(records=[])
     )
     fetch_seconds = time.perf_counter() - started
+    writer.progress(len(result.records))  # the last records came after the last hand-over
     kill_point("after_fetch")
     fetch_cpu_seconds = time.process_time() - cpu_started
     records = result.records + _odd_key_records(odd)

@@ -160,9 +160,13 @@ class StreamedWriter:
         self.asking = asking  # the keys the fetch asks, for its progress line
         self.asked = 0
 
+    def progress(self, asked: int) -> None:
+        """Log how far the fetch is (the UI's run log and `make run` show it)."""
+        self.asked = asked
+        self._log.info(FETCH_PROGRESS.format(asked=asked, selected=self.asking))
+
     def __call__(self, records: list[FetchRecord]) -> None:
-        self.asked += len(records)
-        self._log.info(FETCH_PROGRESS.format(asked=self.asked, selected=self.asking))
+        self.progress(self.asked + len(records))
         answered = [r for r in records if r.state is FetchState.ANSWERED]
         if not answered:
             return
