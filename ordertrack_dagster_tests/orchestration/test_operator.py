@@ -9,7 +9,9 @@ from dagster import DagsterInstance
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import build_definitions
 from ordertrack_dagster.effects.outbox import OUTBOX_COLLECTION
+from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.markers import Event
+from ordertrack_dagster.tracking.selection import ChosenOrders, SelectionPolicy, build_query
 from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
 
 FLOW = "delhivery_b2c"
@@ -85,6 +87,23 @@ def test_requeue_refuses_an_unknown_effect_before_changing_anything(db, stack_en
     )
     assert not result.success
     assert db[OUTBOX_COLLECTION].find_one({"_id": "dead"})["state"] == "dead"
+
+
+def test_a_repoll_adds_the_chosen_orders_to_the_flows_own_selection():
+    """The flow's filter stays (only orders it tracks); ids match as the shop stored them
+    (text or number), keys in the flow's own field (the LR number for B2B)."""
+    chosen = ChosenOrders(order_ids=("1001", "OT-7"), tracking_keys=("LR9",))
+    flow = get_flow("delhivery_b2b")
+    now, policy = datetime.now(UTC), SelectionPolicy((4,), 31)
+    plain, query = build_query(flow, policy, now), build_query(flow, policy, now, chosen)
+    assert query.filter["$and"][:-1] == plain.filter["$and"]
+    assert query.filter["$and"][-1] == {
+        "$or": [
+            {"order_id": {"$in": ["1001", "OT-7", 1001]}},
+            {"delhivery_lr_number": {"$in": ["LR9"]}},
+        ]
+    }
+    assert not ChosenOrders()
 
 
 @pytest.mark.slow
