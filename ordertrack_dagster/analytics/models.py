@@ -6,6 +6,9 @@ A model is one SELECT in one `.sql` file. Its leading `--` lines describe it, an
 through views named after the tracking assets, each with `flow` and `run_date` from the
 Hive parts of the keys. The views scan the Parquet objects on S3 with pyarrow, so DuckDB
 itself never opens a file or a connection and never installs an extension.
+
+A header line `-- @cron <expression>` refreshes the model on that cron (UTC) instead of
+after each tracking write; it is kept out of the description.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ BUILTIN_PARAMS = frozenset({"as_of"})
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PARAM_LINE = re.compile(r"^\$(?P<name>[A-Za-z_]\w*)\s*=\s*(?P<value>\S+)")
+_CRON_LINE = re.compile(r"^@cron\s+(?P<cron>\S+(?:\s+\S+){4})\s*$")
 _PARAM_USE = re.compile(r"\$([A-Za-z_]\w*)")
 _COMMENT = re.compile(r"--[^\n]*")
 # DuckDB sees only the Arrow objects handed to it: no files, no network, no extension loads.
@@ -67,6 +71,7 @@ class SqlModel:
     params: dict[str, ParamValue] = field(default_factory=dict)  # declared, with defaults
     uses: frozenset[str] = frozenset()  # the `$names` the query uses
     views: tuple[str, ...] = ()  # the history views the query reads
+    cron: str | None = None  # refreshed on this cron (UTC) rather than after each write
 
     def bind(self, as_of: datetime, overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The values of the parameters the query uses; `overrides` come from run config."""
@@ -93,6 +98,10 @@ def parse_model(path: Path) -> SqlModel:
         if not line.startswith("--"):
             break
         header.append(line[2:].strip())
+    crons = [match["cron"] for line in header if (match := _CRON_LINE.match(line))]
+    if len(crons) > 1:
+        raise ValueError(f"{path.name}: one `-- @cron` line at most")
+    header = [line for line in header if not line.startswith("@cron")]
     description = "\n".join(header).strip()
     if not description:
         raise ValueError(f"{path.name}: start the file with `--` lines saying what it answers")
@@ -110,7 +119,7 @@ def parse_model(path: Path) -> SqlModel:
             "(`-- $name = default  meaning`)"
         )
     views = tuple(view for view in HISTORY_ASSETS if re.search(rf"\b{view}\b", body))
-    return SqlModel(name, sql, description, params, uses, views)
+    return SqlModel(name, sql, description, params, uses, views, crons[0] if crons else None)
 
 
 def discover_models(folder: Path = SQL_DIR) -> list[SqlModel]:
@@ -149,17 +158,53 @@ def history_dataset(
         for flow in FLOWS
         for item in store.objects(asset, flow, start, end)
     ]
-    # the Hive parts come last; raw responses also store `flow`, which stays one column
-    columns = [column for column in history_schema(asset) if column.name not in _PARTITIONS.names]
     base = "/".join(part for part in (store.bucket, store.prefix.strip("/"), asset) if part)
     return ds.dataset(
         paths,
-        schema=pa.schema([*columns, *_PARTITIONS]),
+        schema=_view_schema(asset),
         format="parquet",
         filesystem=filesystem,
         partitioning=ds.partitioning(_PARTITIONS, flavor="hive"),
         partition_base_dir=base,
     )
+
+
+def history_window(as_of: datetime, lookback_days: int) -> tuple[date, date]:
+    """The first and last UTC run day a model reads: `lookback_days` days ending on `as_of`'s."""
+    if lookback_days < 1:
+        raise ValueError("lookback_days must be at least 1")
+    last = as_of.astimezone(UTC).date()
+    return last - timedelta(days=lookback_days - 1), last
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config=_SANDBOX)
+    con.execute("SET TimeZone = 'UTC'")  # run days and times read as UTC, as stored
+    return con
+
+
+def _create_view(con: duckdb.DuckDBPyConnection, view: str, source: Any) -> None:
+    """The history view `view` over `source` (Arrow data with the Hive `flow` and `date`)."""
+    con.register(f"{view}_files", source)
+    con.execute(
+        f'CREATE VIEW {view} AS SELECT flow, "date" AS run_date, '
+        f'* EXCLUDE (flow, "date") FROM {view}_files'
+    )
+
+
+def _view_schema(asset: str) -> pa.Schema:
+    # the Hive parts come last; raw responses also store `flow`, which stays one column
+    columns = [column for column in history_schema(asset) if column.name not in _PARTITIONS.names]
+    return pa.schema([*columns, *_PARTITIONS])
+
+
+def model_schema(model: SqlModel) -> pa.Schema:
+    """The columns the model returns and their types, found by running it over empty views:
+    known when the code location loads, before any history exists."""
+    with _connect() as con:
+        for view in model.views:
+            _create_view(con, view, _view_schema(view).empty_table())
+        return con.sql(model.sql, params=model.bind(datetime.now(UTC))).to_arrow_table().schema
 
 
 def run_model(
@@ -172,17 +217,9 @@ def run_model(
     params: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Run the model over the last `lookback_days` run days up to `as_of` (UTC)."""
-    if lookback_days < 1:
-        raise ValueError("lookback_days must be at least 1")
+    first, last = history_window(as_of, lookback_days)
     values = model.bind(as_of, params)
-    last = as_of.astimezone(UTC).date()
-    first = last - timedelta(days=lookback_days - 1)
-    with duckdb.connect(config=_SANDBOX) as con:
-        con.execute("SET TimeZone = 'UTC'")  # run days and times read as UTC, as stored
+    with _connect() as con:
         for view in model.views:
-            con.register(f"{view}_files", history_dataset(store, filesystem, view, first, last))
-            con.execute(
-                f'CREATE VIEW {view} AS SELECT flow, "date" AS run_date, '
-                f'* EXCLUDE (flow, "date") FROM {view}_files'
-            )
+            _create_view(con, view, history_dataset(store, filesystem, view, first, last))
         return con.execute(model.sql, values).df()

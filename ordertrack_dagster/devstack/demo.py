@@ -1,7 +1,9 @@
 """`make run` and `make dev`: the product against the embedded stack, through Dagster itself.
 
-`run` materializes every flow with the `dagster` CLI, exactly as ops would by hand, then
-reads the run summary back from the Dagster instance; `dev` opens the UI on the same stack.
+`run` materializes every flow with the `dagster` CLI, exactly as ops would by hand, showing
+each fetch's progress as the run logs it, then reads the run summary back from the Dagster
+instance; `dev` opens the UI on the same Dagster instance, so the demo's runs, materialized
+partitions and check results are there to look at.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
@@ -21,6 +23,7 @@ from ordertrack_dagster.devstack.processes import running_group
 from ordertrack_dagster.devstack.seed import seed_stack
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.tracking.streaming import STREAM_EVERY_ENV, parse_fetch_progress
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_ASSET = AssetKey("order_status_writes")
@@ -36,37 +39,138 @@ SUMMARY_COLUMNS = (
 )
 
 
-def prepare_dagster_home(workdir: Path) -> Path:
-    """A fresh DAGSTER_HOME holding the project's instance settings (one run per flow)."""
+#: How often the demo's fetches report (and write) what they got: often enough for the
+#: progress to move; production keeps the default.
+DEMO_STREAM_EVERY_SECONDS = "2"
+#: Without a terminal, a flow's progress line is printed at most this often.
+PLAIN_PROGRESS_EVERY_SECONDS = 10.0
+_BAR_WIDTH = 30
+
+
+def prepare_dagster_home(workdir: Path, *, fresh: bool) -> Path:
+    """DAGSTER_HOME holding the project's instance settings (one run per flow). `make run`
+    starts it afresh; `make dev` keeps what the last `make run` stored there."""
     home = workdir / "dagster_home"
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
+    if fresh:
+        shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     return home
 
 
 def dagster_env(stack_env: Mapping[str, str], home: Path) -> dict[str, str]:
     """This process's environment plus the stack's, for a `dagster` child process."""
-    return {**os.environ, **stack_env, "DAGSTER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    return {
+        STREAM_EVERY_ENV: DEMO_STREAM_EVERY_SECONDS,
+        **os.environ,
+        **stack_env,
+        "DAGSTER_HOME": str(home),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+class FlowProgress:
+    """One flow's fetch as it goes: a bar redrawn in place on a terminal; otherwise (CI, a
+    pipe) a plain line when the figures change, at most every `every` seconds."""
+
+    def __init__(self, flow: str, out: TextIO, every: float = PLAIN_PROGRESS_EVERY_SECONDS):
+        self.flow = flow
+        self.out = out
+        self.every = every
+        self.terminal = out.isatty()
+        self._shown: tuple[int, int] | None = None
+        self._shown_at = -float("inf")
+
+    def update(self, asked: int, selected: int) -> None:
+        now = time.monotonic()
+        if (asked, selected) == self._shown or (
+            not self.terminal and now - self._shown_at < self.every and asked < selected
+        ):
+            return
+        self._shown, self._shown_at = (asked, selected), now
+        if self.terminal:
+            done = _BAR_WIDTH * asked // max(selected, 1)
+            bar = "#" * done + "-" * (_BAR_WIDTH - done)
+            self.out.write(f"\r  {self.flow}: [{bar}] asked {asked} of {selected}")
+        else:
+            self.out.write(f"  {self.flow}: asked {asked} of {selected} tracking keys\n")
+        self.out.flush()
+
+    def finish(self, text: str) -> None:
+        """The flow's closing line (the bar's line is ended first)."""
+        if self.terminal and self._shown is not None:
+            self.out.write("\n")
+        self.out.write(f"  {self.flow}: {text}\n")
+        self.out.flush()
+
+
+def _follow(log: Path, position: int, on_line: Callable[[str], None]) -> int:
+    """Hand the complete lines written to `log` since `position` to `on_line`; the new position."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(position)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return position
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    for line in complete.decode(errors="replace").splitlines():
+        on_line(line)
+    return position + len(complete)
 
 
 def _dagster_command(*args: str) -> list[str]:
     return [sys.executable, str(Path(sys.executable).parent / "dagster"), *args]
 
 
-def materialize_flow(flow: str, env: Mapping[str, str], log: Path) -> bool:
-    """`dagster asset materialize` of the whole tracking group for one flow."""
+def materialize_flow(
+    flow: str, env: Mapping[str, str], log: Path, progress: FlowProgress | None = None
+) -> bool:
+    """`dagster asset materialize` of the whole tracking group for one flow; `progress` hears
+    of each fetch progress line the run logs."""
+
+    def on_line(line: str) -> None:
+        if progress is not None and (figures := parse_fetch_progress(line)):
+            progress.update(*figures)
+
     command = _dagster_command(
         "asset", "materialize", "-m", "ordertrack_dagster.definitions",
         "--select", "group:tracking", "--partition", flow,
     )  # fmt: skip
+    position = 0
     with (
         log.open("wb") as out,
         running_group(
             command, env=dict(env), cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT
         ) as process,
     ):
-        return process.wait() == 0
+        while process.poll() is None:
+            position = _follow(log, position, on_line)
+            time.sleep(0.5)
+        _follow(log, position, on_line)
+        return process.returncode == 0
+
+
+def materialize_flows(
+    flows: Iterable[str], env: Mapping[str, str], logs: Path, out: TextIO
+) -> list[str]:
+    """Each flow in turn, its progress shown on `out`; the flows that failed."""
+    failed = []
+    for flow in flows:
+        progress = FlowProgress(flow, out)
+        log = logs / f"materialize-{flow}.log"
+        started = time.perf_counter()
+        ok = materialize_flow(flow, env, log, progress)
+        status = "ok" if ok else f"FAILED (see {log})"
+        progress.finish(f"{status} in {time.perf_counter() - started:.1f}s")
+        if not ok:
+            failed.append(flow)
+    return failed
+
+
+def read_summaries(home: Path, flows: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Each flow's latest run summary, from the Dagster instance in `home`."""
+    with DagsterInstance.from_config(str(home)) as instance:
+        return {flow: flow_summary(instance, flow) for flow in flows}
 
 
 def flow_summary(instance: DagsterInstance, flow: str) -> dict[str, Any]:
@@ -117,6 +221,32 @@ def _effects_report(stack: EmbeddedStack) -> str:
     )
 
 
+def stored_objects(s3_client: Any, bucket: str) -> dict[str, int]:
+    """How many objects the runs stored per top-level folder pair (`ordertrack/<asset>`)."""
+    counts: dict[str, int] = {}
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            folder = "/".join(item["Key"].split("/")[:2])
+            counts[folder] = counts.get(folder, 0) + 1
+    return counts
+
+
+def where_next(workdir: Path, bucket: str, objects: Mapping[str, int]) -> str:
+    """What to look at after the demo: the UI on the same instance, the logs, the S3 output."""
+    landed = "\n".join(
+        f"    s3://{bucket}/{folder}/  {count} objects" for folder, count in sorted(objects.items())
+    )
+    return (
+        "where to look next:\n"
+        "  make dev      the Dagster UI on http://127.0.0.1:3000 with these runs, their\n"
+        "                materializations and check results (same working directory)\n"
+        f"  logs          {workdir / 'logs'} (materialize-<flow>.log: each run's own log)\n"
+        "  S3            what the runs stored (the embedded S3 keeps it in memory, so it went\n"
+        f"                with the stack; runs launched in `make dev` store their own):\n"
+        f"{landed or '    none'}"
+    )
+
+
 def run(orders: int, workdir: Path, seed: int) -> int:
     """Start the stack, seed it, run every flow once, print the summary, stop the stack."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,23 +254,17 @@ def run(orders: int, workdir: Path, seed: int) -> int:
     with EmbeddedStack(workdir=workdir) as stack:
         seeded = seed_stack(stack, orders, seed)
         print(f"seeded {sum(seeded.per_flow.values())} demo orders: {dict(seeded.per_flow)}")
-        home = prepare_dagster_home(workdir)
-        env = dagster_env(stack.env, home)
-        failed = []
-        for flow in FLOWS:
-            started = time.perf_counter()
-            ok = materialize_flow(flow, env, workdir / "logs" / f"materialize-{flow}.log")
-            status = "ok" if ok else f"FAILED (see {workdir / 'logs'}/materialize-{flow}.log)"
-            print(f"  {flow}: {status} in {time.perf_counter() - started:.1f}s", flush=True)
-            if not ok:
-                failed.append(flow)
-        os.environ["DAGSTER_HOME"] = str(home)
-        with DagsterInstance.get() as instance:
-            summaries = {flow: flow_summary(instance, flow) for flow in FLOWS}
+        home = prepare_dagster_home(workdir, fresh=True)
+        failed = materialize_flows(
+            FLOWS, dagster_env(stack.env, home), workdir / "logs", sys.stdout
+        )
         print()
-        print(format_summary(summaries))
+        print(format_summary(read_summaries(home, FLOWS)))
         print(_effects_report(stack))
+        objects = stored_objects(stack.s3_client(), stack.bucket)
     print("stack stopped")
+    print()
+    print(where_next(workdir, stack.bucket, objects))
     return 1 if failed else 0
 
 
@@ -149,7 +273,7 @@ def dev(orders: int, workdir: Path, seed: int, port: int) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     with EmbeddedStack(workdir=workdir) as stack:
         seed_stack(stack, orders, seed)
-        home = prepare_dagster_home(workdir)
+        home = prepare_dagster_home(workdir, fresh=False)
         env = dagster_env(stack.env, home)
         env["DAGSTER_WEBSERVER_URL"] = f"http://127.0.0.1:{port}"
         print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops it and the stack)", flush=True)

@@ -50,6 +50,29 @@ DELIVERED_TO = "delivered_to"
 DEAD_NOTICE_FIELDS = ("kind", "order_id", "run_id", "last_error", "dead_alerted")
 
 
+#: What a requeue reports of each dead letter it names.
+DEAD_LETTER_FIELDS = ("flow", "kind", "order_id", "run_id", "dead_at", "last_error")
+
+
+def dead_letter_filter(
+    flows: Sequence[str],
+    kinds: Sequence[str],
+    dead_after: datetime | None = None,
+    dead_before: datetime | None = None,
+) -> dict[str, Any]:
+    """The dead letters of these flows and kinds given up on between the two times (each
+    bound optional): what ops re-queue once the cause is fixed."""
+    query: dict[str, Any] = {
+        "flow": {"$in": list(flows)},
+        "state": State.DEAD.value,
+        "kind": {"$in": list(kinds)},
+    }
+    age = {"$gte": dead_after, "$lt": dead_before}
+    if bounds := {op: value for op, value in age.items() if value is not None}:
+        query["dead_at"] = bounds
+    return query
+
+
 class _Bulked(NamedTuple):
     """What a series of bulk writes matched, and the operations the server rejected."""
 
@@ -173,10 +196,22 @@ class Outbox:
 
     def requeue_dead(self, flow_key: str, kinds: Sequence[str], now: datetime) -> int:
         """Ops' second chance: dead letters become due again with a fresh retry budget."""
-        theirs = {"flow": flow_key, "kind": {"$in": list(kinds)}}
+        return self._requeue(dead_letter_filter([flow_key], kinds), now)
+
+    def dead_letters(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        """The dead letters a `dead_letter_filter` names (what a requeue would change)."""
+        return list(self.collection.find(query, DEAD_LETTER_FIELDS).sort("dead_at", ASCENDING))
+
+    def requeue_ids(self, ids: Sequence[Any], now: datetime) -> int:
+        """Requeue these dead letters (those still dead: one another run re-queued is skipped)."""
+        return self._requeue({"_id": {"$in": list(ids)}, "state": State.DEAD.value}, now)
+
+    def _requeue(self, query: dict[str, Any], now: datetime) -> int:
+        # counted by the mark this update sets, should an answer be lost and it be sent again
+        unchanged = {field: value for field, value in query.items() if field != "state"}
         return update_many_idempotent(
             self.collection,
-            theirs | {"state": State.DEAD.value},
+            query,
             {
                 "$set": {
                     "state": State.PENDING.value,
@@ -187,7 +222,7 @@ class Outbox:
                 },
                 "$unset": {"first_failure_at": ""},
             },
-            changed=theirs | {"requeued_at": now},
+            changed=unchanged | {"requeued_at": now},
         )
 
     # -- sending ------------------------------------------------------------------------

@@ -7,7 +7,10 @@ run without touching the schedules (contract §9: a scheduled tick runs the comp
 from dagster import AssetSelection, define_asset_job
 
 from ordertrack_dagster.orchestration.checks import CHECKS
-from ordertrack_dagster.orchestration.operator import clear_courier_pause_job
+from ordertrack_dagster.orchestration.operator import (
+    clear_courier_pause_job,
+    requeue_dead_letters_job,
+)
 from ordertrack_dagster.tables import GROUP
 
 # The pod of one tracking run on Kubernetes (the `dagster-k8s/config` tag is read by
@@ -25,12 +28,26 @@ TRACKING_RUN_K8S_CONFIG = {
     }
 }
 
+#: A whole flow: the tracking group and the side effects in it, without the freshness checks.
+FLOW_SELECTION = AssetSelection.groups(GROUP) - AssetSelection.checks(*CHECKS)
+
 tracking_job = define_asset_job(
     name="tracking_job",
-    selection=AssetSelection.groups(GROUP) - AssetSelection.checks(*CHECKS),
+    selection=FLOW_SELECTION,
     tags={"dagster-k8s/config": TRACKING_RUN_K8S_CONFIG},
     description="One flow end to end: snapshot, courier answers, mapping, MongoDB write, "
     "side effects. The partition is the flow.",
+)
+
+repoll_orders_job = define_asset_job(
+    name="repoll_orders_job",
+    selection=FLOW_SELECTION,
+    tags={"dagster-k8s/config": TRACKING_RUN_K8S_CONFIG},
+    description="Re-poll chosen orders of one flow now (the partition): the flow's own run "
+    "limited to the orders named in `ops: {pending_orders: {config: {order_ids: [...], "
+    "tracking_keys: [...]}}}`, asked within the courier's request budget, written and "
+    "notified as any run. Its pending_orders metadata names what was asked and what the flow "
+    "does not track; order_status_writes what changed.",
 )
 
 freshness_job = define_asset_job(
@@ -39,4 +56,10 @@ freshness_job = define_asset_job(
     description="Whether each flow's due orders were polled recently (asset checks).",
 )
 
-JOBS = [tracking_job, freshness_job, clear_courier_pause_job]
+JOBS = [
+    tracking_job,
+    freshness_job,
+    clear_courier_pause_job,
+    requeue_dead_letters_job,
+    repoll_orders_job,
+]

@@ -12,10 +12,13 @@ from datetime import UTC, datetime
 
 from dagster import (
     AssetRecordsFilter,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DagsterEvent,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
+    DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
     RunsFilter,
@@ -366,6 +369,24 @@ def build_failure_sensor() -> SensorDefinition:
     return _failure_alert
 
 
+#: Dagster's name for the sensor evaluating automation conditions; defining it here (rather
+#: than letting Dagster add it, stopped) is what starts it by default.
+AUTOMATION_SENSOR = "default_automation_condition_sensor"
+
+
+def build_automation_sensor() -> AutomationConditionSensorDefinition:
+    """Evaluates every asset's automation condition (the analytics models'): running by
+    default in every environment, unlike the other sensors, because what it launches only
+    reads the stored history and writes the models' own tables: no courier, no message."""
+    return AutomationConditionSensorDefinition(
+        AUTOMATION_SENSOR,
+        target=AssetSelection.all(),
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Refreshes the analytics models when their automation conditions say "
+        "they are stale (after tracking writes, or on their cron).",
+    )
+
+
 def build_sensors() -> list[SensorDefinition]:
     """The sensors (default status read from ENV now)."""
     return [
@@ -373,6 +394,7 @@ def build_sensors() -> list[SensorDefinition]:
         build_drain_sensor(),
         build_dead_run_sensor(),
         build_failure_sensor(),
+        build_automation_sensor(),
     ]
 
 

@@ -36,6 +36,7 @@ from ordertrack_dagster.tables import (
     flow_partitions,
 )
 from ordertrack_dagster.tracking import metadata, steps, streaming
+from ordertrack_dagster.tracking.selection import ChosenOrders
 
 COURIER_RESOURCE_KEYS = frozenset(binding.resource_key for binding in COURIERS.values())
 NO_REJECTED_WRITES = "no_rejected_writes"
@@ -46,6 +47,23 @@ def _output(table: steps.Table) -> Output[pd.DataFrame]:
     return Output(table.frame, metadata=table.metadata)
 
 
+class SelectionConfig(Config):
+    """Run config of `pending_orders`; empty (what schedules run with) selects as contract §2
+    says. Naming orders re-polls just those of them now (`repoll_orders_job`)."""
+
+    order_ids: list[str] = Field(
+        default_factory=list, description="re-poll only these orders (their `order_id`)"
+    )
+    tracking_keys: list[str] = Field(
+        default_factory=list,
+        description="re-poll only these tracking keys (AWB, or LR number for B2B)",
+    )
+
+    def chosen(self) -> ChosenOrders | None:
+        chosen = ChosenOrders(tuple(self.order_ids), tuple(self.tracking_keys))
+        return chosen or None
+
+
 @asset(
     group_name=GROUP,
     partitions_def=flow_partitions,
@@ -54,9 +72,11 @@ def _output(table: steps.Table) -> Output[pd.DataFrame]:
     description="Orders due for tracking in this flow (contract §2 filter, oldest-polled first, "
     "capped).",
 )
-def pending_orders(context: AssetExecutionContext, mongo: MongoResource) -> Output[pd.DataFrame]:
+def pending_orders(
+    context: AssetExecutionContext, config: SelectionConfig, mongo: MongoResource
+) -> Output[pd.DataFrame]:
     flow = get_flow(context.partition_key)
-    return _output(steps.select_pending(mongo.get_database(), flow, context.log))
+    return _output(steps.select_pending(mongo.get_database(), flow, context.log, config.chosen()))
 
 
 class CourierRequestConfig(Config):

@@ -17,7 +17,7 @@ from ordertrack_dagster.run_summary import (
     summarise,
     summary_per_status,
 )
-from ordertrack_dagster.tracking.selection import OrderQuery
+from ordertrack_dagster.tracking.selection import ChosenOrders, OrderQuery
 from ordertrack_dagster.tracking.writer import WriteReport
 
 
@@ -55,6 +55,20 @@ def snapshot_metadata(
         "sort": MetadataValue.json(described["sort"]),
         "cap": flow.cap,
         **measured.metadata(),
+    }
+
+
+def chosen_metadata(chosen: ChosenOrders, frame: pd.DataFrame) -> dict[str, Any]:
+    """A re-poll: what ops asked for, and which of it the flow does not track (another
+    courier, a final status, stopped tracking, outside the buffer period)."""
+    found_ids, found_keys = set(frame["order_id"]), set(frame["tracking_key"])
+    return {
+        "repoll_order_ids": MetadataValue.json(list(chosen.order_ids)),
+        "repoll_tracking_keys": MetadataValue.json(list(chosen.tracking_keys)),
+        "repoll_not_tracked": MetadataValue.json(
+            [i for i in chosen.order_ids if i not in found_ids]
+            + [k for k in chosen.tracking_keys if k not in found_keys]
+        ),
     }
 
 

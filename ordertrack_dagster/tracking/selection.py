@@ -70,6 +70,28 @@ def _absent(field: str) -> dict[str, Any]:
     return {"$or": [{field: {"$exists": False}}, {field: {"$in": [None, ""]}}]}
 
 
+@dataclass(frozen=True)
+class ChosenOrders:
+    """Orders ops asked to re-poll now, by order id and/or tracking key (AWB or LR number)."""
+
+    order_ids: tuple[str, ...] = ()
+    tracking_keys: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.order_ids or self.tracking_keys)
+
+    def clause(self, flow: Flow) -> dict[str, Any]:
+        """Any of the chosen orders (ids as text or as numbers, as the shop stored them)."""
+        ids: list[Any] = list(self.order_ids)
+        ids += [int(text) for text in self.order_ids if text.isdigit()]
+        return {
+            "$or": [
+                {"order_id": {"$in": ids}},
+                {flow.tracking_key_field: {"$in": list(self.tracking_keys)}},
+            ]
+        }
+
+
 def _base_clauses(policy: SelectionPolicy, now: datetime) -> list[dict[str, Any]]:
     """Contract §2's base filter: the orders some flow may track (the live orders)."""
     return [
@@ -79,8 +101,11 @@ def _base_clauses(policy: SelectionPolicy, now: datetime) -> list[dict[str, Any]
     ]
 
 
-def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuery:
-    """Contract §2: the base filter plus the flow's own; earliest next poll first; the cap."""
+def build_query(
+    flow: Flow, policy: SelectionPolicy, now: datetime, chosen: ChosenOrders | None = None
+) -> OrderQuery:
+    """Contract §2: the base filter plus the flow's own; earliest next poll first; the cap.
+    With `chosen`, only those of the flow's tracked orders (a re-poll ops asked for)."""
     courier = re.compile(flow.booking_courier_pattern, re.IGNORECASE)
     clauses = [*_base_clauses(policy, now), {"bookingCourier": courier}]
     # a bookingCourier naming two flows' couriers goes to the flow that comes first
@@ -97,6 +122,8 @@ def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuer
             _absent("delhivery_lr_number"),
             {"source": {primary: list(PRIMARY_SOURCES)}},
         ]
+    if chosen:
+        clauses.append(chosen.clause(flow))
     return OrderQuery(
         filter={"$and": clauses},
         sort=list(SELECTION_SORT),

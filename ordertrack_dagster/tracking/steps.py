@@ -34,6 +34,7 @@ from ordertrack_dagster.tracking.mapping import (
 )
 from ordertrack_dagster.tracking.selection import (
     SNAPSHOT_FIELDS,
+    ChosenOrders,
     SelectionPolicy,
     build_query,
     shared_key_holders,
@@ -54,9 +55,12 @@ def _text(value: Any) -> str | None:
     return str(value).strip()
 
 
-def select_pending(db: Database, flow: Flow, log: logging.Logger) -> Table:
-    """`pending_orders`: the orders due in this flow (contract §2), oldest-polled first, capped."""
-    query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC))
+def select_pending(
+    db: Database, flow: Flow, log: logging.Logger, chosen: ChosenOrders | None = None
+) -> Table:
+    """`pending_orders`: the orders due in this flow (contract §2), oldest-polled first, capped;
+    with `chosen`, only those of them (a re-poll ops asked for)."""
+    query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC), chosen)
     with metadata.Measured() as measured:
         try:
             warnings = prepare_database(db)
@@ -86,7 +90,10 @@ def select_pending(db: Database, flow: Flow, log: logging.Logger) -> Table:
     frame["order_status"] = pd.to_numeric(frame["order_status"], errors="coerce").astype("Int64")
     for column in ("booked_at", "last_tracking_time", "status_changed_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
-    return Table(frame, metadata.snapshot_metadata(flow, frame, query, measured))
+    found = metadata.snapshot_metadata(flow, frame, query, measured)
+    if chosen:
+        found |= metadata.chosen_metadata(chosen, frame)
+    return Table(frame, found)
 
 
 def _stop_if_paused(flow: Flow, state: CourierState) -> None:
@@ -130,7 +137,7 @@ def ask_courier(
     odd = [key for key in keys if tracking_key_problem(key) is not None]
     if good and not force:
         _stop_if_paused(flow, state)
-    writer = streaming.StreamedWriter(db, flow, pending, run_id, log)
+    writer = streaming.StreamedWriter(db, flow, pending, run_id, log, asking=len(good))
     started, cpu_started = time.perf_counter(), time.process_time()
     result = (
         fetch_to_completion(
@@ -147,6 +154,7 @@ def ask_courier(
         else FetchResult(records=[])
     )
     fetch_seconds = time.perf_counter() - started
+    writer.progress(len(result.records))  # the last records came after the last hand-over
     kill_point("after_fetch")
     fetch_cpu_seconds = time.process_time() - cpu_started
     records = result.records + _odd_key_records(odd)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,18 @@ def stream_every(env: Mapping[str, str] = os.environ) -> timedelta:
             f"{MAX_STREAM_EVERY.total_seconds():g}"
         )
     return timedelta(seconds=seconds)
+
+
+#: The run's log line at each hand-over: how far the fetch is (the UI's run log and `make run`
+#: read it; `parse_fetch_progress` is its reader).
+FETCH_PROGRESS = "fetch progress: asked {asked} of {selected} tracking keys"
+_FETCH_PROGRESS = re.compile(r"fetch progress: asked (\d+) of (\d+) tracking keys")
+
+
+def parse_fetch_progress(line: str) -> tuple[int, int] | None:
+    """(asked, selected) from a line holding a `FETCH_PROGRESS` message, else None."""
+    match = _FETCH_PROGRESS.search(line)
+    return (int(match[1]), int(match[2])) if match else None
 
 
 #: The WriteReport counters a streamed write adds to the run's.
@@ -129,7 +142,14 @@ class StreamedWriter:
     raises: what it could not write, the write step writes."""
 
     def __init__(
-        self, db: Database, flow: Flow, pending: pd.DataFrame, run_id: str, log: logging.Logger
+        self,
+        db: Database,
+        flow: Flow,
+        pending: pd.DataFrame,
+        run_id: str,
+        log: logging.Logger,
+        *,
+        asking: int,
     ) -> None:
         self._db = db
         self._flow = flow
@@ -138,8 +158,16 @@ class StreamedWriter:
         self._log = log
         self._catalogue: StatusCatalogue | None = None
         self.written = 0
+        self.asking = asking  # the keys the fetch asks, for its progress line
+        self.asked = 0
+
+    def progress(self, asked: int) -> None:
+        """Log how far the fetch is (the UI's run log and `make run` show it)."""
+        self.asked = asked
+        self._log.info(FETCH_PROGRESS.format(asked=asked, selected=self.asking))
 
     def __call__(self, records: list[FetchRecord]) -> None:
+        self.progress(self.asked + len(records))
         answered = [r for r in records if r.state is FetchState.ANSWERED]
         if not answered:
             return

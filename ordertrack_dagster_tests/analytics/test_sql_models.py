@@ -175,6 +175,33 @@ def test_a_bad_sql_file_fails_at_load(tmp_path: Path, file_name, text, error):
         sql_model_assets(tmp_path)
 
 
+def test_each_model_lists_its_columns_before_it_is_materialized():
+    """`dagster/column_schema` comes from the query itself, over empty views: the page shows
+    the columns and their types before any run."""
+    for asset_def in sql_model_assets():
+        (spec,) = asset_def.specs
+        columns = {c.name: c.type for c in spec.metadata["dagster/column_schema"].columns}
+        assert len(columns) >= 4, spec.key
+        if spec.key.path[-1] == "courier_runs":
+            assert columns["run_date"] == "date32[day]" and columns["keys"] == "int64"
+            assert columns["started_at"] == "timestamp[us, tz=UTC]"
+
+
+def test_models_refresh_after_writes_or_on_their_cron(tmp_path: Path):
+    """Light models are stale after a tracking write (throttled); `-- @cron` ones on the cron,
+    and the line stays out of the description."""
+    (tmp_path / "daily.sql").write_text(
+        "-- Heavy.\n-- @cron 0 3 * * *\nSELECT flow FROM status_updates\n"
+    )
+    (tmp_path / "light.sql").write_text("-- Light.\nSELECT flow FROM status_updates\n")
+    daily, light = (spec for a in sql_model_assets(tmp_path) for spec in a.specs)
+    assert daily.description == "Heavy."
+    assert parse_model(tmp_path / "daily.sql").cron == "0 3 * * *"
+    assert "0 3 * * *" in daily.automation_condition.get_label()
+    assert "after tracking writes" in light.automation_condition.get_label()
+    assert MODELS["stuck_shipments"].cron == "0 3 * * *"
+
+
 def test_models_are_wired_into_the_code_location(stack_env):
     defs = load_definitions()
     for name, model in MODELS.items():
@@ -199,6 +226,13 @@ def test_materializing_a_model_stores_and_previews_it(stack, store, bucket):
     preview = metadata["preview"].value
     assert "| flow" in preview and "ud-held_at_hub" in preview and "REACHED_WAREHOUSE" in preview
     assert metadata["uri"].value == f"s3://{bucket}/ordertrack/analytics/unmapped_statuses.parquet"
+    assert metadata["history_window"].value == (
+        f"{today - timedelta(days=6)} to {today} (UTC run days)"
+    )
+    columns = metadata["dagster/column_schema"].value.columns
+    assert [column.name for column in columns] == list(
+        defs.load_asset_value(key).columns
+    )  # the columns the page lists are the table's
 
     stored = defs.load_asset_value(key)
     assert list(stored["courier_status"]) == ["ud-held_at_hub", "REACHED_WAREHOUSE"]

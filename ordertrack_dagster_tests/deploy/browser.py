@@ -23,14 +23,23 @@ def chromium() -> str:
     return found
 
 
+def _render(url: str, profile: Path, *action: str) -> str:
+    """Load `url` in a fresh profile, let the app render, then do `action`; its stdout."""
+    profile.mkdir()
+    return subprocess.run(
+        [chromium(), *FLAGS, f"--user-data-dir={profile}",
+         f"--virtual-time-budget={RENDER_BUDGET_MS}", *action, url],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+
+
 def screenshot(url: str, target: Path, scratch: Path) -> Path:
     """Load `url` and save what it shows as a PNG at `target`."""
-    profile = scratch / f"profile-{target.stem}"
-    profile.mkdir()
     target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [chromium(), *FLAGS, f"--user-data-dir={profile}",
-         f"--virtual-time-budget={RENDER_BUDGET_MS}", f"--screenshot={target}", url],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    _render(url, scratch / f"profile-{target.stem}", f"--screenshot={target}")
     return target
+
+
+def rendered_html(url: str, scratch: Path, name: str) -> str:
+    """The page's DOM once the app has rendered it: what a reader of the page sees, as text."""
+    return _render(url, scratch / f"profile-dom-{name}", "--dump-dom")

@@ -8,12 +8,13 @@ flow must wait in the queue while the first runs, and all of it must be in Postg
 import os
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 import pytest
 
 from ordertrack_dagster.orchestration.guards import FLOW_TAG, PARTITION_TAG
 from ordertrack_dagster.orchestration.schedules import schedule_name
-from ordertrack_dagster_tests.deploy.browser import DOCS_IMAGES, screenshot
+from ordertrack_dagster_tests.deploy.browser import DOCS_IMAGES, rendered_html, screenshot
 from ordertrack_dagster_tests.deploy.conftest import FLOW
 from ordertrack_dagster_tests.deploy.graphql import (
     Run,
@@ -119,6 +120,30 @@ SCREENSHOTS = {
     ),
     "automation.png": "/automation",
 }
+ANALYTICS_MODEL = "/assets/analytics/courier_runs"
+# The ops jobs' launchpads (docs/operations.md), each with an example of its typed config.
+JOB = "/locations/ordertrack/jobs/{}/playground/setup?" + "config={}"
+OPS_JOBS = {
+    "ops-clear-courier-pause.png": (
+        "clear_courier_pause_job",
+        "ops:\n  clear_courier_pause:\n    config:\n      scopes: [shiprocket]\n",
+    ),
+    "ops-requeue-dead-letters.png": (
+        "requeue_dead_letters_job",
+        "ops:\n  requeue_dead_letters:\n    config:\n      flows: [shiprocket]\n"
+        "      effects: [crm_rto_webhooks]\n      given_up_within_hours: 24\n",
+    ),
+    "ops-repoll-orders.png": (
+        "repoll_orders_job",
+        "ops:\n  pending_orders:\n    config:\n      order_ids: [OT-1001]\n"
+        "      tracking_keys: [AWB123456789]\n",
+    ),
+}
+
+
+def _skip_community_dialog(deployment: Deployment) -> None:
+    """What "Skip" on the community dialog records (in the instance), so it covers no picture."""
+    deployment.graphql("mutation SetNuxSeen { setNuxSeen }")
 
 
 def test_screenshots_of_the_ui_for_the_runbook(deployment, tmp_path):
@@ -134,10 +159,25 @@ def test_screenshots_of_the_ui_for_the_runbook(deployment, tmp_path):
             RUN_DEADLINE_S,
             lambda: run_status(deployment, run_id) == "SUCCESS",
         )
-    # What "Skip" on the community dialog records (in the instance), so it covers no picture.
-    deployment.graphql("mutation SetNuxSeen { setNuxSeen }")
+    _skip_community_dialog(deployment)
     folder = DOCS_IMAGES if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
     for name, path in SCREENSHOTS.items():
         image = screenshot(f"{deployment.webserver_url}{path}", folder / name, tmp_path)
         assert image.read_bytes().startswith(b"\x89PNG"), name
         assert image.stat().st_size > 20_000, f"{name} looks empty"
+
+
+def test_the_ops_jobs_launchpads_and_an_analytics_models_columns(deployment, tmp_path):
+    """Each ops job opens in the launchpad with its typed config; a model's page lists the
+    columns its query returns before it is materialized. `UPDATE_SCREENSHOTS=1` as above."""
+    _skip_community_dialog(deployment)
+    page = rendered_html(deployment.webserver_url + ANALYTICS_MODEL, tmp_path, "model")
+    for column in ("most_common_error", "latency_ms_p99", "not_answered"):
+        assert column in page, f"the model's page does not list {column}"
+    folder = DOCS_IMAGES if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+    screenshot(deployment.webserver_url + ANALYTICS_MODEL, folder / "analytics-model.png", tmp_path)
+    for name, (job, config) in OPS_JOBS.items():
+        url = deployment.webserver_url + JOB.format(job, quote(config))
+        assert job in rendered_html(url, tmp_path, job), f"{job} is not in the UI"
+        image = screenshot(url, folder / name, tmp_path)
+        assert image.read_bytes().startswith(b"\x89PNG"), name

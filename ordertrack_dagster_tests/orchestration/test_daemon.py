@@ -12,13 +12,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorType
 
+from ordertrack_dagster.analytics.assets import GROUP as ANALYTICS
+from ordertrack_dagster.analytics.models import discover_models
 from ordertrack_dagster.killpoints import KILL_AT_ENV
 from ordertrack_dagster.orchestration.guards import FLOW_TAG, MAX_RUNTIME_TAG
 from ordertrack_dagster.orchestration.schedules import schedule_name
-from ordertrack_dagster.orchestration.sensors import DEAD_RUN_SENSOR, FAILURE_SENSOR
+from ordertrack_dagster.orchestration.sensors import (
+    AUTOMATION_SENSOR,
+    DEAD_RUN_SENSOR,
+    FAILURE_SENSOR,
+)
 from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
 from ordertrack_dagster_tests.orchestration import DAGSTER_YAML, daemon_location
 from ordertrack_dagster_tests.test_cli_flow import dagster_materialize
@@ -167,3 +173,42 @@ def test_the_daemon_marks_a_dead_cli_run_failed_and_slack_hears_of_it(
 
 def _alerts_for(stack, run_id: str) -> list[str]:
     return [m["text"] for m in stack.slack_messages() if run_id in m["text"]]
+
+
+def _materialized(instance: DagsterInstance, keys: list[AssetKey]) -> set[AssetKey]:
+    return {key for key in keys if instance.get_latest_materialization_event(key) is not None}
+
+
+def test_the_daemon_refreshes_the_analytics_models_after_a_tracking_run(
+    stack, stack_env, db, tmp_path
+):
+    """Automation as shipped (dagster.yaml, the sensor running by default): once a tracking
+    run has written, the next evaluation materializes the models that refresh after writes;
+    a model on a cron waits for its tick."""
+    seed_orders(db, stack.simulator, FLOW, ["in_transit", "unmapped"])
+    home, env = _home_and_env(stack_env, tmp_path)
+    log = tmp_path / "daemon.log"
+    crons = {model.name: model.cron for model in discover_models()}
+    models = {name: AssetKey([ANALYTICS, name]) for name in crons}
+    after_writes = [key for name, key in models.items() if not crons[name]]
+    on_cron = [key for name, key in models.items() if crons[name]]
+    assert after_writes and on_cron
+    with DagsterInstance.from_config(str(home)) as instance, _daemon(home, env, log, PROJECT):
+        # its first evaluation sees nothing written yet, so nothing is stale
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not _has_ticked(instance, AUTOMATION_SENSOR):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        tracking = dagster_materialize(FLOW, stack_env, home)
+        assert tracking.returncode == 0, tracking.stderr[-3000:]
+        while _materialized(instance, after_writes) != set(after_writes):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(2)
+        assert _materialized(instance, on_cron) == set()
+        unmapped = instance.get_latest_materialization_event(models["unmapped_statuses"])
+    metadata = unmapped.asset_materialization.metadata
+    assert metadata["dagster/row_count"].value == 1
+    assert [column.name for column in metadata["dagster/column_schema"].value.columns][:2] == [
+        "flow",
+        "courier_status",
+    ]

@@ -22,7 +22,7 @@ from ordertrack_dagster.orchestration.guards import (
     PARTITION_TAG,
 )
 from ordertrack_dagster.orchestration.schedules import build_schedules, schedule_name
-from ordertrack_dagster.orchestration.sensors import build_sensors
+from ordertrack_dagster.orchestration.sensors import AUTOMATION_SENSOR, build_sensors
 from ordertrack_dagster_tests.orchestration import DAGSTER_YAML
 
 BY_NAME = {schedule.name: schedule for schedule in SCHEDULES}
@@ -112,7 +112,10 @@ def test_schedules_and_sensors_run_by_default_only_in_prod(monkeypatch, env, on)
     expected_schedule = DefaultScheduleStatus.RUNNING if on else DefaultScheduleStatus.STOPPED
     expected_sensor = DefaultSensorStatus.RUNNING if on else DefaultSensorStatus.STOPPED
     assert {s.default_status for s in build_schedules()} == {expected_schedule}
-    assert {s.default_status for s in build_sensors()} == {expected_sensor}
+    sensors = {s.name: s.default_status for s in build_sensors()}
+    # the analytics models' automation launches nothing that calls out: on everywhere
+    assert sensors.pop(AUTOMATION_SENSOR) == DefaultSensorStatus.RUNNING
+    assert set(sensors.values()) == {expected_sensor}
 
 
 def test_shipped_dagster_yaml_limits_one_run_per_flow_and_partition(tmp_path):

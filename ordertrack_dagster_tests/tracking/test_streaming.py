@@ -91,7 +91,7 @@ def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
     parts: list[int] = []
     monkeypatch.setattr(streaming, "BULK_CHUNK", 2)
     monkeypatch.setattr(streaming, "apply_plan", third_part_lost)
-    writer = streaming.StreamedWriter(db, FLOW, pending, "r", LOG)
+    writer = streaming.StreamedWriter(db, FLOW, pending, "r", LOG, asking=len(records))
     writer(records)  # never raises: what it could not write, the write step writes
     assert writer.written == 4
     assert [len(doc["written"]) for doc in db[STREAMED].find({"run_id": "r"})] == [2, 2]

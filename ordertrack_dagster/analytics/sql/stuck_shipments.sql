@@ -4,6 +4,7 @@
 -- selected on its flow's latest run day and its latest reported status is not final
 -- (delivered, lost, destroy, booking_cancelled).
 -- $stuck_days = 3  days without a new scan before a shipment counts as stuck
+-- @cron 0 3 * * *
 WITH latest_day AS (
     SELECT flow, max(run_date) AS run_date
     FROM status_updates
