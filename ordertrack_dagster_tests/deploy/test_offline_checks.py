@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography.fernet import Fernet
 from dagster import ConfigurableIOManager, ConfigurableResource, EnvVar
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
@@ -27,6 +28,7 @@ from dagster_k8s.job import (
 )
 
 from ordertrack_dagster.orchestration.jobs import tracking_job
+from ordertrack_dagster.security.settings import postgres_tls_problem
 from ordertrack_dagster.settings import build_resources
 from ordertrack_dagster_tests.deploy.local_deployment import DEPLOY, PROJECT_ROOT
 
@@ -34,6 +36,9 @@ VALUES = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
 CODE = PROJECT_ROOT / "ordertrack_dagster"
 # Settings that point the code at local stand-ins; production leaves them unset.
 LOCAL_ONLY = {"AWS_ENDPOINT_URL", "SLACK_API_URL"}
+# Read by the code, set on Kubernetes by other means: the chart sets DAGSTER_HOME in every pod,
+# and the Helm values put sslmode in the instance itself, so libpq's PGSSLMODE is not needed.
+SET_BY_THE_CHART = {"DAGSTER_HOME", "PGSSLMODE"}
 SECRET_PARTS = ("TOKEN", "PASSWORD", "SECRET", "MONGODB_URI", "ACCESS_KEY")
 
 
@@ -147,7 +152,9 @@ def settings_read_by_the_code() -> set[str]:
     every setting, and the key of the token store), their EnvVars are collected, and the
     source is searched for direct reads of the process environment.
     """
-    environment = RecordingEnvironment({"ENV": "PROD"})
+    environment = RecordingEnvironment(
+        {"ENV": "PROD", "ORDERTRACK_STATE_KEY": Fernet.generate_key().decode()}
+    )
     resources = build_resources(environment)
     from_resources = set().union(*(_env_var_names(r) for r in resources.values()))
     names = environment.asked | from_resources | _read_from_os_environ()
@@ -160,7 +167,7 @@ def test_the_helm_values_carry_every_setting_the_code_reads():
     assert expected | {"B2B_TRACKING_WORKERS", "ORDERTRACK_STATE_KEY"} <= settings
     deployment = VALUES["dagster-user-deployments"]["deployments"][0]
     env = {entry["name"]: entry for entry in deployment["env"]}
-    assert sorted(settings - LOCAL_ONLY - set(env)) == []
+    assert sorted(settings - LOCAL_ONLY - SET_BY_THE_CHART - set(env)) == []
     assert not LOCAL_ONLY & set(env), "production must not point at local stand-ins"
     for name, entry in env.items():
         if any(part in name for part in SECRET_PARTS):
@@ -178,6 +185,38 @@ def test_the_helm_values_keep_the_instance_settings_of_deploy_dagster_yaml():
     monitoring = VALUES["dagsterDaemon"]["runMonitoring"]
     assert monitoring["maxRuntimeSeconds"] == instance["run_monitoring"]["max_runtime_seconds"]
     assert VALUES["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+
+
+def rendered_postgres_storage() -> dict[str, Any]:
+    """The storage the chart writes into the instance from `postgresql` (its
+    `dagsterYaml.postgresql.config`: host, user, database, `postgresqlParams` as `params`)."""
+    postgresql = VALUES["postgresql"]
+    return {
+        "postgres": {
+            "postgres_db": {
+                "hostname": postgresql["postgresqlHost"],
+                "username": postgresql["postgresqlUsername"],
+                "db_name": postgresql["postgresqlDatabase"],
+                "port": postgresql["service"]["port"],
+                "params": postgresql["postgresqlParams"],
+                "scheme": postgresql["postgresqlScheme"],
+            }
+        }
+    }
+
+
+def test_the_deployments_check_the_postgres_servers_certificate():
+    """SEC-PROD-FAIL-CLOSED for PostgreSQL: the Helm values verify the server; the VM
+    instance file leaves sslmode to PGSSLMODE, which the load refuses unless verify-full."""
+    helm = {"storage": rendered_postgres_storage()}
+    assert postgres_tls_problem(helm, "postgresql.postgresqlParams") is None
+    require = {**VALUES["postgresql"]["postgresqlParams"], "sslmode": "require"}
+    storage = rendered_postgres_storage()
+    storage["postgres"]["postgres_db"]["params"] = require
+    assert "sslmode is require" in str(postgres_tls_problem({"storage": storage}, "helm"))
+    vm = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    assert "sslmode is unset" in str(postgres_tls_problem(vm, "deploy/dagster.yaml"))
+    assert postgres_tls_problem(vm, "deploy/dagster.yaml", "verify-full") is None
 
 
 def test_deploy_dagster_yaml_is_a_valid_instance(tmp_path, monkeypatch):
