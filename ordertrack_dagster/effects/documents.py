@@ -60,7 +60,14 @@ class RetryPolicy:
 
     @property
     def give_up_after_hours(self) -> float:
-        return self.give_up_after_seconds / 3600
+        """The longest a delivery is retried: the give-up time, or the key horizon if shorter."""
+        horizon = self.key_horizon_seconds
+        seconds = (
+            self.give_up_after_seconds
+            if horizon is None
+            else min(horizon, self.give_up_after_seconds)
+        )
+        return seconds / 3600
 
     def key_forgotten_by(self, doc: dict[str, Any], at: datetime) -> bool:
         """Whether an attempt at `at` would come after the receiver forgot the key."""

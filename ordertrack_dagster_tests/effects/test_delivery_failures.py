@@ -212,6 +212,7 @@ def test_a_webhook_retry_past_the_crms_key_horizon_is_a_dead_letter_not_a_call(
     alerts = stack.slack_messages(SLACK_CHANNELS["TRACKING_ALERTS_SLACK_CHANNEL"])
     [notice] = mentioning(alerts, rto["order_id"])
     assert "forgets the idempotency key" in notice["text"]
+    assert "after failing for 0.000277778 hours" in notice["text"]  # the horizon, not 72 h
 
     config = delivery_config("crm_rto_webhooks", retry_dead_letters=True)  # ops checked the CRM
     assert (
