@@ -4,13 +4,11 @@ Selecting by group means side-effect assets added to the group later run in ever
 run without touching the schedules (contract §9: a scheduled tick runs the complete flow).
 """
 
-from dagster import AssetSelection, PartitionedConfig, define_asset_job
+from dagster import AssetSelection, define_asset_job
 
-from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.orchestration.checks import CHECKS
-from ordertrack_dagster.orchestration.guards import MAX_RUNTIME_TAG, run_tags
 from ordertrack_dagster.orchestration.operator import clear_courier_pause_job
-from ordertrack_dagster.tables import GROUP, flow_partitions
+from ordertrack_dagster.tables import GROUP
 
 # The pod of one tracking run on Kubernetes (the `dagster-k8s/config` tag is read by
 # K8sRunLauncher; other run launchers ignore it). BENCH.md: a run's peak RSS is at most 959 MiB
@@ -28,22 +26,9 @@ TRACKING_RUN_K8S_CONFIG = {
 }
 
 
-def _flow_run_tags(partition_key: str) -> dict[str, str]:
-    """The flow's max runtime on every run of its partition, whoever launches it (the
-    Launchpad, a backfill, an in-process or CLI run): without it run monitoring applies the
-    instance default (1,800 s), shorter than the fallback flow's fetch time box."""
-    return {MAX_RUNTIME_TAG: run_tags(get_flow(partition_key))[MAX_RUNTIME_TAG]}
-
-
 tracking_job = define_asset_job(
     name="tracking_job",
     selection=AssetSelection.groups(GROUP) - AssetSelection.checks(*CHECKS),
-    partitions_def=flow_partitions,
-    config=PartitionedConfig(
-        partitions_def=flow_partitions,
-        run_config_for_partition_key_fn=lambda _: {},
-        tags_for_partition_key_fn=_flow_run_tags,
-    ),
     tags={"dagster-k8s/config": TRACKING_RUN_K8S_CONFIG},
     description="One flow end to end: snapshot, courier answers, mapping, MongoDB write, "
     "side effects. The partition is the flow.",

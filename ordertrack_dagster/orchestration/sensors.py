@@ -30,10 +30,15 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.effects.settings import EffectsSettings
-from ordertrack_dagster.flows import Flow, get_flow, max_runtime, schedule_interval
+from ordertrack_dagster.flows import (
+    MAX_RUNTIME_TAG,
+    Flow,
+    get_flow,
+    max_runtime,
+    schedule_interval,
+)
 from ordertrack_dagster.orchestration.guards import (
     FLOW_TAG,
-    MAX_RUNTIME_TAG,
     PARTITION_TAG,
     default_sensor_status,
     describe_run,

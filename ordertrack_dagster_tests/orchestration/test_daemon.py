@@ -15,8 +15,9 @@ import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorType
 
+from ordertrack_dagster.flows import MAX_RUNTIME_TAG
 from ordertrack_dagster.killpoints import KILL_AT_ENV
-from ordertrack_dagster.orchestration.guards import FLOW_TAG, MAX_RUNTIME_TAG
+from ordertrack_dagster.orchestration.guards import FLOW_TAG
 from ordertrack_dagster.orchestration.schedules import schedule_name
 from ordertrack_dagster.orchestration.sensors import DEAD_RUN_SENSOR, FAILURE_SENSOR
 from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders

@@ -12,9 +12,8 @@ from dagster import (
 from dagster._grpc.impl import get_partition_tags
 
 from ordertrack_dagster.couriers.state import CourierState
-from ordertrack_dagster.flows import FLOWS, max_runtime
+from ordertrack_dagster.flows import FLOWS, MAX_RUNTIME_TAG, max_runtime
 from ordertrack_dagster.orchestration import SENSORS
-from ordertrack_dagster.orchestration.guards import MAX_RUNTIME_TAG
 from ordertrack_dagster.orchestration.sensors import FAILURE_SENSOR, failure_text, step_error
 from ordertrack_dagster_tests.helpers import (
     load_definitions,
@@ -102,7 +101,9 @@ def test_a_failed_cli_run_reaches_slack_exactly_once(stack, stack_env, db, insta
         partition_key="delhivery_b2c", instance=instance, raise_on_error=False
     )
     assert not result.success
-    assert instance.get_run_by_id(result.run_id).remote_job_origin is None  # as the CLI's
+    run = instance.get_run_by_id(result.run_id)
+    assert run.remote_job_origin is None  # as the CLI's
+    assert run.tags[MAX_RUNTIME_TAG] == str(24 * 60)  # launched without tags: the flow's own
 
     for _ in range(3):  # later ticks find nothing new
         cursor = _tick_failure_sensor(instance, defs, cursor)
@@ -112,16 +113,20 @@ def test_a_failed_cli_run_reaches_slack_exactly_once(stack, stack_env, db, insta
 
 
 def test_a_run_launched_without_tags_carries_its_flows_max_runtime(instance):
-    """RUN-MAX-RUNTIME: the tags the code server gives the UI for a partition (Launchpad,
-    backfills) and an in-process run's tags carry the flow's own max runtime, never the
-    instance default (1,800 s, shorter than the fallback flow's fetch time box)."""
-    repository = load_definitions().get_repository_def()
+    """RUN-MAX-RUNTIME: the tags the code server gives the UI for a partition of tracking_job
+    (Launchpad, backfills) and those of `dagster asset materialize --partition` (the implicit
+    asset job) carry the flow's own max runtime, never the instance default (1,800 s, shorter
+    than the fallback flow's fetch time box)."""
+    defs = load_definitions()
+    repository = defs.get_repository_def()
+    asset_job = defs.resolve_implicit_global_asset_job_def()
     for key, flow in FLOWS.items():
-        snap = get_partition_tags(repository, "tracking_job", key)
-        assert snap.tags[MAX_RUNTIME_TAG] == str(int(max_runtime(flow).total_seconds())), key
-    assert get_partition_tags(repository, "tracking_job", "delhivery_fallback").tags[
-        MAX_RUNTIME_TAG
-    ] == str(6 * 3600)
+        expected = str(int(max_runtime(flow).total_seconds()))
+        assert get_partition_tags(repository, "tracking_job", key).tags[MAX_RUNTIME_TAG] == expected
+        cli_tags = asset_job.get_tags_for_partition_key(key, selected_asset_keys=None)
+        assert cli_tags[MAX_RUNTIME_TAG] == expected, key
+    fallback = asset_job.get_tags_for_partition_key("delhivery_fallback", selected_asset_keys=None)
+    assert fallback[MAX_RUNTIME_TAG] == str(6 * 3600)
 
 
 def test_a_forced_run_asks_the_courier_despite_the_pause(stack, stack_env, db):
