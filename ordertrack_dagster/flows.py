@@ -248,6 +248,15 @@ def max_runtime(flow: Flow) -> timedelta:
     return MAX_RUNTIME_INTERVALS * schedule_interval(flow.cron)
 
 
+#: Run monitoring cancels a run still going after this many seconds (dagster.yaml).
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+
+
+def max_runtime_tag(flow: Flow) -> dict[str, str]:
+    """The run tag that gives run monitoring the flow's own max runtime."""
+    return {MAX_RUNTIME_TAG: str(int(max_runtime(flow).total_seconds()))}
+
+
 def fetch_time_box(flow: Flow) -> timedelta:
     """How long a run of the flow may ask its courier (12 minutes for the 8-minute flows)."""
     return FETCH_SHARE_OF_MAX_RUNTIME * max_runtime(flow)

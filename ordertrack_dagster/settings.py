@@ -110,6 +110,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
             query_channel=_optional(env, "TRACKING_QUERY_SLACK_CHANNEL"),
             webserver_url=_optional(env, "DAGSTER_WEBSERVER_URL"),
             retention_days=int(_optional(env, "ORDERTRACK_RETENTION_DAYS", "90") or 90),
+            crm_idempotency_hours=float(_optional(env, "CRM_IDEMPOTENCY_HOURS", "24") or 24),
         ),
         "crm": CrmResource(
             webhook_url=_optional(env, "CRM_WEBHOOK_URL"),

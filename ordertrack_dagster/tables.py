@@ -11,13 +11,29 @@ from enum import StrEnum
 
 from dagster import AssetKey, StaticPartitionsDefinition
 
-from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.flows import FLOWS, get_flow, max_runtime_tag
 from ordertrack_dagster.records import FetchRecord
 
 GROUP = "tracking"
 IO_MANAGER = "parquet_io_manager"
+
+
+class FlowPartitions(StaticPartitionsDefinition):
+    """One partition per flow, whose runs carry the flow's max runtime whoever launches them.
+
+    Dagster tags a partitioned run with its partition definition's tags: a run of
+    `tracking_job` from the Launchpad or a backfill (asked of the code server) and a
+    `dagster asset materialize --partition` or in-process run. Without the tag run monitoring
+    applies the instance default (1,800 s), shorter than the fallback flow's fetch time box.
+    """
+
+    def get_tags_for_partition_key(self, partition_key: str) -> dict[str, str]:
+        tags = super().get_tags_for_partition_key(partition_key)
+        return {**tags, **max_runtime_tag(get_flow(partition_key))}
+
+
 #: One partition per flow: ops re-run one courier's partition, analysts load one courier's rows.
-flow_partitions = StaticPartitionsDefinition(list(FLOWS))
+flow_partitions = FlowPartitions(list(FLOWS))
 
 PENDING_ORDERS = AssetKey("pending_orders")
 RAW_COURIER_RESPONSES = AssetKey("raw_courier_responses")

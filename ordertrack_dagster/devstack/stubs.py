@@ -298,12 +298,15 @@ class CrmStub(_Stub):
     ) -> None:
         self._client_id = client_id
         self._client_secret = client_secret
-        self._webhook_secret = webhook_secret
+        # the CRM's side of a rotation: every secret it accepts, comma-separated
+        self._webhook_secrets = [
+            secret.strip() for secret in (webhook_secret or "").split(",") if secret.strip()
+        ]
         super().__init__(journal)
 
     def _signature_problem(self, request: Request, raw: bytes) -> str | None:
         """Why the call's signature is refused, or None (also when no secret is set)."""
-        if not self._webhook_secret:
+        if not self._webhook_secrets:
             return None
         timestamp = request.headers.get("x-signature-timestamp", "")
         if not timestamp.isdigit():
@@ -312,10 +315,14 @@ class CrmStub(_Stub):
             return "stale_signature"
         key = request.headers.get("idempotency-key", "")
         signed = f"{timestamp}.{key}.".encode() + raw
-        expected = hmac.new(self._webhook_secret.encode(), signed, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, request.headers.get("x-signature", "")):
-            return "invalid_signature"
-        return None
+        received = [
+            request.headers.get(header, "") for header in ("x-signature", "x-signature-previous")
+        ]
+        for secret in self._webhook_secrets:
+            expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+            if any(hmac.compare_digest(expected, signature) for signature in received):
+                return None
+        return "invalid_signature"
 
     def clear(self) -> None:
         self.webhooks: list[Record] = []
@@ -413,7 +420,11 @@ def main(argv: list[str] | None = None) -> None:
     crm = stubs.add_parser("crm", help="CRM token endpoint and order-cancel webhook")
     crm.add_argument("--client-id", required=True)
     crm.add_argument("--client-secret", required=True)
-    crm.add_argument("--webhook-secret", help="verify X-Signature with this secret")
+    crm.add_argument(
+        "--webhook-secret",
+        help="verify X-Signature (or X-Signature-Previous) with this secret; comma-separated, "
+        "any of them",
+    )
     args = parser.parse_args(argv)
 
     stub: _Stub = (

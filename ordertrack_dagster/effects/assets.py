@@ -71,8 +71,13 @@ def _checks(name: str) -> list[AssetCheckSpec]:
     ]
 
 
-def _outbox(context: AssetExecutionContext, db: Database, effects: EffectsSettings) -> Outbox:
-    return Outbox(db, effects.retry_policy(), owner=context.run_id)
+def _outbox(
+    context: AssetExecutionContext,
+    db: Database,
+    effects: EffectsSettings,
+    kinds: Sequence[str] = (),
+) -> Outbox:
+    return Outbox(db, effects.retry_policy(kinds), owner=context.run_id)
 
 
 def _notify_dead_letters(
@@ -167,7 +172,9 @@ def effect_asset(effect: Effect) -> AssetsDefinition:
         context: AssetExecutionContext, config: DeliveryConfig, **reads: pd.DataFrame
     ) -> MaterializeResult:
         resources = context.resources.original_resource_dict
-        outbox = _outbox(context, resources["mongo"].get_database(), resources["effects"])
+        outbox = _outbox(
+            context, resources["mongo"].get_database(), resources["effects"], effect.kinds
+        )
         flow = get_flow(context.partition_key)
         run = EffectRun(context, flow, outbox, datetime.now(UTC), reads, resources)
         return _send(context, config, effect, run, effect.queue(run) if effect.queue else {})

@@ -33,6 +33,9 @@ TOKEN_MARGIN = timedelta(seconds=60)
 
 
 SIGNATURE_HEADER = "X-Signature"
+#: During a rotation, the signature by the previous secret, so the CRM accepts the call
+#: whether it already knows the new secret or still only the old one.
+PREVIOUS_SIGNATURE_HEADER = "X-Signature-Previous"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 
 
@@ -50,6 +53,21 @@ def sign(secret: str, timestamp: int, idempotency_key: str, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+def signature_headers(
+    secrets: str, timestamp: int, idempotency_key: str, body: bytes
+) -> dict[str, str]:
+    """The signature headers of one attempt. `secrets` is CRM_WEBHOOK_SECRET: the current
+    secret, then (while a rotation lasts) the previous one after a comma."""
+    current, *previous = [secret.strip() for secret in secrets.split(",") if secret.strip()]
+    headers = {
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: sign(current, timestamp, idempotency_key, body),
+    }
+    if previous:
+        headers[PREVIOUS_SIGNATURE_HEADER] = sign(previous[0], timestamp, idempotency_key, body)
+    return headers
+
+
 def _transport_error(what: str, error: httpx.TransportError) -> DeliveryError:
     return DeliveryError(f"{what}: {http_error_text(error)}")
 
@@ -62,7 +80,9 @@ class CrmResource(ConfigurableResource):
     client_id: str | None = Field(default=None, description="CRM_CLIENT_ID")
     client_secret: str | None = Field(default=None, description="CRM_CLIENT_SECRET")
     webhook_secret: str | None = Field(
-        default=None, description="CRM_WEBHOOK_SECRET: when set, X-Signature signs each body"
+        default=None,
+        description="CRM_WEBHOOK_SECRET: when set, X-Signature signs each body; "
+        "`new,previous` during a rotation also signs X-Signature-Previous",
     )
     timeout_seconds: float = Field(
         default=15.0, description="per request, in all: a trickling answer is cut off too"
@@ -170,10 +190,8 @@ class CrmClient:
         for attempt in range(2):
             token = self._access_token(refresh=attempt > 0)
             if settings.webhook_secret:  # signed per attempt: a retry carries a fresh time
-                timestamp = int(time.time())
-                headers[TIMESTAMP_HEADER] = str(timestamp)
-                headers[SIGNATURE_HEADER] = sign(
-                    settings.webhook_secret, timestamp, idempotency_key, body
+                headers |= signature_headers(
+                    settings.webhook_secret, int(time.time()), idempotency_key, body
                 )
             try:
                 response = self._http.post(

@@ -17,7 +17,12 @@ from typing import Any
 
 from pymongo import UpdateOne
 
-from ordertrack_dagster.effects.documents import State, attempt_record, attempt_update
+from ordertrack_dagster.effects.documents import (
+    State,
+    attempt_record,
+    attempt_update,
+    dead_update,
+)
 from ordertrack_dagster.effects.outbox import Outbox
 from ordertrack_dagster.security.redaction import redact
 
@@ -92,6 +97,17 @@ class _Sending:
         started_at, started = self.outbox.clock(), time.perf_counter()
         if not self.unrecorded:
             self.oldest = started
+        if self.outbox.policy.key_forgotten_by(doc, started_at):
+            self._expired(doc, started_at, started)
+        else:
+            self._send(doc, started_at, started)
+        if (
+            len(self.unrecorded) >= RECORD_EVERY
+            or time.perf_counter() - self.oldest >= RECORD_WITHIN_SECONDS
+        ):
+            self.record()
+
+    def _send(self, doc: dict[str, Any], started_at: datetime, started: float) -> None:
         try:
             http_status = self.send(doc)
         except DeliveryDeferred as deferred:
@@ -100,11 +116,6 @@ class _Sending:
             self._failed(doc, _as_delivery_error(error), started_at, started)
         else:
             self._sent(doc, http_status, started_at, started)
-        if (
-            len(self.unrecorded) >= RECORD_EVERY
-            or time.perf_counter() - self.oldest >= RECORD_WITHIN_SECONDS
-        ):
-            self.record()
 
     def record(self) -> None:
         group, self.unrecorded = self.unrecorded, []  # a failed write is not tried twice
@@ -129,6 +140,14 @@ class _Sending:
         self.unrecorded.append(attempt_update(doc, attempt, {"next_attempt_at": deferred.retry_at}))
         self.report.deferred += 1
         self.report.stopped = str(deferred)
+
+    def _expired(self, doc: dict[str, Any], started_at: datetime, started: float) -> None:
+        """Too late to send with this key (a run came late): a dead letter, not a call."""
+        reason = self.outbox.policy.key_horizon_text()
+        attempt = attempt_record(started_at, started, "expired", None, reason)
+        self.unrecorded.append(dead_update(doc, attempt, {}, failures=0))
+        self.report.became_dead += 1
+        self.report.note(reason)
 
     def _failed(
         self, doc: dict[str, Any], failure: DeliveryError, started_at: datetime, started: float

@@ -53,10 +53,37 @@ class RetryPolicy:
     lease_seconds: float = 30 * 60.0
     #: One run's sending of one effect stops after this long; the rest stays due.
     send_budget_seconds: float = 60.0
+    #: How long the receiver remembers an idempotency key (None: it never forgets, or it has
+    #: none). No attempt is made later than this after the first claim, when the first call
+    #: may have reached it: past it, a repeat would act twice instead of being dropped.
+    key_horizon_seconds: float | None = None
 
     @property
     def give_up_after_hours(self) -> float:
-        return self.give_up_after_seconds / 3600
+        """The longest a delivery is retried: the give-up time, or the key horizon if shorter."""
+        horizon = self.key_horizon_seconds
+        seconds = (
+            self.give_up_after_seconds
+            if horizon is None
+            else min(horizon, self.give_up_after_seconds)
+        )
+        return seconds / 3600
+
+    def key_forgotten_by(self, doc: dict[str, Any], at: datetime) -> bool:
+        """Whether an attempt at `at` would come after the receiver forgot the key."""
+        first = doc.get("first_claimed_at")
+        if self.key_horizon_seconds is None or first is None:
+            return False
+        return at - first >= timedelta(seconds=self.key_horizon_seconds)
+
+    def key_horizon_text(self) -> str:
+        """The dead letter's reason when the horizon ends the retries."""
+        hours = (self.key_horizon_seconds or 0) / 3600
+        return (
+            f"not retried: the receiver forgets the idempotency key {hours:g} h after the "
+            "first call, so a retry now could act twice; check whether the first call "
+            "took effect, then re-queue or drop it"
+        )
 
     def delay(self, failures: int, rng: random.Random) -> timedelta:
         """Exponential backoff with jitter, so a recovering service is not hit all at once."""
@@ -178,10 +205,18 @@ def failure_update(
     failing for the policy's time, so a long outage of the service is outlasted."""
     failures = int(doc.get("failures", 0)) + 1
     first = doc.get("first_failure_at") or attempt["at"]
-    if attempt["at"] - first >= timedelta(seconds=policy.give_up_after_seconds):
-        dead = {"state": State.DEAD.value, "dead_at": attempt["at"], "dead_alerted": False}
-        dead["first_failure_at"] = first
-        return attempt_update(doc, attempt, dead, inc={"failures": 1}), 1
-    retry = {"next_attempt_at": attempt["at"] + policy.delay(failures, rng)}
-    retry["first_failure_at"] = first
-    return attempt_update(doc, attempt, retry, inc={"failures": 1}), 0
+    next_attempt_at = attempt["at"] + policy.delay(failures, rng)
+    if policy.key_forgotten_by(doc, next_attempt_at):  # the retry would land past it
+        attempt = attempt | {"error": f"{attempt['error']}; {policy.key_horizon_text()}"}
+    elif attempt["at"] - first < timedelta(seconds=policy.give_up_after_seconds):
+        retry = {"next_attempt_at": next_attempt_at, "first_failure_at": first}
+        return attempt_update(doc, attempt, retry, inc={"failures": 1}), 0
+    return dead_update(doc, attempt, {"first_failure_at": first}, failures=1), 1
+
+
+def dead_update(
+    doc: dict[str, Any], attempt: dict[str, Any], changes: dict[str, Any], failures: int
+) -> UpdateOne:
+    """Give up on the document: a dead letter for ops, announced once."""
+    dead = {"state": State.DEAD.value, "dead_at": attempt["at"], "dead_alerted": False}
+    return attempt_update(doc, attempt, dead | changes, inc={"failures": failures})

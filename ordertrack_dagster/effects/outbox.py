@@ -220,7 +220,8 @@ class Outbox:
                     "dead_alerted": False,
                     "requeued_at": now,
                 },
-                "$unset": {"first_failure_at": ""},
+                # ops decided: the key horizon starts again with the next call
+                "$unset": {"first_failure_at": "", "first_claimed_at": ""},
             },
             changed=unchanged | {"requeued_at": now},
         )
@@ -252,18 +253,24 @@ class Outbox:
         # as stored (milliseconds), so the documents returned below equal the stored ones
         until = until.replace(microsecond=until.microsecond // 1000 * 1000)
         lease = {"lease_owner": self.owner, "lease_until": until}
+        # The first claim is when a call may first have reached the receiver: the policy's
+        # key horizon counts from it (`RetryPolicy.key_forgotten_by`).
+        first = {"first_claimed_at": now.replace(microsecond=now.microsecond // 1000 * 1000)}
         # Compare-and-set on what was read: another run's claim, a send or a retry changes
         # one of these fields, so the lease lands only on a document still due. Plain
         # equalities keep the update on the _id index; the `due` filter itself (its $or and
         # the flow/state index) made SecantusDB scan the outbox once per claimed document.
         leased = self._bulk(
             [
-                UpdateOne({name: doc.get(name) for name in _CLAIM_GUARD}, {"$set": lease})
+                UpdateOne(
+                    {name: doc.get(name) for name in _CLAIM_GUARD},
+                    {"$set": lease, "$min": first},
+                )
                 for doc in seen
             ]
         ).matched
         if leased == len(seen):  # all of them are ours: no need to read them again
-            return [doc | lease for doc in seen]
+            return [first | doc | lease for doc in seen]
         claimed = self.collection.find(  # a concurrent run took some: which are ours?
             {
                 "lease_owner": self.owner,

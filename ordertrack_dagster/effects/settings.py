@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -32,6 +34,11 @@ class EffectsSettings(ConfigurableResource):
     give_up_after_hours: float = Field(
         default=72.0, description="a delivery failing this long becomes a dead letter"
     )
+    crm_idempotency_hours: float = Field(
+        default=24.0,
+        description="CRM_IDEMPOTENCY_HOURS: how long the CRM remembers an idempotency key; "
+        "no webhook is retried later than this after its first call",
+    )
     retry_base_seconds: float = Field(default=60.0, description="first backoff; doubles")
     retry_cap_seconds: float = Field(default=6 * 3600.0, description="longest backoff")
     retention_days: int = Field(
@@ -43,12 +50,15 @@ class EffectsSettings(ConfigurableResource):
         default=60.0, description="one run's sending of one effect stops after this long"
     )
 
-    def retry_policy(self) -> RetryPolicy:
+    def retry_policy(self, kinds: Sequence[str] = ()) -> RetryPolicy:
+        """The policy of an effect sending `kinds`: the CRM's webhooks stop at its key horizon."""
+        horizon = self.crm_idempotency_hours * 3600 if Event.CRM_RTO.value in kinds else None
         return RetryPolicy(
             give_up_after_seconds=self.give_up_after_hours * 3600,
             base_seconds=self.retry_base_seconds,
             cap_seconds=self.retry_cap_seconds,
             send_budget_seconds=self.send_budget_seconds,
+            key_horizon_seconds=horizon,
         )
 
     def status_channel(self, kind: str) -> str | None:

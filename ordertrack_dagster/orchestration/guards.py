@@ -19,12 +19,10 @@ from dagster import (
 
 from ordertrack_dagster.couriers import blocking_pause, describe_pause
 from ordertrack_dagster.couriers.state import CourierState
-from ordertrack_dagster.flows import Flow, max_runtime
+from ordertrack_dagster.flows import Flow, max_runtime_tag
 
 FLOW_TAG = "ordertrack/flow"  # contract §9: on every run a schedule or sensor launches
 PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run, UI runs too
-#: Run monitoring cancels a run still going after this many seconds (dagster.yaml).
-MAX_RUNTIME_TAG = "dagster/max_runtime"
 
 # A run in any of these may still send courier requests or write orders. NOT_STARTED and
 # QUEUED count too: the run coordinator would start them after this tick's run.
@@ -54,7 +52,7 @@ def default_sensor_status() -> DefaultSensorStatus:
 
 def run_tags(flow: Flow) -> dict[str, str]:
     """The tags of every run a schedule or sensor launches for the flow."""
-    return {FLOW_TAG: flow.key, MAX_RUNTIME_TAG: str(int(max_runtime(flow).total_seconds()))}
+    return {FLOW_TAG: flow.key, **max_runtime_tag(flow)}
 
 
 def in_flight_run(instance: DagsterInstance, flow_key: str) -> RunRecord | None:

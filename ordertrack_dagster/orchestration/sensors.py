@@ -33,10 +33,15 @@ from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.effects.settings import EffectsSettings
-from ordertrack_dagster.flows import Flow, get_flow, max_runtime, schedule_interval
+from ordertrack_dagster.flows import (
+    MAX_RUNTIME_TAG,
+    Flow,
+    get_flow,
+    max_runtime,
+    schedule_interval,
+)
 from ordertrack_dagster.orchestration.guards import (
     FLOW_TAG,
-    MAX_RUNTIME_TAG,
     PARTITION_TAG,
     default_sensor_status,
     describe_run,
@@ -278,19 +283,12 @@ def build_dead_run_sensor() -> SensorDefinition:
         "its max runtime and run monitoring's cancel time (a dead process the run launcher "
         "cannot see); the failure alert follows.",
     )
-    def _dead_runs(
-        context: SensorEvaluationContext, slack: OrdertrackSlackResource, effects: EffectsSettings
-    ) -> SkipReason:
+    def _dead_runs(context: SensorEvaluationContext) -> SkipReason:
+        # Marked failed, each run gets its one Slack alert from the failure sensor, which
+        # sees runs without a code location (the `dagster` CLI's) too.
         reaped = reap_dead_runs(context.instance, datetime.now(UTC))
         for dead in reaped:
             context.log.warning(f"marked failed: {dead}")
-            # a run started outside any code location (the `dagster` CLI) has no origin, and
-            # the failure sensor only sees its own location's runs: it is posted from here
-            if dead.run.remote_job_origin is None:
-                try:
-                    post_failure(slack, effects, dead.run, [dead.reason])
-                except Exception as error:  # noqa: BLE001 - the run stays failed; say so
-                    context.log.warning(f"failure alert for {dead} not posted: {error}")
         return SkipReason(
             "marked failed: " + "; ".join(map(str, reaped)) if reaped else "no dead run"
         )
@@ -349,15 +347,23 @@ def post_failure(
 
 
 def build_failure_sensor() -> SensorDefinition:
+    # Runs started by the `dagster` CLI (or in process) have no code location behind them, so
+    # a sensor watching only its own location never sees them: it watches all, and keeps
+    # the runs of this location's jobs (the CLI's runs included, by their job's name).
     @run_failure_sensor(
         name=FAILURE_SENSOR,
         default_status=default_sensor_status(),
-        description="Posts every failed run of this code location to Slack "
+        monitor_all_code_locations=True,
+        description="Posts every failed run of this code location's jobs to Slack once, "
+        "whatever launched it (schedule, sensor, UI, CLI) "
         "(TRACKING_ALERTS_SLACK_CHANNEL), linked when DAGSTER_WEBSERVER_URL is set.",
     )
     def _failure_alert(
         context: RunFailureSensorContext, slack: OrdertrackSlackResource, effects: EffectsSettings
     ) -> None:
+        repository = context.repository_def
+        if repository is not None and not repository.has_job(context.dagster_run.job_name):
+            return  # another code location's job
         errors = [step_error(event) for event in context.get_step_failure_events()]
         post_failure(
             slack,

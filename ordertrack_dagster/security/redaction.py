@@ -67,6 +67,8 @@ def is_secret_setting(name: str) -> bool:
 def configured_secrets(env: Mapping[str, str]) -> list[str]:
     """The secret values of an environment (not the learned tokens)."""
     values = [value for name, value in env.items() if is_secret_setting(name)]
+    # a list of secrets (keys or webhook secrets during a rotation): each one on its own too
+    values += [part.strip() for value in values if "," in value for part in value.split(",")]
     mongo_password = urlsplit(env.get("MONGODB_URI", "")).password
     if mongo_password:
         values += [mongo_password, unquote(mongo_password)]

@@ -2,16 +2,24 @@
 
 A token, password or URL with a line break, a control character or surrounding whitespace
 is refused: such a value ends up in an HTTP header, where the HTTP library refuses it with
-an error that quotes the whole header (the secret included). With `ENV=PROD`, plain-text
-transport is refused too: an `http://` courier, CRM or Slack URL, and an SMTP login without
-TLS. Errors name the setting, never its value.
+an error that quotes the whole header (the secret included). With `ENV=PROD` the location
+fails closed: plain-text transport (an `http://` courier, CRM or Slack URL, an SMTP login
+without TLS, a MongoDB URI without a verified TLS connection, a Dagster PostgreSQL storage
+that does not check the server's certificate), unsigned CRM webhooks and unencrypted tokens
+are refused, each unless its own override is set, and every use of an override is logged.
+Errors name the setting, never its value.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from urllib.parse import urlsplit
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import yaml
 
 from ordertrack_dagster.security.redaction import (
     SECRET_SETTINGS,
@@ -22,6 +30,16 @@ from ordertrack_dagster.security.tokens import STATE_KEY, TokenCipher
 
 #: Set to `true` to allow plain-text transport with `ENV=PROD` (a TLS-terminating sidecar).
 INSECURE_OVERRIDE = "ORDERTRACK_ALLOW_INSECURE_TRANSPORT"
+#: Set to `true` to send CRM webhooks without a signature with `ENV=PROD`.
+UNSIGNED_WEBHOOKS_OVERRIDE = "ORDERTRACK_ALLOW_UNSIGNED_CRM_WEBHOOKS"
+#: Set to `true` to keep courier and CRM tokens unencrypted in MongoDB with `ENV=PROD`.
+PLAIN_TOKENS_OVERRIDE = "ORDERTRACK_ALLOW_NO_STATE_KEY"
+#: Set to `true` to reach MongoDB without a verified TLS connection with `ENV=PROD`.
+MONGODB_TLS_OVERRIDE = "ORDERTRACK_ALLOW_MONGODB_WITHOUT_TLS"
+#: Set to `true` to accept a Dagster PostgreSQL storage that does not verify its server.
+POSTGRES_TLS_OVERRIDE = "ORDERTRACK_ALLOW_POSTGRES_WITHOUT_CERT_CHECK"
+#: libpq's only mode that checks both the certificate chain and the host name.
+POSTGRES_VERIFIED_SSLMODE = "verify-full"
 
 #: URLs that must use TLS in production: couriers, the CRM and Slack.
 TLS_URLS = (
@@ -84,16 +102,121 @@ def _shape_problem(name: str, value: str) -> str | None:
 
 def _transport_problems(env: Mapping[str, str]) -> list[str]:
     problems = [
-        f"{name} uses http:// with ENV=PROD (TLS required; see {INSECURE_OVERRIDE})"
+        f"{name} uses http:// with ENV=PROD (TLS required)"
         for name in TLS_URLS
         if urlsplit(env.get(name, "").strip()).scheme == "http"
     ]
     if env.get("EMAIL_PASSWORD") and not flag(env, "SMTP_STARTTLS", default=True):
         problems.append(
-            f"SMTP login (EMAIL_PASSWORD) without TLS (SMTP_STARTTLS=false) with ENV=PROD "
-            f"(see {INSECURE_OVERRIDE})"
+            "SMTP login (EMAIL_PASSWORD) without TLS (SMTP_STARTTLS=false) with ENV=PROD"
         )
     return problems
+
+
+def _unsigned_webhook_problems(env: Mapping[str, str]) -> list[str]:
+    """A cancel webhook the CRM cannot authenticate: anyone on its path could forge one."""
+    if env.get("CRM_WEBHOOK_URL", "").strip() and not env.get("CRM_WEBHOOK_SECRET", "").strip():
+        return ["CRM_WEBHOOK_URL is set without CRM_WEBHOOK_SECRET: webhooks would be unsigned"]
+    return []
+
+
+def _plain_token_problems(env: Mapping[str, str]) -> list[str]:
+    if not env.get(STATE_KEY, "").strip():
+        return [f"{STATE_KEY} is not set: courier and CRM tokens would be stored unencrypted"]
+    return []
+
+
+def mongodb_tls_problem(uri: str) -> str | None:
+    """Why a MongoDB URI does not give a verified TLS connection, or None when it does.
+
+    `mongodb+srv://` turns TLS on unless the URI turns it off; `mongodb://` needs `tls=true`
+    (or its alias `ssl=true`); an option that skips the certificate or host-name check is as
+    bad as no TLS (anyone in the path can present a certificate)."""
+    parts = urlsplit(uri)
+    options = {key.lower(): value.lower() for key, value in parse_qsl(parts.query)}
+    tls = options.get("tls", options.get("ssl"))
+    enabled = tls in _TRUE if tls is not None else parts.scheme == "mongodb+srv"
+    if not enabled:
+        return "MONGODB_URI does not turn TLS on (tls=true, or a mongodb+srv:// URI)"
+    unchecked = ("tlsinsecure", "tlsallowinvalidcertificates", "tlsallowinvalidhostnames")
+    skipped = [name for name in unchecked if options.get(name) in _TRUE]
+    if skipped:
+        return f"MONGODB_URI skips the server's certificate check ({', '.join(skipped)})"
+    return None
+
+
+def _mongodb_tls_problems(env: Mapping[str, str]) -> list[str]:
+    uri = env.get("MONGODB_URI", "").strip()
+    problem = mongodb_tls_problem(uri) if uri else None
+    return [problem] if problem else []
+
+
+def postgres_tls_problem(
+    instance: Mapping[str, Any], where: str, fallback_sslmode: str | None = None
+) -> str | None:
+    """Why a Dagster instance's PostgreSQL storage does not verify its server, or None.
+
+    `sslmode=require` encrypts but accepts any certificate, so a man in the middle reads the
+    runs' events and the database password; only `verify-full` checks the chain and the
+    host name. Without `sslmode` in the file, libpq takes `PGSSLMODE` from the environment
+    (`fallback_sslmode`). `where` names the setting in the message."""
+    postgres = (instance.get("storage") or {}).get("postgres")
+    if not postgres:
+        return None  # not a PostgreSQL instance (a test's or a developer's SQLite)
+    if "postgres_url" in postgres:
+        url = postgres["postgres_url"]
+        params = dict(parse_qsl(urlsplit(url if isinstance(url, str) else "").query))
+    else:
+        params = (postgres.get("postgres_db") or {}).get("params") or {}
+    sslmode = params.get("sslmode") or fallback_sslmode
+    if sslmode != POSTGRES_VERIFIED_SSLMODE:
+        return (
+            f"{where} sslmode is {sslmode or 'unset'} (nor PGSSLMODE), not "
+            f"{POSTGRES_VERIFIED_SSLMODE}: the PostgreSQL server's certificate is not checked"
+        )
+    return None
+
+
+def _postgres_tls_problems(env: Mapping[str, str]) -> list[str]:
+    """The instance this process belongs to ($DAGSTER_HOME/dagster.yaml), when it has one."""
+    home = env.get("DAGSTER_HOME", "").strip()
+    path = Path(home) / "dagster.yaml"
+    if not home or not path.is_file():
+        return []
+    instance = yaml.safe_load(path.read_text()) or {}
+    where = "storage.postgres of $DAGSTER_HOME/dagster.yaml:"
+    problem = postgres_tls_problem(instance, where, env.get("PGSSLMODE", "").strip() or None)
+    return [problem] if problem else []
+
+
+@dataclass(frozen=True)
+class ProdRule:
+    """A way production fails closed, and the setting that opens it on purpose."""
+
+    override: str
+    problems: Callable[[Mapping[str, str]], list[str]]
+
+
+PROD_RULES = (
+    ProdRule(INSECURE_OVERRIDE, _transport_problems),
+    ProdRule(UNSIGNED_WEBHOOKS_OVERRIDE, _unsigned_webhook_problems),
+    ProdRule(PLAIN_TOKENS_OVERRIDE, _plain_token_problems),
+    ProdRule(MONGODB_TLS_OVERRIDE, _mongodb_tls_problems),
+    ProdRule(POSTGRES_TLS_OVERRIDE, _postgres_tls_problems),
+)
+
+
+def _prod_problems(env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(refused, allowed by an override) under `ENV=PROD`."""
+    refused: list[str] = []
+    allowed: list[str] = []
+    for rule in PROD_RULES:
+        found = rule.problems(env)
+        if flag(env, rule.override, default=False):
+            allowed += [f"allowed by {rule.override}=true: {problem}" for problem in found]
+        else:
+            refused += [f"{problem} (override: {rule.override})" for problem in found]
+    return refused, allowed
 
 
 def validate_settings(env: Mapping[str, str]) -> list[str]:
@@ -105,16 +228,8 @@ def validate_settings(env: Mapping[str, str]) -> list[str]:
     ]
     warnings: list[str] = []
     if is_prod(env):
-        transport = _transport_problems(env)
-        if flag(env, INSECURE_OVERRIDE, default=False):
-            warnings += [f"allowed by {INSECURE_OVERRIDE}: {problem}" for problem in transport]
-        else:
-            problems += transport
-        if not env.get(STATE_KEY):
-            warnings.append(
-                f"{STATE_KEY} is not set: courier and CRM tokens are stored unencrypted "
-                "in ordertrack_state"
-            )
+        refused, warnings = _prod_problems(env)
+        problems += refused
     if env.get(STATE_KEY):
         try:
             TokenCipher(env[STATE_KEY])

@@ -186,6 +186,43 @@ def test_repeated_failures_become_a_dead_letter_that_ops_can_requeue(
     assert len(webhooks_for(stack, [rto["order_id"]])) == 1
 
 
+def test_a_webhook_retry_past_the_crms_key_horizon_is_a_dead_letter_not_a_call(
+    stack, stack_env, db, instance
+):
+    """CRM-KEY-HORIZON: the CRM forgets an idempotency key CRM_IDEMPOTENCY_HOURS after the
+    first call (one second here); a retry due before it but run after it (the runs stopped
+    for a day) is not sent, since it could cancel the order twice: ops get a dead letter."""
+    [rto] = write_markers(db, [Canonical.RTO])
+    runner = Runner(
+        instance, effects={"retry_base_seconds": 0.0, "crm_idempotency_hours": 1 / 3600}
+    )
+    stack.inject_fault("crm", "500", count=1)
+    first = runner.run(*OUTBOX_AND_CRM)
+    assert metadata(first, "crm_rto_webhooks")["errors"] == ["CRM webhook answered HTTP 500"]
+    assert checks(first, "crm_rto_webhooks")["no_dead_letters"].passed
+    [doc] = outbox(db).values()
+    assert doc["state"] == "pending" and doc["first_claimed_at"] <= doc["next_attempt_at"]
+
+    time.sleep(1.1)  # the run after the horizon
+    late = runner.run("crm_rto_webhooks")
+    assert metadata(late, "crm_rto_webhooks")["became_dead"] == 1
+    assert metadata(late, "crm_rto_webhooks")["sent"] == 0
+    assert not checks(late, "crm_rto_webhooks")["no_dead_letters"].passed
+    assert webhooks_for(stack, [rto["order_id"]]) == []  # no second call reached the CRM
+    [doc] = outbox(db).values()
+    assert (doc["state"], doc["attempts"][-1]["outcome"]) == ("dead", "expired")
+    alerts = stack.slack_messages(SLACK_CHANNELS["TRACKING_ALERTS_SLACK_CHANNEL"])
+    [notice] = mentioning(alerts, rto["order_id"])
+    assert "forgets the idempotency key" in notice["text"]
+    assert "after failing for 0.000277778 hours" in notice["text"]  # the horizon, not 72 h
+
+    config = delivery_config("crm_rto_webhooks", retry_dead_letters=True)  # ops checked the CRM
+    assert (
+        metadata(runner.run("crm_rto_webhooks", run_config=config), "crm_rto_webhooks")["sent"] == 1
+    )
+    assert [call["status"] for call in webhooks_for(stack, [rto["order_id"]])] == ["accepted"]
+
+
 def test_slack_rate_limit_is_waited_out(stack, stack_env, db, instance):
     [lost] = write_markers(db, [Canonical.DESTROY])
     runner = Runner(instance)

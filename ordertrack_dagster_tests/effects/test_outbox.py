@@ -301,6 +301,31 @@ def test_failures_back_off_then_become_dead_letters_after_the_give_up_time(db):
     assert len(box.claim("delhivery_b2c", ["query_log"], datetime.now(UTC))) == 1
 
 
+def test_webhook_retries_stay_inside_the_receivers_key_horizon(db):
+    """CRM-KEY-HORIZON: every attempt of a CRM webhook falls within the horizon after its
+    first claim; the failure whose next retry would land past it makes the dead letter."""
+    horizon = RetryPolicy(base_seconds=60, cap_seconds=6 * 3600, key_horizon_seconds=24 * 3600)
+    moment = NOW
+    box = Outbox(db, horizon, owner="run-1", rng=random.Random(1), clock=lambda: moment)
+    [rto] = mark(db, "delhivery_b2c", Canonical.RTO)
+    box.drain_markers("delhivery_b2c", NOW)
+
+    def refuse(doc):
+        raise DeliveryError("CRM webhook answered HTTP 500", http_status=500)
+
+    attempts = []
+    while claimed := box.claim("delhivery_b2c", ["crm_rto"], moment):
+        attempts.append(moment)
+        deliver(box, claimed, refuse)
+        doc = box.collection.find_one()
+        moment = doc.get("next_attempt_at", moment)
+    assert doc["state"] == "dead" and doc["first_claimed_at"] == NOW
+    assert NOW + timedelta(hours=18) <= attempts[-1] < NOW + timedelta(hours=24)
+    assert "forgets the idempotency key 24 h after the first call" in doc["last_error"]
+    assert box.requeue_dead("delhivery_b2c", ["crm_rto"], moment) == 1  # ops decided
+    assert "first_claimed_at" not in box.collection.find_one()
+
+
 def test_the_breaker_leaves_the_rest_due_after_repeated_transient_failures(box):
     queue_reports(box, 5)
     docs = box.claim("delhivery_b2c", ["query_log"], NOW)

@@ -12,12 +12,14 @@ from slack_sdk import WebClient
 from ordertrack_dagster.couriers.state import STATE_COLLECTION, CachedToken, CourierState
 from ordertrack_dagster.devstack.mailbox import read_mailbox
 from ordertrack_dagster.effects.crm import (
+    PREVIOUS_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     TOKEN_NAME,
     CrmResource,
     encode_body,
     sign,
+    signature_headers,
 )
 from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack, put_and_presign
@@ -81,6 +83,40 @@ def test_the_crm_refuses_unsigned_forged_and_replayed_webhooks(stack, stack_env,
         "stale_signature",
     ]
     assert post(now, key, sign(secret, now, key, body)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("secrets", "accepted"),
+    [
+        ("{new},{current}", True),  # we switched first: the CRM still knows only the old
+        ("{current},{old}", True),  # the CRM switched first: it knows only the new
+        ("{new}", False),  # a secret the CRM does not know is refused
+    ],
+)
+def test_two_webhook_secrets_during_a_rotation(stack, stack_env, db, secrets, accepted):
+    """SEC-HMAC-ROTATION: `CRM_WEBHOOK_SECRET=new,previous` signs with the new secret in
+    X-Signature and the previous one in X-Signature-Previous, so the stand-in CRM (which
+    verifies as docs/security.md shows) accepts the call on either side of the switch."""
+    current = stack_env["CRM_WEBHOOK_SECRET"]  # the only secret the stand-in knows
+    secret = secrets.format(new="rotated-secret-2", current=current, old="retired-secret-0")
+    key = f"k-{uuid.uuid4()}"
+    refusals_before = len(stack.crm_refusals())
+    with crm(stack_env, webhook_secret=secret).open(CourierState(db)) as client:
+        if accepted:
+            assert client.send_rto(PAYLOAD, key) == 200
+        else:
+            with pytest.raises(DeliveryError, match="HTTP 403"):
+                client.send_rto(PAYLOAD, key)
+    assert [call["status"] for call in calls(stack, key)] == (["accepted"] if accepted else [])
+    assert stack.crm_refusals()[refusals_before:] == ([] if accepted else ["invalid_signature"])
+
+
+def test_the_signature_headers_sign_with_the_new_secret_first():
+    body = encode_body(PAYLOAD)
+    headers = signature_headers("new-secret-1, old-secret-0", 1_700_000_000, "k", body)
+    assert headers[SIGNATURE_HEADER] == sign("new-secret-1", 1_700_000_000, "k", body)
+    assert headers[PREVIOUS_SIGNATURE_HEADER] == sign("old-secret-0", 1_700_000_000, "k", body)
+    assert PREVIOUS_SIGNATURE_HEADER not in signature_headers("new-secret-1", 1, "k", body)
 
 
 def test_a_revoked_crm_token_is_replaced_once(stack, stack_env, db):

@@ -17,8 +17,9 @@ from dagster._core.scheduler.instigation import InstigatorType
 
 from ordertrack_dagster.analytics.assets import GROUP as ANALYTICS
 from ordertrack_dagster.analytics.models import discover_models
+from ordertrack_dagster.flows import MAX_RUNTIME_TAG
 from ordertrack_dagster.killpoints import KILL_AT_ENV
-from ordertrack_dagster.orchestration.guards import FLOW_TAG, MAX_RUNTIME_TAG
+from ordertrack_dagster.orchestration.guards import FLOW_TAG
 from ordertrack_dagster.orchestration.schedules import schedule_name
 from ordertrack_dagster.orchestration.sensors import (
     AUTOMATION_SENSOR,

@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import DagsterEventType, DagsterRunStatus
 
-from ordertrack_dagster.orchestration.guards import MAX_RUNTIME_TAG, PARTITION_TAG
+from ordertrack_dagster.flows import MAX_RUNTIME_TAG
+from ordertrack_dagster.orchestration.guards import PARTITION_TAG
 from ordertrack_dagster.orchestration.sensors import reap_dead_runs
 
 RUNTIME = timedelta(minutes=24)

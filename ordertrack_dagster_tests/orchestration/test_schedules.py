@@ -14,11 +14,10 @@ from dagster import (
 
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import defs
-from ordertrack_dagster.flows import FLOWS, SCHEDULE_TIMEZONE, schedule_interval
+from ordertrack_dagster.flows import FLOWS, MAX_RUNTIME_TAG, SCHEDULE_TIMEZONE, schedule_interval
 from ordertrack_dagster.orchestration import SCHEDULES
 from ordertrack_dagster.orchestration.guards import (
     FLOW_TAG,
-    MAX_RUNTIME_TAG,
     PARTITION_TAG,
 )
 from ordertrack_dagster.orchestration.schedules import build_schedules, schedule_name

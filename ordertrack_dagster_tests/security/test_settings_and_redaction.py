@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
+import yaml
 from cryptography.fernet import Fernet
 
 from ordertrack_dagster.couriers.state import CourierState
@@ -12,7 +13,12 @@ from ordertrack_dagster.definitions import build_definitions
 from ordertrack_dagster.security.redaction import Redactor, redactor, remember_secret
 from ordertrack_dagster.security.settings import (
     INSECURE_OVERRIDE,
+    MONGODB_TLS_OVERRIDE,
+    PLAIN_TOKENS_OVERRIDE,
+    POSTGRES_TLS_OVERRIDE,
+    UNSIGNED_WEBHOOKS_OVERRIDE,
     SettingsError,
+    load_settings,
     validate_settings,
 )
 from ordertrack_dagster.security.tokens import STATE_KEY
@@ -60,7 +66,7 @@ def test_well_formed_settings_pass_without_warnings_outside_prod():
     ],
 )
 def test_prod_refuses_plain_text_transport_unless_overridden(changes, named):
-    prod = {**GOOD, "ENV": "PROD", STATE_KEY: Fernet.generate_key().decode(), **changes}
+    prod = {**prod_settings(), **changes}
     with pytest.raises(SettingsError, match=named):
         validate_settings(prod)
     assert validate_settings({**prod, "ENV": "DEV"}) == []
@@ -68,9 +74,92 @@ def test_prod_refuses_plain_text_transport_unless_overridden(changes, named):
     assert len(warnings) == 1 and INSECURE_OVERRIDE in warnings[0] and named in warnings[0]
 
 
-def test_prod_without_a_state_key_warns_and_a_bad_key_is_refused():
-    warnings = validate_settings({**GOOD, "ENV": "PROD"})
-    assert any(STATE_KEY in warning for warning in warnings)
+def prod_settings(**changes: str) -> dict[str, str]:
+    """Settings production accepts without any override."""
+    return {
+        **GOOD,
+        "ENV": "PROD",
+        STATE_KEY: Fernet.generate_key().decode(),
+        "CRM_WEBHOOK_SECRET": "crm-webhook-secret-1",
+        "MONGODB_URI": "mongodb://tracker:pw@db.example:27017/?tls=true",
+        **changes,
+    }
+
+
+def _instance_home(tmp_path, storage: dict) -> str:
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"storage": storage}))
+    return str(tmp_path)
+
+
+def _postgres(**params: str) -> dict:
+    return {"postgres": {"postgres_db": {"hostname": "pg", "db_name": "d", "params": params}}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "named", "override"),
+    [
+        ({"CRM_WEBHOOK_SECRET": ""}, "CRM_WEBHOOK_SECRET", UNSIGNED_WEBHOOKS_OVERRIDE),
+        ({STATE_KEY: ""}, STATE_KEY, PLAIN_TOKENS_OVERRIDE),
+        ({"MONGODB_URI": "mongodb://tracker:pw@db:27017/"}, "MONGODB_URI", MONGODB_TLS_OVERRIDE),
+        (
+            {"MONGODB_URI": "mongodb+srv://db.example/?tls=false"},
+            "MONGODB_URI",
+            MONGODB_TLS_OVERRIDE,
+        ),
+        (
+            {"MONGODB_URI": "mongodb://db:27017/?tls=true&tlsInsecure=true"},
+            "MONGODB_URI",
+            MONGODB_TLS_OVERRIDE,
+        ),
+        ({"POSTGRES": "require"}, "sslmode is require", POSTGRES_TLS_OVERRIDE),
+        ({"POSTGRES": ""}, "sslmode is unset", POSTGRES_TLS_OVERRIDE),
+    ],
+)
+def test_prod_fails_closed_by_name_unless_overridden_and_logged(
+    changes, named, override, tmp_path, caplog
+):
+    """SEC-PROD-FAIL-CLOSED: each unsafe production setting stops the load, naming the
+    setting and the override; the override lets it load and is logged."""
+    if "POSTGRES" in changes:
+        sslmode = changes.pop("POSTGRES")
+        storage = _postgres(**({"sslmode": sslmode} if sslmode else {}))
+        changes["DAGSTER_HOME"] = _instance_home(tmp_path, storage)
+    prod = prod_settings(**changes)
+    with pytest.raises(SettingsError, match=named) as refused:
+        validate_settings(prod)
+    assert override in str(refused.value) and "pw@" not in str(refused.value)
+    assert validate_settings({**prod, "ENV": "DEV"}) == []
+    with caplog.at_level(logging.WARNING, logger="ordertrack"):
+        load_settings({**prod, override: "true"})
+    assert [m for m in caplog.messages if override in m and named in m], caplog.messages
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"MONGODB_URI": "mongodb+srv://tracker:pw@cluster0.example.mongodb.net/"},
+        {"MONGODB_URI": "mongodb://db:27017/?ssl=true&tlsCAFile=/etc/ssl/ca.pem"},
+        {"CRM_WEBHOOK_URL": "", "CRM_WEBHOOK_SECRET": ""},
+    ],
+)
+def test_prod_accepts_verified_tls_and_signed_webhooks_without_warnings(changes):
+    assert validate_settings(prod_settings(**changes)) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "environment"),
+    [
+        ({"sslmode": "verify-full", "sslrootcert": "/ca.pem"}, {}),
+        ({}, {"PGSSLMODE": "verify-full"}),
+    ],
+)
+def test_prod_accepts_a_postgres_storage_that_verifies_its_server(tmp_path, params, environment):
+    """In the instance file, or (as libpq does) from PGSSLMODE when the file names none."""
+    home = _instance_home(tmp_path, _postgres(**params))
+    assert validate_settings(prod_settings(DAGSTER_HOME=home, **environment)) == []
+
+
+def test_a_bad_state_key_is_refused():
     with pytest.raises(SettingsError, match=f"{STATE_KEY} is not a Fernet key"):
         validate_settings({**GOOD, STATE_KEY: "not-a-key"})
 
