@@ -330,9 +330,9 @@ def rate_limited(bench: Bench, scale: Scale) -> LimitedFigures:
                     scale.client_budget,
                     must_succeed=False,  # a run stopped by a courier pause is a finding
                 )
+                runs.append(figures)  # a failed run too: the drain's targets are then not met
                 if not figures.ok:
                     break
-                runs.append(figures)
                 raw = bench.raw_responses(figures)
                 sent = raw[(raw["state"] != "deferred") | raw["http_status"].notna()]
                 times = sorted(

@@ -37,11 +37,15 @@ SUMMARY_COLUMNS = (
 
 
 def prepare_dagster_home(workdir: Path) -> Path:
-    """A fresh DAGSTER_HOME holding the project's instance settings (one run per flow)."""
+    """A fresh DAGSTER_HOME holding the project's instance settings (one run per flow), its
+    storage created: runs launched together on a new home would each create the SQLite
+    tables and race ("table secondary_indexes already exists"), and one would die at start."""
     home = workdir / "dagster_home"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    with DagsterInstance.from_config(str(home)):
+        pass  # opening the instance creates its run, event log and schedule storage
     return home
 
 
