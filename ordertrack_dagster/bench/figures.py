@@ -407,7 +407,8 @@ def targets(results: Results, fetch: FetchReading | None) -> list[Target]:
                 met=(b2c.fetch_ratio or math.inf) <= FETCH_RATIO_TARGET,
                 measured=f"{b2c.fetch_ratio or math.inf:.2f}x ({b2c.fetch_seconds:.2f} s vs "
                 f"{b2c.fetch_bound_seconds:.2f} s)",
-                why=f"a client costing no CPU would need {fetch.tail_seconds:.2f} s "
+                why=f"client CPU {fetch.client_cpu_ms_per_request:.2f} ms per request; a "
+                f"client costing no CPU would need {fetch.tail_seconds:.2f} s "
                 f"({fetch.tail_ratio:.2f}x) with these latencies, and the CPU of client and "
                 f"simulator alone {fetch.floor_seconds:.2f} s here",
             )

@@ -167,7 +167,7 @@ def test_targets_carry_value_bound_ratio_and_verdict():
     assert (fetch.value, fetch.bound, fetch.met) == (1.5, 1.25, False)
     assert fetch.ratio == pytest.approx(1.2)
     assert fetch.measured == "1.50x (1.50 s vs 1.00 s)"
-    assert fetch.why.startswith("a client costing no CPU would need")
+    assert fetch.why.startswith("client CPU 15.00 ms per request; a client costing no CPU")
     tracking = targets[
         "<= 10 MongoDB round trips per 1,000 orders: "
         "the tracking path (selection, fetch, mapping, write)"
@@ -226,7 +226,7 @@ def test_bench_md_is_the_template_filled_in_from_the_figures():
     ]
     assert (
         "| fetch phase <= 1.25x its bound at 2,000 delhivery_b2c orders | 1.50x (1.50 s vs "
-        "1.00 s); a client costing no CPU would need"
+        "1.00 s); client CPU 15.00 ms per request; a client costing no CPU would need"
     ) in markdown
     assert (
         "| peak RSS < 1 GiB for every flow at 100,000 due | at most 300 MiB "
