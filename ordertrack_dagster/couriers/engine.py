@@ -250,9 +250,11 @@ class CourierClient(ABC):
             wait = await self._take_budget()
             if wait is None:
                 return
-            if wait > MAX_INLINE_WAIT_SECONDS:
+            # a run waits for its budget as long as its time box allows (contract §1): the
+            # next run would only wait for the same window, after its own start-up
+            if self._box_closes is None and wait > MAX_INLINE_WAIT_SECONDS:
                 raise Deferred("request budget for this window is used up")
-            self._within_time_box(wait)
+            self._within_time_box(wait, "request budget frees only after the run's time box")
             await asyncio.sleep(wait)
 
     async def _take_budget(self) -> float | None:
@@ -265,10 +267,12 @@ class CourierClient(ABC):
                 return await asyncio.to_thread(self._budget.take)
             return self._budget.take()
 
-    def _within_time_box(self, wait: float) -> None:
+    def _within_time_box(
+        self, wait: float, reason: str = "the run's time for asking the courier is used up"
+    ) -> None:
         """Raise Deferred when a request sent after `wait` seconds would start past the box."""
         if self._box_closes is not None and time.monotonic() + wait >= self._box_closes:
-            raise Deferred("the run's time for asking the courier is used up")
+            raise Deferred(reason)
 
     def _adopt_stored_pause(self) -> bool:
         """Take over a pause another process stored; True when it lies beyond ours."""

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from pymongo.errors import AutoReconnect
 
+from ordertrack_dagster.couriers import engine
 from ordertrack_dagster.couriers.answers import (
     decode_json,
     first_entry,
@@ -130,6 +131,28 @@ def test_the_request_budget_defers_what_it_cannot_cover(stack, state):
     assert asked.state == FetchState.ANSWERED
     assert deferred.state == FetchState.DEFERRED and "budget" in deferred.error
     assert state.requests_in_window(SCOPE, budget) == 1
+
+
+@pytest.mark.parametrize(
+    ("time_box_seconds", "second_key"),
+    [(60, FetchState.ANSWERED), (1, FetchState.DEFERRED)],
+)
+def test_a_run_waits_for_its_budget_within_its_time_box(
+    stack, state, monkeypatch, time_box_seconds, second_key
+):
+    """A budget that frees before the run's time box closes is waited for, however long
+    beyond the wait a courier pause gets (shortened here to 0.5 s, the budget's window 3 s)."""
+    monkeypatch.setattr(engine, "MAX_INLINE_WAIT_SECONDS", 0.5)
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit", "delivered"])
+    budget = RateBudget(requests=1, window_seconds=3)
+    options = FetchOptions(time_box=timedelta(seconds=time_box_seconds))
+    result = asyncio.run(
+        client(stack, state, default_rate_budget=budget, **ONE_AT_A_TIME).fetch(keys, options)
+    )
+    first, second = (records_by_key(result)[key] for key in keys)
+    assert (first.state, second.state) == (FetchState.ANSWERED, second_key)
+    if second_key is FetchState.DEFERRED:
+        assert "budget frees only after" in second.error
 
 
 class _SettlementLost:
