@@ -265,3 +265,15 @@ def requests_counted(collection: Collection, scope: str, budget: RateBudget) -> 
     """Requests counted in the scope's current window, by every process (reports, tests)."""
     doc = collection.find_one({"_id": f"budget:{scope}"})
     return counted_in_window(_buckets(doc), budget, time.time())
+
+
+def seconds_until_room(
+    collection: Collection, scope: str, budget: RateBudget, wanted: int
+) -> float:
+    """How long until `wanted` requests of the scope are free by every process's count (0 when
+    they are now): when a run launched for the scope would find requests to send."""
+    doc = collection.find_one({"_id": f"budget:{scope}"})
+    buckets, now = _buckets(doc), time.time()
+    if budget.requests - counted_in_window(buckets, budget, now) >= min(wanted, budget.requests):
+        return 0.0
+    return seconds_until_free(buckets, budget, now, wanted)
