@@ -9,13 +9,17 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
 from ordertrack_dagster.bench.measure import DAGSTER, OTHER, PHASES, RunFigures
 from ordertrack_dagster.bench.results import Results
-from ordertrack_dagster.bench.scenarios import LimitedFigures
+from ordertrack_dagster.bench.scenarios import (
+    HeadOfLineFigures,
+    LimitedFigures,
+    SharedLimitFigures,
+)
 from ordertrack_dagster.devstack.simulator import lognormal_params
 from ordertrack_dagster.flows import get_flow
 
@@ -169,11 +173,19 @@ class Target:
     met: bool
     measured: str  # the figure as the report shows it
     why: str = ""  # the figures that explain it, shown after it
+    failed_runs: tuple[str, ...] = ()  # runs of its scenario that failed: nothing to judge
 
     @property
     def ratio(self) -> float | None:
         """The figure over its bound."""
         return self.value / self.bound if self.value is not None and self.bound else None
+
+    @property
+    def verdict(self) -> str:
+        """What the report says of it: met, not met, or not measured at all."""
+        if self.failed_runs:
+            return "NOT MEASURED"
+        return "yes" if self.met else "no"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -182,9 +194,26 @@ class Target:
             "bound": self.bound,
             "ratio": self.ratio,
             "met": self.met,
+            "verdict": self.verdict,
             "measured": self.measured,
             "why": self.why,
         }
+
+
+def measured_by(target: Target, runs: Sequence[RunFigures]) -> Target:
+    """The target, unless a run of its scenario failed: then it is not measured, never met
+    (a dead run sends no request, so "zero HTTP 403" would hold for the wrong reason)."""
+    failed = tuple(run.label for run in runs if not run.ok)
+    if not failed:
+        return target
+    return replace(
+        target,
+        value=None,
+        met=False,
+        measured=f"run {', '.join(failed)} failed",
+        why="",
+        failed_runs=failed,
+    )
 
 
 @dataclass(frozen=True)
@@ -378,7 +407,8 @@ def targets(results: Results, fetch: FetchReading | None) -> list[Target]:
                 met=(b2c.fetch_ratio or math.inf) <= FETCH_RATIO_TARGET,
                 measured=f"{b2c.fetch_ratio or math.inf:.2f}x ({b2c.fetch_seconds:.2f} s vs "
                 f"{b2c.fetch_bound_seconds:.2f} s)",
-                why=f"a client costing no CPU would need {fetch.tail_seconds:.2f} s "
+                why=f"client CPU {fetch.client_cpu_ms_per_request:.2f} ms per request; a "
+                f"client costing no CPU would need {fetch.tail_seconds:.2f} s "
                 f"({fetch.tail_ratio:.2f}x) with these latencies, and the CPU of client and "
                 f"simulator alone {fetch.floor_seconds:.2f} s here",
             )
@@ -489,94 +519,104 @@ def at_100k_due(results: Results) -> list[RunFigures]:
 
 
 def limit_targets(results: Results) -> list[Target]:
-    """The targets of working at the courier's limit, as far as their scenarios ran."""
+    """The targets of working at the courier's limit, as far as their scenarios ran; those of
+    a scenario with a failed run are not measured."""
     rows = []
-    if (shared := results.shared) is not None:
-        limit = shared.courier_limit
-        rows.append(
-            Target(
-                target="zero HTTP 403 and at most the limit in any window, two flows sharing "
-                "one limit",
-                value=shared.forbidden,
-                bound=0,
-                met=shared.forbidden == 0 and shared.most_in_window_courier <= limit.requests,
-                measured=f"{shared.forbidden} HTTP 403; at most {shared.most_in_window_courier} "
-                f"in any {limit.window_seconds:g} s (limit {limit.requests})",
-                why=f"{sum(r.requests for r in shared.runs):,} requests by "
-                + " and ".join(r.flow for r in shared.runs)
-                + f" running at once, client budget {shared.client_budget.requests}",
-            )
-        )
-        busy = max(shared.runs, key=lambda run: run.orders)
-        trips = per_1000(busy.mongo.round_trips, busy)
-        rows.append(
-            Target(
-                target=f"<= {ROUND_TRIPS_TARGET:g} MongoDB round trips per 1,000 orders "
-                "while two flows share one limit",
-                value=trips,
-                bound=ROUND_TRIPS_TARGET,
-                met=trips <= ROUND_TRIPS_TARGET,
-                measured=f"{trips:.2f} ({busy.flow}, {busy.orders:,} orders, "
-                f"{busy.mongo.round_trips:,} in all)",
-                why=f"{courier_state_round_trips(busy)} of them on the courier state (budget "
-                "reservations and settlements, pauses, tokens)",
-            )
-        )
-    if (limited := results.limited) is not None:
-        reading = limited_reading(limited)
-        largest = sorted(reading.idle_parts, key=lambda part: -part[1])[:2]
-        rows.append(
-            Target(
-                target="zero HTTP 403 under the courier's limit (the drain)",
-                value=limited.forbidden,
-                bound=0,
-                met=limited.forbidden == 0,
-                measured=f"{limited.forbidden} in {limited.requests:,} requests",
-            )
-        )
-        rows.append(
-            Target(
-                target=f">= {BUDGET_SHARE_TARGET:.0%} of the rate budget used over the whole drain",
-                value=limited.budget_share_overall,
-                bound=BUDGET_SHARE_TARGET,
-                met=limited.budget_share_overall >= BUDGET_SHARE_TARGET,
-                measured=f"{limited.budget_share_overall:.1%}",
-                why=f"{limited.budget_share_fetching:.1%} while a run was fetching; no request "
-                f"for {reading.idle_seconds:.0f} of {reading.drain_seconds:.0f} s, most of it "
-                + " and ".join(f"{what} ({seconds:.0f} s)" for what, seconds in largest)
-                + ": runs of one flow follow each other (one at a time, each the complete "
-                "flow, as the contract fixes)",
-            )
-        )
-        polled_all = limited.worst_first_ask_seconds is not None
-        rows.append(
-            Target(
-                target=f"worst wait for the first request <= {ASK_RATIO_TARGET}x the rate bound",
-                value=reading.ask_ratio if polled_all else None,
-                bound=ASK_RATIO_TARGET,
-                met=polled_all and reading.ask_ratio <= ASK_RATIO_TARGET,
-                measured=f"{reading.ask_ratio:.2f}x ({limited.worst_first_ask_seconds or 0:.0f} s"
-                f" vs {limited.bound_seconds:.0f} s)"
-                if polled_all
-                else f"only {limited.polled:,} of {limited.due:,} polled",
-                why=f"until written: {reading.write_ratio:.2f}x" if polled_all else "",
-            )
-        )
-    if (line := results.head_of_line) is not None:
-        within_two = sum(line.healthy_polled_per_run[:2])
-        rows.append(
-            Target(
-                target="healthy orders polled within two runs behind a cap of unanswerable ones",
-                value=within_two,
-                bound=line.healthy,
-                met=within_two >= line.healthy,
-                measured=f"{within_two} of {line.healthy} (per run: "
-                + ", ".join(map(str, line.healthy_polled_per_run))
-                + ")",
-                why=f"{line.unanswerable} unanswerable orders first in line",
-            )
-        )
+    for scenario, targets_of in (
+        (results.shared, shared_targets),
+        (results.limited, drain_targets),
+        (results.head_of_line, head_of_line_targets),
+    ):
+        if scenario is not None:
+            rows += [measured_by(target, scenario.runs) for target in targets_of(scenario)]
     return rows
+
+
+def shared_targets(shared: SharedLimitFigures) -> list[Target]:
+    """Two flows at once under one limit."""
+    limit = shared.courier_limit
+    busy = max(shared.runs, key=lambda run: run.orders)
+    trips = per_1000(busy.mongo.round_trips, busy)
+    return [
+        Target(
+            target="zero HTTP 403 and at most the limit in any window, two flows sharing one limit",
+            value=shared.forbidden,
+            bound=0,
+            met=shared.forbidden == 0 and shared.most_in_window_courier <= limit.requests,
+            measured=f"{shared.forbidden} HTTP 403; at most {shared.most_in_window_courier} "
+            f"in any {limit.window_seconds:g} s (limit {limit.requests})",
+            why=f"{sum(r.requests for r in shared.runs):,} requests by "
+            + " and ".join(r.flow for r in shared.runs)
+            + f" running at once, client budget {shared.client_budget.requests}",
+        ),
+        Target(
+            target=f"<= {ROUND_TRIPS_TARGET:g} MongoDB round trips per 1,000 orders "
+            "while two flows share one limit",
+            value=trips,
+            bound=ROUND_TRIPS_TARGET,
+            met=trips <= ROUND_TRIPS_TARGET,
+            measured=f"{trips:.2f} ({busy.flow}, {busy.orders:,} orders, "
+            f"{busy.mongo.round_trips:,} in all)",
+            why=f"{courier_state_round_trips(busy)} of them on the courier state (budget "
+            "reservations and settlements, pauses, tokens)",
+        ),
+    ]
+
+
+def drain_targets(limited: LimitedFigures) -> list[Target]:
+    """The drain of one flow under the courier's limit."""
+    reading = limited_reading(limited)
+    largest = sorted(reading.idle_parts, key=lambda part: -part[1])[:2]
+    polled_all = limited.worst_first_ask_seconds is not None
+    return [
+        Target(
+            target="zero HTTP 403 under the courier's limit (the drain)",
+            value=limited.forbidden,
+            bound=0,
+            met=limited.forbidden == 0,
+            measured=f"{limited.forbidden} in {limited.requests:,} requests",
+        ),
+        Target(
+            target=f">= {BUDGET_SHARE_TARGET:.0%} of the rate budget used over the whole drain",
+            value=limited.budget_share_overall,
+            bound=BUDGET_SHARE_TARGET,
+            met=limited.budget_share_overall >= BUDGET_SHARE_TARGET,
+            measured=f"{limited.budget_share_overall:.1%}",
+            why=f"{limited.budget_share_fetching:.1%} while a run was fetching; no request "
+            f"for {reading.idle_seconds:.0f} of {reading.drain_seconds:.0f} s, most of it "
+            + " and ".join(f"{what} ({seconds:.0f} s)" for what, seconds in largest)
+            + ": runs of one flow follow each other (one at a time, each the complete "
+            "flow, as the contract fixes)",
+        ),
+        Target(
+            target=f"worst wait for the first request <= {ASK_RATIO_TARGET}x the rate bound",
+            value=reading.ask_ratio if polled_all else None,
+            bound=ASK_RATIO_TARGET,
+            met=polled_all and reading.ask_ratio <= ASK_RATIO_TARGET,
+            measured=f"{reading.ask_ratio:.2f}x ({limited.worst_first_ask_seconds or 0:.0f} s"
+            f" vs {limited.bound_seconds:.0f} s)"
+            if polled_all
+            else f"only {limited.polled:,} of {limited.due:,} polled",
+            why=f"until written: {reading.write_ratio:.2f}x" if polled_all else "",
+        ),
+    ]
+
+
+def head_of_line_targets(line: HeadOfLineFigures) -> list[Target]:
+    """Healthy orders behind a cap of unanswerable ones."""
+    within_two = sum(line.healthy_polled_per_run[:2])
+    return [
+        Target(
+            target="healthy orders polled within two runs behind a cap of unanswerable ones",
+            value=within_two,
+            bound=line.healthy,
+            met=within_two >= line.healthy,
+            measured=f"{within_two} of {line.healthy} (per run: "
+            + ", ".join(map(str, line.healthy_polled_per_run))
+            + ")",
+            why=f"{line.unanswerable} unanswerable orders first in line",
+        )
+    ]
 
 
 def growth_reading(runs: Sequence[RunFigures]) -> GrowthReading | None:

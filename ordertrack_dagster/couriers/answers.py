@@ -139,7 +139,9 @@ def json_text(answer: Any) -> str:
 
     orjson writes it an order of magnitude faster than the standard library (this runs for
     every key of every answer); integers beyond 64 bits, which only the standard library
-    reads, are written by it too.
+    reads, are written by it too. Keeping each answer as read instead, to write it once when
+    stored, was measured to cost more CPU per request (the garbage collector rescans every
+    kept answer) and about 3.7 times the memory of its text.
     """
     try:
         return orjson.dumps(answer).decode()

@@ -145,7 +145,7 @@ class SharedBudget:
         if self._paced and now < self._next_send:
             return self._next_send - now
         lease = self._lease
-        if lease is None or lease.left <= 0 or now >= lease.expires:
+        if self._lease_spent(now):
             wait = self._renew(now)
             if wait is not None:
                 return wait
@@ -156,6 +156,18 @@ class SharedBudget:
         lease.sent[self._bucket(now)] += 1
         self._next_send = max(self._next_send, now - self._burst_seconds) + self._spacing
         return None
+
+    def needs_round_trip(self) -> bool:
+        """Whether `take` may ask MongoDB now (a new block to reserve): a caller on an event
+        loop then runs it in a thread, so the loop goes on reading answers meanwhile."""
+        if self.budget is None:
+            return False
+        now = self._clock()
+        return not (self._paced and now < self._next_send) and self._lease_spent(now)
+
+    def _lease_spent(self, now: float) -> bool:
+        lease = self._lease
+        return lease is None or lease.left <= 0 or now >= lease.expires
 
     def close(self) -> None:
         """Settle the open lease: what was not sent is free for everyone again."""
@@ -253,3 +265,15 @@ def requests_counted(collection: Collection, scope: str, budget: RateBudget) -> 
     """Requests counted in the scope's current window, by every process (reports, tests)."""
     doc = collection.find_one({"_id": f"budget:{scope}"})
     return counted_in_window(_buckets(doc), budget, time.time())
+
+
+def seconds_until_room(
+    collection: Collection, scope: str, budget: RateBudget, wanted: int
+) -> float:
+    """How long until `wanted` requests of the scope are free by every process's count (0 when
+    they are now): when a run launched for the scope would find requests to send."""
+    doc = collection.find_one({"_id": f"budget:{scope}"})
+    buckets, now = _buckets(doc), time.time()
+    if budget.requests - counted_in_window(buckets, budget, now) >= min(wanted, budget.requests):
+        return 0.0
+    return seconds_until_free(buckets, budget, now, wanted)

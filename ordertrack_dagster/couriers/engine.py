@@ -132,6 +132,7 @@ class CourierClient(ABC):
         self._forced_past: datetime | None = None  # the stored pause a forced run ignores
         self._box_closes: float | None = None  # monotonic time past which nothing is sent
         self._budget: SharedBudget  # set when a fetch starts
+        self._budget_turn = asyncio.Lock()  # one worker at a time uses the budget
         self._records: list[FetchRecord] = []
         self._stream: StreamRecords | None = None
         self._streamed = 0  # records already handed to `_stream`
@@ -246,18 +247,32 @@ class CourierClient(ABC):
                     await asyncio.sleep(wait)
             if self._budget.pause_hinted() and self._adopt_stored_pause():
                 continue  # another process met a limit: this request waits for it too
-            wait = self._budget.take()
+            wait = await self._take_budget()
             if wait is None:
                 return
-            if wait > MAX_INLINE_WAIT_SECONDS:
+            # a run waits for its budget as long as its time box allows (contract §1): the
+            # next run would only wait for the same window, after its own start-up
+            if self._box_closes is None and wait > MAX_INLINE_WAIT_SECONDS:
                 raise Deferred("request budget for this window is used up")
-            self._within_time_box(wait)
+            self._within_time_box(wait, "request budget frees only after the run's time box")
             await asyncio.sleep(wait)
 
-    def _within_time_box(self, wait: float) -> None:
+    async def _take_budget(self) -> float | None:
+        """`SharedBudget.take`, with a reservation's MongoDB round trip in a thread: on the
+        event loop it would stop every worker, and the answers coming in, while MongoDB serves
+        the streamed writes queued ahead of it. Workers take their turn, as the budget is
+        this run's one view of the limit (one round trip at a time)."""
+        async with self._budget_turn:
+            if self._budget.needs_round_trip():
+                return await asyncio.to_thread(self._budget.take)
+            return self._budget.take()
+
+    def _within_time_box(
+        self, wait: float, reason: str = "the run's time for asking the courier is used up"
+    ) -> None:
         """Raise Deferred when a request sent after `wait` seconds would start past the box."""
         if self._box_closes is not None and time.monotonic() + wait >= self._box_closes:
-            raise Deferred("the run's time for asking the courier is used up")
+            raise Deferred(reason)
 
     def _adopt_stored_pause(self) -> bool:
         """Take over a pause another process stored; True when it lies beyond ours."""

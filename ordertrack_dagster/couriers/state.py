@@ -12,7 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo.database import Database
 
-from ordertrack_dagster.couriers.budget import SharedBudget, requests_counted
+from ordertrack_dagster.couriers.budget import (
+    SharedBudget,
+    requests_counted,
+    seconds_until_room,
+)
 from ordertrack_dagster.flows import RateBudget
 from ordertrack_dagster.security.redaction import remember_secret
 from ordertrack_dagster.security.tokens import TokenCipher
@@ -85,6 +89,10 @@ class CourierState:
     def requests_in_window(self, scope: str, budget: RateBudget) -> int:
         """Requests counted in the current window by every process (reports, the benchmark)."""
         return requests_counted(self._collection, scope, budget)
+
+    def budget_frees_in(self, scope: str, budget: RateBudget, wanted: int) -> float:
+        """Seconds until `wanted` requests of the scope are free (0: free now)."""
+        return seconds_until_room(self._collection, scope, budget, wanted)
 
     # -- tokens -------------------------------------------------------------------------
 

@@ -47,14 +47,18 @@ PLAIN_PROGRESS_EVERY_SECONDS = 10.0
 _BAR_WIDTH = 30
 
 
-def prepare_dagster_home(workdir: Path, *, fresh: bool) -> Path:
-    """DAGSTER_HOME holding the project's instance settings (one run per flow). `make run`
-    starts it afresh; `make dev` keeps what the last `make run` stored there."""
+def prepare_dagster_home(workdir: Path, *, fresh: bool = True) -> Path:
+    """DAGSTER_HOME holding the project's instance settings (one run per flow), its storage
+    created: runs launched together on a new home would each create the SQLite tables and
+    race ("table secondary_indexes already exists"), and one would die at start. `make run`
+    and the benchmark start it afresh; `make dev` keeps what the last `make run` stored."""
     home = workdir / "dagster_home"
     if fresh:
         shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    with DagsterInstance.from_config(str(home)):
+        pass  # opening the instance creates its run, event log and schedule storage
     return home
 
 

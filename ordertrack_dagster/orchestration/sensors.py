@@ -60,6 +60,9 @@ DEAD_RUN_SENSOR = "tracking_dead_runs"
 FAILURE_SENSOR = "tracking_run_failure_alert"
 NO_HEARTBEAT = "no-daemon-heartbeat"
 MAX_ERROR_CHARS = 600
+#: A drain run is started when its budget frees within this: about what a run needs from its
+#: launch to its first request (Dagster's start-up, the selection), and the sensor's interval.
+DRAIN_LEAD_SECONDS = 30.0
 # -- start-up runs -----------------------------------------------------------------------
 
 
@@ -172,16 +175,26 @@ def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
     return None
 
 
+def budget_frees_in(state: CourierState, flow: Flow) -> float:
+    """Seconds until the flow's budget has room for half a block of its requests (0 for a
+    flow without a budget): a run started before then would only wait for it."""
+    budget = flow.rate_budget
+    if budget is None:
+        return 0.0
+    return state.budget_frees_in(flow.budget_scope, budget, max(1, flow.workers // 2))
+
+
 def build_drain_sensor() -> SensorDefinition:
     @sensor(
         name=DRAIN_SENSOR,
         job=tracking_job,
         minimum_interval_seconds=30,
         default_status=default_sensor_status(),
-        description="Starts a flow's next run as soon as its last run is over when that run "
-        "left orders due (cap reached, or orders deferred for a pause, the budget or the "
-        "fetch's time box) and the courier answered some, so the courier is kept busy up to "
-        "the budget instead of waiting for the next tick.",
+        description="Starts a flow's next run once its last run is over and its request "
+        "budget frees within 30 s, when that run left orders due (cap reached, or orders "
+        "deferred for a pause, the budget or the fetch's time box) and the courier answered "
+        "some, so the courier is kept busy up to the budget instead of waiting for the next "
+        "tick.",
     )
     def _drain(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
         state = CourierState(mongo.get_database())
@@ -193,6 +206,13 @@ def build_drain_sensor() -> SensorDefinition:
             if left is None or hold_reason(context.instance, flow, state, now) is not None:
                 continue
             run_id, why = left
+            frees_in = budget_frees_in(state, flow)
+            if frees_in > DRAIN_LEAD_SECONDS:
+                context.log.info(
+                    f"{key}: {why} in run {run_id}; its request budget frees in "
+                    f"{frees_in:.0f} s, so the next run starts then"
+                )
+                continue
             context.log.info(f"{key}: {why} in run {run_id}; starting the next run")
             requests.append(
                 RunRequest(run_key=f"drain:{key}:{run_id}", partition_key=key, tags=run_tags(flow))

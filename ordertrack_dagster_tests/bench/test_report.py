@@ -167,7 +167,7 @@ def test_targets_carry_value_bound_ratio_and_verdict():
     assert (fetch.value, fetch.bound, fetch.met) == (1.5, 1.25, False)
     assert fetch.ratio == pytest.approx(1.2)
     assert fetch.measured == "1.50x (1.50 s vs 1.00 s)"
-    assert fetch.why.startswith("a client costing no CPU would need")
+    assert fetch.why.startswith("client CPU 15.00 ms per request; a client costing no CPU")
     tracking = targets[
         "<= 10 MongoDB round trips per 1,000 orders: "
         "the tracking path (selection, fetch, mapping, write)"
@@ -226,7 +226,7 @@ def test_bench_md_is_the_template_filled_in_from_the_figures():
     ]
     assert (
         "| fetch phase <= 1.25x its bound at 2,000 delhivery_b2c orders | 1.50x (1.50 s vs "
-        "1.00 s); a client costing no CPU would need"
+        "1.00 s); client CPU 15.00 ms per request; a client costing no CPU would need"
     ) in markdown
     assert (
         "| peak RSS < 1 GiB for every flow at 100,000 due | at most 300 MiB "
@@ -323,3 +323,38 @@ def test_the_limit_targets_of_two_flows_sharing_a_limit_and_of_the_head_of_line(
         if t.target.startswith("healthy orders")
     ]
     assert not late_target.met
+
+
+def test_targets_of_a_scenario_whose_run_failed_are_not_measured_never_met():
+    """A dead run sends nothing, so "zero HTTP 403" would hold for the wrong reason."""
+    dead = run_figures("shared-delhivery_b2c", "delhivery_b2c", 0, ok=False, requests=0)
+    shared = SharedLimitFigures(
+        courier_limit=RateBudget(requests=75, window_seconds=30),
+        client_budget=RateBudget(requests=70, window_seconds=30),
+        runs=[dead, run_figures("shared-delhivery_fallback", "delhivery_fallback", 100)],
+        most_in_window_courier=3,
+        forbidden=0,
+    )
+    results = hand_made_results(shared=shared)
+    results.limited.runs.append(run_figures("limited-2", "delhivery_b2c", 0, ok=False))
+    figures = report(results)
+    unmeasured = [t for t in figures.targets if t.failed_runs]
+    assert {t.target for t in unmeasured} == {
+        "zero HTTP 403 and at most the limit in any window, two flows sharing one limit",
+        "<= 10 MongoDB round trips per 1,000 orders while two flows share one limit",
+        "zero HTTP 403 under the courier's limit (the drain)",
+        ">= 90% of the rate budget used over the whole drain",
+        "worst wait for the first request <= 1.2x the rate bound",
+    }
+    for target in unmeasured:
+        assert (target.met, target.value, target.verdict) == (False, None, "NOT MEASURED")
+    markdown = render_markdown(figures, None)
+    assert (
+        "| zero HTTP 403 and at most the limit in any window, two flows sharing one limit "
+        "| run shared-delhivery_b2c failed | **NOT MEASURED** |"
+    ) in markdown.splitlines()
+    assert "| run limited-2 failed | **NOT MEASURED** |" in markdown
+    written = to_json(figures)["targets"]
+    assert {t["verdict"] for t in written if t["target"] in {u.target for u in unmeasured}} == {
+        "NOT MEASURED"
+    }

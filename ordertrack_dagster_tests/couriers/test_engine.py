@@ -3,12 +3,14 @@ answer-reading helpers. Run against the simulator through the Delhivery B2C clie
 engine's behaviour does not depend on the courier)."""
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from pymongo.errors import AutoReconnect
 
+from ordertrack_dagster.couriers import engine
 from ordertrack_dagster.couriers.answers import (
     decode_json,
     first_entry,
@@ -131,6 +133,28 @@ def test_the_request_budget_defers_what_it_cannot_cover(stack, state):
     assert state.requests_in_window(SCOPE, budget) == 1
 
 
+@pytest.mark.parametrize(
+    ("time_box_seconds", "second_key"),
+    [(60, FetchState.ANSWERED), (1, FetchState.DEFERRED)],
+)
+def test_a_run_waits_for_its_budget_within_its_time_box(
+    stack, state, monkeypatch, time_box_seconds, second_key
+):
+    """A budget that frees before the run's time box closes is waited for, however long
+    beyond the wait a courier pause gets (shortened here to 0.5 s, the budget's window 3 s)."""
+    monkeypatch.setattr(engine, "MAX_INLINE_WAIT_SECONDS", 0.5)
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit", "delivered"])
+    budget = RateBudget(requests=1, window_seconds=3)
+    options = FetchOptions(time_box=timedelta(seconds=time_box_seconds))
+    result = asyncio.run(
+        client(stack, state, default_rate_budget=budget, **ONE_AT_A_TIME).fetch(keys, options)
+    )
+    first, second = (records_by_key(result)[key] for key in keys)
+    assert (first.state, second.state) == (FetchState.ANSWERED, second_key)
+    if second_key is FetchState.DEFERRED:
+        assert "budget frees only after" in second.error
+
+
 class _SettlementLost:
     """The budget's collection, with every settlement lost on its way to the server."""
 
@@ -160,6 +184,58 @@ def test_a_failed_last_settlement_does_not_fail_a_finished_fetch(stack, state, m
     assert "went away" in result.stats.budget_unsettled
     # what was reserved stays counted until it leaves the window: too much, never too little
     assert state.requests_in_window(SCOPE, budget) >= result.stats.requests
+
+
+class _ReservationWatched:
+    """The budget's collection, whose reservations first wait (up to `patience` seconds)
+    for the fetch's event loop to show it still runs, and note whether it did."""
+
+    def __init__(self, collection, patience: float = 10.0):
+        self._collection = collection
+        self._patience = patience
+        self.reserving = threading.Event()  # a reservation is waiting on the loop
+        self.loop_ran = threading.Event()  # the loop answered while it waited
+        self.loop_ran_every_time: list[bool] = []
+
+    def __getattr__(self, name):
+        return getattr(self._collection, name)
+
+    def find_one_and_update(self, *args, **kwargs):
+        self.loop_ran.clear()
+        self.reserving.set()
+        self.loop_ran_every_time.append(self.loop_ran.wait(self._patience))
+        self.reserving.clear()
+        return self._collection.find_one_and_update(*args, **kwargs)
+
+
+def test_a_budget_reservation_leaves_the_fetch_loop_running(stack, state, monkeypatch):
+    """A reservation waits on MongoDB (behind the run's streamed writes, say): the fetch's
+    event loop goes on meanwhile, instead of every worker and answer waiting with it."""
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 6)
+    budget = RateBudget(requests=100, window_seconds=300)
+    reserve = state.shared_budget
+    watched: list[_ReservationWatched] = []
+
+    def watched_budget(*args, **kwargs):
+        shared = reserve(*args, **kwargs)
+        watched.append(_ReservationWatched(shared._collection))
+        shared._collection = watched[-1]
+        return shared
+
+    async def fetch_and_watch_the_loop():
+        fetch = asyncio.create_task(
+            client(stack, state, default_rate_budget=budget, **ONE_AT_A_TIME).fetch(keys)
+        )
+        while not fetch.done():  # the loop's heartbeat, seen by a waiting reservation
+            if watched and watched[0].reserving.is_set():
+                watched[0].loop_ran.set()
+            await asyncio.sleep(0.01)
+        return fetch.result()
+
+    monkeypatch.setattr(state, "shared_budget", watched_budget)
+    result = asyncio.run(fetch_and_watch_the_loop())
+    assert {record.state for record in result.records} == {FetchState.ANSWERED}
+    assert watched[0].loop_ran_every_time and all(watched[0].loop_ran_every_time)
 
 
 def test_unknown_keys_are_not_answered_with_the_http_status_kept(stack, state):

@@ -1,13 +1,15 @@
 """The drain sensor (contract §1): a flow whose last run left orders due gets its next run as
 soon as the last one is over, not at the next tick."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context
 
-from ordertrack_dagster.couriers.state import CourierState
+from ordertrack_dagster.couriers.budget import bucket_width
+from ordertrack_dagster.couriers.state import STATE_COLLECTION, CourierState
 from ordertrack_dagster.definitions import defs
-from ordertrack_dagster.flows import get_flow
+from ordertrack_dagster.flows import RateBudget, get_flow
 from ordertrack_dagster.orchestration import SENSORS
 from ordertrack_dagster.orchestration.guards import FLOW_TAG, run_tags
 from ordertrack_dagster.orchestration.sensors import DRAIN_SENSOR
@@ -58,3 +60,31 @@ def test_a_running_or_paused_flow_is_not_drained(instance, mongo, db, add_run):
     CourierState(db).pause("delhivery_express", datetime.now(UTC) + timedelta(minutes=8))
     result = evaluate(instance, mongo)
     assert result.run_requests == []
+
+
+def _budget_used_up(db, scope: str, budget: RateBudget, counted_at: float) -> None:
+    """Every request of the scope's window counted in the bucket of `counted_at`."""
+    start = int(counted_at // bucket_width(budget) * bucket_width(budget))
+    db[STATE_COLLECTION].insert_one(
+        {"_id": f"budget:{scope}", "buckets": {str(start): budget.requests}}
+    )
+
+
+def test_the_next_run_starts_when_its_budget_frees_not_when_the_last_run_ends(instance, mongo, db):
+    """A run started while the window is used up would only wait for it: the drain waits
+    instead, and starts the run once the budget frees within the sensor's lead."""
+    b2c = get_flow("delhivery_b2c")
+    wrote(instance, "delhivery_b2c", selected=b2c.cap, deferred=0)
+    wrote(instance, "delhivery_b2b", selected=get_flow("delhivery_b2b").cap, deferred=0)
+    _budget_used_up(db, b2c.budget_scope, b2c.rate_budget, time.time())
+    result = evaluate(instance, mongo)
+    assert [request.partition_key for request in result.run_requests] == ["delhivery_b2b"]
+
+    db[STATE_COLLECTION].delete_many({})  # the same use, leaving the window in 10 to 20 s
+    window = b2c.rate_budget.window_seconds
+    _budget_used_up(db, b2c.budget_scope, b2c.rate_budget, time.time() - window + 10)
+    result = evaluate(instance, mongo)
+    assert {request.partition_key for request in result.run_requests} == {
+        "delhivery_b2c",
+        "delhivery_b2b",
+    }
