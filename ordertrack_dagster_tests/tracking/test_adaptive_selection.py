@@ -120,7 +120,7 @@ def test_the_write_path_stores_the_next_poll_from_the_policy(stack, stack_env, d
     pending = select_pending(db, flow, LOG).frame
     courier = courier_resource(flow.key, stack_env)
     raw = ask_courier(db, pending, flow, courier, force=False, run_id="test", log=LOG).frame
-    write_statuses(db, map_answers(pending, raw, flow).frame, flow, "test", LOG)
+    write_statuses(db, map_answers(db, pending, raw, flow).frame, flow, "test", LOG)
 
     names = {d["status_id"]: d["name"] for d in db["status"].find()}
     for order in orders:

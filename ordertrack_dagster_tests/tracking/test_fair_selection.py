@@ -60,7 +60,9 @@ def test_unanswerable_orders_at_the_cap_do_not_starve_healthy_ones(stack, stack_
 
 
 def test_deferred_orders_keep_their_place(stack, stack_env, db):
-    budget = RateBudget(requests=2, window_seconds=300)  # the login and one request
+    # the login and one request; the window frees only after the run's time box, so the
+    # second order is deferred rather than waited for
+    budget = RateBudget(requests=2, window_seconds=86_400)
     flow = replace(get_flow("shiprocket"), batch_size=1, concurrency=1, default_rate_budget=budget)
     asked, deferred = seed_orders(db, stack.simulator, flow.key, ["in_transit"] * 2)
     _run(db, flow, stack_env)
