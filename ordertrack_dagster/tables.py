@@ -33,6 +33,7 @@ SNAPSHOT_COLUMNS = [
     "last_tracking_time",
     "bookingCourier",
     "source",
+    "status_changed_at",
 ]
 RAW_RESPONSE_COLUMNS = ["flow", "run_id", *FetchRecord.__dataclass_fields__]
 UPDATE_COLUMNS = [
@@ -47,6 +48,7 @@ UPDATE_COLUMNS = [
     "event_time",
     "stop_tracking",
     "alert",
+    "status_changed_at",
 ]
 WRITE_COLUMNS = [
     "order_oid",

@@ -53,7 +53,15 @@ def test_only_the_couriers_package_imports_its_internals() -> None:
 
 def test_contract_modules_import_no_concern() -> None:
     concerns = ("couriers", "tracking", "effects", "analytics", "orchestration", "devstack")
-    for contract in ("flows", "statuses", "records", "tables", "markers", "run_summary"):
+    for contract in (
+        "flows",
+        "statuses",
+        "records",
+        "tables",
+        "markers",
+        "run_summary",
+        "polling",
+    ):
         imports = _imports(PACKAGE / f"{contract}.py")
         for concern in concerns:
             assert _reaching({contract: imports}, f"ordertrack_dagster.{concern}") == {}

@@ -180,9 +180,13 @@ def prepare_database(db: Database) -> list[str]:
     warnings: list[str] = []
     specs = [
         ("orders", [("order_status", ASCENDING), ("last_tracking_time", ASCENDING)], {}),
-        (
+        (  # selection's sort (polling.SELECTION_SORT): earliest next poll first
             "orders",
-            [("ordertrack_asked_at", ASCENDING), ("last_tracking_time", ASCENDING)],
+            [
+                ("ordertrack_next_poll_at", ASCENDING),
+                ("ordertrack_asked_at", ASCENDING),
+                ("last_tracking_time", ASCENDING),
+            ],
             {},
         ),
         ("orders", [("awb_number", ASCENDING)], {}),

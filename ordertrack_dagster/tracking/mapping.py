@@ -62,10 +62,12 @@ def interpret_answers(
                 "event_time": reading.event_time,
                 "stop_tracking": reading.stop_tracking,
                 "alert": reading.alert,
+                "status_changed_at": _stored_time(order, "status_changed_at"),
             }
         )
     frame = pd.DataFrame(rows, columns=UPDATE_COLUMNS)
-    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
+    for column in ("event_time", "status_changed_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
     frame["current_status_id"] = frame["current_status_id"].astype("Int64")
     return frame
 
@@ -138,6 +140,13 @@ def _with_notes(
     )
 
 
+def _stored_time(row: Any, column: str) -> datetime | None:
+    """A time column of a stored table; None when empty, or absent from a table stored before
+    the column existed (a write re-executed on an older run's input)."""
+    value = getattr(row, column, None)
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
+
+
 def polled_orders(updates: pd.DataFrame) -> list[PolledOrder]:
     """The writer's view of the mapped rows."""
     orders = []
@@ -160,6 +169,7 @@ def polled_orders(updates: pd.DataFrame) -> list[PolledOrder]:
                 if pd.isna(row.event_time)
                 else pd.Timestamp(row.event_time).to_pydatetime(),
                 stop_tracking=bool(row.stop_tracking),
+                status_changed_at=_stored_time(row, "status_changed_at"),
             )
         )
     return orders

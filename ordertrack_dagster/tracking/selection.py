@@ -9,11 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ordertrack_dagster.flows import Flow, Selection
+from ordertrack_dagster.polling import SELECTION_SORT, STATUS_CHANGED_FIELD
 
-#: When ordertrack last asked the courier about an order, answered or not (contract §2). The
-#: queue's order: an order asked without a usable answer goes behind those not asked since,
-#: while `last_tracking_time` keeps meaning "the courier answered".
-ASKED_FIELD = "ordertrack_asked_at"
 PRIMARY_SOURCES = ("shopify", "woocommerce", "Outbound", "other", "Retailer")
 DEFAULT_TRACKING_STATUS = "4,5,6,7,8,9,11,14,16,51,26,25"
 DEFAULT_BUFFER_DAYS = 31
@@ -28,6 +25,7 @@ SNAPSHOT_FIELDS = (
     "source",
     "isBooked.timestamp",
     "last_tracking_time",
+    STATUS_CHANGED_FIELD,
 )
 
 
@@ -68,7 +66,7 @@ def _absent(field: str) -> dict[str, Any]:
 
 
 def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuery:
-    """Contract §2: the base filter plus the flow's own; longest not asked first; the flow's cap."""
+    """Contract §2: the base filter plus the flow's own; earliest next poll first; the cap."""
     courier = re.compile(flow.booking_courier_pattern, re.IGNORECASE)
     clauses: list[dict[str, Any]] = [
         {"order_status": {"$in": list(policy.tracking_status_ids)}},
@@ -87,7 +85,7 @@ def build_query(flow: Flow, policy: SelectionPolicy, now: datetime) -> OrderQuer
         ]
     return OrderQuery(
         filter={"$and": clauses},
-        sort=[(ASKED_FIELD, 1), ("last_tracking_time", 1), ("_id", 1)],
+        sort=list(SELECTION_SORT),
         limit=flow.cap,
     )
 

@@ -23,6 +23,7 @@ from ordertrack_dagster.couriers import (
 from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow, fetch_time_box
 from ordertrack_dagster.killpoints import kill_point
+from ordertrack_dagster.polling import STATUS_CHANGED_FIELD
 from ordertrack_dagster.records import ODD_KEY_BATCH, FetchRecord, FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
 from ordertrack_dagster.tables import SNAPSHOT_COLUMNS, WRITE_COLUMNS
@@ -72,12 +73,13 @@ def select_pending(db: Database, flow: Flow, log: logging.Logger) -> Table:
                 "last_tracking_time": doc.get("last_tracking_time"),
                 "bookingCourier": _text(doc.get("bookingCourier")),
                 "source": _text(doc.get("source")),
+                "status_changed_at": doc.get(STATUS_CHANGED_FIELD),
             }
             for doc in cursor
         ]
     frame = pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
     frame["order_status"] = pd.to_numeric(frame["order_status"], errors="coerce").astype("Int64")
-    for column in ("booked_at", "last_tracking_time"):
+    for column in ("booked_at", "last_tracking_time", "status_changed_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True)
     return Table(frame, metadata.snapshot_metadata(flow, frame, query, measured))
 

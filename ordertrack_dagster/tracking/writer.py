@@ -32,6 +32,12 @@ from pymongo.database import Database
 
 from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event, marker
+from ordertrack_dagster.polling import (
+    ASKED_FIELD,
+    NEXT_POLL_FIELD,
+    STATUS_CHANGED_FIELD,
+    next_poll_at,
+)
 from ordertrack_dagster.records import INDIA, Outcome
 from ordertrack_dagster.resources.mongo import BULK_CHUNK, BulkLog, Rejected, bulk_update
 from ordertrack_dagster.statuses import (
@@ -41,7 +47,6 @@ from ordertrack_dagster.statuses import (
     timestamp_key,
 )
 from ordertrack_dagster.tables import Action
-from ordertrack_dagster.tracking.selection import ASKED_FIELD
 
 #: Set on an order whose orderTracking must be brought to its status: the History time to use.
 TRACKING_DUE_FIELD = "ordertrack_tracking_due"
@@ -93,6 +98,8 @@ class PolledOrder:
     status: Canonical | None
     event_time: datetime | None
     stop_tracking: bool = False
+    #: as stored when selected (`ordertrack_status_changed_at`); None before it was first set
+    status_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -162,9 +169,25 @@ def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
     return fields
 
 
-def _poll_op(order: PolledOrder, now: datetime, moves: _Moves) -> UpdateOne:
+def _next_poll_unchanged(
+    order: PolledOrder, current: Canonical | None, now: datetime
+) -> datetime | None:
+    """The order's next poll when its status stays as it is (polling.py)."""
+    return next_poll_at(current, order.status_changed_at, now, order.courier_status)
+
+
+def _changed_at_unless_set(now: datetime) -> dict[str, Any]:
+    """The stored change time; an order tracked before the field existed starts counting now."""
+    return {"$ifNull": [f"${STATUS_CHANGED_FIELD}", _literal(now)]}
+
+
+def _poll_op(
+    order: PolledOrder, current: Canonical | None, now: datetime, moves: _Moves
+) -> UpdateOne:
     fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
     fields[TRACKING_DUE_FIELD] = moves.due_unless_synced
+    fields[NEXT_POLL_FIELD] = _literal(_next_poll_unchanged(order, current, now))
+    fields[STATUS_CHANGED_FIELD] = _changed_at_unless_set(now)
     return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
 
 
@@ -191,6 +214,9 @@ class _Moves:
                 {"$ifNull": [due, _literal(now)]},
             ]
         }
+
+    def status_id(self, status: Canonical) -> int:
+        return self._catalogue.ids[status]
 
     def order(self, new: Canonical) -> tuple[dict[str, Any], dict[str, Any]]:
         """(the guard: the stored status allows the move, the status fields under it)."""
@@ -237,6 +263,7 @@ _FIRST_RETURN = {
 
 def _status_op(
     order: PolledOrder,
+    current: Canonical | None,
     new: Canonical,
     moves: _Moves,
     events: Sequence[Event],
@@ -254,8 +281,16 @@ def _status_op(
     fields = {name: _literal(value) for name, value in _poll_fields(order, now).items()}
     fields.update(guarded)
     # orderTracking gets the answer's time; the mark is in the same atomic update
-    entry_time = _literal(order.event_time or now)
+    changed_at = order.event_time or now
+    entry_time = _literal(changed_at)
     fields[TRACKING_DUE_FIELD] = {"$cond": [allowed, entry_time, moves.due_unless_synced]}
+    # the next poll follows the status MongoDB leaves: the new one when the guard lets the
+    # move through or another run already made it, else the one the snapshot saw
+    moved = next_poll_at(new, changed_at, now, order.courier_status)
+    stayed = _next_poll_unchanged(order, current, now)
+    arrived = {"$or": [allowed, {"$eq": ["$order_status", _literal(moves.status_id(new))]}]}
+    fields[NEXT_POLL_FIELD] = {"$cond": [arrived, _literal(moved), _literal(stayed)]}
+    fields[STATUS_CHANGED_FIELD] = {"$cond": [allowed, entry_time, _changed_at_unless_set(now)]}
     if events:
         markers = {
             event.value: _literal(marker(new.value, flow_key, order.tracking_key, now))
@@ -338,21 +373,23 @@ def plan_writes(
         from_status = current.value if current else _as_text(order.current_status_id)
         if not order.outcome.was_read:
             if order.stop_tracking:
-                plan.order_ops.append(_poll_op(order, now, moves))
+                plan.order_ops.append(_poll_op(order, current, now, moves))
             elif order.outcome is not Outcome.DEFERRED:  # asked in vain: behind the unasked
-                plan.order_ops.append(
-                    UpdateOne({"_id": order.order_oid}, {"$set": {ASKED_FIELD: now}})
-                )
+                asked = {
+                    ASKED_FIELD: now,
+                    NEXT_POLL_FIELD: _next_poll_unchanged(order, current, now),
+                }
+                plan.order_ops.append(UpdateOne({"_id": order.order_oid}, {"$set": asked}))
             plan.decisions.append(Decision(order.order_oid, Action.UNTOUCHED, from_status, None))
             continue
         new = order.status if order.outcome is Outcome.MAPPED else None
         unchanged = _unchanged(order, current, from_status, new, catalogue)
         if unchanged is not None:
-            plan.order_ops.append(_poll_op(order, now, moves))
+            plan.order_ops.append(_poll_op(order, current, now, moves))
             plan.decisions.append(unchanged)
             continue
         events = _events_for(order, new, flow_key)
-        plan.order_ops.append(_status_op(order, new, moves, events, flow_key, now))
+        plan.order_ops.append(_status_op(order, current, new, moves, events, flow_key, now))
         plan.changes[order.order_oid] = catalogue.ids[new]
         plan.decisions.append(
             Decision(order.order_oid, Action.STATUS_CHANGED, from_status, new.value, events)

@@ -14,6 +14,7 @@ from pymongo.database import Database
 
 from ordertrack_dagster.devstack.stack import SLACK_CHANNELS, EmbeddedStack
 from ordertrack_dagster.markers import OUTBOX_FIELD
+from ordertrack_dagster.polling import SELECTION_SORT
 from ordertrack_dagster.resources.mongo import mongo_client
 from ordertrack_dagster_tests.effects.support import (
     EFFECTS,
@@ -217,7 +218,7 @@ def test_query_log_of_each_run_is_on_s3_and_linked_in_slack(two_runs, stack):
         assert "X-Amz-Expires=259200" in url  # 3 days
         query = json.loads(fetch(url))
         assert (query["flow"], query["run_id"], query["selected"]) == (FLOW, run.run_id, selected)
-        assert query["sort"] == [["ordertrack_asked_at", 1], ["last_tracking_time", 1], ["_id", 1]]
+        assert query["sort"] == [[field, order] for field, order in SELECTION_SORT]
         assert {"bookingCourier": "/Delhivery/i"} in query["filter"]["$and"]
 
 

@@ -7,10 +7,10 @@ import pytest
 from bson import ObjectId
 
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event
+from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, next_poll_at
 from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster.tables import Action
-from ordertrack_dagster.tracking.selection import ASKED_FIELD
 from ordertrack_dagster.tracking.writer import (
     TRACKING_SYNCED_FIELD,
     PolledOrder,
@@ -236,15 +236,19 @@ def test_two_concurrent_writers_append_history_once(db, catalogue):
 
 @pytest.mark.parametrize("outcome", [Outcome.NOT_FOUND, Outcome.FAILED, Outcome.DEFERRED])
 def test_unread_answers_leave_status_and_poll_untouched(db, catalogue, outcome):
-    """Only the queue place moves, and only for an order that was asked (contract §2)."""
+    """Only the queue place (when asked, and when next due) moves, and only for an order that
+    was asked (contract §2)."""
     oid = make_order(db, C.IN_TRANSIT)
     before = db["orders"].find_one({"_id": oid})
     plan, _ = write(db, catalogue, [polled(oid, C.IN_TRANSIT, None, outcome=outcome)])
     assert plan.decisions[0].action == Action.UNTOUCHED
     after = db["orders"].find_one({"_id": oid})
     asked_at = after.pop(ASKED_FIELD, None)
+    next_poll = after.pop(NEXT_POLL_FIELD, None)
     assert after == before
     assert asked_at == (None if outcome is Outcome.DEFERRED else NOW)
+    asked_in_vain = next_poll_at(C.IN_TRANSIT, None, NOW, None)
+    assert next_poll == (None if outcome is Outcome.DEFERRED else asked_in_vain)
 
 
 @pytest.mark.parametrize(
