@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from ordertrack_dagster.couriers.budget import SharedBudget
-from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE
+from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE, map_express_status
 from ordertrack_dagster.couriers.pauses import MAX_INLINE_WAIT_SECONDS
 from ordertrack_dagster.devstack.seed import SCENARIO_WEIGHTS, STATUSES
 from ordertrack_dagster.devstack.simulator.app import COURIER_APIS
@@ -50,9 +50,9 @@ from ordertrack_dagster.devstack.simulator.lifecycle import (
 )
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
 from ordertrack_dagster.flows import Flow, fetch_time_box, get_flow, schedule_interval
-from ordertrack_dagster.orchestration.checks import default_max_age
+from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, max_interval, next_poll_at
 from ordertrack_dagster.statuses import Canonical, normalise_raw_status
-from ordertrack_dagster.tracking.selection import ASKED_FIELD, SelectionPolicy, build_query
+from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 
 BASELINE_POLICY = "oldest-first"
 FLOWS_MODELLED = ("delhivery_b2c", "delhivery_b2b", "delhivery_fallback")
@@ -141,40 +141,37 @@ class PollOutcome:
 
 
 class PollingPolicy(Protocol):
-    """What decides the queue: the sort of the selection and what a poll writes for it."""
+    """What decides the queue. The selection always sorts as the product's `build_query`
+    does; a policy is what each poll stores for that sort to read."""
 
     name: str
 
-    def sort(self, flow: Flow, now: datetime) -> list[tuple[str, int]]:
-        """The product's sort of the flow's selection (MongoDB sort spec)."""
-        ...
-
     def after_poll(self, flow: Flow, doc: dict[str, Any], outcome: PollOutcome) -> None:
-        """Set on `doc` what the product's write sets for this poll (besides the status)."""
-        ...
-
-    def max_interval(self, flow: Flow, status: Canonical | None) -> float:
-        """Seconds a live order of this status may go unpolled."""
+        """Set on `doc` what the product's write sets for this poll (besides the status and
+        the ask and answer times, which the model sets for every policy)."""
         ...
 
 
 class OldestFirst:
-    """The product's selection as it is: longest not asked first (contract §2)."""
+    """The selection as it was: no order has a next-poll time (as before adaptive polling),
+    so the sort falls through to its next keys, longest not asked first."""
 
     name = BASELINE_POLICY
 
-    def __init__(self, selection: SelectionPolicy) -> None:
-        self.selection = selection
+    def after_poll(self, flow: Flow, doc: dict[str, Any], outcome: PollOutcome) -> None:
+        """Stores nothing more."""
 
-    def sort(self, flow: Flow, now: datetime) -> list[tuple[str, int]]:
-        return build_query(flow, self.selection, now).sort
+
+class Adaptive:
+    """The product's adaptive polling (`polling.py`): each poll stores the order's next poll
+    time, from its status, how long that has stood and what the courier last said."""
+
+    name = "adaptive"
 
     def after_poll(self, flow: Flow, doc: dict[str, Any], outcome: PollOutcome) -> None:
-        """Nothing beyond the ask and answer times the model sets for every policy."""
-
-    def max_interval(self, flow: Flow, status: Canonical | None) -> float:
-        """The freshness check's bound: three schedule intervals unless configured."""
-        return default_max_age(flow).total_seconds()
+        doc[NEXT_POLL_FIELD] = next_poll_at(
+            outcome.status, outcome.last_changed_at, outcome.now, outcome.courier_status
+        )
 
 
 def sort_key(spec: Sequence[tuple[str, int]]) -> Callable[[dict[str, Any]], tuple]:
@@ -231,6 +228,15 @@ class MemoryStateDocuments:
 # -- the life cycles -------------------------------------------------------------------------
 
 
+def _stored_status(flow: str, said: str) -> str:
+    """What the product keeps of the simulator's status text: Delhivery express says
+    `StatusType/Status` and the product's reader stores the pair its own way; B2B as said."""
+    if flow == "delhivery_b2b":
+        return said
+    status_type, _, status = said.partition("/")
+    return map_express_status({"StatusType": status_type, "Status": status}, None, EPOCH)[0]
+
+
 class LifeCycles:
     """The simulator's life cycles on the model's clock, and how each flow's courier says each
     step (a change at the courier is a step whose status text differs from the one before)."""
@@ -245,6 +251,10 @@ class LifeCycles:
         # read once: the model asks for them millions of times
         self._says = {
             flow: {step: api.raw_status(step) for step in STEPS} for flow, api in apis.items()
+        }
+        self._stored = {
+            flow: {step: _stored_status(flow, said) for step, said in says.items()}
+            for flow, says in self._says.items()
         }
         b2b = apis["delhivery_b2b"]
         self._canonical = {
@@ -276,6 +286,10 @@ class LifeCycles:
 
     def courier_status(self, flow: str, step: str) -> str:
         return self._says[flow][step]
+
+    def stored_status(self, flow: str, step: str) -> str:
+        """`courier_status` as the product stores it (Delhivery express: `ud-dispatched`)."""
+        return self._stored[flow][step]
 
     def canonical(self, step: str) -> Canonical | None:
         """The product's legacy table on the simulator's B2B status text for the step: one
@@ -435,9 +449,10 @@ class FreshnessModel:
         self.initial: dict[str, list[ModelOrder]] = {}
         self._scenarios, self._weights = list(SCENARIO_WEIGHTS), list(SCENARIO_WEIGHTS.values())
         self._flows = {key: get_flow(key) for key in population.live}
-        self._specs: dict[str, list[tuple[str, int]]] = {}
+        # the product's selection sort (fixed: it does not depend on the time)
         self._keys = {
-            key: sort_key(self.policy.sort(flow, EPOCH)) for key, flow in self._flows.items()
+            key: sort_key(build_query(flow, self.selection, EPOCH).sort)
+            for key, flow in self._flows.items()
         }
         self._bounds: dict[tuple[str, Canonical | None], float] = {}
 
@@ -497,7 +512,7 @@ class FreshnessModel:
         """The policy's say on the document, then the document's place in the queue."""
         step = order.steps[max(order.seen, 0)]
         outcome = PollOutcome(
-            self.now, order.status, self.lifecycles.courier_status(flow, step), changed,
+            order.last_asked, order.status, self.lifecycles.stored_status(flow, step), changed,
             order.changed_at,
         )  # fmt: skip
         self.policy.after_poll(self._flows[flow], order.doc, outcome)
@@ -527,7 +542,8 @@ class FreshnessModel:
                 order.seen = position
                 status = self.lifecycles.canonical(order.steps[position])
                 if status is not None and status != order.status:
-                    order.status, order.changed_at, changed = status, now, True
+                    # the courier's time of the change, as the write stores it
+                    order.status, order.changed_at, changed = status, order.starts[position], True
                     order.doc["order_status"] = self._status_ids[str(status)]
         self._after_poll(flow, order, changed)
 
@@ -536,9 +552,7 @@ class FreshnessModel:
         gap = until - order.last_asked
         bound = self._bounds.get((flow, order.status))
         if bound is None:
-            bound = self._bounds[flow, order.status] = self.policy.max_interval(
-                self._flows[flow], order.status
-            )
+            bound = self._bounds[flow, order.status] = max_interval(order.status).total_seconds()
         counts.longest_unpolled_s = max(counts.longest_unpolled_s, gap)
         if gap > bound * counts.worst_unpolled_share:
             counts.worst_unpolled_share = gap / bound
@@ -550,23 +564,15 @@ class FreshnessModel:
         """The due orders in the policy's order, up to the cap; those that left the selection
         are replaced by new bookings (a steady state of live shipments). The live list is
         kept in the last sort's order, so sorting again mostly merges two sorted runs."""
-        now = sim_datetime(self.now)
-        spec = self.policy.sort(flow, now)
-        if spec != self._specs.get(flow.key):  # the sort changed: every key anew
-            self._specs[flow.key], self._keys[flow.key] = spec, sort_key(spec)
-            for order in self.live[flow.key]:
-                order.sort_key = self._keys[flow.key](order.doc)
         orders = self.live[flow.key]
         due = [order for order in orders if self._is_due(order, self.now)]
         for _ in range(len(orders) - len(due)):
-            order = self._new_order(flow.key, self.now)
-            self._after_poll(flow.key, order, changed=False)
-            order.doc[ASKED_FIELD] = order.doc["last_tracking_time"] = None  # never asked
+            order = self._new_order(flow.key, self.now)  # never asked: no times stored
             order.sort_key = self._keys[flow.key](order.doc)
             due.append(order)
         due.sort(key=_by_sort_key)
         self.live[flow.key] = due
-        return due[: build_query(flow, self.selection, now).limit]
+        return due[: build_query(flow, self.selection, sim_datetime(self.now)).limit]
 
     def _run(self, flow: Flow) -> Iterator[float]:
         """One tracking run: select, then ask batch by batch as the budget lets it; yields
@@ -657,9 +663,9 @@ class FreshnessModel:
 # -- what the benchmark keeps ----------------------------------------------------------------
 
 
-def policies(selection: SelectionPolicy) -> list[PollingPolicy]:
+def policies() -> list[PollingPolicy]:
     """The policies compared, the product's current selection first."""
-    return [OldestFirst(selection)]
+    return [OldestFirst(), Adaptive()]
 
 
 @dataclass
@@ -689,7 +695,7 @@ def measure_model(population: Population, selection: SelectionPolicy) -> Freshne
     """Every policy on the same population, budget and clock."""
     started = time.perf_counter()
     runs, initial = [], None
-    for policy in policies(selection):
+    for policy in policies():
         print(f"  freshness model: {policy.name}", flush=True)
         model = FreshnessModel(policy, population, selection)
         runs.append(model.run(initial))

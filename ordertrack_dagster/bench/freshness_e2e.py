@@ -17,10 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from ordertrack_dagster.bench.freshness import (
+    Adaptive,
     Delays,
     FreshnessModel,
     LifeCycles,
-    OldestFirst,
     Population,
     tally,
 )
@@ -132,7 +132,9 @@ def _delays(
 
 
 def model_alike(scale: ValidationScale, end_to_end_figures: dict[str, Any]) -> dict[str, Any]:
-    """The model with the end-to-end check's flow, population and tick interval."""
+    """The model with the end-to-end check's flow, population and tick interval, under the
+    policy the product runs (adaptive; with every order under the cap, all are polled each
+    run, as end to end)."""
     interval = end_to_end_figures["interval_s"]
     hours = end_to_end_figures["span_s"] / 3600
     population = Population(
@@ -142,9 +144,7 @@ def model_alike(scale: ValidationScale, end_to_end_figures: dict[str, Any]) -> d
         tail_hours=2 * interval / 3600,
     )
     selection = SelectionPolicy.from_env()
-    model = FreshnessModel(
-        OldestFirst(selection), population, selection, intervals={VALIDATION_FLOW: interval}
-    )
+    model = FreshnessModel(Adaptive(), population, selection, intervals={VALIDATION_FLOW: interval})
     return model.run()["flows"][0]["all"]
 
 

@@ -24,7 +24,8 @@ from ordertrack_dagster.bench.report import render_markdown, to_json
 from ordertrack_dagster.bench.results import keep_unmeasured, results_from_json
 from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.flows import get_flow
-from ordertrack_dagster.tracking.selection import ASKED_FIELD, SelectionPolicy, build_query
+from ordertrack_dagster.polling import ASKED_FIELD
+from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 from ordertrack_dagster_tests.bench.test_report import hand_made_results
 
 SELECTION = SelectionPolicy(
@@ -40,7 +41,7 @@ TINY = Population(
 
 @pytest.fixture(scope="module")
 def oldest_first() -> dict:
-    return FreshnessModel(OldestFirst(SELECTION), TINY, SELECTION).run()
+    return FreshnessModel(OldestFirst(), TINY, SELECTION).run()
 
 
 def test_the_selection_sort_orders_in_memory_as_mongodb_does():
