@@ -583,10 +583,16 @@ def end_state_p95s(policy: dict[str, Any]) -> str:
 
 
 def worst_unpolled(policy: dict[str, Any]) -> str:
-    flow = max(policy["flows"], key=lambda f: f["worst_unpolled_share"])
-    return (
-        f"{flow['worst_unpolled_share']:.2f}x its maximum interval ({flow['flow']}, "
-        f"{flow['worst_unpolled_status']}); longest gap {minutes(flow['longest_unpolled_s'])}"
+    """Each flow's longest unpolled gap over its order's maximum interval."""
+    return ", ".join(
+        f"{flow['flow']} {flow['worst_unpolled_share']:.2f}x ({flow['worst_unpolled_status']}, "
+        f"{minutes(flow['longest_unpolled_s'])} at most)"
+        + (
+            f", its schedule runs every {minutes(flow['interval_s'])}"
+            if flow["worst_unpolled_share"] > UNPOLLED_SHARE_TARGET
+            else ""
+        )
+        for flow in policy["flows"]
     )
 
 

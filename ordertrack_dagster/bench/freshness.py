@@ -83,9 +83,9 @@ class Population:
 
 PRODUCTION = Population(
     live={"delhivery_b2c": 100_000, "delhivery_b2b": 2_000, "delhivery_fallback": 3_000},
-    warmup_hours=6,
-    measured_hours=12,
-    tail_hours=4,
+    warmup_hours=4,  # adaptive's longest interval (in transit, 4 h) has come round once
+    measured_hours=6,
+    tail_hours=1,
 )
 #: A few hundred shipments: the unit test's and the smoke run's population.
 SMALL = Population(

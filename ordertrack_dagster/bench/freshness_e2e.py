@@ -37,7 +37,7 @@ class ValidationScale:
     time_scale: float  # simulated seconds per wall second
 
 
-FULL_VALIDATION = ValidationScale(orders=2_000, runs=14, time_scale=30.0)
+FULL_VALIDATION = ValidationScale(orders=2_000, runs=6, time_scale=30.0)
 SMOKE_VALIDATION = ValidationScale(orders=100, runs=3, time_scale=120.0)
 
 
@@ -81,14 +81,14 @@ def end_to_end(bench: Bench, scale: ValidationScale) -> dict[str, Any]:
             }
     finally:
         simulator.update_settings(time_scale=previous_scale)
-    return _delays(scale, run_starts, polls, timelines)
+    return scan_to_write_delays(scale, run_starts, polls, timelines)
 
 
 def _ts(value: Any) -> float:
     return value.timestamp()
 
 
-def _delays(
+def scan_to_write_delays(
     scale: ValidationScale,
     run_starts: list[float],
     polls: dict[str, list[tuple[float, float]]],

@@ -3,6 +3,7 @@ drives (selection sort, request budget) and the report of its targets. Nothing i
 
 import json
 from collections import defaultdict
+from datetime import UTC, datetime
 
 import pytest
 
@@ -20,6 +21,7 @@ from ordertrack_dagster.bench.freshness import (
     sort_key,
     tally,
 )
+from ordertrack_dagster.bench.freshness_e2e import ValidationScale, scan_to_write_delays
 from ordertrack_dagster.bench.report import render_markdown, to_json
 from ordertrack_dagster.bench.results import keep_unmeasured, results_from_json
 from ordertrack_dagster.couriers.budget import SharedBudget
@@ -152,3 +154,22 @@ def test_the_report_shows_the_model_and_keeps_what_another_run_measured(oldest_f
     written = json.loads(json.dumps(to_json(report(merged)), default=str))
     again = results_from_json(written)
     assert again.freshness == merged.freshness
+
+
+def test_end_to_end_delays_run_from_the_scan_to_our_write_in_simulated_seconds():
+    scale = ValidationScale(orders=1, runs=2, time_scale=60.0)
+    start = 1_000_000.0
+    iso = lambda wall: datetime.fromtimestamp(wall, UTC).isoformat()  # noqa: E731
+    events = [
+        {"step": "manifested", "at": iso(start - 100)},
+        {"step": "picked_up", "at": iso(start + 10)},
+        {"step": "in_transit", "at": iso(start + 12)},  # B2C says "In Transit" again
+        {"step": "reached_destination", "at": iso(start + 30)},
+    ]
+    # asked at +5 (nothing new), then at +20 and written at +21
+    polls = {"AWB1": [(start + 5, start + 6), (start + 20, start + 21)]}
+    figures = scan_to_write_delays(scale, [start, start + 15], polls, {"AWB1": events})
+    assert figures["all"]["detected"] == 1
+    assert figures["all"]["mean_s"] == pytest.approx((21 - 10) * 60.0)
+    assert figures["interval_s"] == pytest.approx(15 * 60.0)
+    assert figures["all"]["pending"] == 0  # reached_destination says "In Transit" too
