@@ -5,25 +5,58 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ordertrack_dagster.flows import FLOWS
-from ordertrack_dagster.orchestration.checks import check_name, default_max_age, evaluate_flow
+from ordertrack_dagster.orchestration.checks import (
+    check_name,
+    default_max_age,
+    evaluate_flow,
+    max_age_of,
+)
+from ordertrack_dagster.polling import max_interval
+from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster_tests.helpers import Shipment, load_definitions, seed_orders
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 B2C = FLOWS["delhivery_b2c"]
 
 
-def seed(db, stack, flow="delhivery_b2c", polled_minutes_ago=None, booked_days_ago=2.0):
+def seed(
+    db,
+    stack,
+    flow="delhivery_b2c",
+    polled_minutes_ago=None,
+    booked_days_ago=2.0,
+    status="booked",  # not picked up yet: the polling table allows it 2 hours
+):
     fields = {}
     if polled_minutes_ago is not None:
         fields["last_tracking_time"] = NOW - timedelta(minutes=polled_minutes_ago)
     shipment = Shipment(step="in_transit", booked_days_ago=booked_days_ago)
-    [order] = seed_orders(db, stack.simulator, flow, [shipment], now=NOW, **fields)
+    [order] = seed_orders(db, stack.simulator, flow, [shipment], status=status, now=NOW, **fields)
     return order
 
 
 def test_default_threshold_is_three_schedule_intervals():
     assert default_max_age(B2C) == timedelta(minutes=24)
     assert default_max_age(FLOWS["delhivery_fallback"]) == timedelta(hours=6)
+
+
+def test_each_status_has_the_polling_tables_maximum_at_least_three_intervals():
+    assert max_age_of(B2C, Canonical.OUT_FOR_DELIVERY) == max_interval(Canonical.OUT_FOR_DELIVERY)
+    assert max_age_of(B2C, Canonical.IN_TRANSIT) == timedelta(hours=4)
+    assert max_age_of(FLOWS["delhivery_fallback"], Canonical.OUT_FOR_DELIVERY) == timedelta(hours=6)
+
+
+def test_the_check_follows_the_polling_table(stack, db):
+    """An in-transit order may wait 4 hours when the budget binds; an order out for delivery
+    only 30 minutes."""
+    seed(db, stack, polled_minutes_ago=200, status=Canonical.IN_TRANSIT)
+    assert evaluate_flow(db, B2C, None, NOW).passed
+    late = seed(db, stack, polled_minutes_ago=45, status=Canonical.OUT_FOR_DELIVERY)
+    result = evaluate_flow(db, B2C, None, NOW)
+    assert not result.passed
+    assert result.metadata["stale_orders"].value == 1
+    assert result.metadata["oldest_order_id"].value == late.order_id
+    assert result.metadata["max_age_minutes"].value["out_for_delivery"] == 30
 
 
 def test_fresh_orders_pass(stack, db):
@@ -36,7 +69,7 @@ def test_fresh_orders_pass(stack, db):
 
 def test_stale_and_never_polled_orders_fail_naming_count_and_oldest(stack, db):
     seed(db, stack, polled_minutes_ago=5)
-    seed(db, stack, polled_minutes_ago=30)
+    seed(db, stack, polled_minutes_ago=150)
     never = seed(db, stack, polled_minutes_ago=None)
     seed(db, stack, flow="shiprocket", polled_minutes_ago=300)  # another flow's problem
     result = evaluate_flow(db, B2C, None, NOW)
@@ -49,21 +82,21 @@ def test_stale_and_never_polled_orders_fail_naming_count_and_oldest(stack, db):
 
 
 def test_a_longer_threshold_can_be_configured(stack, db):
-    seed(db, stack, polled_minutes_ago=30)
+    seed(db, stack, polled_minutes_ago=150)
     assert not evaluate_flow(db, B2C, None, NOW).passed
-    assert evaluate_flow(db, B2C, timedelta(minutes=60), NOW).passed
+    assert evaluate_flow(db, B2C, timedelta(minutes=180), NOW).passed
 
 
 @pytest.mark.usefixtures("stack_env")
 def test_the_freshness_job_checks_every_flow(stack, db, instance):
-    seed(db, stack, flow="velocity", polled_minutes_ago=45)
+    seed(db, stack, flow="velocity", polled_minutes_ago=150)
     job = load_definitions().resolve_job_def("tracking_freshness_job")
     result = job.execute_in_process(instance=instance)
     assert result.success  # a failed check is reported, it does not fail the run
     passed = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert passed == {check_name(flow): flow != "velocity" for flow in FLOWS}
 
-    config = {"ops": {"due_orders_polled": {"config": {"max_age_minutes": 90}}}}
+    config = {"ops": {"due_orders_polled": {"config": {"max_age_minutes": 180}}}}
     relaxed = job.execute_in_process(instance=instance, run_config=config)
     evaluations = relaxed.get_asset_check_evaluations()
     assert len(evaluations) == len(FLOWS) and all(e.passed for e in evaluations)
@@ -74,7 +107,7 @@ def test_the_freshness_job_checks_every_flow(stack, db, instance):
 def test_a_failing_check_is_posted_once_per_failure(stack, db, instance):
     """FRESHNESS-ALERT-ONCE: three evaluations of one failure post one Slack alert; once the
     check passed, a new failure is posted again."""
-    seed(db, stack, flow="velocity", polled_minutes_ago=45)
+    seed(db, stack, flow="velocity", polled_minutes_ago=150)
     job = load_definitions().resolve_job_def("tracking_freshness_job")
     label = FLOWS["velocity"].courier_label
 
@@ -85,7 +118,7 @@ def test_a_failing_check_is_posted_once_per_failure(stack, db, instance):
     for _ in range(3):
         job.execute_in_process(instance=instance)
     assert alerts() == before + 1
-    relaxed = {"ops": {"due_orders_polled": {"config": {"max_age_minutes": 90}}}}
+    relaxed = {"ops": {"due_orders_polled": {"config": {"max_age_minutes": 180}}}}
     job.execute_in_process(instance=instance, run_config=relaxed)  # passes: failure forgotten
     job.execute_in_process(instance=instance)
     assert alerts() == before + 2
