@@ -50,7 +50,8 @@ from ordertrack_dagster.devstack.simulator.lifecycle import (
 )
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
 from ordertrack_dagster.flows import Flow, fetch_time_box, get_flow, schedule_interval
-from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, max_interval, next_poll_at
+from ordertrack_dagster.orchestration.checks import max_age_of
+from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, next_poll_at
 from ordertrack_dagster.statuses import Canonical, normalise_raw_status
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 
@@ -83,8 +84,8 @@ class Population:
 
 PRODUCTION = Population(
     live={"delhivery_b2c": 100_000, "delhivery_b2b": 2_000, "delhivery_fallback": 3_000},
-    warmup_hours=4,  # adaptive's longest interval (in transit, 4 h) has come round once
-    measured_hours=6,
+    warmup_hours=3,
+    measured_hours=4,
     tail_hours=1,
 )
 #: A few hundred shipments: the unit test's and the smoke run's population.
@@ -552,7 +553,8 @@ class FreshnessModel:
         gap = until - order.last_asked
         bound = self._bounds.get((flow, order.status))
         if bound is None:
-            bound = self._bounds[flow, order.status] = max_interval(order.status).total_seconds()
+            bound = max_age_of(self._flows[flow], order.status).total_seconds()
+            self._bounds[flow, order.status] = bound
         counts.longest_unpolled_s = max(counts.longest_unpolled_s, gap)
         if gap > bound * counts.worst_unpolled_share:
             counts.worst_unpolled_share = gap / bound
