@@ -10,6 +10,7 @@ import pytest
 from ordertrack_dagster.bench.figures import freshness_targets, report
 from ordertrack_dagster.bench.freshness import (
     BASELINE_POLICY,
+    Adaptive,
     Delays,
     FreshnessFigures,
     FreshnessModel,
@@ -26,7 +27,7 @@ from ordertrack_dagster.bench.report import render_markdown, to_json
 from ordertrack_dagster.bench.results import keep_unmeasured, results_from_json
 from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.flows import get_flow
-from ordertrack_dagster.polling import ASKED_FIELD
+from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 from ordertrack_dagster_tests.bench.test_report import hand_made_results
 
@@ -173,3 +174,15 @@ def test_end_to_end_delays_run_from_the_scan_to_our_write_in_simulated_seconds()
     assert figures["all"]["mean_s"] == pytest.approx((21 - 10) * 60.0)
     assert figures["interval_s"] == pytest.approx(15 * 60.0)
     assert figures["all"]["pending"] == 0  # reached_destination says "In Transit" too
+
+
+def test_adaptive_stores_the_products_next_poll_on_every_order_it_asked():
+    model = FreshnessModel(Adaptive(), TINY, SELECTION)
+    figures = model.run()
+    asked = [
+        order for orders in model.live.values() for order in orders if order.doc.get(ASKED_FIELD)
+    ]
+    assert asked and all(isinstance(o.doc[NEXT_POLL_FIELD], datetime) for o in asked)
+    never = [order for orders in model.live.values() for order in orders if order not in asked]
+    assert all(NEXT_POLL_FIELD not in order.doc for order in never)  # first in line
+    assert {flow["flow"] for flow in figures["flows"]} == set(TINY.live)
