@@ -324,6 +324,7 @@ class Report:
     growth: GrowthReading | None
     limited: LimitedReading | None
     budget_rows: list[ScenarioRow]
+    freshness_reading: list[str]
 
 
 # -- computing them -------------------------------------------------------------------------
@@ -569,6 +570,34 @@ def freshness_targets(fresh: FreshnessFigures | None) -> list[Target]:
         )
     )
     return rows
+
+
+def freshness_reading(fresh: FreshnessFigures | None) -> list[str]:
+    """Per policy other than oldest-first and per flow: the statuses it sees sooner at p95
+    and those it sees later, with both figures (the why behind the delay targets)."""
+    baseline = fresh.policy(BASELINE_POLICY) if fresh else None
+    if fresh is None or baseline is None:
+        return []
+    lines = []
+    for policy in fresh.policies:
+        if policy is baseline:
+            continue
+        for flow, before in zip(policy["flows"], baseline["flows"], strict=True):
+            sooner, later = [], []
+            for step, row in flow["by_step"].items():
+                old = before["by_step"].get(step, {}).get("p95_s")
+                if row["p95_s"] is None or old is None or row["p95_s"] == old:
+                    continue
+                said = f"{step} ({minutes(row['p95_s'])} against {minutes(old)})"
+                (sooner if row["p95_s"] < old else later).append(said)
+            if sooner or later:
+                lines.append(
+                    f"{policy['policy']}, {flow['flow']}: sooner at p95 for "
+                    + (", ".join(sooner) or "none")
+                    + "; later for "
+                    + (", ".join(later) or "none")
+                )
+    return lines
 
 
 def end_state_p95s(policy: dict[str, Any]) -> str:
@@ -848,4 +877,5 @@ def report(results: Results) -> Report:
         growth=growth_reading(results.growth),
         limited=limited_reading(results.limited) if results.limited else None,
         budget_rows=budget_rows(results),
+        freshness_reading=freshness_reading(results.freshness),
     )

@@ -159,7 +159,18 @@ PART_FIELDS = {
 
 
 def keep_unmeasured(new: Results, old: Results, measured: set[str]) -> Results:
-    """`new`, with the figures of every part it did not measure taken from `old` (and the
-    scale they were measured at)."""
+    """`new`, with the figures of every part it did not measure taken from `old`, with the
+    scale, machine and load they were measured at (the report's settings describe the runs,
+    which are all `old`'s); the time both took together is what all of it took."""
     kept = {name: getattr(old, name) for part, name in PART_FIELDS.items() if part not in measured}
-    return replace(new, scale=old.scale, **kept) if kept else new
+    if not kept:
+        return new
+    return replace(
+        new,
+        scale=old.scale,
+        machine=old.machine,
+        load_before=old.load_before,
+        load_after=old.load_after,
+        seconds=new.seconds + old.seconds,
+        **kept,
+    )

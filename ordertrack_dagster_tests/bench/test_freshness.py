@@ -149,6 +149,7 @@ def test_the_report_shows_the_model_and_keeps_what_another_run_measured(oldest_f
     only_fresh = hand_made_results(flows=[], growth=[], limited=None, freshness=fresh)
     merged = keep_unmeasured(only_fresh, earlier, {"freshness"})
     assert merged.flows == earlier.flows and merged.freshness is fresh
+    assert merged.seconds == earlier.seconds + only_fresh.seconds
     markdown = render_markdown(report(merged), None)
     assert "## Detection delay" in markdown and "## Every flow at production scale" in markdown
     assert f"| {BASELINE_POLICY} | delhivery_b2b |" in markdown
