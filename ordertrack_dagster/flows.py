@@ -54,7 +54,7 @@ class Flow:
     booking_courier_pattern: str  # case-insensitive regex on orders.bookingCourier
     selection: Selection
     cron: str
-    cap: int  # at most this many orders per run, longest not asked first
+    cap: int  # at most this many orders per run, earliest next poll first (polling.py)
     batch_size: int  # tracking keys per request
     concurrency: int  # requests in flight (or workers, for one-key-per-request flows)
     concurrency_env: str | None  # environment variable that overrides `concurrency`

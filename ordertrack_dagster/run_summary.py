@@ -7,6 +7,7 @@ report them. One definition, so they always agree.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pandas as pd
 
@@ -37,3 +38,45 @@ def summarise(updates: pd.DataFrame, writes: pd.DataFrame) -> dict[str, int]:
         "failed": outcomes.get("failed", 0),
         "deferred": outcomes.get("deferred", 0),
     }
+
+
+def detection_delays(writes: pd.DataFrame) -> pd.DataFrame:
+    """Per status change the run wrote: the status reached and its detection delay, seconds
+    from the courier's time for it (its scan) to our write. Changes whose answer carried no
+    usable courier time are left out (their History time is the write's own). A courier time
+    after the write (a clock ahead of ours) counts as no delay."""
+    changed = writes[
+        (writes["action"] == Action.STATUS_CHANGED.value)
+        & writes["event_time"].notna()
+        & writes["written_at"].notna()
+    ]
+    written = pd.to_datetime(changed["written_at"], utc=True)
+    scanned = pd.to_datetime(changed["event_time"], utc=True)
+    seconds = (written - scanned).dt.total_seconds().clip(lower=0)
+    return pd.DataFrame({"to_status": changed["to_status"], "seconds": seconds})
+
+
+def _spread(seconds: pd.Series) -> dict[str, float]:
+    # linear interpolation, as DuckDB's quantile_cont in sql/detection_delay.sql
+    return {
+        "p50_seconds": round(float(seconds.quantile(0.5)), 1),
+        "p95_seconds": round(float(seconds.quantile(0.95)), 1),
+        "max_seconds": round(float(seconds.max()), 1),
+    }
+
+
+def detection_delay_summary(writes: pd.DataFrame) -> dict[str, Any]:
+    """A run's detection delay: how many changes it detected with a courier time, their delay
+    (p50, p95, max seconds; absent when there were none) and the same per status reached."""
+    delays = detection_delays(writes)
+    summary: dict[str, Any] = {"detected_changes": len(delays)}
+    if delays.empty:
+        return summary
+    summary |= {
+        f"detection_delay_{name}": value for name, value in _spread(delays["seconds"]).items()
+    }
+    summary["by_status"] = {
+        str(status): {"changes": len(group), **_spread(group["seconds"])}
+        for status, group in sorted(delays.groupby("to_status"), key=lambda item: str(item[0]))
+    }
+    return summary

@@ -60,6 +60,8 @@ WRITE_COLUMNS = [
     "to_status",
     "events",
     "alert",
+    "event_time",
+    "written_at",
 ]
 #: Column names of each stored tracking table, by asset name.
 TABLE_COLUMNS: dict[str, list[str]] = {

@@ -44,6 +44,8 @@ _COLUMN_TYPES: dict[str, pa.DataType] = {
     "last_tracking_time": _TIMESTAMP,
     "fetched_at": _TIMESTAMP,
     "event_time": _TIMESTAMP,
+    "status_changed_at": _TIMESTAMP,
+    "written_at": _TIMESTAMP,
 }
 
 

@@ -34,10 +34,11 @@ from ordertrack_dagster.tables import (
     STATUS_UPDATES,
     flow_partitions,
 )
-from ordertrack_dagster.tracking import steps, streaming
+from ordertrack_dagster.tracking import metadata, steps, streaming
 
 COURIER_RESOURCE_KEYS = frozenset(binding.resource_key for binding in COURIERS.values())
 NO_REJECTED_WRITES = "no_rejected_writes"
+DETECTION_DELAY = "detection_delay"
 
 
 def _output(table: steps.Table) -> Output[pd.DataFrame]:
@@ -121,7 +122,14 @@ def status_updates(
             asset="order_status_writes",
             description="Fails when MongoDB rejected some of the run's updates; those orders "
             "stay due and are named in the run's alert log.",
-        )
+        ),
+        AssetCheckSpec(
+            DETECTION_DELAY,
+            asset="order_status_writes",
+            description="A measurement, plotted over time on this check's page: seconds from "
+            "the courier's scan to our write for the status changes the run detected (p50, "
+            "p95, max, and per status reached). It does not fail.",
+        ),
     ],
     description="The MongoDB write (contract §6): statuses moved forward only, polls recorded, "
     "orderTracking history appended once; one row per selected order saying what happened.",
@@ -142,6 +150,11 @@ def order_status_writes(
         passed=rejected == 0,
         severity=AssetCheckSeverity.ERROR,
         metadata={"rejected": rejected},
+    )
+    yield AssetCheckResult(
+        check_name=DETECTION_DELAY,
+        passed=True,
+        metadata={"flow": flow.key, **metadata.detection_delay_metadata(table.frame)},
     )
 
 

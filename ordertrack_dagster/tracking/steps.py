@@ -211,16 +211,19 @@ def write_statuses(
                 "to_status": decision.to_status,
                 "events": ",".join(decision.events),
                 "decision_alert": decision.alert,
+                "written_at": decision.written_at,
             }
             for decision in (by_order[oid] for oid in updates["order_oid"])
         ]
     )
-    frame = updates[["order_oid", "order_id", "tracking_key", "outcome", "alert"]].copy()
+    frame = updates[["order_oid", "order_id", "tracking_key", "outcome", "alert", "event_time"]]
+    frame = frame.copy()
     if not decisions.empty:
         frame = pd.concat([frame.reset_index(drop=True), decisions], axis=1)
         frame["alert"] = frame["decision_alert"].combine_first(frame["alert"])
         frame = frame.drop(columns=["decision_alert"])
     frame = frame.reindex(columns=WRITE_COLUMNS)
+    frame["written_at"] = pd.to_datetime(frame["written_at"], utc=True)
     for rejected in report.rejected:
         log.error(f"MongoDB rejected an update: {rejected}")
     return Table(frame, metadata.write_metadata(flow, updates, frame, report, measured))

@@ -224,6 +224,7 @@ def _decision(stored: dict) -> Decision:
         to_status=stored.get("to_status"),
         events=tuple(Event(e) for e in stored.get("events") or ()),
         alert=stored.get("alert"),
+        written_at=stored.get("written_at"),
     )
 
 

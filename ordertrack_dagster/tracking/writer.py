@@ -110,6 +110,9 @@ class Decision:
     to_status: str | None
     events: tuple[Event, ...] = ()
     alert: str | None = None
+    #: the time of the write that decided it (the `last_tracking_time` it wrote); detection
+    #: delay is measured to it
+    written_at: datetime | None = None
 
 
 @dataclass
@@ -335,11 +338,14 @@ def _unchanged(
     from_status: str | None,
     new: Canonical | None,
     catalogue: StatusCatalogue,
+    now: datetime,
 ) -> Decision | None:
     """The decision for an answer that leaves the status alone (the poll is still recorded);
     None when the answer moves the order."""
     if new is None or new == current:
-        return Decision(order.order_oid, Action.POLL_RECORDED, from_status, from_status)
+        return Decision(
+            order.order_oid, Action.POLL_RECORDED, from_status, from_status, written_at=now
+        )
     if new not in catalogue.ids:
         return Decision(
             order.order_oid,
@@ -347,6 +353,7 @@ def _unchanged(
             from_status,
             from_status,
             alert=f"status {new.value!r} is missing from the status collection",
+            written_at=now,
         )
     if not is_allowed(current, new):
         return Decision(
@@ -355,6 +362,7 @@ def _unchanged(
             from_status,
             new.value,
             alert=f"refused move {from_status!r} -> {new.value!r} (would go backwards)",
+            written_at=now,
         )
     return None
 
@@ -379,11 +387,16 @@ def plan_writes(
                     ASKED_FIELD: now,
                     NEXT_POLL_FIELD: _next_poll_unchanged(order, current, now),
                 }
-                plan.order_ops.append(UpdateOne({"_id": order.order_oid}, {"$set": asked}))
-            plan.decisions.append(Decision(order.order_oid, Action.UNTOUCHED, from_status, None))
+                # an order the courier keeps not answering backs off like an unchanged one
+                since = {STATUS_CHANGED_FIELD: now}
+                update = {"$set": asked, "$min": since}
+                plan.order_ops.append(UpdateOne({"_id": order.order_oid}, update))
+            plan.decisions.append(
+                Decision(order.order_oid, Action.UNTOUCHED, from_status, None, written_at=now)
+            )
             continue
         new = order.status if order.outcome is Outcome.MAPPED else None
-        unchanged = _unchanged(order, current, from_status, new, catalogue)
+        unchanged = _unchanged(order, current, from_status, new, catalogue, now)
         if unchanged is not None:
             plan.order_ops.append(_poll_op(order, current, now, moves))
             plan.decisions.append(unchanged)
@@ -392,7 +405,14 @@ def plan_writes(
         plan.order_ops.append(_status_op(order, current, new, moves, events, flow_key, now))
         plan.changes[order.order_oid] = catalogue.ids[new]
         plan.decisions.append(
-            Decision(order.order_oid, Action.STATUS_CHANGED, from_status, new.value, events)
+            Decision(
+                order.order_oid,
+                Action.STATUS_CHANGED,
+                from_status,
+                new.value,
+                events,
+                written_at=now,
+            )
         )
     return plan
 

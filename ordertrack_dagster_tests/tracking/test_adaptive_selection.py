@@ -6,6 +6,9 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from bson import ObjectId
+from pymongo import UpdateOne
+
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.polling import (
     ASKED_FIELD,
@@ -26,6 +29,7 @@ from ordertrack_dagster_tests.helpers import courier_resource, seed_orders
 
 LOG = logging.getLogger(__name__)
 NOW = datetime.now(UTC).replace(microsecond=0)
+TICK = timedelta(minutes=8)
 
 
 @dataclass(frozen=True)
@@ -134,3 +138,51 @@ def test_the_write_path_stores_the_next_poll_from_the_policy(stack, stack_env, d
     transit = db["orders"].find_one({"_id": orders[0].oid})
     assert ofd[NEXT_POLL_FIELD] - ofd[ASKED_FIELD] <= timedelta(minutes=30)
     assert names[transit["order_status"]] == Canonical.IN_TRANSIT
+
+
+def test_half_a_day_over_the_cap_on_mongodb_starves_nothing(stack, db):
+    """Ninety 8-minute ticks of the flow's own selection on MongoDB, each selected order
+    polled at the tick's simulated time with the next poll the write path stores: no order
+    waits longer than its status's maximum interval (plus the tick it waits for), and orders
+    out for delivery are asked far more often than week-old in-transit ones."""
+    flow = replace(get_flow("velocity"), cap=12)
+    groups = [  # (status, status standing since, courier's last word, orders)
+        (Canonical.OUT_FOR_DELIVERY, timedelta(hours=1), "OUT_FOR_DELIVERY", 10),
+        (Canonical.NDR, timedelta(hours=3), "NDR_RAISED", 10),
+        (Canonical.IN_TRANSIT, timedelta(days=7), "IN_TRANSIT", 20),
+    ]
+    state = {}
+    for status, standing, courier, count in groups:
+        for order in seed_orders(
+            db, stack.simulator, flow.key, ["in_transit"] * count, status=status, now=NOW
+        ):
+            state[str(order.oid)] = (status, NOW - standing, courier)
+    asked: dict[str, datetime] = {}
+    gaps: dict[str, list[timedelta]] = {oid: [] for oid in state}
+    clock = NOW
+    for _ in range(90):
+        polls = []
+        for oid in select_pending(db, flow, LOG).frame["order_oid"]:
+            status, changed, courier = state[oid]
+            if oid in asked:
+                gaps[oid].append(clock - asked[oid])
+            asked[oid] = clock
+            fields = {
+                ASKED_FIELD: clock,
+                "last_tracking_time": clock,
+                NEXT_POLL_FIELD: next_poll_at(status, changed, clock, courier),
+            }
+            polls.append(UpdateOne({"_id": ObjectId(oid)}, {"$set": fields}))
+        db["orders"].bulk_write(polls)
+        clock += TICK
+
+    assert set(asked) == set(state)
+    for oid, (status, _, _) in state.items():
+        waited = [*gaps[oid], clock - TICK - asked[oid]]
+        assert max(waited) <= max_interval(status) + TICK, (status, waited)
+
+    def mean_gap(status: Canonical) -> timedelta:
+        waits = [gap for oid, (s, _, _) in state.items() if s is status for gap in gaps[oid]]
+        return sum(waits, timedelta(0)) / len(waits)
+
+    assert mean_gap(Canonical.OUT_FOR_DELIVERY) * 3 < mean_gap(Canonical.IN_TRANSIT)

@@ -7,7 +7,12 @@ import pytest
 from bson import ObjectId
 
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event
-from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, next_poll_at
+from ordertrack_dagster.polling import (
+    ASKED_FIELD,
+    NEXT_POLL_FIELD,
+    STATUS_CHANGED_FIELD,
+    next_poll_at,
+)
 from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster.tables import Action
@@ -245,10 +250,24 @@ def test_unread_answers_leave_status_and_poll_untouched(db, catalogue, outcome):
     after = db["orders"].find_one({"_id": oid})
     asked_at = after.pop(ASKED_FIELD, None)
     next_poll = after.pop(NEXT_POLL_FIELD, None)
+    backing_off_since = after.pop(STATUS_CHANGED_FIELD, None)
     assert after == before
-    assert asked_at == (None if outcome is Outcome.DEFERRED else NOW)
+    assert asked_at == backing_off_since == (None if outcome is Outcome.DEFERRED else NOW)
     asked_in_vain = next_poll_at(C.IN_TRANSIT, None, NOW, None)
     assert next_poll == (None if outcome is Outcome.DEFERRED else asked_in_vain)
+
+
+def test_an_order_asked_in_vain_again_and_again_backs_off(db, catalogue):
+    """Not found for a day: asked every 3 hours, not every 15 minutes (polling.py)."""
+    oid = make_order(db, C.IN_TRANSIT)
+    write(db, catalogue, [polled(oid, C.IN_TRANSIT, None, outcome=Outcome.NOT_FOUND)])
+    first = db["orders"].find_one({"_id": oid})[STATUS_CHANGED_FIELD]
+    a_day_later = NOW + timedelta(days=1)
+    again = polled(oid, C.IN_TRANSIT, None, outcome=Outcome.NOT_FOUND, status_changed_at=first)
+    write(db, catalogue, [again], now=a_day_later)
+    doc = db["orders"].find_one({"_id": oid})
+    assert doc[STATUS_CHANGED_FIELD] == first == NOW
+    assert doc[NEXT_POLL_FIELD] == a_day_later + timedelta(hours=3)
 
 
 @pytest.mark.parametrize(
