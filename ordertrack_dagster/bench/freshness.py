@@ -35,9 +35,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from ordertrack_dagster.couriers import MAX_INLINE_WAIT_SECONDS
 from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE, map_express_status
-from ordertrack_dagster.couriers.pauses import MAX_INLINE_WAIT_SECONDS
 from ordertrack_dagster.devstack.seed import SCENARIO_WEIGHTS, STATUSES
 from ordertrack_dagster.devstack.simulator.app import COURIER_APIS
 from ordertrack_dagster.devstack.simulator.core import CourierSimulator
