@@ -26,6 +26,7 @@ from ordertrack_dagster.bench.freshness_e2e import ValidationScale, scan_to_writ
 from ordertrack_dagster.bench.report import render_markdown, to_json
 from ordertrack_dagster.bench.results import keep_unmeasured, results_from_json
 from ordertrack_dagster.couriers.budget import SharedBudget
+from ordertrack_dagster.devstack.simulator.lifecycle import SCENARIOS, Clock, Shipment, Shipments
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
@@ -187,3 +188,18 @@ def test_adaptive_stores_the_products_next_poll_on_every_order_it_asked():
     never = [order for orders in model.live.values() for order in orders if order not in asked]
     assert all(NEXT_POLL_FIELD not in order.doc for order in never)  # first in line
     assert {flow["flow"] for flow in figures["flows"]} == set(TINY.live)
+
+
+def test_a_timeline_is_the_life_cycle_the_simulators_answers_show():
+    clock = Clock(0.0)
+    shipments = Shipments(clock, seed=3, namespaces={"delhivery_b2c": "delhivery"})
+    shipments.add(
+        "delhivery", Shipment("AWB1", "O1", "O1", "forward", 0.0, 0.0, SCENARIOS["forward"])
+    )
+    timeline = shipments.timeline("delhivery_b2c", "AWB1")
+    assert [step for step, _ in timeline] == list(SCENARIOS["forward"])
+    clock.advance(timeline[3][1] + 1)  # one second into its fourth step
+    _, _, events = shipments.lookup("delhivery_b2c", "AWB1")
+    assert [step for step, _ in events] == list(SCENARIOS["forward"][:4])
+    shipments.forget("delhivery_b2c", "AWB1")
+    assert not shipments.knows("delhivery_b2c", "AWB1")
