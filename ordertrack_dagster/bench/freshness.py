@@ -35,6 +35,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+# Dagster has no public cron iterator; this one is what its own schedules (and flows.py) use.
+from dagster._utils.schedules import cron_string_iterator
+
 from ordertrack_dagster.couriers import MAX_INLINE_WAIT_SECONDS
 from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE, map_express_status
@@ -49,7 +52,13 @@ from ordertrack_dagster.devstack.simulator.lifecycle import (
     Shipments,
 )
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
-from ordertrack_dagster.flows import Flow, fetch_time_box, get_flow, schedule_interval
+from ordertrack_dagster.flows import (
+    SCHEDULE_TIMEZONE,
+    Flow,
+    fetch_time_box,
+    get_flow,
+    schedule_interval,
+)
 from ordertrack_dagster.orchestration.checks import max_age_of
 from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, next_poll_at
 from ordertrack_dagster.statuses import Canonical, normalise_raw_status
@@ -609,11 +618,18 @@ class FreshnessModel:
             self._running.discard(flow.key)
 
     def _ticks(self, flow: Flow) -> Iterator[float]:
-        interval = self.intervals.get(flow.key) or schedule_interval(flow.cron).total_seconds()
-        tick = self._rng.uniform(0, interval)  # the flows' schedules need not line up
-        while True:
-            yield tick
-            tick += interval
+        """The flow's schedule ticks on the model's clock: its cron in production's time zone
+        (so B2C's 8-minute ticks and the fallback's 2-hour ones fire together, as they do),
+        or evenly `intervals` apart where one is given."""
+        interval = self.intervals.get(flow.key)
+        if interval:
+            tick = self._rng.uniform(0, interval)
+            while True:
+                yield tick
+                tick += interval
+        origin = EPOCH.timestamp()
+        for tick in cron_string_iterator(origin, flow.cron, SCHEDULE_TIMEZONE):
+            yield tick.timestamp() - origin
 
     def run(self, initial: Mapping[str, Sequence[ModelOrder]] | None = None) -> dict[str, Any]:
         """Run the clock to the end; every flow's figures (`initial`: see `populate`)."""
