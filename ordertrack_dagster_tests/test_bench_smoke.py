@@ -56,9 +56,24 @@ def test_bench_smoke_produces_every_figure(tmp_path):
     assert line["healthy_polled_per_run"][-1] == line["healthy"] > 0
     for run in [*shared["runs"], *line["runs"], figures["bounded"]]:
         assert_run_figures(run)
+    fresh = figures["freshness"]
+    assert [policy["policy"] for policy in fresh["policies"]] == ["oldest-first", "adaptive"]
+    for policy in fresh["policies"]:
+        assert {flow["flow"] for flow in policy["flows"]} == set(fresh["live"])
+        assert all(flow["requests"] > 0 for flow in policy["flows"])
+    check = fresh["validation"]
+    assert check["end_to_end"]["ok"] and check["end_to_end"]["runs"] == 2
+    assert check["model"]["detected"] >= 0
 
     report = (out / "BENCH.md").read_text()
-    sections = ("## Targets", "## Every flow", "## Growth", "## Under the courier", "## Budget")
+    sections = (
+        "## Targets",
+        "## Every flow",
+        "## Growth",
+        "## Under the courier",
+        "## Budget",
+        "## Detection delay",
+    )
     for section in sections:
         assert section in report
     assert (out / "bench_growth.png").read_bytes().startswith(b"\x89PNG")

@@ -11,8 +11,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ordertrack_dagster.bench import freshness
+from ordertrack_dagster.bench.freshness_e2e import validate
 from ordertrack_dagster.bench.report import write_report
-from ordertrack_dagster.bench.results import Results, machine, read_results
+from ordertrack_dagster.bench.results import Results, keep_unmeasured, machine, read_results
 from ordertrack_dagster.bench.scenarios import (
     FULL,
     SMOKE,
@@ -26,8 +28,9 @@ from ordertrack_dagster.bench.scenarios import (
 )
 from ordertrack_dagster.devstack.demo import PROJECT_ROOT
 from ordertrack_dagster.devstack.stack import EmbeddedStack
+from ordertrack_dagster.tracking.selection import SelectionPolicy
 
-PARTS = ("flows", "growth", "limited", "shared", "head_of_line", "bounded")
+PARTS = ("flows", "growth", "limited", "shared", "head_of_line", "bounded", "freshness")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,6 +51,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-p99-ms", type=float, default=530.0)
     parser.add_argument(
         "--only", choices=PARTS, action="append", help="run only this measurement (repeatable)"
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="BENCH_JSON",
+        help="take the figures of every measurement not run now from this bench.json, so one "
+        "measurement can be taken again without losing the others",
     )
     parser.add_argument(
         "--report-only",
@@ -80,6 +90,7 @@ def measure(args: argparse.Namespace) -> Results:
             shared = shared_limit(bench, scale) if "shared" in parts else None
             line = head_of_line(bench, scale) if "head_of_line" in parts else None
             capped = bounded(bench, scale) if "bounded" in parts else None
+            fresh = measure_freshness(bench, args.smoke) if "freshness" in parts else None
         finally:
             bench.close()
     return Results(
@@ -97,7 +108,16 @@ def measure(args: argparse.Namespace) -> Results:
         shared=shared,
         head_of_line=line,
         bounded=capped,
+        freshness=fresh,
     )
+
+
+def measure_freshness(bench: Bench, smoke: bool) -> freshness.FreshnessFigures:
+    """Detection delay: the model on its simulated clock, then its check end to end."""
+    population = freshness.SMALL if smoke else freshness.PRODUCTION
+    figures = freshness.measure_model(population, SelectionPolicy.from_env())
+    figures.validation = validate(bench, smoke)
+    return figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     out.mkdir(parents=True, exist_ok=True)  # before measuring: a bad --out fails at once
     results = read_results(args.report_only) if args.report_only else measure(args)
+    if args.keep and not args.report_only:
+        results = keep_unmeasured(results, read_results(args.keep), set(args.only or PARTS))
     print("wrote " + ", ".join(str(path) for path in write_report(results, out)))
     return 0
 

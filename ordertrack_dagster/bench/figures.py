@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
+from ordertrack_dagster.bench.freshness import BASELINE_POLICY, FreshnessFigures
 from ordertrack_dagster.bench.measure import DAGSTER, OTHER, PHASES, RunFigures
 from ordertrack_dagster.bench.results import Results
 from ordertrack_dagster.bench.scenarios import (
@@ -34,6 +35,12 @@ RSS_TARGET_MIB = 1024.0
 DELHIVERY_WINDOW_SECONDS = 300  # the courier's real window, which the measurement scales
 FLAT_TOLERANCE = 1.25  # CPU per 1,000 orders may drift this much and still count as flat
 PACED_FLOWS = ("delhivery_b2b", "delhivery_fallback")
+# Targets of the issue on detection delay (the freshness model).
+DELAY_RATIO_TARGET = 2.0  # oldest-first's mean delay over the adaptive policy's
+END_STATE_TICKS_TARGET = 2.0  # p95 detection of delivered / RTO end states, in tick intervals
+END_STATE_FLOWS = ("delhivery_b2c", "delhivery_b2b")
+UNPOLLED_SHARE_TARGET = 1.0  # longest unpolled over the order's max interval
+MISSED_SHARE_TARGET = 0.5  # statuses missed outright, adaptive over oldest-first
 
 
 # -- per-run figures ----------------------------------------------------------------------
@@ -346,6 +353,7 @@ class Report:
     growth: GrowthReading | None
     limited: LimitedReading | None
     budget_rows: list[ScenarioRow]
+    freshness_reading: list[str]
 
 
 # -- computing them -------------------------------------------------------------------------
@@ -446,6 +454,7 @@ def targets(results: Results, fetch: FetchReading | None) -> list[Target]:
                 )
             )
     rows += limit_targets(results)
+    rows += freshness_targets(results.freshness)
     runs = all_runs(results)
     if runs:
         worst = max(runs, key=lambda run: run.peak_rss_mib)
@@ -485,6 +494,165 @@ def targets(results: Results, fetch: FetchReading | None) -> list[Target]:
             )
         )
     return rows
+
+
+def mean_delay(policy: dict[str, Any]) -> float | None:
+    """Mean detection delay over every flow's detected changes, seconds."""
+    flows = [flow["all"] for flow in policy["flows"] if flow["all"]["detected"]]
+    detected = sum(flow["detected"] for flow in flows)
+    return sum(f["mean_s"] * f["detected"] for f in flows) / detected if detected else None
+
+
+def missed_changes(policy: dict[str, Any]) -> int:
+    return sum(flow["all"]["missed"] for flow in policy["flows"])
+
+
+def minutes(seconds: float | None) -> str:
+    """Seconds as minutes, for detection delays; "-" where there is no figure."""
+    return "-" if seconds is None else f"{seconds / 60:,.1f} min"
+
+
+def freshness_targets(fresh: FreshnessFigures | None) -> list[Target]:
+    """Issue 22's targets, adaptive polling against oldest-first on the model's clock; a
+    target whose figures were not measured says so and is never met."""
+    asked = (
+        f"mean detection delay of live changes, oldest-first over adaptive >= "
+        f"{DELAY_RATIO_TARGET:g}x",
+        f"p95 detection of delivered and RTO end states <= {END_STATE_TICKS_TARGET:g} tick "
+        "intervals (B2C and B2B)",
+        "no live shipment unpolled longer than its maximum interval",
+        "statuses missed outright at least halved",
+    )
+    baseline = fresh.policy(BASELINE_POLICY) if fresh else None
+    adaptive = (
+        next((p for p in fresh.policies if p["policy"] != BASELINE_POLICY), None)
+        if (fresh)
+        else None
+    )
+    if fresh is None or baseline is None:
+        why = "the freshness scenario did not run"
+        return [Target(t, None, 0.0, False, "not measured", why) for t in asked]
+    base_mean = mean_delay(baseline)
+    if adaptive is None:
+        why = "only oldest-first was modelled (no adaptive policy in this build)"
+        figures = (
+            f"oldest-first {minutes(base_mean)}",
+            "oldest-first p95: " + end_state_p95s(baseline),
+            f"oldest-first: longest {worst_unpolled(baseline)}",
+            f"oldest-first: {missed_changes(baseline):,} missed",
+        )
+        return [
+            Target(t, None, 0.0, False, "not measured", f"{why}; {figure}")
+            for t, figure in zip(asked, figures, strict=True)
+        ]
+    rows = []
+    adaptive_mean = mean_delay(adaptive)
+    ratio = base_mean / adaptive_mean if base_mean and adaptive_mean else None
+    rows.append(
+        Target(
+            asked[0],
+            ratio,
+            DELAY_RATIO_TARGET,
+            ratio is not None and ratio >= DELAY_RATIO_TARGET,
+            f"{ratio:.2f}x" if ratio else "not measured",
+            f"oldest-first {minutes(base_mean)}, adaptive {minutes(adaptive_mean)}",
+        )
+    )
+    ticks = [
+        flow["end_states"]["p95_s"] / flow["interval_s"]
+        for flow in adaptive["flows"]
+        if flow["flow"] in END_STATE_FLOWS and flow["end_states"]["p95_s"] is not None
+    ]
+    complete = len(ticks) == len(END_STATE_FLOWS)
+    worst = max(ticks) if complete else None
+    rows.append(
+        Target(
+            asked[1],
+            worst,
+            END_STATE_TICKS_TARGET,
+            worst is not None and worst <= END_STATE_TICKS_TARGET,
+            f"at most {worst:.2f} intervals" if worst is not None else "not measured",
+            f"adaptive p95: {end_state_p95s(adaptive)}; oldest-first: {end_state_p95s(baseline)}",
+        )
+    )
+    share = max(flow["worst_unpolled_share"] for flow in adaptive["flows"])
+    rows.append(
+        Target(
+            asked[2],
+            share,
+            UNPOLLED_SHARE_TARGET,
+            share <= UNPOLLED_SHARE_TARGET,
+            f"at most {share:.2f}x its maximum interval",
+            f"adaptive: {worst_unpolled(adaptive)}; oldest-first: {worst_unpolled(baseline)}",
+        )
+    )
+    base_missed, adaptive_missed = missed_changes(baseline), missed_changes(adaptive)
+    missed_ratio = adaptive_missed / base_missed if base_missed else None
+    rows.append(
+        Target(
+            asked[3],
+            missed_ratio,
+            MISSED_SHARE_TARGET,
+            adaptive_missed == 0
+            or (missed_ratio is not None and missed_ratio <= MISSED_SHARE_TARGET),
+            f"{adaptive_missed:,} missed against {base_missed:,}",
+            "changes the courier moved on from before we asked",
+        )
+    )
+    return rows
+
+
+def freshness_reading(fresh: FreshnessFigures | None) -> list[str]:
+    """Per policy other than oldest-first and per flow: the statuses it sees sooner at p95
+    and those it sees later, with both figures (the why behind the delay targets)."""
+    baseline = fresh.policy(BASELINE_POLICY) if fresh else None
+    if fresh is None or baseline is None:
+        return []
+    lines = []
+    for policy in fresh.policies:
+        if policy is baseline:
+            continue
+        for flow, before in zip(policy["flows"], baseline["flows"], strict=True):
+            sooner, later = [], []
+            for step, row in flow["by_step"].items():
+                old = before["by_step"].get(step, {}).get("p95_s")
+                if row["p95_s"] is None or old is None or row["p95_s"] == old:
+                    continue
+                said = f"{step} ({minutes(row['p95_s'])} against {minutes(old)})"
+                (sooner if row["p95_s"] < old else later).append(said)
+            if sooner or later:
+                lines.append(
+                    f"{policy['policy']}, {flow['flow']}: sooner at p95 for "
+                    + (", ".join(sooner) or "none")
+                    + "; later for "
+                    + (", ".join(later) or "none")
+                )
+    return lines
+
+
+def end_state_p95s(policy: dict[str, Any]) -> str:
+    """Each flow's p95 detection of its end states, in its tick intervals."""
+    return ", ".join(
+        f"{flow['flow']} {flow['end_states']['p95_s'] / flow['interval_s']:.2f} intervals"
+        if flow["end_states"]["p95_s"] is not None
+        else f"{flow['flow']} none detected"
+        for flow in policy["flows"]
+        if flow["flow"] in END_STATE_FLOWS
+    )
+
+
+def worst_unpolled(policy: dict[str, Any]) -> str:
+    """Each flow's longest unpolled gap over its order's maximum interval."""
+    return ", ".join(
+        f"{flow['flow']} {flow['worst_unpolled_share']:.2f}x ({flow['worst_unpolled_status']}, "
+        f"{minutes(flow['longest_unpolled_s'])} at most)"
+        + (
+            f", its schedule runs every {minutes(flow['interval_s'])}"
+            if flow["worst_unpolled_share"] > UNPOLLED_SHARE_TARGET
+            else ""
+        )
+        for flow in policy["flows"]
+    )
 
 
 GROWTH_EXPONENTS: tuple[tuple[str, Callable[[RunFigures], float]], ...] = (
@@ -749,4 +917,5 @@ def report(results: Results) -> Report:
         growth=growth_reading(results.growth),
         limited=limited_reading(results.limited) if results.limited else None,
         budget_rows=budget_rows(results),
+        freshness_reading=freshness_reading(results.freshness),
     )

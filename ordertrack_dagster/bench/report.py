@@ -10,7 +10,7 @@ from typing import Any
 
 import jinja2
 
-from ordertrack_dagster.bench.figures import Report, report
+from ordertrack_dagster.bench.figures import Report, minutes, report
 from ordertrack_dagster.bench.plot import PLOT_NAME, plot_growth
 from ordertrack_dagster.bench.results import Results, scale_as_dict
 from ordertrack_dagster.bench.scenarios import BUDGET_ENV, UNLIMITED_BUDGET, budget_env
@@ -31,7 +31,7 @@ def _template() -> jinja2.Template:
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # Markdown, not HTML
     )
-    environment.filters |= {"s": seconds, "fmt": format}
+    environment.filters |= {"s": seconds, "fmt": format, "minutes": minutes}
     source = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     return environment.from_string(source)
 
@@ -65,6 +65,7 @@ def to_json(figures: Report) -> dict[str, Any]:
         "shared_limit": results.shared.as_dict() if results.shared else None,
         "head_of_line": results.head_of_line.as_dict() if results.head_of_line else None,
         "bounded": results.bounded.as_dict() if results.bounded else None,
+        "freshness": results.freshness.as_dict() if results.freshness else None,
     }
 
 

@@ -8,13 +8,14 @@ import json
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
 
+from ordertrack_dagster.bench.freshness import FreshnessFigures
 from ordertrack_dagster.bench.measure import RunFigures
 from ordertrack_dagster.bench.scenarios import (
     HeadOfLineFigures,
@@ -73,6 +74,7 @@ class Results:
     shared: SharedLimitFigures | None = None
     head_of_line: HeadOfLineFigures | None = None
     bounded: RunFigures | None = None
+    freshness: FreshnessFigures | None = None
     generated_at: str = field(default_factory=_now)
 
     def runs(self) -> list[RunFigures]:
@@ -135,9 +137,40 @@ def results_from_json(data: dict[str, Any]) -> Results:
         shared=_optional(SharedLimitFigures.from_dict, data.get("shared_limit")),
         head_of_line=_optional(HeadOfLineFigures.from_dict, data.get("head_of_line")),
         bounded=_optional(RunFigures.from_dict, data.get("bounded")),
+        freshness=_optional(FreshnessFigures.from_dict, data.get("freshness")),
         generated_at=data["generated_at"],
     )
 
 
 def read_results(path: Path) -> Results:
     return results_from_json(json.loads(path.read_text()))
+
+
+#: Each measurement's part name (`--only`) and the Results field holding its figures.
+PART_FIELDS = {
+    "flows": "flows",
+    "growth": "growth",
+    "limited": "limited",
+    "shared": "shared",
+    "head_of_line": "head_of_line",
+    "bounded": "bounded",
+    "freshness": "freshness",
+}
+
+
+def keep_unmeasured(new: Results, old: Results, measured: set[str]) -> Results:
+    """`new`, with the figures of every part it did not measure taken from `old`, with the
+    scale, machine and load they were measured at (the report's settings describe the runs,
+    which are all `old`'s); the time both took together is what all of it took."""
+    kept = {name: getattr(old, name) for part, name in PART_FIELDS.items() if part not in measured}
+    if not kept:
+        return new
+    return replace(
+        new,
+        scale=old.scale,
+        machine=old.machine,
+        load_before=old.load_before,
+        load_after=old.load_after,
+        seconds=new.seconds + old.seconds,
+        **kept,
+    )

@@ -15,11 +15,17 @@ from typing import Any
 from ordertrack_dagster.couriers import delhivery, delhivery_b2b, shiprocket, velocity
 from ordertrack_dagster.couriers.answers import implausible_time, read_json_text
 from ordertrack_dagster.couriers.engine import FetchOptions, fetch_to_completion
-from ordertrack_dagster.couriers.pauses import blocking_pause, describe_pause, parse_retry_after
+from ordertrack_dagster.couriers.pauses import (
+    MAX_INLINE_WAIT_SECONDS,
+    blocking_pause,
+    describe_pause,
+    parse_retry_after,
+)
 from ordertrack_dagster.records import Interpretation, OrderContext
 
 __all__ = [
     "COURIERS",
+    "MAX_INLINE_WAIT_SECONDS",
     "CourierBinding",
     "FetchOptions",
     "Interpreter",

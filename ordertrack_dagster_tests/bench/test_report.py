@@ -250,7 +250,7 @@ def test_bench_md_is_the_template_filled_in_from_the_figures():
         "average 2% of the machine during the runs." in lines
     )
     assert "`make bench` (full, about 50 min here)" in markdown
-    assert markdown.endswith("one measurement only).\n")
+    assert markdown.endswith("keeps the other measurements' figures from an earlier run.\n")
 
 
 def test_bench_md_leaves_out_what_was_not_measured():

@@ -335,6 +335,20 @@ class Shipments:
             return ship.pinned
         return bisect.bisect_right(profile.starts, self.clock.now() - ship.origin) - 1
 
+    def timeline(self, courier: str, key: str) -> list[tuple[str, float]]:
+        """Every step of the shipment's path with the life-cycle time it starts at, past and
+        future: the benchmark's freshness model reads the same life cycle the answers show."""
+        namespace = self.namespaces[courier]
+        ship = self.by_namespace[namespace][key]
+        starts = self._profile(namespace, ship).starts
+        return [(step, ship.origin + start) for step, start in zip(ship.path, starts, strict=True)]
+
+    def forget(self, courier: str, key: str) -> None:
+        """Drop a shipment and its profile (a model that reads only its timeline)."""
+        namespace = self.namespaces[courier]
+        self.by_namespace[namespace].pop(key, None)
+        self._profiles.pop((namespace, key), None)
+
     def lookup(self, courier: str, key: str) -> Found | None:
         """The shipment, its profile and its events so far, if the courier knows it yet."""
         namespace = self.namespaces[courier]
