@@ -16,6 +16,7 @@ from ordertrack_dagster.security.settings import (
     validate_settings,
 )
 from ordertrack_dagster.security.tokens import STATE_KEY
+from ordertrack_dagster.settings import SETTING_NAMES
 
 TOKEN = "dlv-token-0123456789abcdef"
 GOOD = {
@@ -40,14 +41,14 @@ GOOD = {
 )
 def test_a_malformed_setting_is_refused_by_name_never_by_value(name, value, reason):
     with pytest.raises(SettingsError) as refused:
-        validate_settings({**GOOD, name: value})
+        validate_settings({**GOOD, name: value}, SETTING_NAMES)
     message = str(refused.value)
     assert name in message and reason in message
     assert value.strip() not in message and TOKEN not in message
 
 
 def test_well_formed_settings_pass_without_warnings_outside_prod():
-    assert validate_settings(GOOD) == []
+    assert validate_settings(GOOD, SETTING_NAMES) == []
 
 
 @pytest.mark.parametrize(
@@ -62,17 +63,17 @@ def test_well_formed_settings_pass_without_warnings_outside_prod():
 def test_prod_refuses_plain_text_transport_unless_overridden(changes, named):
     prod = {**GOOD, "ENV": "PROD", STATE_KEY: Fernet.generate_key().decode(), **changes}
     with pytest.raises(SettingsError, match=named):
-        validate_settings(prod)
-    assert validate_settings({**prod, "ENV": "DEV"}) == []
-    warnings = validate_settings({**prod, INSECURE_OVERRIDE: "true"})
+        validate_settings(prod, SETTING_NAMES)
+    assert validate_settings({**prod, "ENV": "DEV"}, SETTING_NAMES) == []
+    warnings = validate_settings({**prod, INSECURE_OVERRIDE: "true"}, SETTING_NAMES)
     assert len(warnings) == 1 and INSECURE_OVERRIDE in warnings[0] and named in warnings[0]
 
 
 def test_prod_without_a_state_key_warns_and_a_bad_key_is_refused():
-    warnings = validate_settings({**GOOD, "ENV": "PROD"})
+    warnings = validate_settings({**GOOD, "ENV": "PROD"}, SETTING_NAMES)
     assert any(STATE_KEY in warning for warning in warnings)
     with pytest.raises(SettingsError, match=f"{STATE_KEY} is not a Fernet key"):
-        validate_settings({**GOOD, STATE_KEY: "not-a-key"})
+        validate_settings({**GOOD, STATE_KEY: "not-a-key"}, SETTING_NAMES)
 
 
 def test_every_form_of_a_secret_is_redacted():
