@@ -118,3 +118,10 @@ def test_the_layer_rule_sees_an_upward_import_and_one_across_a_row() -> None:
         "effects/crm.py": ["ordertrack_dagster.analytics"],
         "flows.py": ["ordertrack_dagster.devstack.seed"],
     }
+
+
+def test_shared_state_is_reached_through_its_store_not_the_couriers() -> None:
+    """Tokens and alert flags live in the shared store (`resources/state.py`); only what is
+    the couriers' own (pauses, budgets) is reached through `couriers/state.py`."""
+    effects = {path: names for path, names in _modules().items() if path.startswith("effects/")}
+    assert _reaching(effects, "ordertrack_dagster.couriers.state") == {}

@@ -29,6 +29,7 @@ from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.flows import Flow, get_flow, schedule_interval
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 
@@ -147,29 +148,26 @@ def evaluate_flow(
     )
 
 
-STATE_COLLECTION = "ordertrack_state"
-
-
 def alert_once(
     db: Database, result: AssetCheckResult, flow: Flow, post: Callable[[str], Any]
 ) -> str | None:
     """Post a failing freshness check to Slack once per failure, not at every evaluation.
 
-    The failure is remembered in `ordertrack_state` until the check passes again; a post that
+    The failure is remembered in the shared store until the check passes again; a post that
     fails is not remembered, so the next evaluation tries again. Returns what went wrong.
     """
-    state = db[STATE_COLLECTION]
-    key = {"_id": f"freshness_alert:{flow.key}"}
+    state = SharedState(db)
+    alert = f"freshness_alert:{flow.key}"
     if result.passed:
-        state.delete_one(key)
+        state.forget_alert(alert)
         return None
-    if state.find_one(key) is not None:
+    if state.alerted(alert):
         return None
     try:
         post(f":hourglass: *{flow.courier_label}*: {result.description}")
     except (DeliveryError, DeliveryDeferred) as error:
         return f"freshness alert not posted, the next evaluation tries again: {error}"
-    state.replace_one(key, {**key, "alerted_at": datetime.now(UTC)}, upsert=True)
+    state.remember_alert(alert)
     return None
 
 
