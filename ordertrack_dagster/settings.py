@@ -11,55 +11,45 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dagster import ConfigurableResource, EnvVar
+from dagster import EnvVar
 
 from ordertrack_dagster.analytics.assets import HistoryResource
-from ordertrack_dagster.couriers.delhivery import DelhiveryResource
-from ordertrack_dagster.couriers.delhivery_b2b import DelhiveryB2BResource
-from ordertrack_dagster.couriers.shiprocket import ShiprocketResource
-from ordertrack_dagster.couriers.velocity import VelocityResource
+from ordertrack_dagster.couriers import DESCRIPTIONS, SettingKind
 from ordertrack_dagster.effects.crm import CrmResource
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.effects.smtp import SmtpResource
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager
 from ordertrack_dagster.resources.slack import DEFAULT_SLACK_API_URL, OrdertrackSlackResource
-from ordertrack_dagster.security.settings import flag, load_settings
+from ordertrack_dagster.security.settings import (
+    PLATFORM_SETTINGS,
+    SettingNames,
+    flag,
+    load_settings,
+)
 
-#: Each courier resource: its class and the setting behind each of its fields.
-COURIER_SETTINGS: dict[str, tuple[type[ConfigurableResource], dict[str, str]]] = {
-    "delhivery": (
-        DelhiveryResource,
-        {
-            "url": "DELHIVERY_URL",
-            "fallback_url": "DELHIVERY_FALLBACK_URL",
-            "token": "DELHIVERY_AUTH_TOKEN_B2C",
-        },
-    ),
-    "delhivery_b2b": (
-        DelhiveryB2BResource,
-        {
-            "url": "DELHIVERY_B2B_URL",
-            "username": "DELHIVERY_B2B_USERNAME",
-            "password": "DELHIVERY_B2B_PASSWORD",
-        },
-    ),
-    "shiprocket": (
-        ShiprocketResource,
-        {"url": "SHIPROCKET_URL", "email": "SHIPROCKET_EMAIL", "password": "SHIPROCKET_PASSWORD"},
-    ),
-    "velocity": (
-        VelocityResource,
-        {"url": "VELOCITY_URL", "username": "VELOCITY_USERNAME", "password": "VELOCITY_PASSWORD"},
-    ),
-}
+
+def _courier_setting_names(kind: SettingKind) -> tuple[str, ...]:
+    return tuple(
+        name for description in DESCRIPTIONS.values() for name in description.setting_names(kind)
+    )
+
+
+#: Every setting checked at load: each courier's, from its description, and the platform's.
+SETTING_NAMES = (
+    SettingNames(
+        secrets=_courier_setting_names(SettingKind.SECRET),
+        tls_urls=_courier_setting_names(SettingKind.URL),
+        identities=_courier_setting_names(SettingKind.IDENTITY),
+    )
+    | PLATFORM_SETTINGS
+)
 
 
 def courier_resource(resource_key: str, env: Mapping[str, str], **overrides: str) -> Any:
     """A courier resource with its settings' values from `env` (fields overridden, e.g. a
     wrong password), for asking a courier outside a run."""
-    resource_class, names = COURIER_SETTINGS[resource_key]
-    return resource_class(**({field: env[name] for field, name in names.items()} | overrides))
+    return DESCRIPTIONS[resource_key].resource(env.__getitem__, **overrides)
 
 
 def _optional(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -74,17 +64,14 @@ def _optional_secret(env: Mapping[str, str], name: str) -> EnvVar | None:
 def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
     """Every resource of the code location, configured from the settings in `env`, which
     are checked first (`docs/security.md`): a malformed secret stops the load, by name."""
-    load_settings(env)
+    load_settings(env, SETTING_NAMES)
     s3 = OrdertrackS3Resource(
         region_name=_optional(env, "AWS_REGION", "ap-south-1"),
         endpoint_url=_optional(env, "AWS_ENDPOINT_URL"),
         aws_access_key_id=_optional(env, "AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=_optional_secret(env, "AWS_SECRET_ACCESS_KEY"),
     )
-    couriers = {
-        key: resource_class(**{field: EnvVar(name) for field, name in names.items()})
-        for key, (resource_class, names) in COURIER_SETTINGS.items()
-    }
+    couriers = {key: description.resource(EnvVar) for key, description in DESCRIPTIONS.items()}
     mongo = MongoResource(uri=EnvVar("MONGODB_URI"), database=EnvVar("MONGODB_DB"))
     return {
         "mongo": mongo,

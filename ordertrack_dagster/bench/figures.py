@@ -23,6 +23,7 @@ from ordertrack_dagster.bench.scenarios import (
 )
 from ordertrack_dagster.devstack.simulator import lognormal_params
 from ordertrack_dagster.flows import get_flow
+from ordertrack_dagster.resources.state import STATE_COLLECTION
 
 TRACKING_PHASES = ("selection", "fetch", "mapping", "write")
 # Targets of the issue that asked for this benchmark.
@@ -70,7 +71,7 @@ def collection_round_trips(run: RunFigures, *collections: str) -> int:
 
 def courier_state_round_trips(run: RunFigures) -> int:
     """The run's commands on the courier state (budget reservations, pauses, tokens)."""
-    return collection_round_trips(run, "ordertrack_state")
+    return collection_round_trips(run, STATE_COLLECTION)
 
 
 def staging_round_trips(run: RunFigures) -> int:

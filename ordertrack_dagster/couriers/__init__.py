@@ -1,4 +1,7 @@
-"""One module per courier API; this registry binds each flow to its resource and reader.
+"""One module per courier API, each exporting its `DESCRIPTION`; the registries of the
+couriers (`DESCRIPTIONS`, and `COURIERS` binding each flow to its resource and reader) are
+derived from those descriptions, as are the settings map and the settings' checks and
+redaction (`ordertrack_dagster.settings`).
 
 What other concerns need of the couriers is imported from here (or `state.py`): running a
 fetch, judging a stored pause, reading Retry-After and stored answer text. The engine, the
@@ -7,13 +10,16 @@ answer helpers and the batch failures stay internal to this package.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from ordertrack_dagster.couriers import delhivery, delhivery_b2b, shiprocket, velocity
 from ordertrack_dagster.couriers.answers import implausible_time, read_json_text
+from ordertrack_dagster.couriers.description import (
+    CourierDescription,
+    CourierSetting,
+    Interpreter,
+    SettingKind,
+)
 from ordertrack_dagster.couriers.engine import FetchOptions, fetch_to_completion
 from ordertrack_dagster.couriers.pauses import (
     MAX_INLINE_WAIT_SECONDS,
@@ -21,14 +27,18 @@ from ordertrack_dagster.couriers.pauses import (
     describe_pause,
     parse_retry_after,
 )
-from ordertrack_dagster.records import Interpretation, OrderContext
+from ordertrack_dagster.flows import FLOWS
 
 __all__ = [
     "COURIERS",
+    "DESCRIPTIONS",
     "MAX_INLINE_WAIT_SECONDS",
     "CourierBinding",
+    "CourierDescription",
+    "CourierSetting",
     "FetchOptions",
     "Interpreter",
+    "SettingKind",
     "blocking_pause",
     "describe_pause",
     "fetch_to_completion",
@@ -37,7 +47,11 @@ __all__ = [
     "read_json_text",
 ]
 
-Interpreter = Callable[[Any, OrderContext, datetime], Interpretation]
+#: Every courier API, by its resource key: the one list a new courier module is added to.
+DESCRIPTIONS: dict[str, CourierDescription] = {
+    module.DESCRIPTION.resource_key: module.DESCRIPTION
+    for module in (delhivery, delhivery_b2b, shiprocket, velocity)
+}
 
 
 @dataclass(frozen=True)
@@ -48,10 +62,17 @@ class CourierBinding:
     interpret: Interpreter
 
 
-COURIERS: dict[str, CourierBinding] = {
-    "delhivery_b2c": CourierBinding("delhivery", delhivery.interpret_express),
-    "delhivery_b2b": CourierBinding("delhivery_b2b", delhivery_b2b.interpret),
-    "shiprocket": CourierBinding("shiprocket", shiprocket.interpret),
-    "velocity": CourierBinding("velocity", velocity.interpret),
-    "delhivery_fallback": CourierBinding("delhivery", delhivery.interpret_fallback),
-}
+def _bindings() -> dict[str, CourierBinding]:
+    """Each flow of the flows table bound to the one courier that serves it, in table order."""
+    bindings = {
+        flow: CourierBinding(description.resource_key, interpret)
+        for description in DESCRIPTIONS.values()
+        for flow, interpret in description.interpreters.items()
+    }
+    served = sum(len(description.interpreters) for description in DESCRIPTIONS.values())
+    if served != len(bindings) or bindings.keys() != FLOWS.keys():
+        raise ValueError("every flow must be served by exactly one courier description")
+    return {key: bindings[key] for key in FLOWS}
+
+
+COURIERS: dict[str, CourierBinding] = _bindings()

@@ -15,6 +15,11 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from ordertrack_dagster.couriers.answers import implausible_time, parse_courier_time
+from ordertrack_dagster.couriers.description import (
+    CourierDescription,
+    CourierSetting,
+    SettingKind,
+)
 from ordertrack_dagster.couriers.engine import CourierClient, Request
 from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
 from ordertrack_dagster.couriers.state import CourierState
@@ -254,3 +259,15 @@ class DelhiveryResource(ConfigurableResource):
         if flow.key == "delhivery_fallback":
             return DelhiveryFallbackClient(flow, state, self.fallback_url, self.token)
         return DelhiveryB2CClient(flow, state, self.url, self.token)
+
+
+DESCRIPTION = CourierDescription(
+    resource_key="delhivery",
+    resource_class=DelhiveryResource,
+    settings=(
+        CourierSetting("url", "DELHIVERY_URL", SettingKind.URL),
+        CourierSetting("fallback_url", "DELHIVERY_FALLBACK_URL", SettingKind.URL),
+        CourierSetting("token", "DELHIVERY_AUTH_TOKEN_B2C", SettingKind.SECRET),
+    ),
+    interpreters={"delhivery_b2c": interpret_express, "delhivery_fallback": interpret_fallback},
+)

@@ -10,16 +10,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from dagster import ConfigurableResource
-from pydantic import Field
-
 from ordertrack_dagster.couriers.answers import first_entry, parse_courier_time, read_status
 from ordertrack_dagster.couriers.delhivery import DELHIVERY_BLOCK_SECONDS, LEGACY_TABLE
-from ordertrack_dagster.couriers.engine import CourierClient, Request
+from ordertrack_dagster.couriers.description import CourierDescription, login_settings
+from ordertrack_dagster.couriers.engine import Request
 from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
-from ordertrack_dagster.couriers.login import LoginClient, token_at
-from ordertrack_dagster.couriers.state import CachedToken, CourierState
-from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.couriers.login import LoginClient, LoginResource, token_at
+from ordertrack_dagster.couriers.state import CachedToken
 from ordertrack_dagster.records import Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical
 
@@ -85,12 +82,15 @@ class DelhiveryB2BClient(LoginClient):
         return {keys[0]: payload}
 
 
-class DelhiveryB2BResource(ConfigurableResource):
+class DelhiveryB2BResource(LoginResource):
     """Delhivery's LTL tracking API (login with a username and password)."""
 
-    url: str = Field(description="DELHIVERY_B2B_URL")
-    username: str = Field(description="DELHIVERY_B2B_USERNAME")
-    password: str = Field(description="DELHIVERY_B2B_PASSWORD")
+    client_class = DelhiveryB2BClient
 
-    def client(self, flow: Flow, state: CourierState) -> CourierClient:
-        return DelhiveryB2BClient(flow, state, self.url, self.username, self.password)
+
+DESCRIPTION = CourierDescription(
+    resource_key="delhivery_b2b",
+    resource_class=DelhiveryB2BResource,
+    settings=login_settings("DELHIVERY_B2B"),
+    interpreters={"delhivery_b2b": interpret},
+)

@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
+from dagster import ConfigurableResource
+from pydantic import Field
 
 from ordertrack_dagster.couriers.engine import CourierClient, Request
 from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure
@@ -157,6 +159,23 @@ class LoginClient(CourierClient):
             until = datetime.now(UTC) + timedelta(seconds=self.login_block_seconds)
             self.state.block_login(self.token_key, until, reason)
         return AuthFailure(reason)
+
+
+class LoginResource(ConfigurableResource):
+    """The resource of every courier that logs in: the same three settings, one client.
+
+    A courier names its client in a subclass (`client_class`); its description maps the
+    fields to its settings' names.
+    """
+
+    url: str = Field(description="the courier API's root URL")
+    username: str = Field(description="the account that logs in (a user name or an email)")
+    password: str = Field(description="the account's password")
+
+    client_class: ClassVar[type[LoginClient]]
+
+    def client(self, flow: Flow, state: CourierState) -> CourierClient:
+        return self.client_class(flow, state, self.url, self.username, self.password)
 
 
 def _json_or_none(response: httpx.Response) -> Any:

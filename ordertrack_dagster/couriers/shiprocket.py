@@ -9,15 +9,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from dagster import ConfigurableResource
-from pydantic import Field
-
 from ordertrack_dagster.couriers.answers import first_entry, newest_activity_time, read_status
-from ordertrack_dagster.couriers.engine import CourierClient, Request
+from ordertrack_dagster.couriers.description import CourierDescription, login_settings
+from ordertrack_dagster.couriers.engine import Request
 from ordertrack_dagster.couriers.failures import BatchFailure
-from ordertrack_dagster.couriers.login import LoginClient, token_at
-from ordertrack_dagster.couriers.state import CachedToken, CourierState
-from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.couriers.login import LoginClient, LoginResource, token_at
+from ordertrack_dagster.couriers.state import CachedToken
 from ordertrack_dagster.records import Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical, mapping_table
 
@@ -118,12 +115,15 @@ class ShiprocketClient(LoginClient):
         return answers
 
 
-class ShiprocketResource(ConfigurableResource):
+class ShiprocketResource(LoginResource):
     """Shiprocket's tracking API (login with an email and password)."""
 
-    url: str = Field(description="SHIPROCKET_URL")
-    email: str = Field(description="SHIPROCKET_EMAIL")
-    password: str = Field(description="SHIPROCKET_PASSWORD")
+    client_class = ShiprocketClient
 
-    def client(self, flow: Flow, state: CourierState) -> CourierClient:
-        return ShiprocketClient(flow, state, self.url, self.email, self.password)
+
+DESCRIPTION = CourierDescription(
+    resource_key="shiprocket",
+    resource_class=ShiprocketResource,
+    settings=login_settings("SHIPROCKET", identity="EMAIL"),
+    interpreters={"shiprocket": interpret},
+)

@@ -1,16 +1,13 @@
-"""Courier state that must outlive one process: rate-limit pauses, request budgets, tokens.
+"""Courier state that must outlive one process: rate-limit pauses and request budgets, on top
+of the shared store's tokens and login blocks (`resources/state.py`).
 
 Kept in MongoDB's `ordertrack_state` collection (contract §4), where every run on every machine
 sees it. The old service kept it in memory and forgot a courier's "stop" on restart.
-Tokens are sealed with ORDERTRACK_STATE_KEY when it is set (`security.tokens`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-from pymongo.database import Database
 
 from ordertrack_dagster.couriers.budget import (
     SharedBudget,
@@ -18,34 +15,22 @@ from ordertrack_dagster.couriers.budget import (
     seconds_until_room,
 )
 from ordertrack_dagster.flows import RateBudget
-from ordertrack_dagster.security.redaction import remember_secret
-from ordertrack_dagster.security.tokens import TokenCipher
+from ordertrack_dagster.resources.state import (
+    STATE_COLLECTION,
+    CachedToken,
+    SharedState,
+    aware,
+)
 
-STATE_COLLECTION = "ordertrack_state"
+__all__ = ["MAX_PAUSE", "STATE_COLLECTION", "CachedToken", "CourierState"]
+
 #: No courier may stop us for longer: a hostile or broken Retry-After (year 9999, `1e308`)
 #: becomes this, and a longer pause already stored reads as this from now.
 MAX_PAUSE = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class CachedToken:
-    token: str
-    expires_at: datetime
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """pymongo returns naive UTC datetimes; make them comparable with aware ones."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-class CourierState:
-    """Pauses, budgets and tokens of the couriers, persisted in MongoDB."""
-
-    def __init__(self, db: Database, cipher: TokenCipher | None = None):
-        self._collection = db[STATE_COLLECTION]
-        self._cipher = cipher or TokenCipher.from_env()
+class CourierState(SharedState):
+    """Pauses and budgets of the couriers (and, from the shared store, their tokens)."""
 
     # -- rate-limit pauses --------------------------------------------------------------
 
@@ -53,10 +38,10 @@ class CourierState:
         """The stored resume time, if it lies in the future (at most MAX_PAUSE after it was
         set, so a pause stored before the clamp existed cannot hold a courier for years)."""
         doc = self._collection.find_one({"_id": f"pause:{scope}"}, {"resume_at": 1, "set_at": 1})
-        resume_at = _aware(doc.get("resume_at")) if doc else None
+        resume_at = aware(doc.get("resume_at")) if doc else None
         if resume_at is None:
             return None
-        set_at = _aware(doc.get("set_at")) or datetime.now(UTC)
+        set_at = aware(doc.get("set_at")) or datetime.now(UTC)
         resume_at = min(resume_at, set_at + MAX_PAUSE)
         return resume_at if resume_at > datetime.now(UTC) else None
 
@@ -93,46 +78,3 @@ class CourierState:
     def budget_frees_in(self, scope: str, budget: RateBudget, wanted: int) -> float:
         """Seconds until `wanted` requests of the scope are free (0: free now)."""
         return seconds_until_room(self._collection, scope, budget, wanted)
-
-    # -- tokens -------------------------------------------------------------------------
-
-    def cached_token(self, name: str) -> CachedToken | None:
-        """A stored token that is still valid for at least a minute."""
-        doc = self._collection.find_one({"_id": f"token:{name}"})
-        if not doc or not doc.get("token"):
-            return None
-        expires_at = _aware(doc.get("expires_at"))
-        if expires_at is None or (expires_at - datetime.now(UTC)).total_seconds() < 60:
-            return None
-        token = self._cipher.open(str(doc["token"]))
-        if token is None:
-            return None
-        remember_secret(token)
-        return CachedToken(token, expires_at)
-
-    def save_token(self, name: str, token: CachedToken) -> None:
-        remember_secret(token.token)
-        self._collection.update_one(
-            {"_id": f"token:{name}"},
-            {
-                "$set": {
-                    "token": self._cipher.seal(token.token),
-                    "expires_at": token.expires_at,
-                    "saved_at": datetime.now(UTC),
-                }
-            },
-            upsert=True,
-        )
-
-    def login_blocked_until(self, name: str) -> datetime | None:
-        """After a failed login no process tries again before this time (accounts lock)."""
-        doc = self._collection.find_one({"_id": f"login_block:{name}"})
-        until = _aware(doc.get("until")) if doc else None
-        return until if until and until > datetime.now(UTC) else None
-
-    def block_login(self, name: str, until: datetime, reason: str) -> None:
-        self._collection.update_one(
-            {"_id": f"login_block:{name}"},
-            {"$set": {"until": until, "reason": reason}},
-            upsert=True,
-        )

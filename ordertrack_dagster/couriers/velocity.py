@@ -12,20 +12,17 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from dagster import ConfigurableResource
-from pydantic import Field
-
 from ordertrack_dagster.couriers.answers import (
     first_entry,
     newest_activity_time,
     parse_courier_time,
     read_status,
 )
-from ordertrack_dagster.couriers.engine import CourierClient, Request
+from ordertrack_dagster.couriers.description import CourierDescription, login_settings
+from ordertrack_dagster.couriers.engine import Request
 from ordertrack_dagster.couriers.failures import BatchFailure
-from ordertrack_dagster.couriers.login import LoginClient, token_at
-from ordertrack_dagster.couriers.state import CachedToken, CourierState
-from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.couriers.login import LoginClient, LoginResource, token_at
+from ordertrack_dagster.couriers.state import CachedToken
 from ordertrack_dagster.records import Interpretation, OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical, mapping_table
 
@@ -108,12 +105,15 @@ class VelocityClient(LoginClient):
         raise BatchFailure("unexpected answer shape (no result object)", retryable=False)
 
 
-class VelocityResource(ConfigurableResource):
+class VelocityResource(LoginResource):
     """Velocity's tracking API (login with a username and password)."""
 
-    url: str = Field(description="VELOCITY_URL")
-    username: str = Field(description="VELOCITY_USERNAME")
-    password: str = Field(description="VELOCITY_PASSWORD")
+    client_class = VelocityClient
 
-    def client(self, flow: Flow, state: CourierState) -> CourierClient:
-        return VelocityClient(flow, state, self.url, self.username, self.password)
+
+DESCRIPTION = CourierDescription(
+    resource_key="velocity",
+    resource_class=VelocityResource,
+    settings=login_settings("VELOCITY"),
+    interpreters={"velocity": interpret},
+)

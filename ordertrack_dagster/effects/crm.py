@@ -23,8 +23,8 @@ import httpx
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.effects.delivery import DeliveryError
+from ordertrack_dagster.resources.state import CachedToken, SharedState
 from ordertrack_dagster.security.redaction import http_error_text, remember_secret
 
 TOKEN_NAME = "crm"
@@ -89,7 +89,7 @@ class CrmResource(ConfigurableResource):
     )
 
     @contextmanager
-    def open(self, tokens: CourierState | None = None) -> Iterator[CrmClient]:
+    def open(self, tokens: SharedState | None = None) -> Iterator[CrmClient]:
         """A client for one run; `tokens` shares the cached token across runs."""
         loop = asyncio.new_event_loop()
         http = httpx.AsyncClient(timeout=self.timeout_seconds)
@@ -121,7 +121,7 @@ class _Deadlined:
 
 
 class CrmClient:
-    def __init__(self, settings: CrmResource, http: _Deadlined, tokens: CourierState | None):
+    def __init__(self, settings: CrmResource, http: _Deadlined, tokens: SharedState | None):
         self._settings = settings
         self._http = http
         self._tokens = tokens

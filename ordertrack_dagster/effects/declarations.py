@@ -22,7 +22,6 @@ from bson import Binary
 from dagster import AssetExecutionContext, AssetKey, AssetRecordsFilter, MetadataValue
 
 from ordertrack_dagster import tables
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.effects.alert_memory import new_alerts
 from ordertrack_dagster.effects.delivery import Sender
 from ordertrack_dagster.effects.documents import Report
@@ -45,6 +44,7 @@ from ordertrack_dagster.effects.senders import post_slack, put_and_presign
 from ordertrack_dagster.effects.smtp import RecipientsRefused
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.markers import Event
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.run_summary import summarise, summary_per_status
 
 
@@ -108,7 +108,7 @@ class Effect:
 
 @contextlib.contextmanager
 def _crm_sender(run: EffectRun) -> Iterator[Sender]:
-    with run.resources["crm"].open(CourierState(run.outbox.db)) as client:
+    with run.resources["crm"].open(SharedState(run.outbox.db)) as client:
         yield lambda doc: client.send_rto(crm_payload(doc), doc["idempotency_key"])
 
 

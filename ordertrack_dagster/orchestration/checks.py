@@ -35,6 +35,7 @@ from ordertrack_dagster.polling import max_interval
 from ordertrack_dagster.resources.history_queue import RETENTION, HistoryQueue
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, RAW_COURIER_RESPONSES, flow_partitions
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
@@ -194,30 +195,26 @@ def evaluate_flow(
     )
 
 
-STATE_COLLECTION = "ordertrack_state"
-
-
 def alert_once_per_failure(
     db: Database, name: str, failing: bool, text: str, post: Callable[[str], Any]
 ) -> str | None:
     """Post a failing check's `text` to Slack once per failure, not at every evaluation.
 
-    The failure is remembered in `ordertrack_state` under `name` until the check passes
+    The failure is remembered in the shared store under `name` until the check passes
     again; a post that fails is not remembered, so the next evaluation tries again. Returns
     what went wrong.
     """
-    state = db[STATE_COLLECTION]
-    key = {"_id": name}
+    state = SharedState(db)
     if not failing:
-        state.delete_one(key)
+        state.forget_alert(name)
         return None
-    if state.find_one(key) is not None:
+    if state.alerted(name):
         return None
     try:
         post(text)
     except (DeliveryError, DeliveryDeferred) as error:
         return f"{name} not posted, the next evaluation tries again: {error}"
-    state.replace_one(key, {**key, "alerted_at": datetime.now(UTC)}, upsert=True)
+    state.remember_alert(name)
     return None
 
 

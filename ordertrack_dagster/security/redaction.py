@@ -24,12 +24,9 @@ import httpx
 import pandas as pd
 from pandas.api.types import is_object_dtype, is_string_dtype
 
-#: Settings that hold a secret (names are also matched by `_SECRET_NAME_PARTS`).
+#: The platform's settings that hold a secret; the couriers' are declared at load from their
+#: descriptions (`declare_secret_settings`), and names are also matched by `_SECRET_NAME_PARTS`.
 SECRET_SETTINGS = (
-    "DELHIVERY_AUTH_TOKEN_B2C",
-    "DELHIVERY_B2B_PASSWORD",
-    "SHIPROCKET_PASSWORD",
-    "VELOCITY_PASSWORD",
     "CRM_CLIENT_SECRET",
     "CRM_WEBHOOK_SECRET",
     "EMAIL_PASSWORD",
@@ -50,6 +47,13 @@ MASK = "***"
 
 _learned: set[str] = set()
 _learned_lock = threading.Lock()
+_declared: set[str] = set(SECRET_SETTINGS)
+
+
+def declare_secret_settings(names: Iterable[str]) -> None:
+    """Settings that hold a secret besides the platform's (the couriers', from their
+    descriptions): their values are redacted from then on."""
+    _declared.update(names)
 
 
 def remember_secret(value: str | None) -> None:
@@ -61,7 +65,7 @@ def remember_secret(value: str | None) -> None:
 
 def is_secret_setting(name: str) -> bool:
     upper = name.upper()
-    return name in SECRET_SETTINGS or any(part in upper for part in _SECRET_NAME_PARTS)
+    return name in _declared or any(part in upper for part in _SECRET_NAME_PARTS)
 
 
 def configured_secrets(env: Mapping[str, str]) -> list[str]:

@@ -23,6 +23,7 @@ import yaml
 
 from ordertrack_dagster.security.redaction import (
     SECRET_SETTINGS,
+    declare_secret_settings,
     install_log_redaction,
     install_stream_redaction,
 )
@@ -41,30 +42,47 @@ POSTGRES_TLS_OVERRIDE = "ORDERTRACK_ALLOW_POSTGRES_WITHOUT_CERT_CHECK"
 #: libpq's only mode that checks both the certificate chain and the host name.
 POSTGRES_VERIFIED_SSLMODE = "verify-full"
 
-#: URLs that must use TLS in production: couriers, the CRM and Slack.
-TLS_URLS = (
-    "DELHIVERY_URL",
-    "DELHIVERY_FALLBACK_URL",
-    "DELHIVERY_B2B_URL",
-    "SHIPROCKET_URL",
-    "VELOCITY_URL",
-    "CRM_AUTH_URL",
-    "CRM_WEBHOOK_URL",
-    "SLACK_API_URL",
-)
-URLS = (*TLS_URLS, "AWS_ENDPOINT_URL", "DAGSTER_WEBSERVER_URL")
+#: URLs that must use TLS in production (the couriers' come from their descriptions).
+TLS_URLS = ("CRM_AUTH_URL", "CRM_WEBHOOK_URL", "SLACK_API_URL")
+#: URLs checked for their shape only.
+PLAIN_URLS = ("AWS_ENDPOINT_URL", "DAGSTER_WEBSERVER_URL")
 #: Values that travel in headers or login bodies besides the secrets.
 IDENTITIES = (
-    "DELHIVERY_B2B_USERNAME",
-    "SHIPROCKET_EMAIL",
-    "VELOCITY_USERNAME",
     "CRM_CLIENT_ID",
     "AWS_ACCESS_KEY_ID",
     "EMAIL_SENDER",
     "SMTP_HOST",
     "MONGODB_URI",
 )
-CHECKED = (*SECRET_SETTINGS, *URLS, *IDENTITIES)
+
+
+@dataclass(frozen=True)
+class SettingNames:
+    """The settings checked at load, by what they hold: the platform's (`PLATFORM_SETTINGS`)
+    joined with the couriers' (`ordertrack_dagster.settings.SETTING_NAMES`, from their
+    descriptions, since this layer imports nothing above it)."""
+
+    secrets: tuple[str, ...] = ()
+    tls_urls: tuple[str, ...] = ()
+    identities: tuple[str, ...] = ()
+
+    def __or__(self, other: SettingNames) -> SettingNames:
+        return SettingNames(
+            self.secrets + other.secrets,
+            self.tls_urls + other.tls_urls,
+            self.identities + other.identities,
+        )
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (*self.tls_urls, *PLAIN_URLS)
+
+    @property
+    def checked(self) -> tuple[str, ...]:
+        return (*self.secrets, *self.urls, *self.identities)
+
+
+PLATFORM_SETTINGS = SettingNames(SECRET_SETTINGS, TLS_URLS, IDENTITIES)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -88,22 +106,22 @@ def is_prod(env: Mapping[str, str]) -> bool:
     return env.get("ENV", "").strip() == "PROD"
 
 
-def _shape_problem(name: str, value: str) -> str | None:
+def _shape_problem(name: str, value: str, urls: tuple[str, ...]) -> str | None:
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
         return f"{name} contains a line break or another control character"
     if value != value.strip():
         return f"{name} has leading or trailing whitespace"
-    if name in URLS:
+    if name in urls:
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return f"{name} is not an http(s) URL with a host"
     return None
 
 
-def _transport_problems(env: Mapping[str, str]) -> list[str]:
+def _transport_problems(env: Mapping[str, str], names: SettingNames) -> list[str]:
     problems = [
         f"{name} uses http:// with ENV=PROD (TLS required)"
-        for name in TLS_URLS
+        for name in names.tls_urls
         if urlsplit(env.get(name, "").strip()).scheme == "http"
     ]
     if env.get("EMAIL_PASSWORD") and not flag(env, "SMTP_STARTTLS", default=True):
@@ -113,14 +131,14 @@ def _transport_problems(env: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def _unsigned_webhook_problems(env: Mapping[str, str]) -> list[str]:
+def _unsigned_webhook_problems(env: Mapping[str, str], names: SettingNames) -> list[str]:
     """A cancel webhook the CRM cannot authenticate: anyone on its path could forge one."""
     if env.get("CRM_WEBHOOK_URL", "").strip() and not env.get("CRM_WEBHOOK_SECRET", "").strip():
         return ["CRM_WEBHOOK_URL is set without CRM_WEBHOOK_SECRET: webhooks would be unsigned"]
     return []
 
 
-def _plain_token_problems(env: Mapping[str, str]) -> list[str]:
+def _plain_token_problems(env: Mapping[str, str], names: SettingNames) -> list[str]:
     if not env.get(STATE_KEY, "").strip():
         return [f"{STATE_KEY} is not set: courier and CRM tokens would be stored unencrypted"]
     return []
@@ -145,7 +163,7 @@ def mongodb_tls_problem(uri: str) -> str | None:
     return None
 
 
-def _mongodb_tls_problems(env: Mapping[str, str]) -> list[str]:
+def _mongodb_tls_problems(env: Mapping[str, str], names: SettingNames) -> list[str]:
     uri = env.get("MONGODB_URI", "").strip()
     problem = mongodb_tls_problem(uri) if uri else None
     return [problem] if problem else []
@@ -177,7 +195,7 @@ def postgres_tls_problem(
     return None
 
 
-def _postgres_tls_problems(env: Mapping[str, str]) -> list[str]:
+def _postgres_tls_problems(env: Mapping[str, str], names: SettingNames) -> list[str]:
     """The instance this process belongs to ($DAGSTER_HOME/dagster.yaml), when it has one."""
     home = env.get("DAGSTER_HOME", "").strip()
     path = Path(home) / "dagster.yaml"
@@ -194,7 +212,8 @@ class ProdRule:
     """A way production fails closed, and the setting that opens it on purpose."""
 
     override: str
-    problems: Callable[[Mapping[str, str]], list[str]]
+    #: the problems found in the settings (given the names of those checked)
+    problems: Callable[[Mapping[str, str], SettingNames], list[str]]
 
 
 PROD_RULES = (
@@ -206,12 +225,12 @@ PROD_RULES = (
 )
 
 
-def _prod_problems(env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+def _prod_problems(env: Mapping[str, str], names: SettingNames) -> tuple[list[str], list[str]]:
     """(refused, allowed by an override) under `ENV=PROD`."""
     refused: list[str] = []
     allowed: list[str] = []
     for rule in PROD_RULES:
-        found = rule.problems(env)
+        found = rule.problems(env, names)
         if flag(env, rule.override, default=False):
             allowed += [f"allowed by {rule.override}=true: {problem}" for problem in found]
         else:
@@ -219,16 +238,16 @@ def _prod_problems(env: Mapping[str, str]) -> tuple[list[str], list[str]]:
     return refused, allowed
 
 
-def validate_settings(env: Mapping[str, str]) -> list[str]:
+def validate_settings(env: Mapping[str, str], names: SettingNames) -> list[str]:
     """Raise SettingsError listing every unusable setting; return the warnings to log."""
     problems = [
         problem
-        for name in CHECKED
-        if env.get(name) and (problem := _shape_problem(name, env[name])) is not None
+        for name in names.checked
+        if env.get(name) and (problem := _shape_problem(name, env[name], names.urls)) is not None
     ]
     warnings: list[str] = []
     if is_prod(env):
-        refused, warnings = _prod_problems(env)
+        refused, warnings = _prod_problems(env, names)
         problems += refused
     if env.get(STATE_KEY):
         try:
@@ -240,10 +259,12 @@ def validate_settings(env: Mapping[str, str]) -> list[str]:
     return warnings
 
 
-def load_settings(env: Mapping[str, str]) -> None:
+def load_settings(env: Mapping[str, str], names: SettingNames) -> None:
     """What the code location does first: refuse unusable settings, log the warnings, and
-    redact every log record and everything written to stdout and stderr from then on."""
-    for warning in validate_settings(env):
+    redact every log record and everything written to stdout and stderr (and each of
+    `names.secrets`) from then on."""
+    for warning in validate_settings(env, names):
         logging.getLogger("ordertrack").warning(warning)
+    declare_secret_settings(names.secrets)
     install_log_redaction()
     install_stream_redaction()

@@ -19,7 +19,6 @@ from ordertrack_dagster_tests.helpers import (
 
 LOGIN_FLOWS = ["delhivery_b2b", "shiprocket", "velocity"]
 #: the resource field holding the account name
-ACCOUNT_FIELD = {"delhivery_b2b": "username", "shiprocket": "email", "velocity": "username"}
 #: one key per request, so that workers can collide
 SPREAD = {"batch_size": 1, "concurrency": 4}
 
@@ -82,7 +81,7 @@ def test_many_workers_rejected_at_once_log_in_once(stack, state, flow):
 def test_a_refused_login_is_not_retried_and_blocks_later_runs(stack, state, flow):
     keys = register_shipments(stack.simulator, flow, ["in_transit"] * 3)
     # another account than the simulator's, so no real account gets locked
-    wrong = {ACCOUNT_FIELD[flow]: f"nobody-{uuid.uuid4().hex[:8]}", "password": "wrong"}
+    wrong = {"username": f"nobody-{uuid.uuid4().hex[:8]}", "password": "wrong"}
     before, failed_before = logins(stack, flow)
     client = courier_client(flow, stack.env, state, flow_changes=SPREAD, **wrong)
     result = run_fetch(client, keys)

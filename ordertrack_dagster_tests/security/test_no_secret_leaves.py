@@ -20,8 +20,8 @@ from ordertrack_dagster.couriers.state import STATE_COLLECTION, CachedToken, Cou
 from ordertrack_dagster.effects.crm import TOKEN_NAME
 from ordertrack_dagster.effects.outbox import OUTBOX_COLLECTION
 from ordertrack_dagster.flows import FLOWS
-from ordertrack_dagster.security.redaction import SECRET_SETTINGS
 from ordertrack_dagster.security.tokens import STATE_KEY, TokenCipher
+from ordertrack_dagster.settings import SETTING_NAMES
 from ordertrack_dagster_tests.effects.support import Runner
 from ordertrack_dagster_tests.helpers import seed_orders
 
@@ -108,12 +108,12 @@ def test_no_secret_leaves_the_process(stack, stack_env, db, monkeypatch, caplog,
         TokenCipher(key).open(doc["token"]) or ""
         for doc in db[STATE_COLLECTION].find({"token": {"$exists": True}})
     ]
-    secrets = [env[name] for name in SECRET_SETTINGS if env.get(name)]
+    secrets = [env[name] for name in SETTING_NAMES.secrets if env.get(name)]
     secrets += [token for token in learned if len(token) >= 8]
     secrets.append(MALFORMED_CRM_TOKEN.splitlines()[0])
     assert len(learned) >= 4  # B2B, Shiprocket and Velocity logins, and the CRM's token
     assert {"DELHIVERY_AUTH_TOKEN_B2C", "CRM_CLIENT_SECRET", "SLACK_TOKEN"} <= {
-        name for name in SECRET_SETTINGS if env.get(name)
+        name for name in SETTING_NAMES.secrets if env.get(name)
     }
     assert any("could not be formed" in text for text in written)  # the failures are there
     leaks = [

@@ -22,6 +22,7 @@ from ordertrack_dagster.security.settings import (
     validate_settings,
 )
 from ordertrack_dagster.security.tokens import STATE_KEY
+from ordertrack_dagster.settings import SETTING_NAMES
 
 TOKEN = "dlv-token-0123456789abcdef"
 GOOD = {
@@ -46,14 +47,14 @@ GOOD = {
 )
 def test_a_malformed_setting_is_refused_by_name_never_by_value(name, value, reason):
     with pytest.raises(SettingsError) as refused:
-        validate_settings({**GOOD, name: value})
+        validate_settings({**GOOD, name: value}, SETTING_NAMES)
     message = str(refused.value)
     assert name in message and reason in message
     assert value.strip() not in message and TOKEN not in message
 
 
 def test_well_formed_settings_pass_without_warnings_outside_prod():
-    assert validate_settings(GOOD) == []
+    assert validate_settings(GOOD, SETTING_NAMES) == []
 
 
 @pytest.mark.parametrize(
@@ -68,9 +69,9 @@ def test_well_formed_settings_pass_without_warnings_outside_prod():
 def test_prod_refuses_plain_text_transport_unless_overridden(changes, named):
     prod = {**prod_settings(), **changes}
     with pytest.raises(SettingsError, match=named):
-        validate_settings(prod)
-    assert validate_settings({**prod, "ENV": "DEV"}) == []
-    warnings = validate_settings({**prod, INSECURE_OVERRIDE: "true"})
+        validate_settings(prod, SETTING_NAMES)
+    assert validate_settings({**prod, "ENV": "DEV"}, SETTING_NAMES) == []
+    warnings = validate_settings({**prod, INSECURE_OVERRIDE: "true"}, SETTING_NAMES)
     assert len(warnings) == 1 and INSECURE_OVERRIDE in warnings[0] and named in warnings[0]
 
 
@@ -126,11 +127,11 @@ def test_prod_fails_closed_by_name_unless_overridden_and_logged(
         changes["DAGSTER_HOME"] = _instance_home(tmp_path, storage)
     prod = prod_settings(**changes)
     with pytest.raises(SettingsError, match=named) as refused:
-        validate_settings(prod)
+        validate_settings(prod, SETTING_NAMES)
     assert override in str(refused.value) and "pw@" not in str(refused.value)
-    assert validate_settings({**prod, "ENV": "DEV"}) == []
+    assert validate_settings({**prod, "ENV": "DEV"}, SETTING_NAMES) == []
     with caplog.at_level(logging.WARNING, logger="ordertrack"):
-        load_settings({**prod, override: "true"})
+        load_settings({**prod, override: "true"}, SETTING_NAMES)
     assert [m for m in caplog.messages if override in m and named in m], caplog.messages
 
 
@@ -143,7 +144,7 @@ def test_prod_fails_closed_by_name_unless_overridden_and_logged(
     ],
 )
 def test_prod_accepts_verified_tls_and_signed_webhooks_without_warnings(changes):
-    assert validate_settings(prod_settings(**changes)) == []
+    assert validate_settings(prod_settings(**changes), SETTING_NAMES) == []
 
 
 @pytest.mark.parametrize(
@@ -156,12 +157,12 @@ def test_prod_accepts_verified_tls_and_signed_webhooks_without_warnings(changes)
 def test_prod_accepts_a_postgres_storage_that_verifies_its_server(tmp_path, params, environment):
     """In the instance file, or (as libpq does) from PGSSLMODE when the file names none."""
     home = _instance_home(tmp_path, _postgres(**params))
-    assert validate_settings(prod_settings(DAGSTER_HOME=home, **environment)) == []
+    assert validate_settings(prod_settings(DAGSTER_HOME=home, **environment), SETTING_NAMES) == []
 
 
 def test_a_bad_state_key_is_refused():
     with pytest.raises(SettingsError, match=f"{STATE_KEY} is not a Fernet key"):
-        validate_settings({**GOOD, STATE_KEY: "not-a-key"})
+        validate_settings({**GOOD, STATE_KEY: "not-a-key"}, SETTING_NAMES)
 
 
 def test_every_form_of_a_secret_is_redacted():
