@@ -30,6 +30,7 @@ from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.tables import (
     GROUP,
     IO_MANAGER,
+    OWNERS,
     RAW_COURIER_RESPONSES,
     STATUS_UPDATES,
     flow_partitions,
@@ -46,6 +47,7 @@ def _output(table: steps.Table) -> Output[pd.DataFrame]:
 
 @asset(
     group_name=GROUP,
+    owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"mongodb", "pandas"},
@@ -69,6 +71,7 @@ class CourierRequestConfig(Config):
 
 @asset(
     group_name=GROUP,
+    owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     required_resource_keys={"mongo", *COURIER_RESOURCE_KEYS},
@@ -95,6 +98,7 @@ def raw_courier_responses(
 
 @asset(
     group_name=GROUP,
+    owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"pandas", "parquet"},
@@ -112,6 +116,7 @@ def status_updates(
 
 @asset(
     group_name=GROUP,
+    owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"mongodb", "pandas"},
