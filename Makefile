@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Dagster's project CLI ([tool.dg] in pyproject.toml), told which environment is the project's.
 DG := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg
+# `make test` runs the suite in this many worker processes, each with its own stack of local
+# servers: the tests mostly wait on servers and subprocesses, so more workers than cores pay.
+TEST_WORKERS ?= 3
 
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
@@ -46,7 +49,7 @@ test: $(STAMP) system-packages  ## lint, `dg check defs`, then the whole suite, 
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/ruff format --check ordertrack_dagster ordertrack_dagster_tests
 	$(DG) check defs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 faults: $(STAMP)  ## the fault suite: each fault injected on the real servers (RELIABILITY.md)
 	$(BIN)/python -m pytest -q -m faults ordertrack_dagster_tests/faults
