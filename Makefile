@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 DG := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg
 # `make test` runs the suite in this many worker processes, each with its own stack of local
 # servers: the tests mostly wait on servers and subprocesses, so more workers than cores pay.
+# One module's tests stay on one worker (loadscope), so a module's own servers start once.
 TEST_WORKERS ?= 3
 
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
@@ -49,7 +50,7 @@ test: $(STAMP) system-packages  ## lint, `dg check defs`, then the whole suite, 
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/ruff format --check ordertrack_dagster ordertrack_dagster_tests
 	$(DG) check defs
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 faults: $(STAMP)  ## the fault suite: each fault injected on the real servers (RELIABILITY.md)
 	$(BIN)/python -m pytest -q -m faults ordertrack_dagster_tests/faults

@@ -48,23 +48,12 @@ def stack_env(stack: EmbeddedStack, db_name: str, monkeypatch: pytest.MonkeyPatc
     return env
 
 
-#: Module-scoped fixtures that start servers of their own (a stack, a deployment, the
-#: simulator) or run whole flows: the tests that use one run on one worker, so it starts once.
-MODULE_SERVERS = frozenset({"fault_stack", "deploy_stack", "deployment", "local", "base_url",
-                            "two_runs"})  # fmt: skip
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Alone, keep the whole-flow tests last: they are the slowest and need everything else
-    green. In worker processes (`-n`, `--dist loadgroup`), start them first instead: the
-    workers take the longest tests while all are free, and the short ones fill the gaps
-    after; and keep the tests of a module with servers of its own together."""
+    green. In worker processes (`-n`), start them first instead: the workers take the
+    modules of the longest tests while all are free, and the short ones fill the gaps after."""
     in_workers = hasattr(config, "workerinput")
     items.sort(key=lambda item: bool(item.get_closest_marker("slow")) != in_workers)
-    for item in items:
-        if MODULE_SERVERS.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
