@@ -3,6 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Dagster's project CLI ([tool.dg] in pyproject.toml), told which environment is the project's.
+DG := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg
+# `make test` runs the suite in this many worker processes, each with its own stack of local
+# servers: the tests mostly wait on servers and subprocesses, so more workers than cores pay.
+# One module's tests stay on one worker (loadscope), so a module's own servers start once.
+TEST_WORKERS ?= 3
 
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
@@ -40,10 +46,11 @@ run: $(STAMP)  ## start the embedded stack, seed it, run every flow once, print 
 dev: $(STAMP)  ## the embedded stack plus `dagster dev` on 127.0.0.1:3000
 	$(BIN)/python -m ordertrack_dagster.devstack dev
 
-test: $(STAMP) system-packages  ## lint, then the whole suite, fault suite included (it starts and stops its own servers)
+test: $(STAMP) system-packages  ## lint, `dg check defs`, then the whole suite, fault suite included (it starts and stops its own servers)
 	$(BIN)/ruff check ordertrack_dagster ordertrack_dagster_tests
 	$(BIN)/ruff format --check ordertrack_dagster ordertrack_dagster_tests
-	$(BIN)/python -m pytest -q
+	$(DG) check defs
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 faults: $(STAMP)  ## the fault suite: each fault injected on the real servers (RELIABILITY.md)
 	$(BIN)/python -m pytest -q -m faults ordertrack_dagster_tests/faults

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
+from itertools import pairwise
 
-# Dagster has no public cron iterator; this one is what its own schedules use.
-from dagster._utils.schedules import cron_string_iterator
+from dagster import TimeWindowPartitionsDefinition
 
 # The old cron service ran on India time: "0 */2 * * *" fires on even hours there (in UTC
 # it would fire at half past in India). India has no daylight saving, so no tick is ever
@@ -229,17 +229,19 @@ def schedule_interval(cron: str) -> timedelta:
     `*/8 * * * *` gives 8 minutes (not the 4 between :56 and :00), so "within one interval"
     never expects a run the schedule could not have made.
     """
+    # Dagster has no public cron iterator; a time-window partitioning walks the ticks the way
+    # its schedules do (time zone included), and each key is one tick.
     start = datetime(2024, 1, 1, tzinfo=UTC)
-    end = start + timedelta(days=7)
-    ticks = cron_string_iterator(start.timestamp(), cron, SCHEDULE_TIMEZONE)
-    previous = next(ticks)
-    longest = timedelta(0)
-    for tick in ticks:
-        longest = max(longest, tick - previous)
-        if tick > end:
-            return longest
-        previous = tick
-    raise AssertionError("unreachable: a cron iterator never ends")
+    tick_format = "%Y-%m-%dT%H:%M%z"
+    ticks = TimeWindowPartitionsDefinition(
+        cron_schedule=cron,
+        start=start,
+        end=start + timedelta(days=7),
+        timezone=SCHEDULE_TIMEZONE,
+        fmt=tick_format,
+    ).get_partition_keys()
+    moments = [datetime.strptime(tick, tick_format) for tick in ticks]
+    return max(later - earlier for earlier, later in pairwise(moments))
 
 
 def max_runtime(flow: Flow) -> timedelta:

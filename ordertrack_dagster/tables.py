@@ -15,6 +15,8 @@ from ordertrack_dagster.flows import FLOWS, get_flow, max_runtime_tag
 from ordertrack_dagster.records import FetchRecord
 
 GROUP = "tracking"
+#: Who answers for the tracking group (the flow and its effects): shown in the UI and the catalog.
+OWNERS = ["team:ops"]
 IO_MANAGER = "parquet_io_manager"
 
 

@@ -48,9 +48,12 @@ def stack_env(stack: EmbeddedStack, db_name: str, monkeypatch: pytest.MonkeyPatc
     return env
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the whole-flow tests last: they are the slowest and need everything else green."""
-    items.sort(key=lambda item: bool(item.get_closest_marker("slow")))
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Alone, keep the whole-flow tests last: they are the slowest and need everything else
+    green. In worker processes (`-n`), start them first instead: the workers take the
+    modules of the longest tests while all are free, and the short ones fill the gaps after."""
+    in_workers = hasattr(config, "workerinput")
+    items.sort(key=lambda item: bool(item.get_closest_marker("slow")) != in_workers)
 
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
@@ -62,21 +65,40 @@ SESSION_MARK = "ORDERTRACK_TEST_SESSION"
 os.environ[SESSION_MARK] = uuid.uuid4().hex
 
 
+#: What the workers (`-n`) found left behind, reported by the controller at the end.
+_LEFT_ON_WORKERS: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run, naming them, when processes started by the tests are still alive.
 
     A leak is then seen where it happened instead of being inherited by the next run; the
-    leftovers are killed so that they hold no port or file.
+    leftovers are killed so that they hold no port or file. With workers, each checks the
+    processes of its own mark (its tests' children carry it) and hands what it found to the
+    controller, which checks after the workers stopped (last: they carry its mark).
     """
     leftovers = wait_until_gone(SESSION_MARK, os.environ[SESSION_MARK], seconds=10)
     leftovers += [p for p in psutil.Process().children(recursive=True) if p not in leftovers]
-    if not leftovers:
-        return
-    lines = "\n  ".join(describe(process) for process in leftovers)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"processes started by the tests outlived the suite:\n  {lines}")
+    lines = [describe(process) for process in leftovers]
     for process in leftovers:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:
+        worker_output["leftover_processes"] = lines
+        return
+    lines += _LEFT_ON_WORKERS
+    if not lines:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        listed = "\n  ".join(lines)
+        reporter.write_line(f"processes started by the tests outlived the suite:\n  {listed}")
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """A worker stopped: keep what it found left behind for the controller's verdict."""
+    _LEFT_ON_WORKERS.extend(getattr(node, "workeroutput", {}).get("leftover_processes", []))

@@ -5,10 +5,12 @@ resources shows up as a diff of `snapshots/definitions.json`; after reviewing it
 the file with `UPDATE_SNAPSHOTS=1 make test`.
 """
 
+import functools
 import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from dagster import Definitions
@@ -33,6 +35,7 @@ def describe(defs: Definitions) -> dict:
             "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
             "kinds": sorted(node.kinds),
             "checks": sorted(check.name for check in node.check_keys),
+            "owners": sorted(node.owners),
         }
     repository = defs.get_repository_def()
     return {
@@ -47,8 +50,10 @@ def describe(defs: Definitions) -> dict:
     }
 
 
+@functools.cache
 def _load_in_clean_process() -> dict:
-    """Load `defs` as the dagster CLI would: a fresh process, no stack environment."""
+    """Load `defs` as the dagster CLI would: a fresh process, no stack environment (once for
+    the tests here: a load takes seconds, and they only read it)."""
     code = (
         "import json; from ordertrack_dagster.definitions import defs; "
         "from ordertrack_dagster_tests.test_definitions import describe; "
@@ -78,14 +83,30 @@ def test_every_tracking_asset_is_partitioned_by_flow():
         assert spec["partitions"] == list(FLOWS)
 
 
+def test_every_asset_has_an_owner():
+    """Ops own the tracking flow and its effects, analysts their models: the UI and alerts
+    name whom to ask."""
+    assets = _load_in_clean_process()["assets"]
+    owners = {name: spec["owners"] for name, spec in assets.items()}
+    expected = {
+        name: ["team:analytics"] if spec["group"] == "analytics" else ["team:ops"]
+        for name, spec in assets.items()
+    }
+    assert owners == expected
+
+
 def test_workspace_and_pyproject_point_at_the_code_location():
     workspace = (PROJECT_ROOT / "workspace.yaml").read_text()
     assert "module_name: ordertrack_dagster.definitions" in workspace
     pyproject = (PROJECT_ROOT / "pyproject.toml").read_text()
     assert 'module_name = "ordertrack_dagster.definitions"' in pyproject
     for pin in ("dagster==1.13.27", "dagster-webserver==1.13.27", "dagster-aws==0.29.27",
-                "dagster-slack==0.29.27"):  # fmt: skip
+                "dagster-slack==0.29.27", "dagster-dg-cli==1.13.27"):  # fmt: skip
         assert pin in pyproject
+    # the `dg` CLI's project (`dg check defs`, `dg list defs`, `dg launch`) is the same location
+    dg = tomllib.loads(pyproject)["tool"]["dg"]
+    assert dg["directory_type"] == "project"
+    assert dg["project"]["code_location_target_module"] == "ordertrack_dagster.definitions"
 
 
 def test_resources_are_configured_from_the_environment_they_are_given():

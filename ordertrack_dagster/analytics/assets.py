@@ -47,6 +47,8 @@ from ordertrack_dagster.analytics.models import (
 )
 
 GROUP = "analytics"
+#: Who answers for the models over the history.
+OWNERS = ["team:analytics"]
 IO_MANAGER = "parquet_io_manager"
 PREVIEW_ROWS = 20
 DEFAULT_LOOKBACK_DAYS = 7
@@ -140,6 +142,7 @@ def sql_model_asset(model: SqlModel) -> AssetsDefinition:
         name=model.name,
         key_prefix=GROUP,
         group_name=GROUP,
+        owners=OWNERS,
         description=model.description,
         deps=[AssetKey(view) for view in model.views],
         io_manager_key=IO_MANAGER,

@@ -142,7 +142,11 @@ def _busy_cpu_seconds() -> float:
 
 
 def _probe_command(record: Path, flow: str) -> list[str]:
-    """What a scheduled tick launches: the tracking job, the flow's partition, its tags."""
+    """What a scheduled tick launches: the tracking job, the flow's partition, its tags.
+
+    `dagster job execute`, not `dg launch`: `dg launch` takes no tags, and a tick's run
+    carries the flow tag; the run prints Dagster's warning that the command is superseded.
+    """
     tags = {PARTITION_TAG: flow, FLOW_TAG: flow}
     return [
         sys.executable, "-m", "ordertrack_dagster.bench.probe", str(record),

@@ -1,7 +1,7 @@
 """`make run` and `make dev`: the product against the embedded stack, through Dagster itself.
 
-`run` materializes every flow with the `dagster` CLI, exactly as ops would by hand, showing
-each fetch's progress as the run logs it, then reads the run summary back from the Dagster
+`run` materializes every flow with `dg launch`, exactly as ops would by hand, showing each
+fetch's progress as the run logs it, then reads the run summary back from the Dagster
 instance; `dev` opens the UI on the same Dagster instance, so the demo's runs, materialized
 partitions and check results are there to look at.
 """
@@ -63,13 +63,16 @@ def prepare_dagster_home(workdir: Path, *, fresh: bool = True) -> Path:
 
 
 def dagster_env(stack_env: Mapping[str, str], home: Path) -> dict[str, str]:
-    """This process's environment plus the stack's, for a `dagster` child process."""
+    """This process's environment plus the stack's, for a `dagster` or `dg` child process
+    (`dg` is told the project's environment is this one, else it warns that it is not active).
+    """
     return {
         STREAM_EVERY_ENV: DEMO_STREAM_EVERY_SECONDS,
         **os.environ,
         **stack_env,
         "DAGSTER_HOME": str(home),
         "PYTHONUNBUFFERED": "1",
+        "VIRTUAL_ENV": sys.prefix,
     }
 
 
@@ -122,24 +125,28 @@ def _follow(log: Path, position: int, on_line: Callable[[str], None]) -> int:
     return position + len(complete)
 
 
-def _dagster_command(*args: str) -> list[str]:
-    return [sys.executable, str(Path(sys.executable).parent / "dagster"), *args]
+def _dagster_command(program: str, *args: str) -> list[str]:
+    return [sys.executable, str(Path(sys.executable).parent / program), *args]
+
+
+def launch_flow_command(flow: str) -> list[str]:
+    """`dg launch` of the whole tracking group for one flow, from the project root (its
+    [tool.dg] names the code location): the run `dagster asset materialize` makes, in this
+    process, without Dagster 1.13's warning that the command is superseded."""
+    return _dagster_command("dg", "launch", "--assets", "group:tracking", "--partition", flow)
 
 
 def materialize_flow(
     flow: str, env: Mapping[str, str], log: Path, progress: FlowProgress | None = None
 ) -> bool:
-    """`dagster asset materialize` of the whole tracking group for one flow; `progress` hears
-    of each fetch progress line the run logs."""
+    """The whole tracking group of one flow, through `dg launch`; `progress` hears of each
+    fetch progress line the run logs."""
 
     def on_line(line: str) -> None:
         if progress is not None and (figures := parse_fetch_progress(line)):
             progress.update(*figures)
 
-    command = _dagster_command(
-        "asset", "materialize", "-m", "ordertrack_dagster.definitions",
-        "--select", "group:tracking", "--partition", flow,
-    )  # fmt: skip
+    command = launch_flow_command(flow)
     position = 0
     with (
         log.open("wb") as out,
@@ -281,8 +288,9 @@ def dev(orders: int, workdir: Path, seed: int, port: int) -> int:
         env = dagster_env(stack.env, home)
         env["DAGSTER_WEBSERVER_URL"] = f"http://127.0.0.1:{port}"
         print(f"Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops it and the stack)", flush=True)
+        workspace = str(PROJECT_ROOT / "workspace.yaml")
         command = _dagster_command(
-            "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(PROJECT_ROOT / "workspace.yaml")
+            "dagster", "dev", "-h", "127.0.0.1", "-p", str(port), "-w", workspace
         )
         # Ctrl-C or `kill` raises KeyboardInterrupt here; leaving the block stops `dagster dev`
         # with everything it started (webserver, daemon, code servers), then the stack.

@@ -160,6 +160,7 @@ def effect_asset(effect: Effect) -> AssetsDefinition:
     @asset(
         name=effect.name,
         group_name=tables.GROUP,
+        owners=tables.OWNERS,
         partitions_def=tables.flow_partitions,
         deps=list(effect.deps),
         ins={name: AssetIn(name) for name in effect.reads},
@@ -184,6 +185,7 @@ def effect_asset(effect: Effect) -> AssetsDefinition:
 
 @asset(
     group_name=tables.GROUP,
+    owners=tables.OWNERS,
     partitions_def=tables.flow_partitions,
     deps=[tables.ORDER_STATUS_WRITES],
     kinds={"mongodb"},

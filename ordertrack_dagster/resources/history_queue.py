@@ -112,6 +112,11 @@ class HistoryQueue:
             self.chunks.delete_many({"object": oid, "n": {"$gte": len(parts)}})
         return oid
 
+    def holds(self, asset: str, flow: str, run_id: str) -> bool:
+        """Whether run `run_id`'s output is kept."""
+        oid = object_id(asset, flow, run_id)
+        return self.objects.find_one({"_id": oid}, {"_id": 1}) is not None
+
     def load(self, asset: str, flow: str, run_id: str | None) -> bytes:
         """The output of run `run_id`; without a run, the one stored last."""
         if run_id is None:

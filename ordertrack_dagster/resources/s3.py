@@ -10,7 +10,9 @@ import io
 import json
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 
 import boto3
@@ -23,7 +25,6 @@ from dagster import (
     MetadataValue,
     OutputContext,
 )
-from dagster._core.execution.context.output import RUN_ID_PLACEHOLDER
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
@@ -183,8 +184,9 @@ class ParquetHistoryIOManager(ConfigurableIOManager):
         if not context.has_asset_partitions:
             client = self.s3.get_client()
             return read_parquet_object(client, self.bucket, table_key(self.prefix, asset))
-        flow = context.asset_partition_key
-        body = self._queue().load(asset, flow, _producing_run(context))
+        flow, queue = context.asset_partition_key, self._queue()
+        run_id = _producing_run(context, partial(queue.holds, asset, flow))
+        body = queue.load(asset, flow, run_id)
         return pd.read_parquet(io.BytesIO(body), engine=PARQUET_ENGINE)
 
 
@@ -196,16 +198,21 @@ def _redacted(body: bytes) -> bytes:
     return body if clean is frame else dataframe_to_parquet(clean)
 
 
-def _producing_run(context: InputContext) -> str | None:
+def _producing_run(context: InputContext, kept: Callable[[str], bool]) -> str | None:
     """The run whose output this input is: the upstream step's run (this run, or the run a
-    re-execution comes from); for an asset not in this run, its latest materialization;
-    None (the latest stored) when loaded outside a run (`load_asset_value`)."""
+    re-execution comes from), whose output is `kept`; for an asset not in this run, its latest
+    materialization; None (the latest stored) when loaded outside a run (`load_asset_value`).
+
+    Only Dagster's public context is read: an upstream outside the run carries a run id that
+    names no run (neither kept nor known to the instance).
+    """
     upstream = context.upstream_output
-    run_id = getattr(upstream, "_run_id", None) if upstream is not None else None
-    if run_id and run_id != RUN_ID_PLACEHOLDER:
-        return str(run_id)
-    if not context.has_asset_key or context._instance is None:  # noqa: SLF001
+    if upstream is not None and kept(upstream.run_id):
+        return upstream.run_id
+    if not context.has_input_name:  # Dagster's own sign of a load from outside a run
         return None
+    if upstream is not None and context.instance.get_run_by_id(upstream.run_id) is not None:
+        return upstream.run_id  # a run's output no longer kept: the load says so
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(
             asset_key=context.asset_key, asset_partitions=[context.asset_partition_key]

@@ -31,6 +31,7 @@ from ordertrack_dagster.security.redaction import redacted_failures
 from ordertrack_dagster.tables import (
     GROUP,
     IO_MANAGER,
+    OWNERS,
     RAW_COURIER_RESPONSES,
     STATUS_UPDATES,
     flow_partitions,
@@ -66,6 +67,7 @@ class SelectionConfig(Config):
 
 @asset(
     group_name=GROUP,
+    owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"mongodb", "pandas"},
@@ -91,6 +93,7 @@ class CourierRequestConfig(Config):
 
 @asset(
     group_name=GROUP,
+    owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     required_resource_keys={"mongo", *COURIER_RESOURCE_KEYS},
@@ -118,6 +121,7 @@ def raw_courier_responses(
 
 @asset(
     group_name=GROUP,
+    owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"mongodb", "pandas", "parquet"},
@@ -137,6 +141,7 @@ def status_updates(
 
 @asset(
     group_name=GROUP,
+    owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
     kinds={"mongodb", "pandas"},
