@@ -223,24 +223,25 @@ def also_claimed_by(flow: Flow, booking_courier: str | None) -> list[Flow]:
 
 
 @cache
+def cron_ticks(cron: str, start: datetime, end: datetime) -> list[datetime]:
+    """The ticks of `cron` in production's time zone from `start` up to `end`, as Dagster's
+    schedules fire them. Dagster has no public cron iterator; a time-window partitioning
+    walks the ticks the way its schedules do (time zone included), and each key is one tick."""
+    tick_format = "%Y-%m-%dT%H:%M%z"
+    keys = TimeWindowPartitionsDefinition(
+        cron_schedule=cron, start=start, end=end, timezone=SCHEDULE_TIMEZONE, fmt=tick_format
+    ).get_partition_keys()
+    return [datetime.strptime(key, tick_format) for key in keys]
+
+
 def schedule_interval(cron: str) -> timedelta:
     """The longest gap between two consecutive ticks of `cron` over a week.
 
     `*/8 * * * *` gives 8 minutes (not the 4 between :56 and :00), so "within one interval"
     never expects a run the schedule could not have made.
     """
-    # Dagster has no public cron iterator; a time-window partitioning walks the ticks the way
-    # its schedules do (time zone included), and each key is one tick.
     start = datetime(2024, 1, 1, tzinfo=UTC)
-    tick_format = "%Y-%m-%dT%H:%M%z"
-    ticks = TimeWindowPartitionsDefinition(
-        cron_schedule=cron,
-        start=start,
-        end=start + timedelta(days=7),
-        timezone=SCHEDULE_TIMEZONE,
-        fmt=tick_format,
-    ).get_partition_keys()
-    moments = [datetime.strptime(tick, tick_format) for tick in ticks]
+    moments = cron_ticks(cron, start, start + timedelta(days=7))
     return max(later - earlier for earlier, later in pairwise(moments))
 
 

@@ -35,9 +35,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-# Dagster has no public cron iterator; this one is what its own schedules (and flows.py) use.
-from dagster._utils.schedules import cron_string_iterator
-
 from ordertrack_dagster.couriers import MAX_INLINE_WAIT_SECONDS
 from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE, map_express_status
@@ -53,8 +50,8 @@ from ordertrack_dagster.devstack.simulator.lifecycle import (
 )
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
 from ordertrack_dagster.flows import (
-    SCHEDULE_TIMEZONE,
     Flow,
+    cron_ticks,
     fetch_time_box,
     get_flow,
     schedule_interval,
@@ -627,9 +624,9 @@ class FreshnessModel:
             while True:
                 yield tick
                 tick += interval
-        origin = EPOCH.timestamp()
-        for tick in cron_string_iterator(origin, flow.cron, SCHEDULE_TIMEZONE):
-            yield tick.timestamp() - origin
+        end = EPOCH + timedelta(hours=self.population.hours + 24)  # past the clock's end
+        for tick in cron_ticks(flow.cron, EPOCH, end):
+            yield (tick - EPOCH).total_seconds()
 
     def run(self, initial: Mapping[str, Sequence[ModelOrder]] | None = None) -> dict[str, Any]:
         """Run the clock to the end; every flow's figures (`initial`: see `populate`)."""
