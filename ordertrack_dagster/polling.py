@@ -19,12 +19,11 @@ takes the row for statuses not yet picked up. `courier_status` is the raw value 
 
 Why a priority and not a filter: the next poll time only orders the queue. While a flow's
 due orders fit its cap, every one of them is still taken at every tick, as before; only when
-they do not (a courier's limit binds) does it decide who waits, and then the shipments about
-to change (out for delivery, NDR, near the destination) are asked before those that have sat
-in transit for days. An order's key is at most `max_interval` after its last poll, and an
-order just polled gets a key at least `shortest` after now, so an overdue order always goes
-before one just asked: nothing starves while the flow can poll each order once per
-`max_interval` of its status.
+they do not (a courier's limit binds) does it decide who waits, and then the shipments within
+their status's usual stay (about to change) are asked before those stuck past it. An order's
+key is at most `BACKED_OFF_SHARE` of `max_interval` after its last poll, so it is overdue
+before its bound and goes before every order not yet due: nothing starves while the orders
+asked at their shortest fit the cap with that share to spare (the queue then lags by less).
 """
 
 from __future__ import annotations
@@ -53,49 +52,76 @@ SELECTION_SORT: list[tuple[str, int]] = [
     ("_id", 1),
 ]
 
-#: A status that has stood for a while is asked again after this share of its age: unchanged
-#: for a day, an in-transit shipment is asked every 3 hours; for an hour, every 15 minutes
-#: (the row's shortest). The older a status, the less likely it changes in the next minutes.
+#: Past its usual stay (`Cadence.stuck_after`), a status is asked again after this share of
+#: the time it overstayed: a day past it, every 3 hours; an hour past it, every 8 minutes.
 BACKOFF_SHARE = 1 / 8
+#: The share of a status's longest interval an order backs off to at most. The rest is slack:
+#: when the limit binds, every order waits past its next poll by about as long (the queue is
+#: earliest next poll first), and an order backed off to its very bound would pass it.
+BACKED_OFF_SHARE = 3 / 4
 
 
 @dataclass(frozen=True)
 class Cadence:
-    """How often to ask about an order in one status."""
+    """How often to ask about an order in one status.
 
-    shortest: timedelta  # just after the status changed (0: every tick)
+    Why this shape: under a fixed request budget, detection delay is least when each order is
+    asked in proportion to how likely it is to change soon. A shipment's chance of leaving a
+    status does not fall while it stays there; it RISES as the status's usual stay runs out
+    (in transit for two days: out for delivery is near). So an order is asked at its
+    `shortest` for as long as shipments usually stay in its status, and backs off only once
+    it has stayed well past that (stuck, misrouted, no scans: it is unlikely to change in the
+    next hours), which frees the budget for the orders about to change.
+    """
+
+    shortest: timedelta  # while the status is within its usual stay (0: every tick)
     longest: timedelta  # however long it stood: the starvation bound and the freshness bound
+    stuck_after: timedelta  # the stay past which a change is unlikely soon: backing off starts
 
 
 _MINUTE = timedelta(minutes=1)
 _HOUR = timedelta(hours=1)
+_DAY = timedelta(days=1)
+_EVERY_TICK = timedelta(0)
 
 #: The one table of polling intervals, by canonical status (None: not canonical, i.e. not yet
 #: picked up: booked, manifested, pickup scheduled...). Every interval below a flow's schedule
 #: interval means "every tick" for that flow.
 CADENCES: dict[Canonical | None, Cadence] = {
     # Not picked up yet: the first scan (pickup, or a cancellation) matters to the seller and
-    # comes within a day or two; a fresh booking is asked often, one waiting long less so.
-    None: Cadence(shortest=15 * _MINUTE, longest=2 * _HOUR),
-    Canonical.PENDING: Cadence(shortest=15 * _MINUTE, longest=2 * _HOUR),
-    # Line haul takes days and its scans do not change the canonical status; what ends it is
-    # out for delivery, which the courier's own wording announces (NEAR_DELIVERY below).
-    Canonical.IN_TRANSIT: Cadence(shortest=15 * _MINUTE, longest=4 * _HOUR),
+    # comes the same day; a booking still without a scan after half a day waits on the
+    # seller or has no scans at all (it may never get one), and backs off to 2 hours.
+    None: Cadence(shortest=_EVERY_TICK, longest=2 * _HOUR, stuck_after=12 * _HOUR),
+    Canonical.PENDING: Cadence(shortest=_EVERY_TICK, longest=2 * _HOUR, stuck_after=12 * _HOUR),
+    # Line haul takes one to three days, and the longer a shipment has been in transit the
+    # nearer out for delivery is (which Delhivery B2C announces with no wording of its own:
+    # it says "In Transit" at the destination too). Only past three days is it stuck. Asked
+    # every other tick, not every one: the largest group of live orders, and line haul's own
+    # scans do not change its canonical status (spare budget still asks it every tick).
+    Canonical.IN_TRANSIT: Cadence(shortest=15 * _MINUTE, longest=4 * _HOUR, stuck_after=3 * _DAY),
     # Delivered or failed within hours, often the same morning: a change missed here is a
     # status customers and ops never see. Every tick, and never more than 30 minutes apart.
-    Canonical.OUT_FOR_DELIVERY: Cadence(shortest=timedelta(0), longest=30 * _MINUTE),
+    Canonical.OUT_FOR_DELIVERY: Cadence(
+        shortest=_EVERY_TICK, longest=30 * _MINUTE, stuck_after=12 * _HOUR
+    ),
     # A failed attempt: ops call the customer, the courier re-attempts or returns it, usually
-    # the next day. Soon after it, and hourly at most.
-    Canonical.NDR: Cadence(shortest=10 * _MINUTE, longest=_HOUR),
-    # Returns: the CRM webhook fired on entry; what follows (returned to origin) is slow and
-    # drives no customer message.
-    Canonical.RTO_IN_TRANSIT: Cadence(shortest=30 * _MINUTE, longest=6 * _HOUR),
-    Canonical.RTO: Cadence(shortest=_HOUR, longest=6 * _HOUR),
+    # the next day. Every tick for two days, hourly at most.
+    Canonical.NDR: Cadence(shortest=_EVERY_TICK, longest=_HOUR, stuck_after=2 * _DAY),
+    # Returns: the CRM webhook fired on entry; returned to origin ends the shipment (an end
+    # state ops reconcile), days later. Every tick for the return's usual haul, 6-hourly at
+    # most. RTO is both "return initiated" (in transit next, within a day) and "returned to
+    # origin" (final: the courier's wording says which, see SETTLED).
+    Canonical.RTO_IN_TRANSIT: Cadence(
+        shortest=_EVERY_TICK, longest=6 * _HOUR, stuck_after=5 * _DAY
+    ),
+    Canonical.RTO: Cadence(shortest=_EVERY_TICK, longest=6 * _HOUR, stuck_after=_DAY),
     # End states are tracked only if TRACKING_STATUS names them (the default does not).
-    Canonical.DELIVERED: Cadence(shortest=6 * _HOUR, longest=24 * _HOUR),
-    Canonical.LOST: Cadence(shortest=6 * _HOUR, longest=24 * _HOUR),
-    Canonical.DESTROY: Cadence(shortest=6 * _HOUR, longest=24 * _HOUR),
-    Canonical.BOOKING_CANCELLED: Cadence(shortest=6 * _HOUR, longest=24 * _HOUR),
+    Canonical.DELIVERED: Cadence(shortest=6 * _HOUR, longest=24 * _HOUR, stuck_after=_EVERY_TICK),
+    Canonical.LOST: Cadence(shortest=6 * _HOUR, longest=24 * _HOUR, stuck_after=_EVERY_TICK),
+    Canonical.DESTROY: Cadence(shortest=6 * _HOUR, longest=24 * _HOUR, stuck_after=_EVERY_TICK),
+    Canonical.BOOKING_CANCELLED: Cadence(
+        shortest=6 * _HOUR, longest=24 * _HOUR, stuck_after=_EVERY_TICK
+    ),
 }
 
 #: What the courier last said that announces a change within hours, whatever the canonical
@@ -122,6 +148,11 @@ NEAR_DELIVERY = frozenset(
 #: The longest gap while the courier's wording says a change is near.
 NEAR_DELIVERY_LONGEST = 30 * _MINUTE
 
+#: What the courier last said that ends the shipment while its canonical status stays tracked:
+#: returned to origin (canonical RTO, which also covers "return initiated"). Nothing follows
+#: it, so it is asked at its status's longest interval at once. Delhivery B2C stores `dl-rto`.
+SETTLED = frozenset({"DL_RTO", "RTO_DELIVERED", "RETURNED_TO_ORIGIN"})
+
 
 def cadence(status: Canonical | str | None) -> Cadence:
     """The table's row for a status; non-canonical statuses share the not-picked-up row."""
@@ -136,21 +167,35 @@ def max_interval(status: Canonical | str | None) -> timedelta:
     return cadence(status).longest
 
 
+def _said(courier_status: str | None, wordings: frozenset[str]) -> bool:
+    return bool(courier_status) and normalise_raw_status(str(courier_status)) in wordings
+
+
 def is_near_delivery(courier_status: str | None) -> bool:
     """Whether the courier's last wording announces a change within hours."""
-    return bool(courier_status) and normalise_raw_status(str(courier_status)) in NEAR_DELIVERY
+    return _said(courier_status, NEAR_DELIVERY)
+
+
+def is_settled(courier_status: str | None) -> bool:
+    """Whether the courier's last wording ends the shipment (nothing is expected to follow)."""
+    return _said(courier_status, SETTLED)
 
 
 def poll_interval(
     status: Canonical | str | None, unchanged_for: timedelta, courier_status: str | None
 ) -> timedelta:
-    """How long after a poll the order is due again."""
+    """How long after a poll the order is due again: the row's shortest within the status's
+    usual stay, then growing with the time past it, up to `BACKED_OFF_SHARE` of the row's
+    longest (never past the longest itself)."""
     row = cadence(status)
     longest = row.longest
     if is_near_delivery(courier_status):
         longest = min(longest, NEAR_DELIVERY_LONGEST)
-    grown = max(unchanged_for, timedelta(0)) * BACKOFF_SHARE
-    return min(max(grown, row.shortest), longest)
+    longest = max(longest * BACKED_OFF_SHARE, row.shortest)
+    if is_settled(courier_status):
+        return longest
+    overstayed = max(unchanged_for - row.stuck_after, timedelta(0))
+    return min(max(overstayed * BACKOFF_SHARE, row.shortest), longest)
 
 
 def next_poll_at(

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ordertrack_dagster.polling import (
+    BACKED_OFF_SHARE,
+    BACKOFF_SHARE,
     CADENCES,
     NEAR_DELIVERY_LONGEST,
     max_interval,
@@ -49,28 +51,51 @@ def test_never_asked_has_no_next_poll_and_goes_first() -> None:
 
 def test_out_for_delivery_is_due_at_the_next_tick_and_never_more_than_30_minutes_apart() -> None:
     assert next_poll_at(Canonical.OUT_FOR_DELIVERY, NOW, NOW, "ud-dispatched") == NOW
-    assert poll_interval(Canonical.OUT_FOR_DELIVERY, timedelta(days=2), None) == timedelta(
-        minutes=30
+    assert max_interval(Canonical.OUT_FOR_DELIVERY) == timedelta(minutes=30)
+    assert poll_interval(Canonical.OUT_FOR_DELIVERY, timedelta(days=2), None) == (
+        timedelta(minutes=30) * BACKED_OFF_SHARE
     )
 
 
-def test_in_transit_backs_off_with_the_time_it_stood() -> None:
-    fresh = poll_interval(Canonical.IN_TRANSIT, timedelta(minutes=30), "ud-in_transit")
-    a_day = poll_interval(Canonical.IN_TRANSIT, timedelta(days=1), "ud-in_transit")
+def test_in_transit_stays_frequent_through_its_usual_stay_and_backs_off_only_when_stuck() -> None:
+    """Two days in transit makes out for delivery nearer, not farther: no backing off then
+    (the old table asked it every 4 hours and saw out for delivery hours late); only a
+    shipment days past line haul's usual stay (stuck, misrouted) backs off."""
+    shortest = CADENCES[Canonical.IN_TRANSIT].shortest
+    stuck_after = CADENCES[Canonical.IN_TRANSIT].stuck_after
+    for standing in (timedelta(minutes=30), timedelta(days=1), timedelta(days=2), stuck_after):
+        assert poll_interval(Canonical.IN_TRANSIT, standing, "ud-in_transit") == shortest
+    half_a_day_stuck = poll_interval(Canonical.IN_TRANSIT, stuck_after + timedelta(hours=12), None)
+    assert half_a_day_stuck == timedelta(hours=12) * BACKOFF_SHARE == timedelta(minutes=90)
     a_week = poll_interval(Canonical.IN_TRANSIT, timedelta(days=7), "ud-in_transit")
-    assert fresh == timedelta(minutes=15)
-    assert a_day == timedelta(hours=3)
-    assert a_week == max_interval(Canonical.IN_TRANSIT) == timedelta(hours=4)
+    assert max_interval(Canonical.IN_TRANSIT) == timedelta(hours=4)
+    assert a_week == max_interval(Canonical.IN_TRANSIT) * BACKED_OFF_SHARE == timedelta(hours=3)
+
+
+def test_every_status_a_change_is_likely_from_is_asked_every_tick_within_its_usual_stay() -> None:
+    for status in (None, Canonical.PENDING, Canonical.OUT_FOR_DELIVERY, Canonical.NDR):
+        assert poll_interval(status, timedelta(hours=6), None) == timedelta(0), status
+    for status in (Canonical.RTO_IN_TRANSIT, Canonical.RTO):
+        assert poll_interval(status, timedelta(hours=20), "rt-in_transit") == timedelta(0)
+
+
+def test_returned_to_origin_backs_off_at_once() -> None:
+    """RTO is also "return initiated" (asked every tick); the courier's "returned to origin"
+    ends the shipment, so it waits the row's longest at once, freeing the budget."""
+    for raw in ("dl-rto", "RTO_DELIVERED", "RTO Delivered"):
+        assert poll_interval(Canonical.RTO, timedelta(minutes=5), raw) == (
+            max_interval(Canonical.RTO) * BACKED_OFF_SHARE
+        )
 
 
 def test_courier_wording_near_delivery_shortens_a_long_interval() -> None:
     """Shiprocket's REACHED_DEST_CITY, Delhivery's rt-dispatched: a change comes within hours."""
     for raw in ("REACHED_DEST_CITY", "Reached At Destination Hub", "rt-dispatched"):
         assert poll_interval(Canonical.IN_TRANSIT, timedelta(days=5), raw) == (
-            NEAR_DELIVERY_LONGEST
+            NEAR_DELIVERY_LONGEST * BACKED_OFF_SHARE
         )
-    assert poll_interval(Canonical.RTO_IN_TRANSIT, timedelta(days=5), "rt-dispatched") == (
-        NEAR_DELIVERY_LONGEST
+    assert poll_interval(Canonical.RTO_IN_TRANSIT, timedelta(days=8), "rt-dispatched") == (
+        NEAR_DELIVERY_LONGEST * BACKED_OFF_SHARE
     )
 
 
@@ -92,7 +117,8 @@ def test_no_interval_exceeds_the_status_maximum(status: Canonical | str | None) 
 def test_unknown_change_time_counts_from_the_poll() -> None:
     """An order tracked before the field existed is asked often at first, then backs off."""
     polled = NOW - timedelta(minutes=1)
-    assert next_poll_at(Canonical.IN_TRANSIT, None, polled, None) == polled + timedelta(minutes=15)
+    shortest = CADENCES[Canonical.IN_TRANSIT].shortest
+    assert next_poll_at(Canonical.IN_TRANSIT, None, polled, None) == polled + shortest
 
 
 def test_spare_budget_takes_every_due_order_whatever_its_next_poll() -> None:
@@ -104,14 +130,14 @@ def test_spare_budget_takes_every_due_order_whatever_its_next_poll() -> None:
 
 
 def test_backlog_over_the_cap_asks_out_for_delivery_and_ndr_before_week_old_in_transit() -> None:
-    """Week-old in-transit orders asked 3 to 4 hours ago came first in the old queue (asked
-    longest ago); now the urgent ones go first, and only those past their 4-hour maximum
-    go before the urgent ones."""
+    """Week-old in-transit orders asked 2 to 3 hours ago came first in the old queue (asked
+    longest ago); now the urgent ones go first, and only those past their (backed-off)
+    3 hours go before the urgent ones."""
     stuck = [
         SimOrder(f"stuck{i}", Canonical.IN_TRANSIT, NOW - timedelta(days=7)) for i in range(50)
     ]
     for i, order in enumerate(stuck):
-        order.polled(NOW - timedelta(hours=3, minutes=i))
+        order.polled(NOW - timedelta(hours=2, minutes=i))
     overdue = [
         SimOrder(f"overdue{i}", Canonical.IN_TRANSIT, NOW - timedelta(days=7)) for i in range(3)
     ]
@@ -130,9 +156,11 @@ def test_backlog_over_the_cap_asks_out_for_delivery_and_ndr_before_week_old_in_t
 
 
 def test_simulated_backlog_starves_nothing() -> None:
-    """Two days of 8-minute ticks over a population twice the cap, statuses changing as the
-    simulator's life cycles do: every order is asked again within its status's maximum
-    interval (plus the tick it waits for), and urgent orders far more often than stuck ones."""
+    """Two days of 8-minute ticks over a population four times the cap, each status standing
+    since a random time in the last ten days (the change time moves only when the canonical
+    status does): every order is asked again within its status's maximum interval (plus the
+    tick it waits for); out for delivery far more often than stuck in-transit orders, and
+    in-transit orders within line haul's usual stay more often than stuck ones."""
     rng = random.Random(22)
     statuses = [
         (Canonical.IN_TRANSIT, None),
@@ -157,21 +185,27 @@ def test_simulated_backlog_starves_nothing() -> None:
                 gap = clock - order.asked_at
                 assert gap <= max_interval(order.status) + TICK, order
                 gaps[order.name].append(gap)
-            if rng.random() < 0.02:  # a new scan: the same status, changed just now
-                order.changed_at = clock
             order.polled(clock)
         clock += TICK
     for order in orders:
         assert clock - order.asked_at <= max_interval(order.status) + TICK, order
-    mean = {
-        name: sum(g, timedelta(0)) / len(g)
-        for name, g in gaps.items()
-        if g and name in {o.name for o in orders}
-    }
-    by_status: dict[str, list[timedelta]] = {}
-    for order in orders:
-        if order.name in mean:
-            by_status.setdefault(str(order.status), []).append(mean[order.name])
-    ofd = by_status[Canonical.OUT_FOR_DELIVERY.value]
-    transit = by_status[Canonical.IN_TRANSIT.value]
-    assert max(ofd) < sorted(transit)[len(transit) // 2]
+
+    def mean_gap(status: Canonical, stuck: bool) -> timedelta:
+        stuck_after = CADENCES[status].stuck_after
+        waits = [
+            gap
+            for order in orders
+            if order.status is status and order.courier_status is None
+            if (clock - order.changed_at > stuck_after + timedelta(days=1)) is stuck
+            for gap in gaps[order.name]
+        ]
+        return sum(waits, timedelta(0)) / len(waits)
+
+    stuck_transit = mean_gap(Canonical.IN_TRANSIT, stuck=True)
+    assert mean_gap(Canonical.IN_TRANSIT, stuck=False) * 3 < stuck_transit
+    ofd = [
+        sum(gaps[o.name], timedelta(0)) / len(gaps[o.name])
+        for o in orders
+        if o.status is Canonical.OUT_FOR_DELIVERY
+    ]
+    assert max(ofd) < stuck_transit

@@ -277,16 +277,17 @@ def test_unread_answers_leave_status_and_poll_untouched(db, catalogue, outcome):
 
 
 def test_an_order_asked_in_vain_again_and_again_backs_off(db, catalogue):
-    """Not found for a day: asked every 3 hours, not every 15 minutes (polling.py)."""
+    """Not found for four days in transit (a day past line haul's usual stay): asked every
+    3 hours, not every 15 minutes (polling.py)."""
     oid = make_order(db, C.IN_TRANSIT)
     write(db, catalogue, [polled(oid, C.IN_TRANSIT, None, outcome=Outcome.NOT_FOUND)])
     first = db["orders"].find_one({"_id": oid})[STATUS_CHANGED_FIELD]
-    a_day_later = NOW + timedelta(days=1)
+    days_later = NOW + timedelta(days=4)
     again = polled(oid, C.IN_TRANSIT, None, outcome=Outcome.NOT_FOUND, status_changed_at=first)
-    write(db, catalogue, [again], now=a_day_later)
+    write(db, catalogue, [again], now=days_later)
     doc = db["orders"].find_one({"_id": oid})
     assert doc[STATUS_CHANGED_FIELD] == first == NOW
-    assert doc[NEXT_POLL_FIELD] == a_day_later + timedelta(hours=3)
+    assert doc[NEXT_POLL_FIELD] == days_later + timedelta(hours=3)
 
 
 @pytest.mark.parametrize(
