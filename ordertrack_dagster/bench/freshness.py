@@ -12,8 +12,8 @@ model runs them on a simulated clock, in memory:
   in-memory documents), up to its cap;
 - each request is counted by the product's own `SharedBudget` on the simulated clock (its
   state document kept in memory), with the product's limits (700 per 300 s shared by B2C and
-  the fallback, 480 per 300 s for B2B) and the product's rule for a wait: at most
-  `MAX_INLINE_WAIT_SECONDS`, inside the fetch's time box, else the rest is deferred;
+  the fallback, 480 per 300 s for B2B) and the product's rule for a wait: a run waits for
+  its budget while that ends inside the fetch's time box, else the rest is deferred;
 - a poll reads where the shipment's life cycle is at that moment; the change it shows was
   detected then, and any change it skipped was never seen.
 
@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from ordertrack_dagster.couriers import MAX_INLINE_WAIT_SECONDS
 from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE, map_express_status
 from ordertrack_dagster.devstack.seed import SCENARIO_WEIGHTS, STATUSES
@@ -430,7 +429,6 @@ class FreshnessModel:
         policy: PollingPolicy,
         population: Population,
         selection: SelectionPolicy | None = None,
-        max_inline_wait: float = MAX_INLINE_WAIT_SECONDS,
         intervals: Mapping[str, float] | None = None,
     ) -> None:
         """`intervals`: seconds between a flow's ticks where not its cron's (the end-to-end
@@ -439,7 +437,6 @@ class FreshnessModel:
         self.intervals = dict(intervals or {})
         self.population = population
         self.selection = selection or SelectionPolicy.from_env()
-        self.max_inline_wait = max_inline_wait
         self.now = 0.0
         self.lifecycles = LifeCycles(population.seed)
         self.state = MemoryStateDocuments()
@@ -600,7 +597,7 @@ class FreshnessModel:
         try:
             for start in range(0, len(selected), flow.batch_size):
                 while (wait := budget.take()) is not None:
-                    if wait > self.max_inline_wait or self.now + wait >= closes:
+                    if self.now + wait >= closes:  # as the engine: within the time box
                         counts.runs_deferring += 1
                         return
                     yield self.now + wait
