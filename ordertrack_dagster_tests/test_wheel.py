@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ import pytest
 from ordertrack_dagster.analytics.models import SQL_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: Parts of the repository that sit beside the code location and never ship in its wheel.
+BESIDE = ("ordertrack_dagster/devstack/", "ordertrack_dagster/bench/")
 DEVELOPMENT_ONLY = (
     "secantusdb",
     "moto",
@@ -37,6 +40,8 @@ keys = defs.resolve_asset_graph().get_all_asset_keys()
 print(json.dumps({{
     "analytics": sorted(k.path[-1] for k in keys if k.path[0] == "analytics"),
     "module": importlib.util.find_spec("ordertrack_dagster").origin,
+    "beside": [name for name in ("ordertrack_dagster.devstack", "ordertrack_dagster.bench")
+               if importlib.util.find_spec(name)],
     "installed": [name for name in DEVELOPMENT_ONLY if importlib.util.find_spec(name)],
 }}))
 """
@@ -83,3 +88,6 @@ def test_the_wheel_without_extras_loads_every_sql_model(tmp_path: Path) -> None:
     assert loaded["analytics"] == sorted(path.stem for path in SQL_DIR.glob("*.sql"))
     assert loaded["analytics"], "the checkout has no SQL models"
     assert loaded["installed"] == [], "development tooling was installed with the runtime"
+    assert loaded["beside"] == [], "the wheel ships the embedded stack or the benchmark"
+    shipped = zipfile.ZipFile(wheel).namelist()
+    assert not [name for name in shipped if name.startswith(BESIDE)], "beside the location"
