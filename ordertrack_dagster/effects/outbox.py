@@ -32,6 +32,7 @@ from ordertrack_dagster.effects.documents import (
 )
 from ordertrack_dagster.markers import OUTBOX_FIELD, Event
 from ordertrack_dagster.resources.mongo import (
+    BULK_CHUNK,
     BulkLog,
     Rejected,
     bulk_update,
@@ -203,8 +204,13 @@ class Outbox:
         return list(self.collection.find(query, DEAD_LETTER_FIELDS).sort("dead_at", ASCENDING))
 
     def requeue_ids(self, ids: Sequence[Any], now: datetime) -> int:
-        """Requeue these dead letters (those still dead: one another run re-queued is skipped)."""
-        return self._requeue({"_id": {"$in": list(ids)}, "state": State.DEAD.value}, now)
+        """Requeue these dead letters (those still dead: one another run re-queued is
+        skipped), `BULK_CHUNK` ids per update as every `$in` here."""
+        ids = list(ids)
+        return sum(
+            self._requeue({"_id": {"$in": ids[i : i + BULK_CHUNK]}, "state": State.DEAD.value}, now)
+            for i in range(0, len(ids), BULK_CHUNK)
+        )
 
     def _requeue(self, query: dict[str, Any], now: datetime) -> int:
         # counted by the mark this update sets, should an answer be lost and it be sent again

@@ -25,6 +25,7 @@ from dagster import (
     multi_asset_check,
 )
 from pydantic import Field
+from pymongo import ASCENDING
 from pymongo.database import Database
 
 from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
@@ -105,6 +106,10 @@ def stale_filter(
     return {"$and": [selection, {"$or": clauses}]}
 
 
+#: The order unpolled longest: no answer ever first, then the earliest last answer.
+OLDEST_FIRST = [("last_tracking_time", ASCENDING), ("_id", ASCENDING)]
+
+
 def find_stale(
     db: Database,
     flow: Flow,
@@ -112,8 +117,9 @@ def find_stale(
     now: datetime,
     max_age: timedelta | None = None,
 ) -> Staleness:
-    """Two cheap queries: a count, and the single oldest order in selection order. Each
-    status's bound is `max_age_of` unless `max_age` sets one for all."""
+    """Two cheap queries: a count, and the stale order polled longest ago (never polled
+    first; not the selection's order, which is by next poll). Each status's bound is
+    `max_age_of` unless `max_age` sets one for all."""
     bounds = {status.value: max_age or max_age_of(flow, status) for status in Canonical} | {
         OTHER_STATUSES: max_age or max_age_of(flow, None)
     }
@@ -123,7 +129,7 @@ def find_stale(
     if not count:
         return Staleness(max_age=bounds, count=0)
     projection = {"order_id": 1, "last_tracking_time": 1, "isBooked.timestamp": 1}
-    oldest = db["orders"].find_one(query, projection, sort=selection.sort)
+    oldest = db["orders"].find_one(query, projection, sort=OLDEST_FIRST)
     if oldest is None:  # polled between the two queries
         return Staleness(max_age=bounds, count=count)
     return Staleness(

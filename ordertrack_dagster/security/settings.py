@@ -83,6 +83,9 @@ class SettingNames:
 
 
 PLATFORM_SETTINGS = SettingNames(SECRET_SETTINGS, TLS_URLS, IDENTITIES)
+#: Settings that must be a number above 0 (0 would, for the CRM's key horizon, dead-letter
+#: every webhook before its first call).
+POSITIVE_NUMBERS = ("CRM_IDEMPOTENCY_HOURS",)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -133,7 +136,8 @@ def _transport_problems(env: Mapping[str, str], names: SettingNames) -> list[str
 
 def _unsigned_webhook_problems(env: Mapping[str, str], names: SettingNames) -> list[str]:
     """A cancel webhook the CRM cannot authenticate: anyone on its path could forge one."""
-    if env.get("CRM_WEBHOOK_URL", "").strip() and not env.get("CRM_WEBHOOK_SECRET", "").strip():
+    secrets = [part for part in env.get("CRM_WEBHOOK_SECRET", "").split(",") if part.strip()]
+    if env.get("CRM_WEBHOOK_URL", "").strip() and not secrets:
         return ["CRM_WEBHOOK_URL is set without CRM_WEBHOOK_SECRET: webhooks would be unsigned"]
     return []
 
@@ -238,12 +242,26 @@ def _prod_problems(env: Mapping[str, str], names: SettingNames) -> tuple[list[st
     return refused, allowed
 
 
+def _positive_number_problem(name: str, value: str) -> str | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return f"{name} is not a number"
+    return None if number > 0 and number != float("inf") else f"{name} must be above 0"
+
+
 def validate_settings(env: Mapping[str, str], names: SettingNames) -> list[str]:
     """Raise SettingsError listing every unusable setting; return the warnings to log."""
     problems = [
         problem
         for name in names.checked
         if env.get(name) and (problem := _shape_problem(name, env[name], names.urls)) is not None
+    ]
+    problems += [
+        problem
+        for name in POSITIVE_NUMBERS
+        if env.get(name, "").strip()
+        and (problem := _positive_number_problem(name, env[name].strip())) is not None
     ]
     warnings: list[str] = []
     if is_prod(env):

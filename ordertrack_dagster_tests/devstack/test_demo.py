@@ -57,7 +57,7 @@ def test_make_run_shows_each_fetch_and_leaves_its_runs_for_make_dev(
     home = demo.prepare_dagster_home(tmp_path, fresh=True)
     # as make run sets it: a fetch of three keys ends before its first hand-over, and its
     # last line still says all were asked
-    env = demo.dagster_env(stack_env, home)
+    env = demo.demo_env(stack_env, home)
     out = io.StringIO()  # no terminal: plain lines, as CI sees them
 
     assert demo.materialize_flows([FLOW], env, tmp_path, out) == []

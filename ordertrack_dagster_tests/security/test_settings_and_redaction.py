@@ -100,6 +100,7 @@ def _postgres(**params: str) -> dict:
     ("changes", "named", "override"),
     [
         ({"CRM_WEBHOOK_SECRET": ""}, "CRM_WEBHOOK_SECRET", UNSIGNED_WEBHOOKS_OVERRIDE),
+        ({"CRM_WEBHOOK_SECRET": ","}, "CRM_WEBHOOK_SECRET", UNSIGNED_WEBHOOKS_OVERRIDE),
         ({STATE_KEY: ""}, STATE_KEY, PLAIN_TOKENS_OVERRIDE),
         ({"MONGODB_URI": "mongodb://tracker:pw@db:27017/"}, "MONGODB_URI", MONGODB_TLS_OVERRIDE),
         (
@@ -233,3 +234,13 @@ def test_identifiers_and_json_words_survive_redaction():
     assert redacted["tracking_key"].tolist() == ["AWB12345"]
     assert redacted["raw"].tolist() == ['{"ok": true, "AWB": "AWB***5"}']
     assert redacted["error"].tolist() == ["token *** refused"]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"), [("0", "above 0"), ("-1", "above 0"), ("a day", "number")]
+)
+def test_the_crm_key_horizon_must_be_a_positive_number(value, why):
+    """0 would dead-letter every webhook before its first call; a word would fail later."""
+    with pytest.raises(SettingsError, match=f"CRM_IDEMPOTENCY_HOURS .*{why}"):
+        validate_settings({**GOOD, "CRM_IDEMPOTENCY_HOURS": value}, SETTING_NAMES)
+    assert validate_settings({**GOOD, "CRM_IDEMPOTENCY_HOURS": "24"}, SETTING_NAMES) == []
