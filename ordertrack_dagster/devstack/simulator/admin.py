@@ -172,7 +172,13 @@ class SimulatorAdmin:
     """Synchronous client of the admin API, for tests, the demo seeder and the benchmark."""
 
     def __init__(self, base_url: str, timeout: float = 60.0) -> None:
-        self._http = httpx.Client(base_url=f"{base_url.rstrip('/')}/_admin", timeout=timeout)
+        # a new connection per call: a kept-alive one the server closes while idle is reset
+        # under the next request (seen as a flaky ECONNRESET while seeding a test)
+        self._http = httpx.Client(
+            base_url=f"{base_url.rstrip('/')}/_admin",
+            timeout=timeout,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def __enter__(self) -> SimulatorAdmin:
         return self
