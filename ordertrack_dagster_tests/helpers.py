@@ -42,6 +42,7 @@ from ordertrack_dagster.devstack.simulator import SCENARIOS, ShipmentSpec, Simul
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.records import FetchRecord, FetchResult
 from ordertrack_dagster.resources.s3 import read_parquet_object
+from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
 
 if TYPE_CHECKING:
     from ordertrack_dagster.devstack.stack import EmbeddedStack
@@ -292,4 +293,15 @@ def courier_client(
         changes.setdefault("concurrency_env", None)  # the override is the test's, not the env's
     return courier_resource(flow, env, **overrides).client(
         replace(get_flow(flow), **changes), state
+    )
+
+
+def run_tracking_assets(defs: Definitions, flow: str) -> ExecuteInProcessResult:
+    """One flow's four tracking assets, in process, with the code location's resources and
+    without the side effects (what the analytics read)."""
+    return materialize(
+        list(defs.assets or []),
+        partition_key=flow,
+        resources=defs.resources,
+        selection=[tracking_asset.key for tracking_asset in TRACKING_ASSETS],
     )

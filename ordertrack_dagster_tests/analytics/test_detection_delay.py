@@ -6,13 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from dagster import materialize
 
 from ordertrack_dagster.analytics import read_history, read_raw_responses
 from ordertrack_dagster.analytics.models import discover_models, run_model
 from ordertrack_dagster.records import INDIA
-from ordertrack_dagster.tracking.assets import DETECTION_DELAY, TRACKING_ASSETS
-from ordertrack_dagster_tests.helpers import load_definitions, seed_orders
+from ordertrack_dagster.tracking.assets import DETECTION_DELAY
+from ordertrack_dagster_tests.helpers import load_definitions, run_tracking_assets, seed_orders
 
 FLOW = "delhivery_b2c"
 
@@ -22,12 +21,7 @@ def test_detection_delay_of_a_real_run(stack, stack_env, db, store, filesystem):
     steps = ["out_for_delivery", "delivered", "in_transit", "failed_attempt", "manifested", None]
     seeded = seed_orders(db, stack.simulator, FLOW, steps)
     defs = load_definitions()
-    result = materialize(
-        list(defs.assets or []),
-        partition_key=FLOW,
-        resources=defs.resources,
-        selection=[tracking_asset.key for tracking_asset in TRACKING_ASSETS],  # no side effects
-    )
+    result = run_tracking_assets(defs, FLOW)  # no side effects
     assert result.success
 
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == DETECTION_DELAY]

@@ -19,9 +19,8 @@ from ordertrack_dagster.analytics.models import discover_models, run_model
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.resources.s3 import dataframe_to_parquet, history_key
 from ordertrack_dagster.tables import flow_partitions
-from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
 from ordertrack_dagster_tests.analytics import scenario
-from ordertrack_dagster_tests.helpers import load_definitions, seed_orders
+from ordertrack_dagster_tests.helpers import load_definitions, run_tracking_assets, seed_orders
 
 RUN_COLUMNS = ["flow", "run_date", "run_id"]
 STORE_COLUMNS = ["stored_at", "s3_key"]
@@ -173,12 +172,7 @@ def test_a_real_tracking_run_is_read_back_and_modelled(stack, stack_env, db, sto
     flow = "delhivery_b2c"
     seeded = seed_orders(db, stack.simulator, flow, ["in_transit", "delivered", "manifested", None])
     defs = load_definitions()
-    result = materialize(
-        list(defs.assets or []),
-        partition_key=flow,
-        resources=defs.resources,
-        selection=[tracking_asset.key for tracking_asset in TRACKING_ASSETS],  # no side effects
-    )
+    result = run_tracking_assets(defs, flow)  # no side effects
     assert result.success
 
     today = datetime.now(UTC).date()
