@@ -182,20 +182,12 @@ def read_history(
 
 
 def read_raw_responses(
-    flow: str,
-    start: DateLike,
-    end: DateLike,
-    *,
-    parse_json: bool = False,
-    s3_client: Any = None,
-    bucket: str | None = None,
-    prefix: str = DEFAULT_PREFIX,
+    flow: str, start: DateLike, end: DateLike, *, parse_json: bool = False, **where: Any
 ) -> pd.DataFrame:
     """What the courier answered, one row per key asked per run; with `parse_json` an
-    `answer` column holds each `raw` JSON text parsed (None where there was no answer)."""
-    frame = read_history(
-        "raw_courier_responses", flow, start, end, s3_client=s3_client, bucket=bucket, prefix=prefix
-    )
+    `answer` column holds each `raw` JSON text parsed (None where there was no answer).
+    `where` (s3_client, bucket, prefix) is read_history's own."""
+    frame = read_history("raw_courier_responses", flow, start, end, **where)
     if parse_json:
         frame["answer"] = [
             json.loads(text) if isinstance(text, str) else None for text in frame["raw"]
@@ -203,38 +195,19 @@ def read_raw_responses(
     return frame
 
 
-def read_status_updates(
-    flow: str,
-    start: DateLike,
-    end: DateLike,
-    *,
-    s3_client: Any = None,
-    bucket: str | None = None,
-    prefix: str = DEFAULT_PREFIX,
-) -> pd.DataFrame:
-    """Each selected order's answer as mapped (outcome, courier_status, status, ...) per run."""
-    return read_history(
-        "status_updates", flow, start, end, s3_client=s3_client, bucket=bucket, prefix=prefix
-    )
+def read_status_updates(flow: str, start: DateLike, end: DateLike, **where: Any) -> pd.DataFrame:
+    """Each selected order's answer as mapped (outcome, courier_status, status, ...) per run.
+    `where` (s3_client, bucket, prefix) is read_history's own."""
+    return read_history("status_updates", flow, start, end, **where)
 
 
 UNMAPPED_COLUMNS = ["courier_status", "order_id", "tracking_key", "run_id", "seen_at"]
 
 
-def unmapped_statuses(
-    flow: str,
-    start: DateLike,
-    end: DateLike,
-    *,
-    s3_client: Any = None,
-    bucket: str | None = None,
-    prefix: str = DEFAULT_PREFIX,
-) -> pd.DataFrame:
+def unmapped_statuses(flow: str, start: DateLike, end: DateLike, **where: Any) -> pd.DataFrame:
     """The raw statuses the courier sent that no mapping table knows, with the orders that
     carried them: one row per order per run, oldest first (`seen_at` = when the run stored it).
-    """
-    updates = read_status_updates(
-        flow, start, end, s3_client=s3_client, bucket=bucket, prefix=prefix
-    )
+    `where` (s3_client, bucket, prefix) is read_history's own."""
+    updates = read_status_updates(flow, start, end, **where)
     unmapped = updates[updates["outcome"] == "unmapped"].rename(columns={"stored_at": "seen_at"})
     return unmapped[UNMAPPED_COLUMNS].reset_index(drop=True)

@@ -55,6 +55,11 @@ class _DroppedConnection(Response):
         raise _SimulatedOutage
 
 
+def _dropped_if_down(fault: dict[str, Any] | None) -> Response | None:
+    """Every stub's "down" fault: the connection dropped mid-answer."""
+    return _DroppedConnection() if fault is not None and fault["kind"] == "down" else None
+
+
 class _HideSimulatedOutages(logging.Filter):
     """Keeps the intended outages out of the stub's log, where they would read as bugs."""
 
@@ -184,6 +189,15 @@ class SlackStub(_Stub):
             Route("/_admin/messages", self._list_messages, methods=["GET"]),
         ]
 
+    async def _authorised_params(self, request: Request) -> tuple[dict[str, Any], Response | None]:
+        """The call's parameters, and Slack's answer when they cannot be read or the token is
+        missing or wrong (None: go on)."""
+        try:
+            params = await _read_params(request)
+        except ValueError:
+            return {}, JSONResponse({"ok": False, "error": "invalid_json"})
+        return params, self._auth_error(params, request)
+
     def _auth_error(self, params: dict[str, Any], request: Request) -> Response | None:
         token = _bearer(request) or params.get("token")
         if not token:
@@ -199,9 +213,9 @@ class SlackStub(_Stub):
 
     async def _post_message(self, request: Request) -> Response:
         fault = self.take_fault()
+        if (dropped := _dropped_if_down(fault)) is not None:
+            return dropped
         if fault is not None:
-            if fault["kind"] == "down":
-                return _DroppedConnection()
             if fault["kind"] == "ratelimited":
                 retry_after = str(fault.get("retry_after", 1))
                 return JSONResponse(
@@ -210,12 +224,9 @@ class SlackStub(_Stub):
                     headers={"Retry-After": retry_after},
                 )
             return JSONResponse({"ok": False, "error": "internal_error"}, status_code=500)
-        try:
-            params = await _read_params(request)
-        except ValueError:
-            return JSONResponse({"ok": False, "error": "invalid_json"})
-        if (error := self._auth_error(params, request)) is not None:
-            return error
+        params, refused = await self._authorised_params(request)
+        if refused is not None:
+            return refused
         channel = params.get("channel")
         if not channel:
             return JSONResponse({"ok": False, "error": "channel_not_found"})
@@ -238,12 +249,9 @@ class SlackStub(_Stub):
         )
 
     async def _auth_test(self, request: Request) -> Response:
-        try:
-            params = await _read_params(request)
-        except ValueError:
-            return JSONResponse({"ok": False, "error": "invalid_json"})
-        if (error := self._auth_error(params, request)) is not None:
-            return error
+        params, refused = await self._authorised_params(request)
+        if refused is not None:
+            return refused
         return JSONResponse(
             {
                 "ok": True,
@@ -368,11 +376,10 @@ class CrmStub(_Stub):
 
     async def _order_cancel(self, request: Request) -> Response:
         fault = self.take_fault()
-        if fault is not None:
-            if fault["kind"] == "down":
-                return _DroppedConnection()
-            if fault["kind"] == "500":
-                return JSONResponse({"error": "internal server error"}, status_code=500)
+        if (dropped := _dropped_if_down(fault)) is not None:
+            return dropped
+        if fault is not None and fault["kind"] == "500":
+            return JSONResponse({"error": "internal server error"}, status_code=500)
         # Read the request before any delay: a slow CRM has it even if the client gives up.
         raw = await request.body()
         if fault is not None:

@@ -6,6 +6,7 @@ table and the metadata ops judge the run by.
 """
 
 from collections.abc import Iterator
+from functools import partial
 
 import pandas as pd
 from dagster import (
@@ -65,14 +66,21 @@ class SelectionConfig(Config):
         return chosen or None
 
 
-@asset(
+#: What every tracking asset shares: its group, owners, one partition per flow, and the IO
+#: manager that keeps each run's outputs.
+tracking_asset = partial(
+    asset,
     group_name=GROUP,
     owners=OWNERS,
     partitions_def=flow_partitions,
     io_manager_key=IO_MANAGER,
+)
+
+
+@tracking_asset(
     kinds={"mongodb", "pandas"},
-    description="Orders due for tracking in this flow (contract §2 filter, oldest-polled first, "
-    "capped).",
+    description="Orders due for tracking in this flow (contract §2 filter, earliest next poll "
+    "first, capped).",
 )
 def pending_orders(
     context: AssetExecutionContext, config: SelectionConfig, mongo: MongoResource
@@ -91,11 +99,7 @@ class CourierRequestConfig(Config):
     )
 
 
-@asset(
-    group_name=GROUP,
-    owners=OWNERS,
-    partitions_def=flow_partitions,
-    io_manager_key=IO_MANAGER,
+@tracking_asset(
     required_resource_keys={"mongo", *COURIER_RESOURCE_KEYS},
     kinds={"pandas", "parquet", "s3"},
     description="What the courier answered, one row per tracking key asked; kept for every run.",
@@ -119,11 +123,7 @@ def raw_courier_responses(
         )
 
 
-@asset(
-    group_name=GROUP,
-    owners=OWNERS,
-    partitions_def=flow_partitions,
-    io_manager_key=IO_MANAGER,
+@tracking_asset(
     kinds={"mongodb", "pandas", "parquet"},
     description="Each selected order's answer mapped onto a canonical status (contract §5), "
     "with the alerts it raised.",
@@ -139,11 +139,7 @@ def status_updates(
     return _output(steps.map_answers(db, pending_orders, raw_courier_responses, flow))
 
 
-@asset(
-    group_name=GROUP,
-    owners=OWNERS,
-    partitions_def=flow_partitions,
-    io_manager_key=IO_MANAGER,
+@tracking_asset(
     kinds={"mongodb", "pandas"},
     check_specs=[
         AssetCheckSpec(

@@ -58,8 +58,8 @@ def _text(value: Any) -> str | None:
 def select_pending(
     db: Database, flow: Flow, log: logging.Logger, chosen: ChosenOrders | None = None
 ) -> Table:
-    """`pending_orders`: the orders due in this flow (contract §2), oldest-polled first, capped;
-    with `chosen`, only those of them (a re-poll ops asked for)."""
+    """`pending_orders`: the orders due in this flow (contract §2), earliest next poll first,
+    capped; with `chosen`, only those of them (a re-poll ops asked for)."""
     query = build_query(flow, SelectionPolicy.from_env(), datetime.now(UTC), chosen)
     with metadata.Measured() as measured:
         try:

@@ -14,31 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Required, TypedDict, TypeVar
 
+#: The line haul every delivery attempt follows, up to the courier's first attempt.
+_TO_THE_DOOR = ("manifested", "picked_up", "in_transit", "reached_destination", "out_for_delivery")
+
 SCENARIOS: Mapping[str, tuple[str, ...]] = {
-    "forward": (
-        "manifested",
-        "picked_up",
-        "in_transit",
-        "reached_destination",
-        "out_for_delivery",
-        "delivered",
-    ),
-    "failed_attempt": (
-        "manifested",
-        "picked_up",
-        "in_transit",
-        "reached_destination",
-        "out_for_delivery",
-        "failed_attempt",
-        "out_for_delivery",
-        "delivered",
-    ),
+    "forward": (*_TO_THE_DOOR, "delivered"),
+    "failed_attempt": (*_TO_THE_DOOR, "failed_attempt", "out_for_delivery", "delivered"),
     "rto": (
-        "manifested",
-        "picked_up",
-        "in_transit",
-        "reached_destination",
-        "out_for_delivery",
+        *_TO_THE_DOOR,
         "failed_attempt",
         "out_for_delivery",
         "failed_attempt",
