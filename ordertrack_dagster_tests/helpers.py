@@ -35,13 +35,13 @@ from pymongo.database import Database
 from ordertrack_dagster import settings
 from ordertrack_dagster.couriers import COURIERS
 from ordertrack_dagster.couriers.engine import CourierClient
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import build_definitions
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.simulator import SCENARIOS, ShipmentSpec, SimulatorAdmin
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.records import FetchRecord, FetchResult
 from ordertrack_dagster.resources.s3 import read_parquet_object
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
 
 if TYPE_CHECKING:
@@ -282,7 +282,7 @@ def courier_resource(flow: str, env: Mapping[str, str], **overrides: str) -> Any
 def courier_client(
     flow: str,
     env: Mapping[str, str],
-    state: CourierState,
+    state: SharedState,
     *,
     flow_changes: Mapping[str, Any] | None = None,
     **overrides: str,

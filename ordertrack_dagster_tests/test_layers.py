@@ -1,6 +1,6 @@
 """The import rules of docs/architecture.md, read from the source: imports only go down the
-documented layers, and a concern reaches another only through the contract modules or the
-other's public face."""
+documented layers, a concern with a public face is reached only through it, and the state
+every process shares is named only by its store."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 import ordertrack_dagster
 
 PACKAGE = Path(ordertrack_dagster.__file__).parent
-#: What only the couriers package itself may import; others use `ordertrack_dagster.couriers`.
-COURIER_INTERNALS = ("engine", "answers", "failures", "pauses", "login", "description")
+#: The concerns reached from outside their folder only through their package (`__init__.py`).
+PUBLIC_FACES = ("couriers", "orchestration")
+#: The one owner of the `ordertrack_state` collection and the names of its documents.
+SHARED_STORE = "resources/state.py"
+STATE_NAMES = ("ordertrack_state", "pause:", "budget:", "token:", "login_block:")
 
 
 def _imports(path: Path) -> set[str]:
@@ -31,20 +34,53 @@ def _modules() -> dict[str, set[str]]:
     return {str(path.relative_to(PACKAGE)): _imports(path) for path in PACKAGE.rglob("*.py")}
 
 
-def _reaching(imports: dict[str, set[str]], prefix: str) -> dict[str, list[str]]:
-    return {
-        path: sorted(name for name in names if name == prefix or name.startswith(prefix + "."))
-        for path, names in imports.items()
-        if any(name == prefix or name.startswith(prefix + ".") for name in names)
-    }
+def _inner_module(name: str) -> str | None:
+    """`couriers/engine` for `ordertrack_dagster.couriers.engine.CourierClient`; None for a
+    name the package itself exports (`ordertrack_dagster.couriers.COURIERS`)."""
+    parts = name.split(".")[1:3]
+    if len(parts) < 2:
+        return None
+    inner = PACKAGE.joinpath(*parts)
+    return "/".join(parts) if inner.with_suffix(".py").exists() or inner.is_dir() else None
 
 
-def test_only_the_couriers_package_imports_its_internals() -> None:
-    outside = {
-        path: names for path, names in _modules().items() if not path.startswith("couriers/")
+def _behind_public_faces(imports: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Each module's imports of a module inside another concern's public face."""
+    broken: dict[str, list[str]] = {}
+    for path, names in imports.items():
+        own = _part(path)
+        if own in BESIDE:
+            continue
+        for name in sorted(names):
+            other = _part(name)
+            if other != own and other in PUBLIC_FACES and _inner_module(name):
+                broken.setdefault(path, []).append(name)
+    return broken
+
+
+def test_a_concern_with_a_public_face_is_imported_only_through_it() -> None:
+    assert _behind_public_faces(_modules()) == {}
+
+
+def test_the_public_face_rule_sees_an_inner_module_but_not_an_exported_name() -> None:
+    imports = {
+        "orchestration/sensors.py": {
+            "ordertrack_dagster.couriers",
+            "ordertrack_dagster.couriers.describe_pause",
+            "ordertrack_dagster.couriers.engine",
+            "ordertrack_dagster.couriers.engine.CourierClient",
+        },
+        "couriers/engine.py": {"ordertrack_dagster.couriers.budget"},
+        "definitions.py": {"ordertrack_dagster.orchestration.sensors"},
+        "bench/run.py": {"ordertrack_dagster.couriers.engine"},
     }
-    for internal in COURIER_INTERNALS:
-        assert _reaching(outside, f"ordertrack_dagster.couriers.{internal}") == {}, internal
+    assert _behind_public_faces(imports) == {
+        "orchestration/sensors.py": [
+            "ordertrack_dagster.couriers.engine",
+            "ordertrack_dagster.couriers.engine.CourierClient",
+        ],
+        "definitions.py": ["ordertrack_dagster.orchestration.sensors"],
+    }
 
 
 #: docs/architecture.md "Layers", top to bottom. A module imports only rows below its own; in
@@ -107,21 +143,68 @@ def test_imports_only_go_down_the_documented_layers() -> None:
 
 def test_the_layer_rule_sees_an_upward_import_and_one_across_a_row() -> None:
     imports = {
-        "couriers/state.py": {"ordertrack_dagster.tracking.writer"},
+        "couriers/engine.py": {"ordertrack_dagster.tracking.writer"},
         "effects/crm.py": {"ordertrack_dagster.analytics", "ordertrack_dagster.couriers"},
         "tables.py": {"ordertrack_dagster.flows"},
         "devstack/stack.py": {"ordertrack_dagster.definitions"},
         "flows.py": {"ordertrack_dagster.devstack.seed"},
     }
     assert _upward_imports(imports) == {
-        "couriers/state.py": ["ordertrack_dagster.tracking.writer"],
+        "couriers/engine.py": ["ordertrack_dagster.tracking.writer"],
         "effects/crm.py": ["ordertrack_dagster.analytics"],
         "flows.py": ["ordertrack_dagster.devstack.seed"],
     }
 
 
-def test_shared_state_is_reached_through_its_store_not_the_couriers() -> None:
-    """Tokens and alert flags live in the shared store (`resources/state.py`); only what is
-    the couriers' own (pauses, budgets) is reached through `couriers/state.py`."""
-    effects = {path: names for path, names in _modules().items() if path.startswith("effects/")}
-    assert _reaching(effects, "ordertrack_dagster.couriers.state") == {}
+def _state_names(path: Path) -> list[str]:
+    """The strings of a module's code that name the shared collection or one of its
+    documents (`f"pause:{scope}"` included), and its imports of the collection's name."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    named = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and node.value.startswith(STATE_NAMES)
+    ]
+    return named + sorted(name for name in _imports(path) if name.endswith(".STATE_COLLECTION"))
+
+
+def test_only_the_shared_store_names_the_shared_state() -> None:
+    """Pauses, request budgets, tokens, login blocks and alert flags are kept in
+    `ordertrack_state` through `resources/state.py` alone, so no concern reads or writes
+    another's documents, nor imports another's implementation to reach them."""
+    naming = {
+        str(path.relative_to(PACKAGE)): _state_names(path)
+        for path in PACKAGE.rglob("*.py")
+        if _part(str(path.relative_to(PACKAGE))) not in BESIDE
+    }
+    assert {path: names for path, names in naming.items() if names and path != SHARED_STORE} == {}
+    assert naming[SHARED_STORE], "the rule no longer sees how the store names its documents"
+
+
+def test_the_state_rule_sees_a_document_name_and_the_collection_but_not_a_docstring(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "sensors.py"
+    module.write_text(
+        '"""Reads `ordertrack_state` through the store."""\n'
+        "from ordertrack_dagster.resources.state import STATE_COLLECTION\n"
+        "def clear(db, scope):\n"
+        '    """Deletes `pause:<scope>`."""\n'
+        '    db["ordertrack_state"].delete_one({"_id": f"pause:{scope}"})\n'
+    )
+    assert sorted(_state_names(module)) == [
+        "ordertrack_dagster.resources.state.STATE_COLLECTION",
+        "ordertrack_state",
+        "pause:",
+    ]

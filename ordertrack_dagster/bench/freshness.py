@@ -57,6 +57,7 @@ from ordertrack_dagster.flows import (
 )
 from ordertrack_dagster.orchestration.checks import max_age_of
 from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, next_poll_at
+from ordertrack_dagster.resources.budget_window import BudgetWindow
 from ordertrack_dagster.statuses import Canonical, normalise_raw_status
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 
@@ -198,7 +199,7 @@ def sort_key(spec: Sequence[tuple[str, int]]) -> Callable[[dict[str, Any]], tupl
 
 
 class MemoryStateDocuments:
-    """The budget's state documents in memory: the three update shapes `SharedBudget` sends
+    """The budget windows in memory: the update shapes `BudgetWindow` sends for `SharedBudget`
     (`$inc`, `$unset`, `$max`, upserting by `_id`), so its own code runs on the model clock."""
 
     def __init__(self) -> None:
@@ -586,8 +587,7 @@ class FreshnessModel:
         counts.runs += 1
         selected = self._select(flow)
         budget = SharedBudget(
-            self.state,  # type: ignore[arg-type]  # the three calls it makes, in memory
-            flow.budget_scope,
+            BudgetWindow(self.state, flow.budget_scope),  # type: ignore[arg-type]  # in memory
             flow.rate_budget_in({}),  # production's limit, whatever the environment says
             min_block=flow.workers,
             clock=lambda: self.now,

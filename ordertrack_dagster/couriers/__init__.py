@@ -3,9 +3,10 @@ couriers (`DESCRIPTIONS`, and `COURIERS` binding each flow to its resource and r
 derived from those descriptions, as are the settings map and the settings' checks and
 redaction (`ordertrack_dagster.settings`).
 
-What other concerns need of the couriers is imported from here (or `state.py`): running a
-fetch, judging a stored pause, reading Retry-After and stored answer text. The engine, the
-answer helpers and the batch failures stay internal to this package.
+What other concerns need of the couriers is imported from here: running a fetch, judging a
+stored pause, reading Retry-After and stored answer text. Every other module of this package
+is internal to it; what the couriers store (pauses, budget windows, tokens, login blocks) is
+kept through the shared store, `resources/state.py`, which other concerns ask directly.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """One request budget per courier limit, shared by every run, flow and process (contract §4).
 
-The counts live in one `ordertrack_state` document per budget scope (`budget:<scope>`), in
-whole-second buckets. A process does not ask MongoDB before each request: it reserves a
-block of requests (a lease) with one atomic `$inc` that returns the document as it is after
-the increment, so it sees every other process's reservations at that instant and takes only
-what is left below the limit. Two processes reserving at once are ordered by MongoDB, and
-together they never get more than the limit.
+The counts live in the scope's stored window (`resources/budget_window.py`: one document
+per budget scope, kept by the shared store), in whole-second buckets. A process does not ask
+MongoDB before each request: it reserves a block of requests (a lease) with one atomic `$inc`
+that returns the document as it is after the increment, so it sees every other process's
+reservations at that instant and takes only what is left below the limit. Two processes
+reserving at once are ordered by MongoDB, and together they never get more than the limit.
 
 A lease is counted in the bucket where it ends, so a request sent any time during the lease
 stays in the window at least as long as the courier keeps counting it. The next reservation
@@ -26,21 +26,21 @@ writes it, and the others read it with their next reservation, at no extra round
 
 from __future__ import annotations
 
-import calendar
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-from pymongo import ReturnDocument
-from pymongo.collection import Collection
 
 from ordertrack_dagster.flows import RateBudget
+from ordertrack_dagster.resources.budget_window import (
+    BudgetWindow,
+    bucket_width,
+    counted_in_window,
+    seconds_until_free,
+)
 
-BUCKETS_PER_WINDOW = 30
 #: A lease lasts this share of the window at most: long enough that a slow flow (the
 #: fallback's three workers, 5 s apart) reserves rarely, short enough that a pause another
 #: process stored is seen soon.
@@ -50,38 +50,6 @@ MAX_BLOCK_SHARE = 0.25
 #: A wait read from the last reservation is waited without asking MongoDB only up to this;
 #: a longer one (which could defer the rest of a run) is checked with a fresh reservation.
 LOCAL_WAIT_SECONDS = 30.0
-
-
-def bucket_width(budget: RateBudget) -> int:
-    """Whole seconds: buckets are stored under their start second, and a fractional width
-    would round that start down and let its requests leave the window early."""
-    return max(1, int(budget.window_seconds // BUCKETS_PER_WINDOW))
-
-
-def counted_in_window(buckets: Mapping[int, int], budget: RateBudget, now: float) -> int:
-    """Requests that still count at `now` (future buckets of open leases included)."""
-    horizon = now - budget.window_seconds
-    width = bucket_width(budget)
-    return sum(n for start, n in buckets.items() if start + width > horizon)
-
-
-def seconds_until_free(
-    buckets: Mapping[int, int], budget: RateBudget, now: float, wanted: int = 1
-) -> float:
-    """How long until at least `wanted` requests are free, reading the buckets in order."""
-    width = bucket_width(budget)
-    horizon = now - budget.window_seconds
-    live = sorted((start, n) for start, n in buckets.items() if start + width > horizon)
-    excess = sum(n for _, n in live) - budget.requests + min(wanted, budget.requests)
-    for start, n in live:
-        excess -= n
-        if excess <= 0:
-            return max(0.05, start + width - horizon)
-    return 0.05
-
-
-def _buckets(doc: Mapping[str, Any] | None) -> dict[int, int]:
-    return {int(k): int(v) for k, v in ((doc or {}).get("buckets") or {}).items()}
 
 
 @dataclass
@@ -109,15 +77,13 @@ class SharedBudget:
 
     def __init__(
         self,
-        collection: Collection,
-        scope: str,
+        window: BudgetWindow,
         budget: RateBudget | None,
         *,
         min_block: int,
         clock: Callable[[], float] = time.time,
     ):
-        self._collection = collection
-        self._id = f"budget:{scope}"
+        self._window = window
         self.budget = budget
         self._clock = clock
         self._min_block = max(1, min_block)
@@ -174,9 +140,7 @@ class SharedBudget:
         lease, self._lease = self._lease, None  # settled at most once, even if this fails
         if lease is not None:
             self.round_trips += 1
-            self._collection.update_one(
-                {"_id": self._id}, {"$inc": self._settlement(lease)}, upsert=True
-            )
+            self._window.add(_settled(lease), upsert=True)
 
     def pause_hinted(self) -> bool:
         """Whether the last reservation saw a pause that some process noted and that lasts."""
@@ -185,18 +149,12 @@ class SharedBudget:
     def note_pause(self, resume_at: datetime) -> None:
         """Tell the other processes of this scope, with their next reservation."""
         self.round_trips += 1
-        self._collection.update_one(
-            {"_id": self._id}, {"$max": {"paused_until": resume_at}}, upsert=True
-        )
+        self._window.note_pause(resume_at)
 
     def _bucket(self, at: float) -> int:
         assert self.budget is not None
         width = bucket_width(self.budget)
         return int(math.floor(at / width) * width)
-
-    def _settlement(self, lease: _Lease) -> dict[str, int]:
-        """The lease's settlement as `$inc` fields."""
-        return {f"buckets.{start}": n for start, n in _settled(lease).items() if n}
 
     def _renew(self, now: float) -> float | None:
         """Settle the old lease and reserve the next block in one atomic update; or, when
@@ -222,36 +180,26 @@ class SharedBudget:
         width = bucket_width(self.budget)
         lease_seconds = max(width, self.budget.window_seconds * LEASE_SHARE_OF_WINDOW)
         counted_at = self._bucket(now + lease_seconds - width)
-        increments: Counter[str] = Counter(self._settlement(old) if old else {})
-        increments[f"buckets.{counted_at}"] += ask
+        changes: Counter[int] = Counter(
+            {start: n for start, n in (_settled(old) if old else {}).items() if n}
+        )
+        changes[counted_at] += ask
         stale_before = now - self.budget.window_seconds - width
-        stale = {
-            f"buckets.{start}": ""
-            for start in self._known
-            if start < stale_before and f"buckets.{start}" not in increments
-        }
-        update: dict[str, Any] = {"$inc": {k: n for k, n in increments.items() if n}}
-        if stale:
-            update["$unset"] = stale
+        stale = [start for start in self._known if start < stale_before and start not in changes]
         # the old lease is settled by this update or never: when it fails, the server may
         # still have applied it, and settling again could free what was sent. Left unsettled,
         # its whole reservation stays counted until it leaves the window (safe: too much)
         self._lease = None
-        doc = self._collection.find_one_and_update(
-            {"_id": self._id}, update, upsert=True, return_document=ReturnDocument.AFTER
-        )
+        reserved = self._window.reserve(changes, stale)
         self.round_trips += 1
-        self._known = _buckets(doc)
-        hint = (doc or {}).get("paused_until")
-        self._pause_hint = calendar.timegm(hint.utctimetuple()) if hint else 0.0
+        self._known = reserved.buckets
+        self._pause_hint = reserved.pause_hint
         over = counted_in_window(self._known, self.budget, now) - self.budget.requests
         granted = ask - max(0, over)
         if granted < enough:  # others took it first: hand it all back, wait for enough
             self._paced = True
             self.round_trips += 1
-            self._collection.update_one(
-                {"_id": self._id}, {"$inc": {f"buckets.{counted_at}": -ask}}
-            )
+            self._window.add({counted_at: -ask}, upsert=False)
             self._known[counted_at] -= ask
             return seconds_until_free(self._known, self.budget, now, enough)
         # a grant that came back short stays reserved whole until the lease is settled (with
@@ -259,21 +207,3 @@ class SharedBudget:
         self._paced = self._paced or granted < ask
         self._lease = _Lease(counted_at, counted_at + width, granted, reserved=ask)
         return None
-
-
-def requests_counted(collection: Collection, scope: str, budget: RateBudget) -> int:
-    """Requests counted in the scope's current window, by every process (reports, tests)."""
-    doc = collection.find_one({"_id": f"budget:{scope}"})
-    return counted_in_window(_buckets(doc), budget, time.time())
-
-
-def seconds_until_room(
-    collection: Collection, scope: str, budget: RateBudget, wanted: int
-) -> float:
-    """How long until `wanted` requests of the scope are free by every process's count (0 when
-    they are now): when a run launched for the scope would find requests to send."""
-    doc = collection.find_one({"_id": f"budget:{scope}"})
-    buckets, now = _buckets(doc), time.time()
-    if budget.requests - counted_in_window(buckets, budget, now) >= min(wanted, budget.requests):
-        return 0.0
-    return seconds_until_free(buckets, budget, now, wanted)

@@ -22,9 +22,9 @@ from ordertrack_dagster.couriers.description import (
 )
 from ordertrack_dagster.couriers.engine import CourierClient, Request
 from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.records import INDIA, Interpretation, OrderContext, Outcome
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical, mapping_table, normalise_raw_status
 
 C = Canonical
@@ -178,7 +178,7 @@ class _DelhiveryExpressClient(CourierClient):
     block_statuses = frozenset({403})  # Delhivery's firewall answers 403, not 429
     block_seconds = DELHIVERY_BLOCK_SECONDS
 
-    def __init__(self, flow: Flow, state: CourierState, url: str, token: str):
+    def __init__(self, flow: Flow, state: SharedState, url: str, token: str):
         super().__init__(flow, state)
         self._url = url
         self._token = token
@@ -255,7 +255,7 @@ class DelhiveryResource(ConfigurableResource):
     fallback_url: str = Field(description="DELHIVERY_FALLBACK_URL: the single-waybill endpoint")
     token: str = Field(description="DELHIVERY_AUTH_TOKEN_B2C")
 
-    def client(self, flow: Flow, state: CourierState) -> CourierClient:
+    def client(self, flow: Flow, state: SharedState) -> CourierClient:
         if flow.key == "delhivery_fallback":
             return DelhiveryFallbackClient(flow, state, self.fallback_url, self.token)
         return DelhiveryB2CClient(flow, state, self.url, self.token)

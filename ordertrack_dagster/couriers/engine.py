@@ -39,10 +39,10 @@ from ordertrack_dagster.couriers.pauses import (
     MAX_INLINE_WAIT_SECONDS,
     rate_limited,
 )
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.couriers.transport import BodyTooLarge, bounded_request
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.records import FetchRecord, FetchResult, FetchState, FetchStats
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.security.redaction import http_error_text, redact
 
 MAX_ATTEMPTS = 3
@@ -123,7 +123,7 @@ class CourierClient(ABC):
     block_statuses: frozenset[int] = frozenset()
     block_seconds: float = DEFAULT_RETRY_AFTER_SECONDS
 
-    def __init__(self, flow: Flow, state: CourierState, *, max_attempts: int = MAX_ATTEMPTS):
+    def __init__(self, flow: Flow, state: SharedState, *, max_attempts: int = MAX_ATTEMPTS):
         self.flow = flow
         self.state = state
         self.max_attempts = max_attempts
@@ -172,8 +172,10 @@ class CourierClient(ABC):
         stored = self.state.paused_until(self.flow.budget_scope)
         self._resume_at = None if options.ignore_stored_pause else stored
         self._forced_past = stored if options.ignore_stored_pause else None
-        self._budget = self.state.shared_budget(
-            self.flow.budget_scope, self.flow.rate_budget, min_block=self.flow.workers
+        self._budget = SharedBudget(
+            self.state.budget_window(self.flow.budget_scope),
+            self.flow.rate_budget,
+            min_block=self.flow.workers,
         )
         batches = [
             _Batch(index, list(keys[start : start + self.flow.batch_size]))

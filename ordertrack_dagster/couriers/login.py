@@ -22,9 +22,9 @@ from pydantic import Field
 
 from ordertrack_dagster.couriers.engine import CourierClient, Request
 from ordertrack_dagster.couriers.failures import AuthFailure, BatchFailure
-from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.couriers.transport import BodyTooLarge, bounded_request
 from ordertrack_dagster.flows import Flow
+from ordertrack_dagster.resources.state import CachedToken, SharedState
 
 
 def token_at(payload: Any, *path: str) -> str | None:
@@ -46,7 +46,7 @@ class LoginClient(CourierClient):
     #: Token refreshes after the run's first login are at least this far apart.
     min_refresh_seconds: ClassVar[float] = 0.0
 
-    def __init__(self, flow: Flow, state: CourierState, url: str, username: str, password: str):
+    def __init__(self, flow: Flow, state: SharedState, url: str, username: str, password: str):
         super().__init__(flow, state)
         self.url = url.rstrip("/")
         self._username = username
@@ -174,7 +174,7 @@ class LoginResource(ConfigurableResource):
 
     client_class: ClassVar[type[LoginClient]]
 
-    def client(self, flow: Flow, state: CourierState) -> CourierClient:
+    def client(self, flow: Flow, state: SharedState) -> CourierClient:
         return self.client_class(flow, state, self.url, self.username, self.password)
 
 

@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from ordertrack_dagster.couriers.failures import RateLimited
-from ordertrack_dagster.couriers.state import MAX_PAUSE, CourierState
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.records import INDIA
+from ordertrack_dagster.resources.state import MAX_PAUSE, SharedState
 
 DEFAULT_RETRY_AFTER_SECONDS = 300.0
 # A pause shorter than this is waited out inside the run; a longer one defers the rest.
 MAX_INLINE_WAIT_SECONDS = 45.0
 
 
-def blocking_pause(state: CourierState, scope: str, now: datetime) -> datetime | None:
+def blocking_pause(state: SharedState, scope: str, now: datetime) -> datetime | None:
     """The stored resume time when it is too far off to wait out inside a run, else None.
 
     Schedules skip and unforced runs stop on such a pause: the run would only defer.

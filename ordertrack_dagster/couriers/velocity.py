@@ -22,8 +22,8 @@ from ordertrack_dagster.couriers.description import CourierDescription, login_se
 from ordertrack_dagster.couriers.engine import Request
 from ordertrack_dagster.couriers.failures import BatchFailure
 from ordertrack_dagster.couriers.login import LoginClient, LoginResource, token_at
-from ordertrack_dagster.couriers.state import CachedToken
 from ordertrack_dagster.records import Interpretation, OrderContext, Outcome
+from ordertrack_dagster.resources.state import CachedToken
 from ordertrack_dagster.statuses import Canonical, mapping_table
 
 C = Canonical

@@ -18,8 +18,8 @@ from dagster import (
 )
 
 from ordertrack_dagster.couriers import blocking_pause, describe_pause
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow, max_runtime_tag
+from ordertrack_dagster.resources.state import SharedState
 
 FLOW_TAG = "ordertrack/flow"  # contract §9: on every run a schedule or sensor launches
 PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run, UI runs too
@@ -73,7 +73,7 @@ def describe_run(record: RunRecord) -> str:
 
 
 def hold_reason(
-    instance: DagsterInstance, flow: Flow, state: CourierState, now: datetime
+    instance: DagsterInstance, flow: Flow, state: SharedState, now: datetime
 ) -> str | None:
     """Why the flow must not start now, or None when it may."""
     running = in_flight_run(instance, flow.key)

@@ -16,12 +16,12 @@ from typing import Any
 from dagster import Config, MetadataValue, OpExecutionContext, job, op
 from pydantic import Field
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.effects.declarations import EFFECTS
 from ordertrack_dagster.effects.outbox import Outbox, dead_letter_filter
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.resources.mongo import MongoResource
+from ordertrack_dagster.resources.state import SharedState
 
 SCOPES = sorted({flow.budget_scope for flow in FLOWS.values()})
 EFFECT_KINDS = {effect.name: effect.kinds for effect in EFFECTS}
@@ -48,8 +48,8 @@ def clear_courier_pause(
     context: OpExecutionContext, config: ClearPauseConfig, mongo: MongoResource
 ) -> list[str]:
     _known("scope(s)", config.scopes, SCOPES)
-    state = CourierState(mongo.get_database())
-    stored = {str(doc["_id"]).removeprefix("pause:"): doc for doc in state.pauses()}
+    state = SharedState(mongo.get_database())
+    stored = state.pauses()
     chosen = config.scopes or sorted(stored)
     cleared = [scope for scope in chosen if state.clear_pause(scope)]
     for scope in cleared:

@@ -14,7 +14,6 @@ from dagster import (
     schedule,
 )
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import SCHEDULE_TIMEZONE, Flow, get_flow
 from ordertrack_dagster.orchestration.guards import (
     default_schedule_status,
@@ -23,6 +22,7 @@ from ordertrack_dagster.orchestration.guards import (
 )
 from ordertrack_dagster.orchestration.jobs import freshness_job, tracking_job
 from ordertrack_dagster.resources.mongo import MongoResource
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.tables import flow_partitions
 
 # Often enough to notice within one threshold (three intervals of an 8-minute flow).
@@ -48,7 +48,7 @@ def build_flow_schedule(flow: Flow) -> ScheduleDefinition:
     def _flow_schedule(
         context: ScheduleEvaluationContext, mongo: MongoResource
     ) -> RunRequest | SkipReason:
-        state = CourierState(mongo.get_database())
+        state = SharedState(mongo.get_database())
         reason = hold_reason(context.instance, flow, state, datetime.now(UTC))
         if reason is not None:
             return SkipReason(reason)

@@ -31,7 +31,6 @@ from dagster import (
 )
 from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.flows import (
     MAX_RUNTIME_TAG,
@@ -51,6 +50,7 @@ from ordertrack_dagster.orchestration.guards import (
 from ordertrack_dagster.orchestration.jobs import tracking_job
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.security.redaction import redact
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 
@@ -115,7 +115,7 @@ def build_startup_sensor() -> SensorDefinition:
             return SensorResult(
                 skip_reason=SkipReason(f"start-up runs already handled for daemon {started_by}")
             )
-        state = CourierState(mongo.get_database())
+        state = SharedState(mongo.get_database())
         now = datetime.now(UTC)
         requests: list[RunRequest] = []
         held: list[str] = []
@@ -175,7 +175,7 @@ def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
     return None
 
 
-def budget_frees_in(state: CourierState, flow: Flow) -> float:
+def budget_frees_in(state: SharedState, flow: Flow) -> float:
     """Seconds until the flow's budget has room for half a block of its requests (0 for a
     flow without a budget): a run started before then would only wait for it."""
     budget = flow.rate_budget
@@ -197,7 +197,7 @@ def build_drain_sensor() -> SensorDefinition:
         "tick.",
     )
     def _drain(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
-        state = CourierState(mongo.get_database())
+        state = SharedState(mongo.get_database())
         now = datetime.now(UTC)
         requests: list[RunRequest] = []
         for key in flow_partitions.get_partition_keys():

@@ -20,12 +20,12 @@ from ordertrack_dagster.couriers import (
     describe_pause,
     fetch_to_completion,
 )
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import Flow, fetch_time_box
 from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.polling import STATUS_CHANGED_FIELD
 from ordertrack_dagster.records import ODD_KEY_BATCH, FetchRecord, FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.tables import SNAPSHOT_COLUMNS, WRITE_COLUMNS
 from ordertrack_dagster.tracking import metadata, streaming
 from ordertrack_dagster.tracking.mapping import (
@@ -96,7 +96,7 @@ def select_pending(
     return Table(frame, found)
 
 
-def _stop_if_paused(flow: Flow, state: CourierState) -> None:
+def _stop_if_paused(flow: Flow, state: SharedState) -> None:
     """A run during a stored pause would only defer every key: say so and stop (ops can force)."""
     resume_at = blocking_pause(state, flow.budget_scope, datetime.now(UTC))
     if resume_at is not None:
@@ -131,7 +131,7 @@ def ask_courier(
     (odd keys are recorded as failed without asking). `courier` is the flow's resource.
     Every 20 s while the fetch goes on, the statuses of its new answers are written
     (`streaming.py`), so a long fetch does not leave every write to its end."""
-    state = CourierState(db)
+    state = SharedState(db)
     keys = list(dict.fromkeys(pending["tracking_key"]))
     good = [key for key in keys if tracking_key_problem(key) is None]
     odd = [key for key in keys if tracking_key_problem(key) is not None]

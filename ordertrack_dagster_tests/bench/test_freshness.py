@@ -29,6 +29,7 @@ from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.devstack.simulator.lifecycle import SCENARIOS, Clock, Shipment, Shipments
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD
+from ordertrack_dagster.resources.budget_window import BudgetWindow
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
 from ordertrack_dagster_tests.bench.test_report import hand_made_results
 
@@ -64,7 +65,10 @@ def test_the_product_budget_on_the_model_clock_never_grants_more_than_the_limit(
     state, now = MemoryStateDocuments(), [0.0]
     flow = get_flow("delhivery_b2b")
     budget = SharedBudget(
-        state, flow.budget_scope, flow.rate_budget_in({}), min_block=3, clock=lambda: now[0]
+        BudgetWindow(state, flow.budget_scope),  # type: ignore[arg-type]  # in memory
+        flow.rate_budget_in({}),
+        min_block=3,
+        clock=lambda: now[0],
     )
     sent: list[float] = []
     while now[0] < 900:

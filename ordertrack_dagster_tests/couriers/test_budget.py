@@ -10,10 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pymongo.errors import AutoReconnect
 
-from ordertrack_dagster.couriers.budget import SharedBudget, seconds_until_free
+from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.couriers.engine import FetchOptions
 from ordertrack_dagster.couriers.failures import Deferred
-from ordertrack_dagster.couriers.state import STATE_COLLECTION, CourierState
 from ordertrack_dagster.devstack.simulator import (
     RateLimit,
     SimulatorAdmin,
@@ -23,7 +22,9 @@ from ordertrack_dagster.devstack.simulator import (
 )
 from ordertrack_dagster.flows import RateBudget
 from ordertrack_dagster.records import FetchState
+from ordertrack_dagster.resources.budget_window import BudgetWindow, seconds_until_free
 from ordertrack_dagster.resources.mongo import COMMANDS
+from ordertrack_dagster.resources.state import STATE_COLLECTION, SharedState
 from ordertrack_dagster_tests.helpers import (
     courier_client,
     records_by_key,
@@ -40,7 +41,7 @@ CLIENT_BUDGET = RateBudget(requests=27, window_seconds=4.0)
 
 @pytest.fixture
 def state(db):
-    return CourierState(db)
+    return SharedState(db)
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_overlapping_flows_share_one_budget_and_stay_under_the_courier_limit(db,
             courier_client(
                 flow,
                 env,
-                CourierState(db),  # each run its own state, as separate processes have
+                SharedState(db),  # each run its own state, as separate processes have
                 flow_changes={
                     "default_rate_budget": CLIENT_BUDGET,
                     "batch_size": 1,
@@ -168,7 +169,7 @@ def test_a_pause_met_by_another_process_stops_this_run_at_its_next_reservation(s
     other_keys = register_shipments(stack.simulator, "delhivery_fallback", ["in_transit"])
     slow = {"default_rate_budget": budget, "batch_size": 1, "concurrency": 1}
     running = courier_client(
-        "delhivery_b2c", stack.env, CourierState(db), flow_changes=slow | {"pause_seconds": 0.1}
+        "delhivery_b2c", stack.env, SharedState(db), flow_changes=slow | {"pause_seconds": 0.1}
     )
     codes_before = simulator_counts(stack.simulator, "delhivery_b2c")["status_codes"]
     results = []
@@ -176,7 +177,7 @@ def test_a_pause_met_by_another_process_stops_this_run_at_its_next_reservation(s
     thread.start()
     time.sleep(1.0)  # the run is under way when the fallback meets Delhivery's firewall
     stack.simulator.inject_fault("delhivery_fallback", "forbidden")
-    other = courier_client("delhivery_fallback", stack.env, CourierState(db), flow_changes=slow)
+    other = courier_client("delhivery_fallback", stack.env, SharedState(db), flow_changes=slow)
     run_fetch(other, other_keys)
     thread.join()
     states = [record.state for record in results[0].records]
@@ -193,7 +194,7 @@ def test_a_forced_run_is_not_stopped_by_the_pause_it_was_forced_past(stack, stat
     budget = RateBudget(requests=1000, window_seconds=3)
     resume_at = datetime.now(UTC) + timedelta(minutes=10)
     state.pause("delhivery_express", resume_at)
-    state.shared_budget("delhivery_express", budget, min_block=1).note_pause(resume_at)
+    state.budget_window("delhivery_express").note_pause(resume_at)
     client = courier_client(
         "delhivery_b2c",
         stack.env,
@@ -206,19 +207,19 @@ def test_a_forced_run_is_not_stopped_by_the_pause_it_was_forced_past(stack, stat
 
 def test_reservations_are_blocks_few_round_trips_per_thousand_requests(db):
     budget = RateBudget(requests=5000, window_seconds=300)
-    shared = CourierState(db).shared_budget("scope", budget, min_block=50)
+    shared = SharedBudget(SharedState(db).budget_window("scope"), budget, min_block=50)
     before = COMMANDS.snapshot()
     assert all(shared.take() is None for _ in range(1000))
     shared.close()
     round_trips = COMMANDS.snapshot().since(before).commands
     assert round_trips <= 10
-    assert CourierState(db).requests_in_window("scope", budget) == 1000
+    assert SharedState(db).requests_in_window("scope", budget) == 1000
 
 
 def test_two_processes_never_get_more_than_the_limit_together(db):
     budget = RateBudget(requests=100, window_seconds=300)
     first, second = (
-        SharedBudget(db[STATE_COLLECTION], "scope", budget, min_block=30) for _ in range(2)
+        SharedBudget(SharedState(db).budget_window("scope"), budget, min_block=30) for _ in range(2)
     )
     granted = 0
     for _ in range(200):
@@ -226,7 +227,7 @@ def test_two_processes_never_get_more_than_the_limit_together(db):
     assert granted == 100
     first.close()
     second.close()
-    assert CourierState(db).requests_in_window("scope", budget) == 100
+    assert SharedState(db).requests_in_window("scope", budget) == 100
 
 
 class AnswerLost:
@@ -256,7 +257,12 @@ def test_a_settlement_whose_answer_was_lost_is_never_sent_again(db):
     budget = RateBudget(requests=200, window_seconds=300)
     later = [0.0]
     lossy = AnswerLost(db[STATE_COLLECTION])
-    shared = SharedBudget(lossy, "scope", budget, min_block=4, clock=lambda: time.time() + later[0])
+    shared = SharedBudget(
+        BudgetWindow(lossy, "budget:scope"),
+        budget,
+        min_block=4,
+        clock=lambda: time.time() + later[0],
+    )
     # blocks grow as they are used up (4, 8, 16, 32, then the largest, 50), of which 2 are sent
     sent = sum(shared.take() is None for _ in range(4 + 8 + 16 + 32 + 2))
     later[0] = 61  # that lease expired: the next request settles it and reserves a small block
@@ -267,7 +273,7 @@ def test_a_settlement_whose_answer_was_lost_is_never_sent_again(db):
     shared.close()
     # settled twice, the 48 requests of the last block that were not sent would be freed
     # twice: the count would fall below what was sent, and others could pass the limit
-    assert CourierState(db).requests_in_window("scope", budget) >= sent
+    assert SharedState(db).requests_in_window("scope", budget) >= sent
 
 
 def test_the_wait_is_until_enough_requests_leave_the_window():
@@ -282,7 +288,7 @@ def test_a_pause_seen_at_a_reservation_counts_no_request_it_does_not_send(stack,
     client = courier_client(
         "delhivery_b2c", stack.env, state, flow_changes={"default_rate_budget": budget}
     )
-    client._budget = state.shared_budget("delhivery_express", budget, min_block=1)
+    client._budget = SharedBudget(state.budget_window("delhivery_express"), budget, min_block=1)
     # another process met the firewall after this run started: the next reservation sees it
     resume_at = datetime.now(UTC) + timedelta(minutes=10)
     state.pause("delhivery_express", resume_at)
@@ -299,7 +305,9 @@ def test_flows_contending_at_the_limit_reserve_in_blocks_and_both_are_served(db)
     budget = RateBudget(requests=70, window_seconds=30)
     clock = [1_000_000.0]
     busy, slow = (
-        SharedBudget(db[STATE_COLLECTION], "scope", budget, min_block=n, clock=lambda: clock[0])
+        SharedBudget(
+            SharedState(db).budget_window("scope"), budget, min_block=n, clock=lambda: clock[0]
+        )
         for n in (50, 3)
     )
     flows = ((busy, 0.0), (slow, 5.0 / 3))
@@ -317,4 +325,4 @@ def test_flows_contending_at_the_limit_reserve_in_blocks_and_both_are_served(db)
     assert sum(sent) >= 4 * budget.requests * 0.95
     assert sent[1] >= 0.5 * 120 / spacing  # the slow flow gets at least half of what it asks
     assert busy.round_trips <= 0.15 * sent[0]  # B2C: at most 3 per 1,000 orders
-    assert CourierState(db).requests_in_window("scope", budget) == 0  # all left the window
+    assert SharedState(db).requests_in_window("scope", budget) == 0  # all left the window

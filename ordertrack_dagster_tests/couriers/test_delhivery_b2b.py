@@ -8,9 +8,9 @@ import pytest
 
 from ordertrack_dagster.couriers.delhivery_b2b import DelhiveryB2BClient, interpret
 from ordertrack_dagster.couriers.failures import NotAnswered
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.records import FetchState, OrderContext, Outcome
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.couriers.test_delhivery import LEGACY_CASES
 from ordertrack_dagster_tests.fixtures import sample
@@ -124,7 +124,7 @@ def test_asks_one_lr_with_a_bearer_token():
 
 @pytest.fixture
 def state(db):
-    return CourierState(db)
+    return SharedState(db)
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from ordertrack_dagster.couriers.answers import (
 from ordertrack_dagster.couriers.engine import MAX_ATTEMPTS, FetchOptions
 from ordertrack_dagster.couriers.failures import BatchFailure
 from ordertrack_dagster.couriers.pauses import parse_retry_after
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import RateBudget
 from ordertrack_dagster.records import FetchState, Outcome
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.helpers import (
     courier_client,
@@ -41,7 +41,7 @@ ZERO = timedelta(0)
 
 @pytest.fixture
 def state(db):
-    return CourierState(db)
+    return SharedState(db)
 
 
 def client(stack, state, **flow_changes):
@@ -171,14 +171,14 @@ class _SettlementLost:
 def test_a_failed_last_settlement_does_not_fail_a_finished_fetch(stack, state, monkeypatch):
     keys = register_shipments(stack.simulator, FLOW, ["in_transit", "delivered"])
     budget = RateBudget(requests=100, window_seconds=300)
-    reserve = state.shared_budget
+    stored_window = state.budget_window
 
-    def settlement_lost(*args, **kwargs):
-        shared = reserve(*args, **kwargs)
-        shared._collection = _SettlementLost(shared._collection)
-        return shared
+    def settlement_lost(scope):
+        window = stored_window(scope)
+        window._collection = _SettlementLost(window._collection)
+        return window
 
-    monkeypatch.setattr(state, "shared_budget", settlement_lost)
+    monkeypatch.setattr(state, "budget_window", settlement_lost)
     result = run_fetch(client(stack, state, default_rate_budget=budget), keys)
     assert {record.state for record in result.records} == {FetchState.ANSWERED}
     assert "went away" in result.stats.budget_unsettled
@@ -213,14 +213,14 @@ def test_a_budget_reservation_leaves_the_fetch_loop_running(stack, state, monkey
     event loop goes on meanwhile, instead of every worker and answer waiting with it."""
     keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 6)
     budget = RateBudget(requests=100, window_seconds=300)
-    reserve = state.shared_budget
+    stored_window = state.budget_window
     watched: list[_ReservationWatched] = []
 
-    def watched_budget(*args, **kwargs):
-        shared = reserve(*args, **kwargs)
-        watched.append(_ReservationWatched(shared._collection))
-        shared._collection = watched[-1]
-        return shared
+    def watched_window(scope):
+        window = stored_window(scope)
+        watched.append(_ReservationWatched(window._collection))
+        window._collection = watched[-1]
+        return window
 
     async def fetch_and_watch_the_loop():
         fetch = asyncio.create_task(
@@ -232,7 +232,7 @@ def test_a_budget_reservation_leaves_the_fetch_loop_running(stack, state, monkey
             await asyncio.sleep(0.01)
         return fetch.result()
 
-    monkeypatch.setattr(state, "shared_budget", watched_budget)
+    monkeypatch.setattr(state, "budget_window", watched_window)
     result = asyncio.run(fetch_and_watch_the_loop())
     assert {record.state for record in result.records} == {FetchState.ANSWERED}
     assert watched[0].loop_ran_every_time and all(watched[0].loop_ran_every_time)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.records import FetchState
+from ordertrack_dagster.resources.state import CachedToken, SharedState
 from ordertrack_dagster_tests.helpers import (
     courier_client,
     records_by_key,
@@ -25,7 +25,7 @@ SPREAD = {"batch_size": 1, "concurrency": 4}
 
 @pytest.fixture
 def state(db):
-    return CourierState(db)
+    return SharedState(db)
 
 
 def logins(stack, flow):

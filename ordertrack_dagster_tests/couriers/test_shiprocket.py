@@ -13,9 +13,9 @@ from ordertrack_dagster.couriers.shiprocket import (
     ShiprocketClient,
     interpret,
 )
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.records import FetchState, OrderContext, Outcome
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.fixtures import sample
 from ordertrack_dagster_tests.helpers import (
@@ -180,7 +180,7 @@ def test_asks_fifty_awbs_in_one_post_with_a_bearer_token():
 def test_against_the_simulator(stack, db):
     steps = ["reached_destination", "no_scans", "unmapped", None]
     keys = register_shipments(stack.simulator, "shiprocket", steps)
-    result = run_fetch(courier_client("shiprocket", stack.env, CourierState(db)), keys)
+    result = run_fetch(courier_client("shiprocket", stack.env, SharedState(db)), keys)
     records = records_by_key(result)
     assert [records[key].state for key in keys] == [FetchState.ANSWERED] * 3 + [
         FetchState.NOT_ANSWERED

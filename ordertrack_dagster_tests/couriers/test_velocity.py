@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from ordertrack_dagster.couriers.failures import BatchFailure
-from ordertrack_dagster.couriers.state import CachedToken, CourierState
 from ordertrack_dagster.couriers.velocity import STATUS_TABLE, VelocityClient, interpret
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.records import FetchState, OrderContext, Outcome
+from ordertrack_dagster.resources.state import CachedToken, SharedState
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster_tests.fixtures import sample
 from ordertrack_dagster_tests.helpers import (
@@ -141,7 +141,7 @@ def test_the_login_expiry_is_kept_with_the_token():
 
 @pytest.fixture
 def state(db):
-    return CourierState(db)
+    return SharedState(db)
 
 
 def test_an_awb_missing_from_result_is_not_found(stack, state):

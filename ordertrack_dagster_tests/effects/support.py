@@ -21,12 +21,12 @@ from dagster import (
 )
 from pymongo.database import Database
 
-from ordertrack_dagster.couriers.state import STATE_COLLECTION
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.effects.assets import EFFECT_ASSETS
 from ordertrack_dagster.effects.outbox import OUTBOX_COLLECTION
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.records import Outcome
+from ordertrack_dagster.resources.state import STATE_COLLECTION
 from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
 from ordertrack_dagster.tracking.writer import PolledOrder, StatusCatalogue, apply_plan, plan_writes
 from ordertrack_dagster_tests.helpers import load_definitions

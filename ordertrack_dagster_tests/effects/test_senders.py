@@ -9,7 +9,6 @@ import pytest
 from cryptography.fernet import Fernet
 from slack_sdk import WebClient
 
-from ordertrack_dagster.couriers.state import STATE_COLLECTION, CachedToken, CourierState
 from ordertrack_dagster.devstack.mailbox import read_mailbox
 from ordertrack_dagster.effects.crm import (
     PREVIOUS_SIGNATURE_HEADER,
@@ -24,6 +23,7 @@ from ordertrack_dagster.effects.crm import (
 from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
 from ordertrack_dagster.effects.senders import post_slack, put_and_presign
 from ordertrack_dagster.effects.smtp import RecipientsRefused, SmtpResource
+from ordertrack_dagster.resources.state import STATE_COLLECTION, CachedToken, SharedState
 from ordertrack_dagster.security.tokens import TokenCipher
 from ordertrack_dagster_tests.effects.support import fetch
 
@@ -49,7 +49,7 @@ def test_crm_token_is_cached_across_runs_and_the_body_signed(stack, stack_env, d
     key = f"k-{uuid.uuid4()}"
     before = stack.crm_tokens_issued()
     for _ in range(2):  # two runs
-        with crm(stack_env).open(CourierState(db)) as client:
+        with crm(stack_env).open(SharedState(db)) as client:
             assert client.send_rto({**PAYLOAD, "run": 1}, key) == 200
     assert stack.crm_tokens_issued() - before == 1
     first, second = calls(stack, key)  # both verified by the stand-in
@@ -58,7 +58,7 @@ def test_crm_token_is_cached_across_runs_and_the_body_signed(stack, stack_env, d
 
 def test_the_crm_refuses_unsigned_forged_and_replayed_webhooks(stack, stack_env, db):
     """SEC-HMAC-REPLAY: the signature covers time, key and body; an old one is refused."""
-    with crm(stack_env).open(CourierState(db)) as client:
+    with crm(stack_env).open(SharedState(db)) as client:
         token = client._access_token(refresh=False)
     body = encode_body(PAYLOAD)
     secret = stack_env["CRM_WEBHOOK_SECRET"]
@@ -101,7 +101,7 @@ def test_two_webhook_secrets_during_a_rotation(stack, stack_env, db, secrets, ac
     secret = secrets.format(new="rotated-secret-2", current=current, old="retired-secret-0")
     key = f"k-{uuid.uuid4()}"
     refusals_before = len(stack.crm_refusals())
-    with crm(stack_env, webhook_secret=secret).open(CourierState(db)) as client:
+    with crm(stack_env, webhook_secret=secret).open(SharedState(db)) as client:
         if accepted:
             assert client.send_rto(PAYLOAD, key) == 200
         else:
@@ -120,7 +120,7 @@ def test_the_signature_headers_sign_with_the_new_secret_first():
 
 
 def test_a_revoked_crm_token_is_replaced_once(stack, stack_env, db):
-    state = CourierState(db)
+    state = SharedState(db)
     state.save_token(TOKEN_NAME, CachedToken("revoked", datetime.now(UTC) + timedelta(hours=1)))
     key = f"k-{uuid.uuid4()}"
     with crm(stack_env).open(state) as client:
@@ -141,7 +141,7 @@ def test_crm_refusals_are_delivery_errors(stack, stack_env, db):
         client.send_rto(PAYLOAD, "k")
     stack.inject_fault("crm", "500")
     failing = pytest.raises(DeliveryError, match="HTTP 500")
-    with crm(stack_env).open(CourierState(db)) as client, failing as failed:
+    with crm(stack_env).open(SharedState(db)) as client, failing as failed:
         client.send_rto(PAYLOAD, f"k-{uuid.uuid4()}")
     assert failed.value.transient and failed.value.http_status == 500
 
@@ -233,7 +233,7 @@ def test_a_refused_recipient_is_a_failure_and_the_retry_goes_to_it_alone(
 def test_a_malformed_crm_token_is_refused_and_never_echoed(stack, stack_env, db):
     """SEC-HEADER-INJECTION: httpx refuses the header and quotes it; our error does not."""
     bad = "crm-access-token-4f1c\r\nX-Injected: yes"
-    state = CourierState(db)
+    state = SharedState(db)
     state.save_token(TOKEN_NAME, CachedToken(bad, datetime.now(UTC) + timedelta(hours=1)))
     key = f"k-{uuid.uuid4()}"
     with crm(stack_env).open(state) as client, pytest.raises(DeliveryError) as failed:
@@ -245,16 +245,16 @@ def test_a_malformed_crm_token_is_refused_and_never_echoed(stack, stack_env, db)
 def test_tokens_are_sealed_at_rest_when_a_key_is_set(db):
     """At rest: the stored token is Fernet text; without the key it reads as absent."""
     key = Fernet.generate_key().decode()
-    sealed = CourierState(db, TokenCipher(key))
+    sealed = SharedState(db, TokenCipher(key))
     expires = datetime.now(UTC) + timedelta(hours=1)
     sealed.save_token("velocity:ops", CachedToken("velocity-jwt-secret-value", expires))
     stored = db[STATE_COLLECTION].find_one({"_id": "token:velocity:ops"})
     assert stored["token"].startswith("fernet:") and "velocity-jwt" not in stored["token"]
     assert sealed.cached_token("velocity:ops").token == "velocity-jwt-secret-value"
     rotated = TokenCipher(f"{Fernet.generate_key().decode()},{key}")  # new key first
-    assert CourierState(db, rotated).cached_token("velocity:ops").token.startswith("velocity")
-    assert CourierState(db, TokenCipher(None)).cached_token("velocity:ops") is None
+    assert SharedState(db, rotated).cached_token("velocity:ops").token.startswith("velocity")
+    assert SharedState(db, TokenCipher(None)).cached_token("velocity:ops") is None
     assert (
-        CourierState(db, TokenCipher(Fernet.generate_key().decode())).cached_token("velocity:ops")
+        SharedState(db, TokenCipher(Fernet.generate_key().decode())).cached_token("velocity:ops")
         is None
     )

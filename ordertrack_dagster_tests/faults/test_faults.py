@@ -21,7 +21,6 @@ from dagster import (
 )
 
 from ordertrack_dagster.couriers.engine import MAX_ATTEMPTS
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.stack import AWS_KEY, AWS_REGION, HOST
 from ordertrack_dagster.effects.crm import CrmResource
@@ -36,6 +35,7 @@ from ordertrack_dagster.records import FetchState
 from ordertrack_dagster.resources.history_queue import HistoryQueue, reset_backoff
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tracking.streaming import STREAM_EVERY_ENV
 from ordertrack_dagster_tests.effects.support import (
@@ -181,7 +181,7 @@ def test_zombie_run_is_marked_failed_and_the_flow_resumes(stack, db, stack_env, 
     assert killed.returncode == -9
     flow = get_flow(FLOW)
     with DagsterInstance.from_config(str(dagster_home)) as instance:
-        state = CourierState(db)
+        state = SharedState(db)
         assert "in flight" in (hold_reason(instance, flow, state, datetime.now(UTC)) or "")
         assert reap_dead_runs(instance, datetime.now(UTC)) == []  # still within its runtime
         later = datetime.now(UTC) + max_runtime(flow) + timedelta(minutes=10)  # and monitoring

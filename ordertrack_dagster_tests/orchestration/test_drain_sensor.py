@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context
 
-from ordertrack_dagster.couriers.budget import bucket_width
-from ordertrack_dagster.couriers.state import STATE_COLLECTION, CourierState
 from ordertrack_dagster.definitions import defs
 from ordertrack_dagster.flows import RateBudget, get_flow
 from ordertrack_dagster.orchestration import SENSORS
 from ordertrack_dagster.orchestration.guards import FLOW_TAG, run_tags
 from ordertrack_dagster.orchestration.sensors import DRAIN_SENSOR
+from ordertrack_dagster.resources.budget_window import bucket_width
+from ordertrack_dagster.resources.state import STATE_COLLECTION, SharedState
 
 SENSOR = next(sensor for sensor in SENSORS if sensor.name == DRAIN_SENSOR)
 REPOSITORY = defs.get_repository_def()
@@ -57,7 +57,7 @@ def test_a_running_or_paused_flow_is_not_drained(instance, mongo, db, add_run):
     wrote(instance, "delhivery_b2b", selected=480, deferred=0)
     wrote(instance, "delhivery_b2c", selected=36_000, deferred=0)
     add_run(DagsterRunStatus.STARTED, {FLOW_TAG: "delhivery_b2b"})
-    CourierState(db).pause("delhivery_express", datetime.now(UTC) + timedelta(minutes=8))
+    SharedState(db).pause("delhivery_express", datetime.now(UTC) + timedelta(minutes=8))
     result = evaluate(instance, mongo)
     assert result.run_requests == []
 

@@ -11,10 +11,10 @@ from dagster import (
 )
 from dagster._grpc.impl import get_partition_tags
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.flows import FLOWS, MAX_RUNTIME_TAG, max_runtime
 from ordertrack_dagster.orchestration import SENSORS
 from ordertrack_dagster.orchestration.sensors import FAILURE_SENSOR, failure_text, step_error
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster_tests.helpers import (
     load_definitions,
     materialize_flow,
@@ -29,7 +29,7 @@ FORCE = {"ops": {"raw_courier_responses": {"config": {"force": True}}}}
 
 def pause_delhivery(db, minutes=10):
     resume_at = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=minutes)
-    CourierState(db).pause("delhivery_express", resume_at)
+    SharedState(db).pause("delhivery_express", resume_at)
     return resume_at
 
 
@@ -139,7 +139,7 @@ def test_a_forced_run_asks_the_courier_despite_the_pause(stack, stack_env, db):
     assert stored["courier_status"] == "ud-in_transit"
     assert stored["last_tracking_time"] > datetime.now(UTC) - timedelta(minutes=1)
     # forcing one run does not lift the pause for the schedules
-    assert CourierState(db).paused_until("delhivery_express") == resume_at
+    assert SharedState(db).paused_until("delhivery_express") == resume_at
 
 
 def test_failure_text_names_flow_run_and_error_and_hides_secrets(monkeypatch):

@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import DagsterInstance
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import build_definitions
 from ordertrack_dagster.effects.outbox import OUTBOX_COLLECTION
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.markers import Event
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.tracking.selection import ChosenOrders, SelectionPolicy, build_query
 from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
 
@@ -42,7 +42,7 @@ def _output_metadata(result, node: str) -> dict:
 
 
 def test_clear_courier_pause_records_what_it_was_asked_and_cleared(db, stack_env):
-    state = CourierState(db)
+    state = SharedState(db)
     state.pause("velocity", datetime.now(UTC) + timedelta(minutes=30), "429")
     defs = build_definitions(stack_env)
     result = defs.get_job_def("clear_courier_pause_job").execute_in_process(

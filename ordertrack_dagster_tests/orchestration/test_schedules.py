@@ -12,7 +12,6 @@ from dagster import (
     build_schedule_context,
 )
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import defs
 from ordertrack_dagster.flows import FLOWS, MAX_RUNTIME_TAG, SCHEDULE_TIMEZONE, schedule_interval
 from ordertrack_dagster.orchestration import SCHEDULES
@@ -22,6 +21,7 @@ from ordertrack_dagster.orchestration.guards import (
 )
 from ordertrack_dagster.orchestration.schedules import build_schedules, schedule_name
 from ordertrack_dagster.orchestration.sensors import AUTOMATION_SENSOR, build_sensors
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster_tests.orchestration import DAGSTER_YAML
 
 BY_NAME = {schedule.name: schedule for schedule in SCHEDULES}
@@ -86,7 +86,7 @@ def test_finished_runs_and_other_flows_do_not_hold_a_tick(instance, mongo, add_r
 
 def test_a_stored_courier_pause_skips_the_flows_sharing_its_limit(instance, mongo, db):
     resume_at = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=7)
-    CourierState(db).pause("delhivery_express", resume_at)
+    SharedState(db).pause("delhivery_express", resume_at)
     for flow in ("delhivery_b2c", "delhivery_fallback"):
         result = tick(instance, mongo, flow)
         assert result.run_requests == []
@@ -96,7 +96,7 @@ def test_a_stored_courier_pause_skips_the_flows_sharing_its_limit(instance, mong
 
 
 def test_a_pause_short_enough_to_wait_out_does_not_skip(instance, mongo, db):
-    CourierState(db).pause("shiprocket", datetime.now(UTC) + timedelta(seconds=20))
+    SharedState(db).pause("shiprocket", datetime.now(UTC) + timedelta(seconds=20))
     assert tick(instance, mongo, "shiprocket").run_requests
 
 

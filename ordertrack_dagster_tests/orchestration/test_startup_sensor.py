@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 from dagster import AssetMaterialization, DagsterRunStatus, build_sensor_context
 from dagster._daemon.types import DaemonHeartbeat
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import defs
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.orchestration import SENSORS
 from ordertrack_dagster.orchestration.guards import FLOW_TAG, PARTITION_TAG
 from ordertrack_dagster.orchestration.sensors import STARTUP_SENSOR, recent_run
+from ordertrack_dagster.resources.state import SharedState
 
 SENSOR = next(sensor for sensor in SENSORS if sensor.name == STARTUP_SENSOR)
 REPOSITORY = defs.get_repository_def()
@@ -67,7 +67,7 @@ def test_flows_that_ran_lately_are_running_or_paused_are_left_alone(instance, mo
     instance.report_runless_asset_event(
         AssetMaterialization("order_status_writes", partition="velocity")
     )
-    CourierState(db).pause("delhivery_express", datetime.now(UTC) + timedelta(minutes=8))
+    SharedState(db).pause("delhivery_express", datetime.now(UTC) + timedelta(minutes=8))
 
     result = evaluate(instance, mongo)
     assert result.run_requests == []

@@ -14,11 +14,11 @@ import pytest
 from ordertrack_dagster.couriers import delhivery
 from ordertrack_dagster.couriers.delhivery import DelhiveryResource
 from ordertrack_dagster.couriers.pauses import DEFAULT_RETRY_AFTER_SECONDS
-from ordertrack_dagster.couriers.state import MAX_PAUSE, CourierState
 from ordertrack_dagster.couriers.transport import MAX_BODY_BYTES
 from ordertrack_dagster.couriers.velocity import DEFAULT_TOKEN_LIFETIME, VelocityClient
 from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.records import FetchState, Outcome
+from ordertrack_dagster.resources.state import MAX_PAUSE, SharedState
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tracking.mapping import interpret_answers
 from ordertrack_dagster_tests.helpers import records_by_key, run_fetch
@@ -62,7 +62,7 @@ POISON: dict[str, Raw] = {
 }
 
 
-def client_for(server_url: str, state: CourierState, token: str = TOKEN, **flow_changes):
+def client_for(server_url: str, state: SharedState, token: str = TOKEN, **flow_changes):
     changes = {"batch_size": 1, "concurrency": 4, "concurrency_env": None}
     flow = replace(get_flow("delhivery_b2c"), **(changes | {"default_rate_budget": None}))
     flow = replace(flow, **flow_changes)
@@ -80,7 +80,7 @@ def by_waybill(answers: dict[str, Raw]):
 
 @pytest.fixture
 def state(db):
-    return CourierState(db)
+    return SharedState(db)
 
 
 def test_poison_bodies_fail_only_their_own_batch(state):

@@ -16,10 +16,10 @@ from dagster import DagsterInstance
 from dagster._serdes import serialize_value
 
 from ordertrack_dagster.couriers.delhivery import DelhiveryResource
-from ordertrack_dagster.couriers.state import STATE_COLLECTION, CachedToken, CourierState
 from ordertrack_dagster.effects.crm import TOKEN_NAME
 from ordertrack_dagster.effects.outbox import OUTBOX_COLLECTION
 from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster.resources.state import STATE_COLLECTION, CachedToken, SharedState
 from ordertrack_dagster.security.tokens import STATE_KEY, TokenCipher
 from ordertrack_dagster.settings import SETTING_NAMES
 from ordertrack_dagster_tests.effects.support import Runner
@@ -73,7 +73,7 @@ def test_no_secret_leaves_the_process(stack, stack_env, db, monkeypatch, caplog,
     stored_before = _s3_keys(stack)
     slack_before, crm_before = len(stack.slack_messages()), len(stack.crm_webhooks())
     mails_before = len(stack.mailbox())
-    state = CourierState(db, TokenCipher(key))
+    state = SharedState(db, TokenCipher(key))
     with DagsterInstance.ephemeral() as instance:
         for flow in FLOWS:  # the five flows, each with every kind of side effect
             seed_orders(db, stack.simulator, flow, STEPS)

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
-from ordertrack_dagster.couriers.state import CourierState
 from ordertrack_dagster.definitions import build_definitions
+from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.security.redaction import Redactor, redactor, remember_secret
 from ordertrack_dagster.security.settings import (
     INSECURE_OVERRIDE,
@@ -207,7 +207,7 @@ def test_log_records_are_redacted_once_the_location_loaded(caplog):
 
 def test_ops_clear_a_stored_pause_from_the_ui_job(db, stack_env):
     """The documented way out of a pause: `clear_courier_pause_job`, no Mongo shell."""
-    state = CourierState(db)
+    state = SharedState(db)
     state.pause("shiprocket", datetime.now(UTC) + timedelta(minutes=30), "429")
     state.pause("velocity", datetime.now(UTC) + timedelta(minutes=30), "429")
     defs = build_definitions(stack_env)
