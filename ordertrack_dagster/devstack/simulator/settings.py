@@ -54,7 +54,9 @@ class SimulatorSettings:
         return replace(self, **merged)
 
 
-def _patched(entries: Mapping[str, Any], patches: Mapping[str, Any], setting: str) -> dict:
+def _patched(
+    entries: Mapping[str, Any], patches: Mapping[str, Any], setting: str
+) -> dict[str, Any]:
     """`entries` with each patched one's fields replaced."""
     patched = dict(entries)
     for name, patch in dict(patches).items():

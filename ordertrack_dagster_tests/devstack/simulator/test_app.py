@@ -89,7 +89,17 @@ def test_admin_settings_and_environment(admin: SimulatorAdmin, base_url: str) ->
         "enabled": True,
     }
     assert admin.settings() == settings
-    for bad in ({"no_such_setting": 1}, {"time_scale": -5}, {"rate_limits": {"dhl": {}}}):
+    before = settings["couriers"]["velocity"]
+    after = admin.update_settings(couriers={"velocity": {"lockout_s": 60}})["couriers"]
+    assert after["velocity"] == before | {"lockout_s": 60}  # the other fields are kept
+    bad_changes = (
+        {"no_such_setting": 1},
+        {"time_scale": -5},
+        {"rate_limits": {"dhl": {}}},
+        {"couriers": {"dhl": {}}},
+        {"couriers": {"velocity": {"no_such_field": 1}}},
+    )
+    for bad in bad_changes:
         with pytest.raises(httpx.HTTPStatusError):
             admin.update_settings(**bad)
     with pytest.raises(httpx.HTTPStatusError):
