@@ -38,7 +38,6 @@ from typing import Any, Protocol
 from ordertrack_dagster.couriers.budget import SharedBudget
 from ordertrack_dagster.couriers.delhivery import LEGACY_TABLE, map_express_status
 from ordertrack_dagster.devstack.seed import SCENARIO_WEIGHTS, STATUSES
-from ordertrack_dagster.devstack.simulator.app import COURIER_APIS
 from ordertrack_dagster.devstack.simulator.core import CourierSimulator
 from ordertrack_dagster.devstack.simulator.lifecycle import (
     SCENARIOS,
@@ -47,6 +46,7 @@ from ordertrack_dagster.devstack.simulator.lifecycle import (
     Shipment,
     Shipments,
 )
+from ordertrack_dagster.devstack.simulator.registry import simulators
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
 from ordertrack_dagster.flows import (
     Flow,
@@ -249,7 +249,7 @@ class LifeCycles:
     step (a change at the courier is a step whose status text differs from the one before)."""
 
     def __init__(self, seed: int) -> None:
-        courier_sim = CourierSimulator(SimulatorSettings(seed=seed), COURIER_APIS)
+        courier_sim = CourierSimulator(SimulatorSettings(seed=seed), simulators())
         apis = {flow: courier_sim.api(flow) for flow in FLOWS_MODELLED}
         self.clock = Clock(0.0)  # frozen: life-cycle time moves only when the model says
         self.shipments = Shipments(

@@ -1,7 +1,7 @@
 """One module per courier API, each exporting its `DESCRIPTION`; the registries of the
-couriers (`DESCRIPTIONS`, and `COURIERS` binding each flow to its resource and reader) are
-derived from those descriptions, as are the settings map and the settings' checks and
-redaction (`ordertrack_dagster.settings`).
+couriers (`DESCRIPTIONS`, the modules of this package that export one, and `COURIERS`
+binding each flow to its resource and reader) are derived from those descriptions, as are
+the settings map and the settings' checks and redaction (`ordertrack_dagster.settings`).
 
 What other concerns need of the couriers is imported from here: running a fetch, judging a
 stored pause, reading Retry-After and stored answer text. Every other module of this package
@@ -11,9 +11,10 @@ kept through the shared store, `resources/state.py`, which other concerns ask di
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
 
-from ordertrack_dagster.couriers import delhivery, delhivery_b2b, shiprocket, velocity
 from ordertrack_dagster.couriers.answers import implausible_time, read_json_text
 from ordertrack_dagster.couriers.description import (
     CourierDescription,
@@ -48,11 +49,22 @@ __all__ = [
     "read_json_text",
 ]
 
-#: Every courier API, by its resource key: the one list a new courier module is added to.
-DESCRIPTIONS: dict[str, CourierDescription] = {
-    module.DESCRIPTION.resource_key: module.DESCRIPTION
-    for module in (delhivery, delhivery_b2b, shiprocket, velocity)
-}
+
+def _descriptions() -> dict[str, CourierDescription]:
+    """The `DESCRIPTION` of every module of this package that exports one, in module name
+    order: a courier module is registered by being written."""
+    descriptions: dict[str, CourierDescription] = {}
+    for module in pkgutil.iter_modules(__path__):
+        found = getattr(importlib.import_module(f"{__name__}.{module.name}"), "DESCRIPTION", None)
+        if isinstance(found, CourierDescription):
+            if found.resource_key in descriptions:
+                raise ValueError(f"two courier modules describe {found.resource_key!r}")
+            descriptions[found.resource_key] = found
+    return descriptions
+
+
+#: Every courier API, by its resource key.
+DESCRIPTIONS: dict[str, CourierDescription] = _descriptions()
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,15 @@ from bson import ObjectId
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from ordertrack_dagster.devstack.simulator import ShipmentSpec, SimulatorAdmin
-from ordertrack_dagster.flows import FLOWS
-from ordertrack_dagster.statuses import Canonical, normalise_raw_status, timestamp_key
+from ordertrack_dagster.devstack.simulator import (
+    DemoOrders,
+    ShipmentSpec,
+    SimulatorAdmin,
+    demo_orders,
+)
+from ordertrack_dagster.devstack.simulator.description import digits
+from ordertrack_dagster.flows import FLOWS, Selection
+from ordertrack_dagster.statuses import FORWARD, RETURN, Canonical, timestamp_key
 from ordertrack_dagster.tracking.selection import PRIMARY_SOURCES
 
 if TYPE_CHECKING:
@@ -80,15 +86,6 @@ SCENARIO_WEIGHTS = {
     "destroyed": 2,
 }
 
-#: How a total number of orders is spread over the flows (roughly production's mix).
-FLOW_SHARES = {
-    "delhivery_b2c": 0.50,
-    "shiprocket": 0.20,
-    "velocity": 0.15,
-    "delhivery_fallback": 0.10,
-    "delhivery_b2b": 0.05,
-}
-
 BOOKED_WITHIN_DAYS = 20
 INSERT_CHUNK = 5_000
 
@@ -117,71 +114,33 @@ _REBOOKING_SUFFIXES = ("-C", "-C1", "-R")
 _FIRST_NAMES = ("Aarav", "Priya", "Rohan", "Ananya", "Vikram", "Sneha", "Arjun", "Kavya", "Rahul")
 _LAST_NAMES = ("Sharma", "Patel", "Iyer", "Reddy", "Singh", "Nair", "Gupta", "Mehta", "Das", "Rao")
 
-# Delhivery B2C records `<statustype>-<status>`; the others store the courier's own string.
-_DELHIVERY_RAW = {
-    Canonical.PENDING: "ud-pending",
-    Canonical.IN_TRANSIT: "ud-in_transit",
-    Canonical.OUT_FOR_DELIVERY: "ud-dispatched",
-    Canonical.NDR: "ud-pending",
-    Canonical.RTO: "dl-rto",
-    Canonical.RTO_IN_TRANSIT: "rt-in_transit",
-}
-
-
-def _digits(rng: random.Random, length: int) -> str:
-    return str(rng.randrange(10 ** (length - 1), 10**length))
+# The statuses of an order still moving, which a poll may already have recorded.
+_POLLED_STATUSES = FORWARD | RETURN
 
 
 @dataclass(frozen=True)
 class _Profile:
-    """How one flow's orders look."""
+    """How one flow's orders look: its courier's `DemoOrders`, and the sales channels its
+    selection takes."""
 
-    booking_couriers: tuple[str, ...]
+    orders: DemoOrders
     sources: tuple[str, ...]
-    waybill: Callable[[random.Random], str]
-    courier_status: Callable[[str], str]
-    lr_number: Callable[[random.Random], str] | None = None
-    value_range: tuple[float, float] = (199.0, 4_999.0)
 
 
-def _delhivery_waybill(rng: random.Random) -> str:
-    return rng.choice(("1434", "1490", "2316", "2811")) + _digits(rng, 10)
-
-
-_PROFILES: dict[str, _Profile] = {
-    "delhivery_b2c": _Profile(
-        booking_couriers=("Delhivery", "delhivery surface", "Delhivery Express", "DELHIVERY"),
-        sources=_PRIMARY_SOURCE_MIX,
-        waybill=_delhivery_waybill,
-        courier_status=lambda status: _DELHIVERY_RAW[Canonical(status)],
-    ),
-    "delhivery_b2b": _Profile(
-        booking_couriers=("Delhivery B2B", "Delhivery LTL", "delhivery surface"),
-        sources=_PRIMARY_SOURCE_MIX,
-        waybill=lambda rng: "8100" + _digits(rng, 9),
-        courier_status=normalise_raw_status,
-        lr_number=lambda rng: "22" + _digits(rng, 7),
-        value_range=(15_000.0, 250_000.0),
-    ),
-    "shiprocket": _Profile(
-        booking_couriers=("Shiprocket", "shiprocket", "Shiprocket Surface"),
-        sources=_PRIMARY_SOURCE_MIX,
-        waybill=lambda rng: _digits(rng, rng.randint(12, 15)),
-        courier_status=str.upper,
-    ),
-    "velocity": _Profile(
-        booking_couriers=("Velocity Express", "velocity", "Velocity"),
-        sources=_PRIMARY_SOURCE_MIX,
-        waybill=lambda rng: rng.choice(("PD", "PV", "VX")) + _digits(rng, 7),
-        courier_status=lambda status: normalise_raw_status(status).lower(),
-    ),
-    "delhivery_fallback": _Profile(
-        booking_couriers=("Delhivery", "delhivery surface"),
-        sources=_FALLBACK_SOURCE_MIX,
-        waybill=_delhivery_waybill,
-        courier_status=lambda status: _DELHIVERY_RAW[Canonical(status)],
-    ),
-}
+def _profiles() -> dict[str, _Profile]:
+    """Each flow's profile, in the flows table's order."""
+    shapes = demo_orders()
+    if missing := set(FLOWS) - set(shapes):
+        raise ValueError(f"no simulated courier says how the orders of {sorted(missing)} look")
+    return {
+        flow: _Profile(
+            shapes[flow],
+            _FALLBACK_SOURCE_MIX
+            if FLOWS[flow].selection is Selection.NON_PRIMARY_WAYBILL
+            else _PRIMARY_SOURCE_MIX,
+        )
+        for flow in FLOWS
+    }
 
 
 def _format_order_id(source: str, number: int, rng: random.Random) -> str:
@@ -198,11 +157,11 @@ def _format_order_id(source: str, number: int, rng: random.Random) -> str:
         case "Retailer":
             return f"RTL-{number}"
         case "amazon":
-            return f"40{rng.randint(1, 8)}-{_digits(rng, 7)}-{_digits(rng, 7)}"
+            return f"40{rng.randint(1, 8)}-{digits(rng, 7)}-{digits(rng, 7)}"
         case "flipkart":
-            return "OD" + _digits(rng, 18)
+            return "OD" + digits(rng, 18)
         case _:
-            return _digits(rng, 18) + "_1"  # meesho
+            return digits(rng, 18) + "_1"  # meesho
 
 
 @dataclass(frozen=True)
@@ -272,7 +231,7 @@ class _OrderFactory:
         first, last = self.rng.choice(_FIRST_NAMES), self.rng.choice(_LAST_NAMES)
         return {
             "name": f"{first} {last}",
-            "phone": self.rng.choice("6789") + _digits(self.rng, 9),
+            "phone": self.rng.choice("6789") + digits(self.rng, 9),
             "email": f"{first}.{last}{self.rng.randint(1, 999)}@example.com".lower(),
         }
 
@@ -294,7 +253,7 @@ class _OrderFactory:
         booked_days_ago: float,
         final_status: str | None = None,
     ) -> Document:
-        rng = self.rng
+        rng, shape = self.rng, profile.orders
         booked_at = self.now - timedelta(days=booked_days_ago)
         source = rng.choice(profile.sources)
         history = self._history(booked_days_ago, returning=scenario == "rto")
@@ -309,8 +268,8 @@ class _OrderFactory:
             "order_id": self._order_id(source),
             "order_status": statuses[current]["status_id"],
             "order_status_map": [statuses[status]["_id"] for status in history],
-            "awb_number": self._unique(lambda: profile.waybill(rng)),
-            "bookingCourier": rng.choice(profile.booking_couriers),
+            "awb_number": self._unique(lambda: shape.waybill(rng)),
+            "bookingCourier": rng.choice(shape.booking_couriers),
             "source": source,
             "isBooked": {"timestamp": booked_at},
             "tracking_timestamps": {
@@ -320,10 +279,10 @@ class _OrderFactory:
             },
             "marketplace": self.reference.marketplaces[source],
             "customer": self._customer(),
-            "total_amt": round(rng.uniform(*profile.value_range), 2),
+            "total_amt": round(rng.uniform(*shape.value_range), 2),
         }
-        if profile.lr_number is not None:
-            doc["delhivery_lr_number"] = self._unique(lambda: profile.lr_number(rng))
+        if (lr_number := shape.lr_number) is not None:
+            doc["delhivery_lr_number"] = self._unique(lambda: lr_number(rng))
         else:
             # Production has all three shapes of "no LR number".
             absent = rng.choice(("missing", None, ""))
@@ -331,15 +290,16 @@ class _OrderFactory:
                 doc["delhivery_lr_number"] = absent
         if rng.random() < 0.5:
             doc["being_tracked"] = True
-        if current in _DELHIVERY_RAW and final_status is None and rng.random() < 0.6:
+        if current in _POLLED_STATUSES and final_status is None and rng.random() < 0.6:
             doc["last_tracking_time"] = self.now - timedelta(minutes=rng.uniform(5, 180))
-            doc["courier_status"] = profile.courier_status(current)
+            doc["courier_status"] = shape.courier_status(current)
         return doc
 
 
 def _noise_orders(factory: _OrderFactory, count: int) -> Iterator[Document]:
     """Orders that look trackable at a glance but that no flow may select."""
-    b2c, fallback = _PROFILES["delhivery_b2c"], _PROFILES["delhivery_fallback"]
+    profiles = _profiles()
+    b2c, fallback = profiles["delhivery_b2c"], profiles["delhivery_fallback"]
     rng = factory.rng
     for index in range(count):
         kind = index % 5
@@ -388,8 +348,9 @@ def seed_demo_orders(
     shipments: list[ShipmentSpec] = []
     result = SeedResult(per_flow=dict(counts), noise=0, shipments_registered=0)
     scenarios, weights = list(SCENARIO_WEIGHTS), list(SCENARIO_WEIGHTS.values())
+    profiles = _profiles()
     for flow, count in counts.items():
-        profile = _PROFILES[flow]
+        profile = profiles[flow]
         result.order_ids[flow] = []
         for scenario in rng.choices(scenarios, weights, k=count):
             booked_days_ago = rng.uniform(0, BOOKED_WITHIN_DAYS)
@@ -405,7 +366,7 @@ def seed_demo_orders(
                 # opens on a mix of statuses rather than with every shipment just manifested
                 "offset_s": rng.uniform(0, min(booked_days_ago, 4.0)) * 86_400,
             }
-            if flow in {"delhivery_b2c", "delhivery_fallback"}:
+            if profile.orders.reused_references:
                 _vary_reference(rng, doc, shipment)
             orders.append(doc)
             shipments.append(shipment)
@@ -431,18 +392,16 @@ def _vary_reference(rng: random.Random, order: Document, shipment: ShipmentSpec)
         shipment["reference_no"] = f"SHP-{rng.randint(900_000, 999_999)}"
 
 
-#: The fallback path is paced (3 workers, 5 s between calls): 30 orders take about 50 s.
-MAX_FALLBACK_ORDERS = 30
-
-
 def spread_orders(total: int) -> dict[str, int]:
-    """`total` orders split over the flows by `FLOW_SHARES`, each flow getting at least one.
-
-    The paced fallback flow gets at most `MAX_FALLBACK_ORDERS`, so a demo run stays short.
-    """
-    counts = {flow: max(1, int(total * share)) for flow, share in FLOW_SHARES.items()}
-    counts["delhivery_fallback"] = min(counts["delhivery_fallback"], MAX_FALLBACK_ORDERS)
-    counts["delhivery_b2c"] += max(0, total - sum(counts.values()))
+    """`total` orders split over the flows by their `DemoOrders.share`, each flow getting at
+    least one and a paced one at most its `most`, so a demo run stays short; the flow with the
+    largest share takes what the others leave."""
+    shapes = {flow: profile.orders for flow, profile in _profiles().items()}
+    counts: dict[str, int] = {}
+    for flow, shape in shapes.items():
+        count = max(1, int(total * shape.share))
+        counts[flow] = count if shape.most is None else min(count, shape.most)
+    counts[max(shapes, key=lambda flow: shapes[flow].share)] += max(0, total - sum(counts.values()))
     return counts
 
 

@@ -130,9 +130,15 @@ def state(db):
 @pytest.fixture
 def not_found_share(stack):
     """Set how often the simulator answers an unknown LR with HTTP 200 (else 404)."""
-    previous = stack.simulator.settings()["b2b_not_found_http_200_share"]
-    yield lambda share: stack.simulator.update_settings(b2b_not_found_http_200_share=share)
-    stack.simulator.update_settings(b2b_not_found_http_200_share=previous)
+
+    def set_share(share: float) -> None:
+        stack.simulator.update_settings(
+            couriers={"delhivery_b2b": {"not_found_http_200_share": share}}
+        )
+
+    previous = stack.simulator.settings()["couriers"]["delhivery_b2b"]["not_found_http_200_share"]
+    yield set_share
+    set_share(previous)
 
 
 @pytest.mark.parametrize("share, http_status", [(0.0, 404), (1.0, 200)])

@@ -3,10 +3,17 @@ redaction all follow from its module's `DESCRIPTION`."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
 import pytest
 from cryptography.fernet import Fernet
 from dagster import EnvVar
 
+import ordertrack_dagster
+from ordertrack_dagster import couriers
 from ordertrack_dagster.couriers import COURIERS, DESCRIPTIONS, SettingKind
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.security.redaction import declare_secret_settings, is_secret_setting
@@ -19,6 +26,31 @@ SETTINGS = [
     for description in DESCRIPTIONS.values()
     for setting in description.settings
 ]
+
+
+def test_every_courier_module_is_registered_without_being_named() -> None:
+    """Adding a courier is writing its module: the registry finds it, and neither the package
+    nor any other part of the code location names the courier modules."""
+    package = Path(couriers.__file__).parent
+    modules = {
+        info.name: importlib.import_module(f"{couriers.__name__}.{info.name}")
+        for info in pkgutil.iter_modules([str(package)])
+    }
+    described = {name for name, module in modules.items() if hasattr(module, "DESCRIPTION")}
+    assert {modules[name].DESCRIPTION.resource_key for name in described} == set(DESCRIPTIONS)
+    code_location = Path(ordertrack_dagster.__file__).parent
+    naming = {}
+    for path in code_location.rglob("*.py"):
+        beside = path.relative_to(code_location).parts[0] in ("devstack", "bench")
+        if beside or (path.parent == package and path.stem in described):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            names = {node.module.rpartition(".")[2], *(alias.name for alias in node.names)}
+            if node.module.startswith(couriers.__name__) and names & described:
+                naming[str(path.relative_to(code_location))] = sorted(names & described)
+    assert naming == {}
 
 
 def test_every_flow_is_bound_to_the_one_courier_that_describes_it() -> None:

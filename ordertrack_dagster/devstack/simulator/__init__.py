@@ -22,24 +22,29 @@ tokens outlive long runs at any speed; settings can shorten them to exercise exp
 are built on demand from each shipment's position, so a shipment costs one dict entry and a
 request costs dict lookups only.
 
-The package mirrors ``ordertrack_dagster.couriers``: one module per courier API
+The package mirrors ``ordertrack_dagster.couriers``: one module per simulated courier
 (``delhivery`` for the express B2C and fallback paths, ``delhivery_b2b``, ``shiprocket``,
-``velocity``) holds that courier's routes, answers, status tables, sessions and error shapes.
-Shared: ``lifecycle`` (scenarios, clock, shipments), ``core`` (state and the plumbing every
-courier request goes through), ``faults``, ``ratelimit``, ``settings``, ``admin`` (the admin
-API and its client), ``base`` (what courier modules share) and ``app`` (assembly, command line).
+``velocity``) holds that courier's routes, answers, status tables, sessions, error shapes and
+its `SIMULATOR` (a `CourierSim`: its APIs, their live quota and the defaults of its own
+settings, and how the demo's orders of its flows look). ``registry`` finds those modules and
+derives the rest from them: the default quotas and settings, the routes, the product's
+environment, the demo's orders. Shared, and naming no courier:
+``lifecycle`` (scenarios, clock, shipments), ``core`` (state and the plumbing every courier
+request goes through), ``faults``, ``ratelimit``, ``settings``, ``admin`` (the admin API and its
+client), ``base`` (what courier modules share), ``description`` and ``app`` (assembly, command
+line).
 
 Run it with ``python -m ordertrack_dagster.devstack.simulator --port 8765``.
 """
 
 from ordertrack_dagster.devstack.simulator.admin import SimulatorAdmin
 from ordertrack_dagster.devstack.simulator.app import (
-    COURIERS,
     create_app,
     main,
     running_simulator,
     simulator_env,
 )
+from ordertrack_dagster.devstack.simulator.description import CourierSim, DemoOrders
 from ordertrack_dagster.devstack.simulator.faults import FAULT_KINDS
 from ordertrack_dagster.devstack.simulator.lifecycle import (
     END_STEPS,
@@ -48,21 +53,26 @@ from ordertrack_dagster.devstack.simulator.lifecycle import (
     ShipmentSpec,
 )
 from ordertrack_dagster.devstack.simulator.ratelimit import RateLimit
+from ordertrack_dagster.devstack.simulator.registry import courier_apis, demo_orders, simulators
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings, lognormal_params
 
 __all__ = [
-    "COURIERS",
     "END_STEPS",
     "FAULT_KINDS",
+    "CourierSim",
+    "DemoOrders",
     "SCENARIOS",
     "STEPS",
     "RateLimit",
     "ShipmentSpec",
     "SimulatorAdmin",
     "SimulatorSettings",
+    "courier_apis",
     "create_app",
+    "demo_orders",
     "lognormal_params",
     "main",
     "running_simulator",
+    "simulators",
     "simulator_env",
 ]

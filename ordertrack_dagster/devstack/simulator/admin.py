@@ -99,7 +99,7 @@ class AdminApi:
     async def stats(self, request: Request) -> Response:
         couriers = {}
         for courier, stats in self.sim.stats.items():
-            bucket = self.sim.couriers[courier].rate_bucket
+            quota = self.sim.couriers[courier].courier_sim.name
             couriers[courier] = {
                 "requests": stats.requests,
                 "logins": stats.logins,
@@ -107,7 +107,7 @@ class AdminApi:
                 "keys_requested": stats.keys_requested,
                 "max_in_flight": stats.max_in_flight,
                 "status_codes": {str(code): n for code, n in sorted(stats.status_codes.items())},
-                "max_window_requests": self.sim.windows[bucket].max_seen,
+                "max_window_requests": self.sim.windows[quota].max_seen,
             }
         by_namespace = self.sim.shipments.by_namespace
         shipments = {namespace: len(s) for namespace, s in by_namespace.items()}

@@ -1,4 +1,4 @@
-"""Assembly: which courier APIs the simulator serves, the ASGI app, the environment that points
+"""Assembly: the ASGI app serving every simulated courier, the environment that points
 the product at it, a background server for tests and the command line."""
 
 from __future__ import annotations
@@ -16,28 +16,14 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from ordertrack_dagster.devstack.simulator.admin import AdminApi
-from ordertrack_dagster.devstack.simulator.base import CourierApi
 from ordertrack_dagster.devstack.simulator.core import CourierSimulator
-from ordertrack_dagster.devstack.simulator.delhivery import DelhiveryB2c, DelhiveryFallback
-from ordertrack_dagster.devstack.simulator.delhivery_b2b import DelhiveryB2b
+from ordertrack_dagster.devstack.simulator.registry import simulators
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
-from ordertrack_dagster.devstack.simulator.shiprocket import Shiprocket
-from ordertrack_dagster.devstack.simulator.velocity import Velocity
-
-COURIER_APIS: tuple[type[CourierApi], ...] = (
-    DelhiveryB2c,
-    DelhiveryFallback,
-    DelhiveryB2b,
-    Shiprocket,
-    Velocity,
-)
-COURIERS = tuple(api.name for api in COURIER_APIS)
-"""Courier names used by the admin API, faults and stats."""
 
 
 def create_app(settings: SimulatorSettings | None = None) -> Starlette:
     """The simulator as one ASGI app serving every courier under its own path prefix."""
-    sim = CourierSimulator(settings or SimulatorSettings(), COURIER_APIS)
+    sim = CourierSimulator(settings or SimulatorSettings(), simulators())
     routes = [
         Route(path, sim.endpoint(api, endpoint, handler), methods=[method])
         for api in sim.couriers.values()
@@ -53,8 +39,9 @@ def simulator_env(base_url: str, settings: SimulatorSettings | None = None) -> d
     s = settings or SimulatorSettings()
     base = base_url.rstrip("/")
     env: dict[str, str] = {}
-    for api in COURIER_APIS:
-        env |= api.env(base, s)
+    for simulator in simulators():
+        for api in simulator.apis:
+            env |= api.env(base, s.couriers[simulator.name])
     return env
 
 

@@ -19,10 +19,10 @@ from starlette.responses import Response
 
 from ordertrack_dagster.devstack.simulator.lifecycle import Events, Profile, Shipment
 from ordertrack_dagster.devstack.simulator.ratelimit import retry_after
-from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
 
 if TYPE_CHECKING:
     from ordertrack_dagster.devstack.simulator.core import CourierSimulator
+    from ordertrack_dagster.devstack.simulator.description import CourierSim
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
 
@@ -98,17 +98,22 @@ Route = tuple[str, str, str, Handler]
 
 class CourierApi(ABC):
     """One simulated courier API. The simulator wraps every handler with the shared plumbing
-    (latency, the rate limit of `rate_bucket`, queued faults, stats); the rest is the
+    (latency, the rate limit of its simulated courier, queued faults, stats); the rest is the
     courier's own."""
 
     name: ClassVar[str]  # as in the admin API, faults and stats
     namespace: ClassVar[str]  # the waybill space it answers from
-    rate_bucket: ClassVar[str]  # the quota it counts against (a `rate_limits` key)
     aliases: ClassVar[tuple[str, ...]] = ()  # other names registration accepts for it
 
-    def __init__(self, sim: CourierSimulator) -> None:
+    def __init__(self, sim: CourierSimulator, courier_sim: CourierSim) -> None:
         self.sim = sim
+        self.courier_sim = courier_sim  # the simulated courier it is one API of
         self.reset()
+
+    @property
+    def settings(self) -> Any:
+        """Its simulated courier's own settings (`CourierSim.settings`), as now changed."""
+        return self.sim.settings.couriers[self.courier_sim.name]
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -120,8 +125,9 @@ class CourierApi(ABC):
 
     @staticmethod
     @abstractmethod
-    def env(base: str, settings: SimulatorSettings) -> dict[str, str]:
-        """The product's environment variables that point its client at this API."""
+    def env(base: str, settings: Any) -> dict[str, str]:
+        """The product's environment variables that point its client at this API, given its
+        simulated courier's settings."""
 
     @abstractmethod
     def error_body(self, status: int, message: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -23,6 +23,7 @@ from ordertrack_dagster.devstack.simulator.base import (
     error,
     utc_iso,
 )
+from ordertrack_dagster.devstack.simulator.description import CourierSim
 from ordertrack_dagster.devstack.simulator.lifecycle import STEPS, Clock, Found, Shipments
 from ordertrack_dagster.devstack.simulator.ratelimit import RateWindow
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings, lognormal_params
@@ -40,14 +41,14 @@ class Stats:
 
 
 class CourierSimulator:
-    """State and request handling of one simulator app serving the given courier APIs."""
+    """State and request handling of one simulator app serving the given couriers' APIs."""
 
-    def __init__(self, settings: SimulatorSettings, apis: Sequence[type[CourierApi]]) -> None:
+    def __init__(self, settings: SimulatorSettings, simulators: Sequence[CourierSim]) -> None:
         self.settings = settings
         self.clock = Clock(settings.time_scale)
         self.rng = random.Random(settings.seed)
         self._latency = lognormal_params(settings.latency_mean_ms, settings.latency_p99_ms)
-        self.couriers = {api.name: api(self) for api in apis}
+        self.couriers = {api.name: api(self, sim) for sim in simulators for api in sim.apis}
         self._by_alias = {
             alias: api for api in self.couriers.values() for alias in (api.name, *api.aliases)
         }
@@ -81,20 +82,8 @@ class CourierSimulator:
             api.reset()
 
     def update_settings(self, changes: Mapping[str, Any]) -> None:
-        """Apply a partial settings change; `rate_limits` entries are merged field by field."""
-        names = {f.name for f in fields(SimulatorSettings)}
-        unknown = set(changes) - names
-        if unknown:
-            raise ValueError(f"unknown settings: {sorted(unknown)}")
-        merged = dict(changes)
-        if "rate_limits" in changes:
-            limits = dict(self.settings.rate_limits)
-            for courier, patch in dict(changes["rate_limits"]).items():
-                if courier not in limits:
-                    raise ValueError(f"no rate limit for {courier!r}")
-                limits[courier] = replace(limits[courier], **patch)
-            merged["rate_limits"] = limits
-        settings = replace(self.settings, **merged)
+        """Apply a partial settings change (`SimulatorSettings.changed`)."""
+        settings = self.settings.changed(changes)
         if settings.seed != self.settings.seed:
             self.rng = random.Random(settings.seed)
             self.shipments.reseed(settings.seed)
@@ -206,8 +195,8 @@ class CourierSimulator:
         if self._latency is not None:
             await asyncio.sleep(self.rng.lognormvariate(*self._latency) / 1000)
         ip = request.client.host if request.client else "unknown"
-        limit = self.settings.rate_limits[api.rate_bucket]
-        frees_in = self.windows[api.rate_bucket].over(ip, limit)
+        quota = api.courier_sim.name
+        frees_in = self.windows[quota].over(ip, self.settings.rate_limits[quota])
         if frees_in is not None:
             return api.over_quota(frees_in)
         fault = self.faults.take(api.name, endpoint)

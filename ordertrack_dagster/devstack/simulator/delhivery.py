@@ -7,7 +7,9 @@ The time format serves the B2B module too, which imports it from here.
 
 from __future__ import annotations
 
+import random
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +24,7 @@ from ordertrack_dagster.devstack.simulator.base import (
     ListedCourierApi,
     Route,
 )
+from ordertrack_dagster.devstack.simulator.description import CourierSim, DemoOrders, digits
 from ordertrack_dagster.devstack.simulator.faults import firewall_block
 from ordertrack_dagster.devstack.simulator.lifecycle import (
     DAY,
@@ -31,7 +34,8 @@ from ordertrack_dagster.devstack.simulator.lifecycle import (
     Shipment,
     first_times,
 )
-from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
+from ordertrack_dagster.devstack.simulator.ratelimit import RateLimit
+from ordertrack_dagster.statuses import Canonical
 
 # Step -> (StatusType, Status, StatusCode, Instructions); a failed attempt's code and text are
 # drawn per shipment from _EOD_CODES.
@@ -69,11 +73,15 @@ def delhivery_time(ts: float | None, ms: bool = True) -> str | None:
     return moment.isoformat(timespec="milliseconds" if ms else "seconds")[:-6]
 
 
+@dataclass(frozen=True)
+class ExpressSettings:
+    token: str = "demo-delhivery-token"
+
+
 class _Express(CourierApi):
-    """What the B2C and fallback paths share: waybill space, quota, token and error shapes."""
+    """What the B2C and fallback paths share: waybill space, token and error shapes."""
 
     namespace = "delhivery"
-    rate_bucket = "delhivery_b2c"
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"detail": message}
@@ -86,7 +94,7 @@ class _Express(CourierApi):
         return f"{status_type}/{status}"
 
     def _denied(self, request: Request) -> Response | None:
-        if request.headers.get("authorization") == f"Token {self.sim.settings.delhivery_token}":
+        if request.headers.get("authorization") == f"Token {self.settings.token}":
             return None
         return self.error(401, "Authentication credentials were not provided.")
 
@@ -99,10 +107,10 @@ class DelhiveryB2c(_Express, ListedCourierApi):
         return [("/delhivery/api/v1/packages/json/", "track", "GET", self.track)]
 
     @staticmethod
-    def env(base: str, settings: SimulatorSettings) -> dict[str, str]:
+    def env(base: str, settings: ExpressSettings) -> dict[str, str]:
         return {
             "DELHIVERY_URL": f"{base}/delhivery/api/v1/packages/json/",
-            "DELHIVERY_AUTH_TOKEN_B2C": settings.delhivery_token,
+            "DELHIVERY_AUTH_TOKEN_B2C": settings.token,
         }
 
     def render(self, ship: Shipment, profile: Profile, events: Events) -> dict[str, Any]:
@@ -128,7 +136,7 @@ class DelhiveryFallback(_Express):
         return [("/delhivery-fallback/api/v1/packages/json/", "track", "GET", self.track)]
 
     @staticmethod
-    def env(base: str, settings: SimulatorSettings) -> dict[str, str]:
+    def env(base: str, settings: ExpressSettings) -> dict[str, str]:
         return {"DELHIVERY_FALLBACK_URL": f"{base}/delhivery-fallback/api/v1/packages/json/"}
 
     async def track(self, request: Request) -> Response:
@@ -147,6 +155,45 @@ class DelhiveryFallback(_Express):
         if step in END_STEPS and self.sim.clock.now() - ended_at >= 7 * DAY:
             return _error_answer("Shipment reached its end state 7 or more days ago")
         return JSONResponse({"ShipmentData": [{"Shipment": _shipment(*found)}]})
+
+
+def _waybill(rng: random.Random) -> str:
+    return rng.choice(("1434", "1490", "2316", "2811")) + digits(rng, 10)
+
+
+# A polled order's `courier_status`: Delhivery express records `<statustype>-<status>`.
+_COURIER_STATUS = {
+    Canonical.PENDING: "ud-pending",
+    Canonical.IN_TRANSIT: "ud-in_transit",
+    Canonical.OUT_FOR_DELIVERY: "ud-dispatched",
+    Canonical.NDR: "ud-pending",
+    Canonical.RTO: "dl-rto",
+    Canonical.RTO_IN_TRANSIT: "rt-in_transit",
+}
+
+#: Both paths count against one firewall quota (750 requests in 5 minutes), named after B2C.
+SIMULATOR = CourierSim(
+    apis=(DelhiveryB2c, DelhiveryFallback),
+    rate_limit=RateLimit(750, 300.0),
+    settings=ExpressSettings(),
+    orders={
+        "delhivery_b2c": DemoOrders(
+            share=0.50,
+            booking_couriers=("Delhivery", "delhivery surface", "Delhivery Express", "DELHIVERY"),
+            waybill=_waybill,
+            courier_status=_COURIER_STATUS.__getitem__,
+            reused_references=True,
+        ),
+        "delhivery_fallback": DemoOrders(
+            share=0.10,
+            booking_couriers=("Delhivery", "delhivery surface"),
+            waybill=_waybill,
+            courier_status=_COURIER_STATUS.__getitem__,
+            most=30,  # paced, 3 workers 5 s apart: 30 orders take about 50 s
+            reused_references=True,
+        ),
+    },
+)
 
 
 def _error_answer(message: str) -> JSONResponse:

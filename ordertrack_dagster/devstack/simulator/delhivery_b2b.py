@@ -1,6 +1,6 @@
 """Delhivery LTL (B2B), simulated: a login that locks the user out after a wrong password, and
 tracking one LR number a GET in the legacy status strings. An unknown LR is answered with
-HTTP 404 or 200 (`b2b_not_found_http_200_share`), as the live API does."""
+HTTP 404 or 200 (`not_found_http_200_share`), as the live API does."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ from ordertrack_dagster.devstack.simulator.base import (
     jwt,
 )
 from ordertrack_dagster.devstack.simulator.delhivery import delhivery_time
-from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
+from ordertrack_dagster.devstack.simulator.description import CourierSim, DemoOrders, digits
+from ordertrack_dagster.devstack.simulator.lifecycle import DAY
+from ordertrack_dagster.devstack.simulator.ratelimit import RateLimit
+from ordertrack_dagster.statuses import normalise_raw_status
 
 # Legacy strings: step -> (status, scan_remark); "cancelled" answers a sentence instead.
 _STATUSES = {
@@ -43,6 +46,15 @@ _STATUSES = {
 }
 
 
+@dataclass(frozen=True)
+class B2bSettings:
+    username: str = "demo-b2b"
+    password: str = "demo-b2b-password"
+    token_ttl_s: float = DAY  # wall-clock seconds, whatever the time scale
+    lockout_s: float = 600.0  # after one wrong password
+    not_found_http_200_share: float = 0.5  # live Delhivery LTL answers both 404 and 200
+
+
 @dataclass(slots=True)
 class _Sessions:
     tokens: dict[str, float] = field(default_factory=dict)  # token -> wall-clock expiry
@@ -52,7 +64,6 @@ class _Sessions:
 class DelhiveryB2b(CourierApi):
     name = "delhivery_b2b"
     namespace = "delhivery_b2b"
-    rate_bucket = "delhivery_b2b"
     sessions: _Sessions
 
     def reset(self) -> None:
@@ -65,11 +76,11 @@ class DelhiveryB2b(CourierApi):
         ]
 
     @staticmethod
-    def env(base: str, settings: SimulatorSettings) -> dict[str, str]:
+    def env(base: str, settings: B2bSettings) -> dict[str, str]:
         return {
             "DELHIVERY_B2B_URL": f"{base}/delhivery-b2b",
-            "DELHIVERY_B2B_USERNAME": settings.b2b_username,
-            "DELHIVERY_B2B_PASSWORD": settings.b2b_password,
+            "DELHIVERY_B2B_USERNAME": settings.username,
+            "DELHIVERY_B2B_PASSWORD": settings.password,
         }
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
@@ -80,7 +91,7 @@ class DelhiveryB2b(CourierApi):
 
     async def login(self, request: Request) -> Response:
         body = await json_body(request)
-        stats, settings = self.sim.stats[self.name], self.sim.settings
+        stats, settings = self.sim.stats[self.name], self.settings
         stats.logins += 1
         username = str(body.get("username", "")) if isinstance(body, dict) else ""
         password = body.get("password") if isinstance(body, dict) else None
@@ -89,12 +100,12 @@ class DelhiveryB2b(CourierApi):
             stats.failed_logins += 1
             message = f"User is locked. Try again after {math.ceil(locked_for / 60)} minutes."
             return self.error(401, message)
-        if username != settings.b2b_username or password != settings.b2b_password:
+        if username != settings.username or password != settings.password:
             stats.failed_logins += 1
-            self.sessions.locked_until[username] = time.monotonic() + settings.b2b_lockout_s
+            self.sessions.locked_until[username] = time.monotonic() + settings.lockout_s
             return self.error(401, "Invalid username or password")
         token = jwt(username)
-        self.sessions.tokens[token] = time.time() + settings.b2b_token_ttl_s
+        self.sessions.tokens[token] = time.time() + settings.token_ttl_s
         return JSONResponse({"success": True, "data": {"jwt": token}})
 
     async def track(self, request: Request) -> Response:
@@ -105,7 +116,7 @@ class DelhiveryB2b(CourierApi):
         found = self.sim.lookup(self.name, lrnum)
         request_id = str(uuid.uuid4())
         if found is None:
-            share = self.sim.settings.b2b_not_found_http_200_share
+            share = self.settings.not_found_http_200_share
             status = 200 if self.sim.rng.random() < share else 404
             return JSONResponse(self.error_body(404, "Data not found."), status_code=status)
         ship, profile, events = found
@@ -124,3 +135,20 @@ class DelhiveryB2b(CourierApi):
         wbns = [{"wbn": f"81{profile.number}{i:02d}", **wbn} for i in range(profile.pieces)]
         data = {"lrnum": ship.key, "status": status_text, "mcount": profile.pieces, "wbns": wbns}
         return JSONResponse({"success": True, "request_id": request_id, "data": data})
+
+
+SIMULATOR = CourierSim(
+    apis=(DelhiveryB2b,),
+    rate_limit=RateLimit(500, 300.0),
+    settings=B2bSettings(),
+    orders={
+        "delhivery_b2b": DemoOrders(
+            share=0.05,
+            booking_couriers=("Delhivery B2B", "Delhivery LTL", "delhivery surface"),
+            waybill=lambda rng: "8100" + digits(rng, 9),
+            courier_status=normalise_raw_status,
+            lr_number=lambda rng: "22" + digits(rng, 7),
+            value_range=(15_000.0, 250_000.0),
+        )
+    },
+)

@@ -110,7 +110,7 @@ _CONSIGNEES = ("R. Sharma", "Priya Nair", "Amit Verma", "Sneha Reddy", "Karan Me
 class ShipmentSpec(TypedDict, total=False):
     """One shipment for ``POST /_admin/shipments``."""
 
-    courier: Required[str]  # one of COURIERS, or "delhivery" (same as delhivery_b2c)
+    courier: Required[str]  # a simulated API's name (`courier_apis()`), or one of its aliases
     tracking_key: Required[str]  # AWB, or LR number for delhivery_b2b
     order_id: Required[str]
     booked_at: str | datetime  # ISO time, zone-less means UTC; default now; reported only

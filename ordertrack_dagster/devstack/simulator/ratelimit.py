@@ -1,6 +1,6 @@
 """Rate limiting as the couriers do it: a quota of requests per client IP in a sliding
-wall-clock window, shared by the endpoints of one bucket. What a refused request is answered
-with is each courier's own (`CourierApi.over_quota`)."""
+wall-clock window, shared by the APIs of one simulated courier (`CourierSim`). What a refused
+request is answered with is each courier's own (`CourierApi.over_quota`)."""
 
 from __future__ import annotations
 
@@ -22,16 +22,6 @@ class RateLimit:
     def __post_init__(self) -> None:
         if self.limit < 0 or self.window_s <= 0:
             raise ValueError("a rate limit needs limit >= 0 and window_s > 0")
-
-
-def default_rate_limits() -> dict[str, RateLimit]:
-    """The live quotas, by bucket (a bucket is named after the first courier that uses it)."""
-    return {
-        "delhivery_b2c": RateLimit(750, 300.0),  # shared with delhivery_fallback
-        "delhivery_b2b": RateLimit(500, 300.0),
-        "shiprocket": RateLimit(3000, 300.0),
-        "velocity": RateLimit(3000, 300.0),
-    }
 
 
 class RateWindow:

@@ -4,6 +4,7 @@ to 50 AWBs a POST, answered as a map from AWB to its tracking document."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -19,6 +20,7 @@ from ordertrack_dagster.devstack.simulator.base import (
     jwt,
     plain_time,
 )
+from ordertrack_dagster.devstack.simulator.description import CourierSim, DemoOrders, digits
 from ordertrack_dagster.devstack.simulator.lifecycle import (
     DAY,
     Events,
@@ -26,7 +28,7 @@ from ordertrack_dagster.devstack.simulator.lifecycle import (
     Shipment,
     first_times,
 )
-from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
+from ordertrack_dagster.devstack.simulator.ratelimit import RateLimit
 
 # Step -> (current_status, shipment_status, carrier code, activity, sr-status, sr-status-label);
 # "no_scans" answers track_status 0.
@@ -80,10 +82,16 @@ _NO_ACTIVITY = (
 )
 
 
+@dataclass(frozen=True)
+class ShiprocketSettings:
+    email: str = "demo@ordertrack.example"
+    password: str = "demo-shiprocket-password"
+    token_ttl_s: float = 10 * DAY  # wall-clock seconds, whatever the time scale
+
+
 class Shiprocket(ListedCourierApi):
     name = "shiprocket"
     namespace = "shiprocket"
-    rate_bucket = "shiprocket"
     tokens: dict[str, float]  # token -> wall-clock expiry
 
     def reset(self) -> None:
@@ -96,11 +104,11 @@ class Shiprocket(ListedCourierApi):
         ]
 
     @staticmethod
-    def env(base: str, settings: SimulatorSettings) -> dict[str, str]:
+    def env(base: str, settings: ShiprocketSettings) -> dict[str, str]:
         return {
             "SHIPROCKET_URL": f"{base}/shiprocket",
-            "SHIPROCKET_EMAIL": settings.shiprocket_email,
-            "SHIPROCKET_PASSWORD": settings.shiprocket_password,
+            "SHIPROCKET_EMAIL": settings.email,
+            "SHIPROCKET_PASSWORD": settings.password,
         }
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
@@ -111,21 +119,21 @@ class Shiprocket(ListedCourierApi):
 
     async def login(self, request: Request) -> Response:
         body = await json_body(request)
-        stats, settings = self.sim.stats[self.name], self.sim.settings
+        stats, settings = self.sim.stats[self.name], self.settings
         stats.logins += 1
-        credentials = (settings.shiprocket_email, settings.shiprocket_password)
+        credentials = (settings.email, settings.password)
         if not isinstance(body, dict) or (body.get("email"), body.get("password")) != credentials:
             stats.failed_logins += 1
             return self.error(401, "Invalid email and password combination")
-        token = jwt(settings.shiprocket_email)
+        token = jwt(settings.email)
         now = time.time()
-        self.tokens[token] = now + settings.shiprocket_token_ttl_s
+        self.tokens[token] = now + settings.token_ttl_s
         return JSONResponse(
             {
                 "id": 1001,
                 "first_name": "Demo",
                 "last_name": "Seller",
-                "email": settings.shiprocket_email,
+                "email": settings.email,
                 "company_id": 42,
                 "created_at": plain_time(now),
                 "token": token,
@@ -193,3 +201,18 @@ class Shiprocket(ListedCourierApi):
                 "qc_response": {"qc_image": "", "qc_failed_reason": ""},
             }
         }
+
+
+SIMULATOR = CourierSim(
+    apis=(Shiprocket,),
+    rate_limit=RateLimit(3000, 300.0),
+    settings=ShiprocketSettings(),
+    orders={
+        "shiprocket": DemoOrders(
+            share=0.20,
+            booking_couriers=("Shiprocket", "shiprocket", "Shiprocket Surface"),
+            waybill=lambda rng: digits(rng, rng.randint(12, 15)),
+            courier_status=str.upper,
+        )
+    },
+)

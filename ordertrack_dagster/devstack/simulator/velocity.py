@@ -22,8 +22,16 @@ from ordertrack_dagster.devstack.simulator.base import (
     json_body,
     plain_time,
 )
-from ordertrack_dagster.devstack.simulator.lifecycle import Events, Profile, Shipment, first_times
-from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
+from ordertrack_dagster.devstack.simulator.description import CourierSim, DemoOrders, digits
+from ordertrack_dagster.devstack.simulator.lifecycle import (
+    DAY,
+    Events,
+    Profile,
+    Shipment,
+    first_times,
+)
+from ordertrack_dagster.devstack.simulator.ratelimit import RateLimit
+from ordertrack_dagster.statuses import normalise_raw_status
 
 # Step -> (shipment_status, activity).
 _STATUSES = {
@@ -45,6 +53,15 @@ _STATUSES = {
 }
 
 
+@dataclass(frozen=True)
+class VelocitySettings:
+    username: str = "demo-velocity"
+    password: str = "demo-velocity-password"
+    token_ttl_s: float = DAY  # wall-clock seconds, whatever the time scale
+    max_failed_logins: int = 5
+    lockout_s: float = 1800.0
+
+
 @dataclass(slots=True)
 class _Sessions:
     token: str = ""  # only the newest token is valid
@@ -56,7 +73,6 @@ class _Sessions:
 class Velocity(ListedCourierApi):
     name = "velocity"
     namespace = "velocity"
-    rate_bucket = "velocity"
     sessions: _Sessions
 
     def reset(self) -> None:
@@ -69,11 +85,11 @@ class Velocity(ListedCourierApi):
         ]
 
     @staticmethod
-    def env(base: str, settings: SimulatorSettings) -> dict[str, str]:
+    def env(base: str, settings: VelocitySettings) -> dict[str, str]:
         return {
             "VELOCITY_URL": f"{base}/velocity",
-            "VELOCITY_USERNAME": settings.velocity_username,
-            "VELOCITY_PASSWORD": settings.velocity_password,
+            "VELOCITY_USERNAME": settings.username,
+            "VELOCITY_PASSWORD": settings.password,
         }
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
@@ -84,25 +100,25 @@ class Velocity(ListedCourierApi):
 
     async def login(self, request: Request) -> Response:
         body = await json_body(request)
-        stats, settings, sessions = self.sim.stats[self.name], self.sim.settings, self.sessions
+        stats, settings, sessions = self.sim.stats[self.name], self.settings, self.sessions
         stats.logins += 1
         if sessions.locked_until > time.monotonic():
             stats.failed_logins += 1
             return self.error(401, "Account locked after too many failed logins")
-        credentials = (settings.velocity_username, settings.velocity_password)
+        credentials = (settings.username, settings.password)
         if (
             not isinstance(body, dict)
             or (body.get("username"), body.get("password")) != credentials
         ):
             stats.failed_logins += 1
             sessions.failures += 1
-            if sessions.failures >= settings.velocity_max_failed_logins:
-                sessions.locked_until = time.monotonic() + settings.velocity_lockout_s
+            if sessions.failures >= settings.max_failed_logins:
+                sessions.locked_until = time.monotonic() + settings.lockout_s
                 sessions.failures = 0
             return self.error(401, "Invalid username or password")
         sessions.failures = 0
         sessions.token = secrets.token_hex(24)
-        sessions.expiry = time.time() + settings.velocity_token_ttl_s
+        sessions.expiry = time.time() + settings.token_ttl_s
         expires_at = datetime.fromtimestamp(sessions.expiry, IST).isoformat()
         return JSONResponse({"token": sessions.token, "expires_at": expires_at})
 
@@ -151,3 +167,18 @@ class Velocity(ListedCourierApi):
                 "track_url": f"https://shipfastt.in/track/{ship.key}",
             }
         }
+
+
+SIMULATOR = CourierSim(
+    apis=(Velocity,),
+    rate_limit=RateLimit(3000, 300.0),
+    settings=VelocitySettings(),
+    orders={
+        "velocity": DemoOrders(
+            share=0.15,
+            booking_couriers=("Velocity Express", "velocity", "Velocity"),
+            waybill=lambda rng: rng.choice(("PD", "PV", "VX")) + digits(rng, 7),
+            courier_status=lambda status: normalise_raw_status(status).lower(),
+        )
+    },
+)

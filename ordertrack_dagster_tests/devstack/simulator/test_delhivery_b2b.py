@@ -38,7 +38,7 @@ def test_delhivery_b2b_login_and_tracking(admin: SimulatorAdmin, client: httpx.C
 
     missing = b2b_track(client, jwt, "999")
     assert missing.status_code == 404 and missing.json() == sample("delhivery_b2b_not_found.json")
-    admin.update_settings(b2b_not_found_http_200_share=1.0)
+    admin.update_settings(couriers={"delhivery_b2b": {"not_found_http_200_share": 1.0}})
     missing = b2b_track(client, jwt, "999")
     assert missing.status_code == 200 and missing.json() == sample("delhivery_b2b_not_found.json")
 
@@ -49,7 +49,7 @@ def test_delhivery_b2b_login_and_tracking(admin: SimulatorAdmin, client: httpx.C
 def test_delhivery_b2b_wrong_password_locks_the_user(
     admin: SimulatorAdmin, client: httpx.Client
 ) -> None:
-    admin.update_settings(b2b_lockout_s=0.5)
+    admin.update_settings(couriers={"delhivery_b2b": {"lockout_s": 0.5}})
     assert b2b_login(client, "wrong").status_code == 401
     locked = b2b_login(client)
     assert locked.status_code == 401 and "locked" in locked.json()["error"]["message"]

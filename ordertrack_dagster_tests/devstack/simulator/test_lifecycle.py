@@ -15,6 +15,7 @@ from ordertrack_dagster_tests.devstack.simulator.wire import (
     DAY,
     RAW_COURIERS,
     SETTINGS,
+    VELOCITY,
     answer_times,
     b2b_login,
     b2b_track,
@@ -192,7 +193,7 @@ def test_tokens_live_on_the_wall_clock(admin: SimulatorAdmin, client: httpx.Clie
     def log_in() -> tuple[str, str, str]:
         velocity = velocity_login(client).json()
         expires_at = datetime.fromisoformat(velocity["expires_at"]) - datetime.now(UTC)
-        assert expires_at <= timedelta(seconds=SETTINGS.velocity_token_ttl_s)
+        assert expires_at <= timedelta(seconds=VELOCITY.token_ttl_s)
         return b2b_login(client).json()["data"]["jwt"], shiprocket_token(client), velocity["token"]
 
     def track(jwt: str, shiprocket: str, velocity: str) -> list[httpx.Response]:
@@ -208,7 +209,10 @@ def test_tokens_live_on_the_wall_clock(admin: SimulatorAdmin, client: httpx.Clie
     admin.advance_clock(30 * DAY)
     assert [answer.status_code for answer in track(*tokens)] == [200, 200, 200]
 
-    admin.update_settings(b2b_token_ttl_s=0.5, shiprocket_token_ttl_s=0.5, velocity_token_ttl_s=0.5)
+    short = {"token_ttl_s": 0.5}
+    admin.update_settings(
+        couriers={name: short for name in ("delhivery_b2b", "shiprocket", "velocity")}
+    )
     tokens = log_in()
     assert [answer.status_code for answer in track(*tokens)] == [200, 200, 200]
     time.sleep(0.6)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from ordertrack_dagster.devstack.simulator import SimulatorAdmin
+from ordertrack_dagster.devstack.simulator import SimulatorAdmin, simulators
 from ordertrack_dagster_tests.devstack.simulator.wire import (
-    RAW_COURIERS,
     b2b_login,
     delhivery,
     fallback,
@@ -19,7 +18,7 @@ from ordertrack_dagster_tests.devstack.simulator.wire import (
 
 
 def test_rate_limits_answer_like_each_courier(admin: SimulatorAdmin, client: httpx.Client) -> None:
-    limits = {name: {"limit": 3, "window_s": 30} for name in RAW_COURIERS}
+    limits = {courier.name: {"limit": 3, "window_s": 30} for courier in simulators()}
     admin.update_settings(rate_limits=limits)
     admin.register_shipments([ship("delhivery_b2c", "W1"), ship("velocity", "V1")])
     for _ in range(3):

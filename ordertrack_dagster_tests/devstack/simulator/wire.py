@@ -14,8 +14,13 @@ import httpx
 from ordertrack_dagster.devstack.simulator import SimulatorAdmin, SimulatorSettings
 
 SAMPLES = Path(__file__).parents[2] / "fixtures" / "courier_samples"
-SETTINGS = SimulatorSettings(latency_mean_ms=0, time_scale=0, b2b_not_found_http_200_share=0)
-TOKEN = SETTINGS.delhivery_token
+SETTINGS = SimulatorSettings(latency_mean_ms=0, time_scale=0).changed(
+    {"couriers": {"delhivery_b2b": {"not_found_http_200_share": 0}}}
+)
+B2B, SHIPROCKET, VELOCITY = (
+    SETTINGS.couriers[name] for name in ("delhivery_b2b", "shiprocket", "velocity")
+)
+TOKEN = SETTINGS.couriers["delhivery_b2c"].token
 DAY = 86400.0
 DELHIVERY_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}$")
 PLAIN_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
@@ -55,8 +60,8 @@ def fallback(client: httpx.Client, waybill: str) -> httpx.Response:
     )
 
 
-def b2b_login(client: httpx.Client, password: str = SETTINGS.b2b_password) -> httpx.Response:
-    body = {"username": SETTINGS.b2b_username, "password": password}
+def b2b_login(client: httpx.Client, password: str = B2B.password) -> httpx.Response:
+    body = {"username": B2B.username, "password": password}
     return client.post("/delhivery-b2b/ums/login", json=body)
 
 
@@ -66,7 +71,7 @@ def b2b_track(client: httpx.Client, jwt: str, lrnum: str) -> httpx.Response:
 
 
 def shiprocket_token(client: httpx.Client) -> str:
-    body = {"email": SETTINGS.shiprocket_email, "password": SETTINGS.shiprocket_password}
+    body = {"email": SHIPROCKET.email, "password": SHIPROCKET.password}
     answer = client.post("/shiprocket/v1/external/auth/login", json=body)
     assert answer.status_code == 200
     return answer.json()["token"]
@@ -77,10 +82,8 @@ def shiprocket_track(client: httpx.Client, token: str, *awbs: str) -> httpx.Resp
     return client.post(SHIPROCKET_TRACK, json={"awbs": list(awbs)}, headers=headers)
 
 
-def velocity_login(
-    client: httpx.Client, password: str = SETTINGS.velocity_password
-) -> httpx.Response:
-    body = {"username": SETTINGS.velocity_username, "password": password}
+def velocity_login(client: httpx.Client, password: str = VELOCITY.password) -> httpx.Response:
+    body = {"username": VELOCITY.username, "password": password}
     return client.post("/velocity/custom/api/v1/auth-token", json=body)
 
 
