@@ -21,6 +21,7 @@ from dagster import (
     DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
+    EventLogRecord,
     RunFailureSensorContext,
     RunRequest,
     RunsFilter,
@@ -157,17 +158,23 @@ def build_startup_sensor() -> SensorDefinition:
 # -- draining what one run left --------------------------------------------------------
 
 
+def latest_write(instance: DagsterInstance, flow: Flow) -> EventLogRecord | None:
+    """The flow's latest `order_status_writes` materialization (a finished write)."""
+    writes = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=ORDER_STATUS_WRITES, asset_partitions=[flow.key]), limit=1
+    ).records
+    return writes[0] if writes else None
+
+
 def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
     """(run id, why) when the flow's last write shows orders still due beyond it and that run
     made progress: it hit its cap, or deferred orders for a pause or the budget after asking
     some. A run whose orders the courier did not answer (an outage, keys it does not know)
     starts nothing: the schedule retries at its own pace instead of hammering a broken API."""
-    writes = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=ORDER_STATUS_WRITES, asset_partitions=[flow.key]), limit=1
-    ).records
-    if not writes:
+    write = latest_write(instance, flow)
+    if write is None:
         return None
-    materialization = writes[0].event_log_entry.asset_materialization
+    materialization = write.event_log_entry.asset_materialization
     figures = {
         name: value.value
         for name, value in (materialization.metadata if materialization else {}).items()
@@ -181,9 +188,9 @@ def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
     if answered <= 0:
         return None
     if deferred and deferred < selected:
-        return writes[0].run_id, f"{deferred} of {selected} orders deferred"
+        return write.run_id, f"{deferred} of {selected} orders deferred"
     if selected >= flow.cap and not deferred:
-        return writes[0].run_id, f"the run took its cap of {flow.cap} orders"
+        return write.run_id, f"the run took its cap of {flow.cap} orders"
     return None
 
 
@@ -316,14 +323,6 @@ def effects_run_recently(instance: DagsterInstance, flow: Flow, now: datetime) -
     )
 
 
-def _latest_write(instance: DagsterInstance, flow: Flow) -> str | None:
-    """The run of the flow's latest `order_status_writes` (a finished write)."""
-    writes = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=ORDER_STATUS_WRITES, asset_partitions=[flow.key]), limit=1
-    ).records
-    return writes[0].run_id if writes else None
-
-
 def build_effects_catch_up_sensor() -> SensorDefinition:
     @sensor(
         name=EFFECTS_CATCH_UP_SENSOR,
@@ -347,7 +346,8 @@ def build_effects_catch_up_sensor() -> SensorDefinition:
                 continue
             context.log.info(f"{key}: {why}; starting an effects run")
             interval = int(schedule_interval(flow.cron).total_seconds())
-            source = _latest_write(context.instance, flow)
+            write = latest_write(context.instance, flow)
+            source = write.run_id if write else None
             requests.append(
                 RunRequest(
                     run_key=f"effects-catch-up:{key}:{int(now.timestamp()) // interval}",
