@@ -129,6 +129,27 @@ def test_a_tracking_run_that_wrote_is_followed_by_its_effects_run_which_sends_on
     assert sent(stack, orders) == (1, 1)
 
 
+def test_what_a_failed_tracking_run_wrote_goes_out_once_with_the_next_effects_run(
+    stack, stack_env, db, instance
+):
+    """A tracking run that failed after its write is not followed, but its markers stay on
+    the orders: the effects run after the flow's next successful run sends them with its
+    own, each once, and running it again sends nothing twice."""
+    defs = load_definitions()
+    _, cursor = tick(instance, defs, EFFECTS_SENSOR)
+    [left] = write_markers(db, [Canonical.LOST])  # as the failed run's write left it
+    [cancelled] = seed_orders(db, stack.simulator, FLOW, ["cancelled"], status="in transit")
+    assert run_job(instance, defs, "tracking_only_job").success
+    [request], _ = tick(instance, defs, EFFECTS_SENSOR, cursor)
+
+    for _ in range(2):  # the effects run, then the same again
+        assert run_requested(instance, defs, request).success
+        lost = stack.slack_messages(SLACK_CHANNELS["LOST_DESTROY_SLACK_CHANNEL_ID"])
+        assert len(mentioning(lost, left["order_id"])) == 1
+        assert sent(stack, [cancelled]) == (1, 0)
+    assert db["orders"].count_documents({OUTBOX_FIELD: {"$exists": True}}) == 0
+
+
 def test_each_tracking_run_is_reported_by_its_own_effects_run(stack, stack_env, db, instance):
     """Two tracking runs finish before the first effects run starts (it queued): each effects
     run loads the tables of the run it follows, not the flow's latest."""
