@@ -52,8 +52,9 @@ EFFECTS_SELECTION = FLOW_SELECTION - TRACKING_SELECTION
 
 
 def _tagged_by_flow(tag: str) -> PartitionedConfig:
-    """Every run of the job carries `tag=<flow>`, whoever launches it (a schedule, a sensor,
-    the Launchpad, a backfill, the CLI): the run queue's per-flow limit counts on it."""
+    """Every run of the job carries `tag=<flow>` when launched for a partition (a schedule, a
+    sensor, the Launchpad, a backfill, an in-process run): the run queue's per-flow limit
+    counts on it. `dagster job launch` takes no partition: its `--tags` must name it."""
 
     def tags(flow: str) -> dict[str, str]:
         return {tag: flow}
