@@ -18,6 +18,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
     AssetsDefinition,
     Config,
     MaterializeResult,
@@ -216,3 +217,9 @@ def effects_outbox(
 
 
 EFFECT_ASSETS = [effects_outbox, *(effect_asset(effect) for effect in EFFECTS)]
+#: The effect assets that load no tracking table: what an effects run can do in a flow
+#: whose tables were never stored (markers written by a run of another instance).
+TABLELESS_EFFECTS = [
+    effects_outbox.key,
+    *(AssetKey(effect.name) for effect in EFFECTS if not effect.reads),
+]

@@ -19,7 +19,14 @@ from typing import Any
 
 import pandas as pd
 from bson import Binary
-from dagster import AssetExecutionContext, AssetKey, AssetRecordsFilter, MetadataValue
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    EventLogRecord,
+    MetadataValue,
+)
 
 from ordertrack_dagster import tables
 from ordertrack_dagster.effects.alert_memory import new_alerts
@@ -44,6 +51,7 @@ from ordertrack_dagster.effects.senders import post_slack, put_and_presign
 from ordertrack_dagster.effects.smtp import RecipientsRefused
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.markers import Event
+from ordertrack_dagster.resources.s3 import SOURCE_RUN_TAG
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.run_summary import summarise, summary_per_status
 
@@ -69,19 +77,38 @@ class EffectRun:
     resources: Mapping[str, Any]  # the configured resources, by key (not their clients)
 
     def source(self, key: AssetKey) -> SourceRun:
-        """The latest materialization of a tracking table in this flow's partition."""
-        context = self.context
-        records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1
-        ).records
-        record = records[0] if records else None
+        """A tracking table's materialization in this flow's partition by the run this run
+        reports: the one its `SOURCE_RUN_TAG` names (an effects run launched for a tracking
+        run), else the latest (this run's own, in a whole-flow run). The same run whose
+        tables the inputs load, so a report never mixes two runs."""
+        record = self._materialization(key)
         materialization = record.asset_materialization if record else None
         if record is None or materialization is None:
-            return SourceRun(context.run_id, None, {})
+            return SourceRun(self.context.run_id, None, {})
         return SourceRun(
             record.run_id,
             record.timestamp,
             {name: value.value for name, value in materialization.metadata.items()},
+        )
+
+    def _materialization(self, key: AssetKey) -> EventLogRecord | None:
+        context, partition = self.context, self.context.partition_key
+        source = context.run.tags.get(SOURCE_RUN_TAG)
+        if source is None:
+            records = context.instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+            ).records
+            return records[0] if records else None
+        events = context.instance.get_records_for_run(
+            source, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        return next(
+            (
+                record
+                for record in reversed(events)
+                if record.asset_key == key and record.partition_key == partition
+            ),
+            None,
         )
 
 

@@ -74,6 +74,32 @@ def dead_letter_filter(
     return query
 
 
+def _due(flow_key: str, now: datetime) -> dict[str, Any]:
+    """The flow's deliveries a run may claim now: pending, their backoff over, not leased."""
+    return {
+        "flow": flow_key,
+        "state": State.PENDING.value,
+        "next_attempt_at": {"$lte": now},
+        "$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}],
+    }
+
+
+def waiting_effects(db: Database, flow_key: str, now: datetime) -> str | None:
+    """What the flow's side effects have to do now that no tracking run brought: markers not
+    drained (a tracking run that failed after writing some) or deliveries due (a retry whose
+    backoff is over); None when there is nothing. Each query reads at most one document, on
+    an index (the orders' sparse one on the markers, the outbox's (flow, state, ...))."""
+    markers = {
+        OUTBOX_FIELD: {"$exists": True},
+        "$or": [{f"{OUTBOX_FIELD}.{event.value}.flow": flow_key} for event in Event],
+    }
+    if db["orders"].find_one(markers, {"_id": 1}) is not None:
+        return "status changes whose markers were not drained into the outbox"
+    if db[OUTBOX_COLLECTION].find_one(_due(flow_key, now), {"_id": 1}) is not None:
+        return "deliveries due in the outbox (retries)"
+    return None
+
+
 class _Bulked(NamedTuple):
     """What a series of bulk writes matched, and the operations the server rejected."""
 
@@ -234,20 +260,11 @@ class Outbox:
 
     # -- sending ------------------------------------------------------------------------
 
-    def _due(self, flow_key: str, kinds: Sequence[str], now: datetime) -> dict[str, Any]:
-        return {
-            "flow": flow_key,
-            "kind": {"$in": list(kinds)},
-            "state": State.PENDING.value,
-            "next_attempt_at": {"$lte": now},
-            "$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}],
-        }
-
     def claim(
         self, flow_key: str, kinds: Sequence[str], now: datetime, limit: int = CLAIM_LIMIT
     ) -> list[dict[str, Any]]:
         """Lease the due documents to this owner; a concurrent run leases a disjoint set."""
-        due = self._due(flow_key, kinds, now)
+        due = _due(flow_key, now) | {"kind": {"$in": list(kinds)}}
         seen = list(
             self.collection.find(due)
             .sort([("next_attempt_at", ASCENDING), ("_id", ASCENDING)])

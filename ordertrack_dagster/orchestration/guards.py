@@ -21,7 +21,8 @@ from ordertrack_dagster.couriers import blocking_pause, describe_pause
 from ordertrack_dagster.flows import Flow, max_runtime_tag
 from ordertrack_dagster.resources.state import SharedState
 
-FLOW_TAG = "ordertrack/flow"  # contract §9: on every run a schedule or sensor launches
+FLOW_TAG = "ordertrack/flow"  # contract §9: on every run of a job doing a flow's tracking
+EFFECTS_TAG = "ordertrack/effects"  # on every run of the effects job: its own per-flow limit
 PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run, UI runs too
 
 # A run in any of these may still send courier requests or write orders. NOT_STARTED and
@@ -56,13 +57,16 @@ def run_tags(flow: Flow) -> dict[str, str]:
 
 
 def in_flight_run(instance: DagsterInstance, flow_key: str) -> RunRecord | None:
-    """A run of the flow that has not finished, launched by us or by hand (UI, CLI)."""
+    """A run of the flow's tracking that has not finished, launched by us or by hand (UI,
+    CLI, the asset graph). A run of the flow's side effects alone (`EFFECTS_TAG`) is not
+    one: the next tracking run does not wait for it (contract §7)."""
     for tag in (FLOW_TAG, PARTITION_TAG):
         records = instance.get_run_records(
-            RunsFilter(tags={tag: flow_key}, statuses=list(IN_FLIGHT_STATUSES)), limit=1
+            RunsFilter(tags={tag: flow_key}, statuses=list(IN_FLIGHT_STATUSES))
         )
-        if records:
-            return records[0]
+        for record in records:
+            if EFFECTS_TAG not in record.dagster_run.tags:
+                return record
     return None
 
 

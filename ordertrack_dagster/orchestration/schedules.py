@@ -20,7 +20,7 @@ from ordertrack_dagster.orchestration.guards import (
     hold_reason,
     run_tags,
 )
-from ordertrack_dagster.orchestration.jobs import freshness_job, tracking_job
+from ordertrack_dagster.orchestration.jobs import freshness_job, tracking_only_job
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.tables import flow_partitions
@@ -34,13 +34,14 @@ def schedule_name(flow_key: str) -> str:
 
 
 def build_flow_schedule(flow: Flow) -> ScheduleDefinition:
-    """The schedule of one flow: its partition of the tracking job, tagged with the flow."""
+    """The schedule of one flow: its partition of the tracking-only job, tagged with the flow
+    (its side effects follow in their own run: the sensor `tracking_effects_runs`)."""
 
     @schedule(
         name=schedule_name(flow.key),
         cron_schedule=flow.cron,
         execution_timezone=SCHEDULE_TIMEZONE,
-        job=tracking_job,
+        job=tracking_only_job,
         default_status=default_schedule_status(),
         description=f"Tracks {flow.courier_label} orders ({flow.cron}, India time); skips while "
         "the flow still runs or the courier is paused.",

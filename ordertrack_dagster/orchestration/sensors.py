@@ -1,5 +1,5 @@
-"""Sensors: the start-up runs (contract §1), dead runs marked failed, and the Slack alert on a
-failed run.
+"""Sensors: the start-up runs (contract §1), the drain, the side effects' runs (§7), dead runs
+marked failed, and the Slack alert on a failed run.
 
 The old service ran every flow once when it started. Here "started" means a new Dagster
 daemon process: the sensor daemon's id changes on every (re)start, and the cursor remembers
@@ -9,46 +9,57 @@ the id it already handled, so later ticks of the same daemon request nothing.
 import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from dagster import (
     AssetRecordsFilter,
     AssetSelection,
     AutomationConditionSensorDefinition,
     DagsterEvent,
+    DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
+    EventLogRecord,
     RunFailureSensorContext,
     RunRequest,
     RunsFilter,
+    RunStatusSensorContext,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     run_failure_sensor,
+    run_status_sensor,
     sensor,
 )
 from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
+from ordertrack_dagster.effects.assets import TABLELESS_EFFECTS
+from ordertrack_dagster.effects.outbox import waiting_effects
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.flows import (
     MAX_RUNTIME_TAG,
     Flow,
     get_flow,
     max_runtime,
+    max_runtime_tag,
     schedule_interval,
 )
 from ordertrack_dagster.orchestration.guards import (
+    EFFECTS_TAG,
     FLOW_TAG,
+    IN_FLIGHT_STATUSES,
     PARTITION_TAG,
     default_sensor_status,
     describe_run,
     hold_reason,
     run_tags,
 )
-from ordertrack_dagster.orchestration.jobs import tracking_job
+from ordertrack_dagster.orchestration.jobs import tracking_effects_job, tracking_only_job
 from ordertrack_dagster.resources.mongo import MongoResource
+from ordertrack_dagster.resources.s3 import SOURCE_RUN_TAG
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.security.redaction import redact
@@ -56,6 +67,8 @@ from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
 
 STARTUP_SENSOR = "tracking_startup_runs"
 DRAIN_SENSOR = "tracking_drain_runs"
+EFFECTS_SENSOR = "tracking_effects_runs"
+EFFECTS_CATCH_UP_SENSOR = "tracking_effects_catch_up"
 DEAD_RUN_SENSOR = "tracking_dead_runs"
 FAILURE_SENSOR = "tracking_run_failure_alert"
 NO_HEARTBEAT = "no-daemon-heartbeat"
@@ -103,7 +116,7 @@ def recent_run(instance: DagsterInstance, flow: Flow, now: datetime) -> str | No
 def build_startup_sensor() -> SensorDefinition:
     @sensor(
         name=STARTUP_SENSOR,
-        job=tracking_job,
+        job=tracking_only_job,
         minimum_interval_seconds=30,
         default_status=default_sensor_status(),
         description="When the daemon starts, runs each flow once unless it ran within its "
@@ -145,17 +158,23 @@ def build_startup_sensor() -> SensorDefinition:
 # -- draining what one run left --------------------------------------------------------
 
 
+def latest_write(instance: DagsterInstance, flow: Flow) -> EventLogRecord | None:
+    """The flow's latest `order_status_writes` materialization (a finished write)."""
+    writes = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=ORDER_STATUS_WRITES, asset_partitions=[flow.key]), limit=1
+    ).records
+    return writes[0] if writes else None
+
+
 def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
     """(run id, why) when the flow's last write shows orders still due beyond it and that run
     made progress: it hit its cap, or deferred orders for a pause or the budget after asking
     some. A run whose orders the courier did not answer (an outage, keys it does not know)
     starts nothing: the schedule retries at its own pace instead of hammering a broken API."""
-    writes = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=ORDER_STATUS_WRITES, asset_partitions=[flow.key]), limit=1
-    ).records
-    if not writes:
+    write = latest_write(instance, flow)
+    if write is None:
         return None
-    materialization = writes[0].event_log_entry.asset_materialization
+    materialization = write.event_log_entry.asset_materialization
     figures = {
         name: value.value
         for name, value in (materialization.metadata if materialization else {}).items()
@@ -169,9 +188,9 @@ def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
     if answered <= 0:
         return None
     if deferred and deferred < selected:
-        return writes[0].run_id, f"{deferred} of {selected} orders deferred"
+        return write.run_id, f"{deferred} of {selected} orders deferred"
     if selected >= flow.cap and not deferred:
-        return writes[0].run_id, f"the run took its cap of {flow.cap} orders"
+        return write.run_id, f"the run took its cap of {flow.cap} orders"
     return None
 
 
@@ -187,7 +206,7 @@ def budget_frees_in(state: SharedState, flow: Flow) -> float:
 def build_drain_sensor() -> SensorDefinition:
     @sensor(
         name=DRAIN_SENSOR,
-        job=tracking_job,
+        job=tracking_only_job,
         minimum_interval_seconds=30,
         default_status=default_sensor_status(),
         description="Starts a flow's next run once its last run is over and its request "
@@ -221,6 +240,127 @@ def build_drain_sensor() -> SensorDefinition:
         return SensorResult(run_requests=requests, skip_reason=skip)
 
     return _drain
+
+
+# -- the side effects' runs (contract §7, "Side effects off the critical path") ---------------
+
+
+def effects_tags(flow: Flow, source_run_id: str | None) -> dict[str, str]:
+    """The tags of a flow's effects run reporting the tracking run `source_run_id`."""
+    source = {SOURCE_RUN_TAG: source_run_id} if source_run_id else {}
+    return {EFFECTS_TAG: flow.key, **source, **max_runtime_tag(flow)}
+
+
+def _written(instance: DagsterInstance, run_id: str) -> dict[str, Any] | None:
+    """The metadata of the run's `order_status_writes` (None when the run did not write)."""
+    events = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    for record in events:
+        materialization = record.asset_materialization
+        if record.asset_key == ORDER_STATUS_WRITES and materialization is not None:
+            return {name: value.value for name, value in materialization.metadata.items()}
+    return None
+
+
+def effects_after(instance: DagsterInstance, run: DagsterRun) -> RunRequest | SkipReason:
+    """The effects run following a successful tracking run, when it wrote: once per tracking
+    run (the run key), pinned to that run's tables (`SOURCE_RUN_TAG`), so two tracking runs
+    finishing before the first effects run starts are each reported. A run that selected no
+    order has nothing to send or report: the catch-up sensor sends any retries due."""
+    if run.job_name != tracking_only_job.name:
+        return SkipReason(f"run {run.run_id} is of {run.job_name}, not {tracking_only_job.name}")
+    flow_key = run.tags.get(PARTITION_TAG)
+    figures = _written(instance, run.run_id)
+    if flow_key is None or figures is None:
+        return SkipReason(f"run {run.run_id} wrote no order_status_writes")
+    if int(figures.get("selected") or 0) <= 0:
+        return SkipReason(f"run {run.run_id} of {flow_key} selected no order: nothing to send")
+    return RunRequest(
+        run_key=f"effects:{run.run_id}",
+        partition_key=flow_key,
+        tags=effects_tags(get_flow(flow_key), run.run_id),
+    )
+
+
+def build_effects_sensor() -> SensorDefinition:
+    # All code locations, as the failure sensor: a `dagster` CLI run of the job has none
+    # behind it; `effects_after` keeps the runs of tracking_only_job.
+    @run_status_sensor(
+        name=EFFECTS_SENSOR,
+        run_status=DagsterRunStatus.SUCCESS,
+        monitor_all_code_locations=True,
+        request_job=tracking_effects_job,
+        minimum_interval_seconds=30,
+        default_status=default_sensor_status(),
+        description="Starts a flow's side effects (outbox drain, Slack, CRM, S3 logs, email) "
+        "in their own run once a tracking_only_job run of the flow succeeded and selected "
+        "orders, reporting that run; one effects run per flow at a time (tag "
+        "ordertrack/effects), never holding the flow's next tracking run.",
+    )
+    def _effects(context: RunStatusSensorContext) -> RunRequest | None:
+        request = effects_after(context.instance, context.dagster_run)
+        if isinstance(request, SkipReason):
+            # None, not the SkipReason: Dagster ends a tick at the first run whose evaluation
+            # returns something, so only requests take a tick each (at most one per 30 s)
+            context.log.info(request.skip_message or "")
+            return None
+        return request
+
+    return _effects
+
+
+def effects_run_recently(instance: DagsterInstance, flow: Flow, now: datetime) -> bool:
+    """Whether an effects run of the flow is in flight or was created within one schedule
+    interval (a tracking run's effects, or a catch-up)."""
+    mine = {EFFECTS_TAG: flow.key}
+    in_flight = instance.get_run_records(
+        RunsFilter(tags=mine, statuses=list(IN_FLIGHT_STATUSES)), limit=1
+    )
+    since = now - schedule_interval(flow.cron)
+    return bool(in_flight) or bool(
+        instance.get_run_records(RunsFilter(tags=mine, created_after=since), limit=1)
+    )
+
+
+def build_effects_catch_up_sensor() -> SensorDefinition:
+    @sensor(
+        name=EFFECTS_CATCH_UP_SENSOR,
+        job=tracking_effects_job,
+        minimum_interval_seconds=60,
+        default_status=default_sensor_status(),
+        description="Starts a flow's effects run when its outbox has deliveries due (retries) "
+        "or undrained markers (a tracking run that failed after writing) and no effects run "
+        "of the flow ran within its schedule interval: at most once per interval, as the "
+        "retries went when every tick sent its own side effects.",
+    )
+    def _catch_up(context: SensorEvaluationContext, mongo: MongoResource) -> SensorResult:
+        db, now = mongo.get_database(), datetime.now(UTC)
+        requests: list[RunRequest] = []
+        for key in flow_partitions.get_partition_keys():
+            flow = get_flow(key)
+            if effects_run_recently(context.instance, flow, now):
+                continue
+            why = waiting_effects(db, key, now)
+            if why is None:
+                continue
+            context.log.info(f"{key}: {why}; starting an effects run")
+            interval = int(schedule_interval(flow.cron).total_seconds())
+            write = latest_write(context.instance, flow)
+            source = write.run_id if write else None
+            requests.append(
+                RunRequest(
+                    run_key=f"effects-catch-up:{key}:{int(now.timestamp()) // interval}",
+                    partition_key=key,
+                    tags=effects_tags(flow, source),
+                    # without a stored write, the reports have no table to load
+                    asset_selection=None if source else TABLELESS_EFFECTS,
+                )
+            )
+        skip = None if requests else SkipReason("no flow has side effects waiting")
+        return SensorResult(run_requests=requests, skip_reason=skip)
+
+    return _catch_up
 
 
 # -- dead runs ---------------------------------------------------------------------------
@@ -418,6 +558,8 @@ def build_sensors() -> list[SensorDefinition]:
     return [
         build_startup_sensor(),
         build_drain_sensor(),
+        build_effects_sensor(),
+        build_effects_catch_up_sensor(),
         build_dead_run_sensor(),
         build_failure_sensor(),
         build_automation_sensor(),

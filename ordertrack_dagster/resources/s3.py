@@ -33,6 +33,9 @@ from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.security.redaction import redactor
 
 PARQUET_ENGINE = "pyarrow"
+#: The run tag naming the run whose outputs a run's inputs from outside it load (a flow's
+#: effects run reports the tracking run that triggered it), instead of the latest.
+SOURCE_RUN_TAG = "ordertrack/tracking_run"
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
@@ -200,8 +203,10 @@ def _redacted(body: bytes) -> bytes:
 
 def _producing_run(context: InputContext, kept: Callable[[str], bool]) -> str | None:
     """The run whose output this input is: the upstream step's run (this run, or the run a
-    re-execution comes from), whose output is `kept`; for an asset not in this run, its latest
-    materialization; None (the latest stored) when loaded outside a run (`load_asset_value`).
+    re-execution comes from), whose output is `kept`; for an asset not in this run, the run
+    its `SOURCE_RUN_TAG` names, else its latest materialization; None (the latest stored)
+    when loaded outside a run (`load_asset_value`). The tag pins every input of the run to
+    one run, whatever the flow materialized since (a later tracking run of the flow).
 
     Only Dagster's public context is read: an upstream outside the run carries a run id that
     names no run (neither kept nor known to the instance).
@@ -213,6 +218,9 @@ def _producing_run(context: InputContext, kept: Callable[[str], bool]) -> str | 
         return None
     if upstream is not None and context.instance.get_run_by_id(upstream.run_id) is not None:
         return upstream.run_id  # a run's output no longer kept: the load says so
+    source = context.step_context.run_tags.get(SOURCE_RUN_TAG)
+    if source:
+        return source
     records = context.instance.fetch_materializations(
         AssetRecordsFilter(
             asset_key=context.asset_key, asset_partitions=[context.asset_partition_key]

@@ -82,8 +82,38 @@ def run_status(deployment: Deployment, run_id: str) -> str:
     return str(_expect(data["runOrError"], "Run")["status"])
 
 
+def partition_tags(deployment: Deployment, job_name: str, partition: str) -> dict[str, str]:
+    """The tags the Launchpad asks the code server for when a partition is chosen."""
+    data = deployment.graphql(
+        """query Tags($selector: RepositorySelector!, $set: String!, $partition: String!) {
+          partitionSetOrError(repositorySelector: $selector, partitionSetName: $set) {
+            __typename
+            ... on PartitionSet {
+              partition(partitionName: $partition) {
+                tagsOrError {
+                  __typename
+                  ... on PartitionTags { results { key value } }
+                  ... on PythonError { message }
+                }
+              }
+            }
+            ... on PythonError { message }
+          }
+        }""",
+        selector=_REPOSITORY,
+        set=f"{job_name}_partition_set",
+        partition=partition,
+    )
+    found = _expect(data["partitionSetOrError"], "PartitionSet")["partition"]
+    tags = _expect(found["tagsOrError"], "PartitionTags")["results"]
+    return {tag["key"]: tag["value"] for tag in tags}
+
+
 def launch_flow_run(deployment: Deployment, flow: str) -> str:
-    """Launch the tracking job for one flow's partition, as "Materialize" in the UI does."""
+    """Launch the tracking job for one flow's partition, as the UI's Launchpad does: with
+    the partition's tags from the code server (the flow tag the queue limits among them)."""
+    tags = partition_tags(deployment, tracking_job.name, flow)
+    assert tags[PARTITION_TAG] == flow
     data = deployment.graphql(
         """mutation Launch($params: ExecutionParams!) {
           launchRun(executionParams: $params) {
@@ -96,7 +126,9 @@ def launch_flow_run(deployment: Deployment, flow: str) -> str:
         params={
             "selector": {**_REPOSITORY, "jobName": tracking_job.name},
             "runConfigData": {},
-            "executionMetadata": {"tags": [{"key": PARTITION_TAG, "value": flow}]},
+            "executionMetadata": {
+                "tags": [{"key": key, "value": value} for key, value in tags.items()]
+            },
         },
     )
     return str(_expect(data["launchRun"], "LaunchRunSuccess")["run"]["runId"])

@@ -282,7 +282,8 @@ def rendered_concurrency(values: dict[str, Any]) -> dict[str, Any] | None:
 
 def test_the_helm_values_render_one_run_per_flow_into_the_instance(tmp_path):
     """KUBE-FLOW-LIMIT: `concurrency.runs` without `enabled: true` renders nothing; with it
-    the rendered instance gives Dagster's run queue the limits of deploy/dagster.yaml."""
+    the rendered instance gives Dagster's run queue the limits of deploy/dagster.yaml: one
+    tracking run and one effects run per flow."""
     without = {**VALUES, "concurrency": {k: v for k, v in VALUES["concurrency"].items()}}
     without["concurrency"].pop("enabled", None)
     assert rendered_concurrency(without) is None
@@ -301,7 +302,8 @@ def test_the_helm_values_render_one_run_per_flow_into_the_instance(tmp_path):
     shipped = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["concurrency"]["runs"]
     assert queue.max_concurrent_runs == shipped["max_concurrent_runs"]
     limits = {(limit["key"], limit["limit"]) for limit in queue.tag_concurrency_limits}
-    assert limits == {("ordertrack/flow", 1), ("dagster/partition", 1)}
+    # one tracking run and one effects run per flow, each under its own tag (contract §7)
+    assert limits == {("ordertrack/flow", 1), ("ordertrack/effects", 1)}
     assert all(
         limit["value"] == {"applyLimitPerUniqueValue": True}
         for limit in queue.tag_concurrency_limits

@@ -6,12 +6,14 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from bson import ObjectId
 from dagster import (
     AssetSelection,
     DagsterInstance,
@@ -21,12 +23,14 @@ from dagster import (
 )
 from pymongo.database import Database
 
+from ordertrack_dagster.devstack.seed import seed_reference_data
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.effects.assets import EFFECT_ASSETS
 from ordertrack_dagster.effects.outbox import OUTBOX_COLLECTION
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.resources.state import STATE_COLLECTION
+from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
 from ordertrack_dagster.tracking.writer import PolledOrder, StatusCatalogue, apply_plan, plan_writes
 from ordertrack_dagster_tests.helpers import load_definitions
@@ -163,3 +167,27 @@ def moved_by_write_path(
     catalogue = StatusCatalogue.load(db)
     apply_plan(db, plan_writes(polled, catalogue, flow, now), catalogue)
     return orders
+
+
+def write_markers(
+    db: Database, statuses: Sequence[Any], order_ids: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Move fresh in-transit orders to `statuses` with the real write path, as a run that
+    crashed right after its MongoDB write leaves them: markers written, nothing sent."""
+    reference = seed_reference_data(db)
+    now = datetime.now(UTC)
+    in_transit = reference.statuses[Canonical.IN_TRANSIT]["status_id"]
+    order_ids = [*order_ids, *(f"OT-{ObjectId()}" for _ in statuses)]
+    orders = [
+        {
+            "_id": ObjectId(),
+            "order_id": order_ids[index],
+            "order_status": in_transit,
+            "awb_number": f"9{index}{int(time.time() * 1e6)}",
+            "marketplace": reference.marketplaces["woocommerce"],
+            "customer": {"phone": "9123456789"},
+            "total_amt": 2599.5,
+        }
+        for index, _ in enumerate(statuses)
+    ]
+    return moved_by_write_path(db, FLOW, orders, statuses, now)

@@ -5,7 +5,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from bson import ObjectId
 
 from ordertrack_dagster.devstack.mailbox import read_mailbox
 from ordertrack_dagster.devstack.seed import seed_reference_data
@@ -25,9 +24,9 @@ from ordertrack_dagster_tests.effects.support import (
     link,
     mentioning,
     metadata,
-    moved_by_write_path,
     outbox,
     webhooks_for,
+    write_markers,
 )
 from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
 
@@ -35,28 +34,6 @@ pytestmark = pytest.mark.slow
 
 OUTBOX_AND_CRM = ("effects_outbox", "crm_rto_webhooks")
 OUTBOX_AND_SLACK = ("effects_outbox", "slack_status_alerts")
-
-
-def write_markers(db, statuses, order_ids=()):
-    """Move fresh in-transit orders to `statuses` with the real write path, as a run that
-    crashed right after its MongoDB write leaves them: markers written, nothing sent."""
-    reference = seed_reference_data(db)
-    now = datetime.now(UTC)
-    in_transit = reference.statuses[Canonical.IN_TRANSIT]["status_id"]
-    order_ids = [*order_ids, *(f"OT-{ObjectId()}" for _ in statuses)]
-    orders = [
-        {
-            "_id": ObjectId(),
-            "order_id": order_ids[index],
-            "order_status": in_transit,
-            "awb_number": f"9{index}{int(time.time() * 1e6)}",
-            "marketplace": reference.marketplaces["woocommerce"],
-            "customer": {"phone": "9123456789"},
-            "total_amt": 2599.5,
-        }
-        for index, _ in enumerate(statuses)
-    ]
-    return moved_by_write_path(db, FLOW, orders, statuses, now)
 
 
 def test_markers_of_a_crashed_run_are_delivered_once_by_the_next_run(

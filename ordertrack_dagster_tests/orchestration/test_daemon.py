@@ -19,13 +19,15 @@ from ordertrack_dagster.analytics.assets import GROUP as ANALYTICS
 from ordertrack_dagster.analytics.models import discover_models
 from ordertrack_dagster.flows import MAX_RUNTIME_TAG
 from ordertrack_dagster.killpoints import KILL_AT_ENV
-from ordertrack_dagster.orchestration.guards import FLOW_TAG
+from ordertrack_dagster.orchestration.guards import EFFECTS_TAG, FLOW_TAG
 from ordertrack_dagster.orchestration.schedules import schedule_name
 from ordertrack_dagster.orchestration.sensors import (
     AUTOMATION_SENSOR,
     DEAD_RUN_SENSOR,
+    EFFECTS_SENSOR,
     FAILURE_SENSOR,
 )
+from ordertrack_dagster.resources.s3 import SOURCE_RUN_TAG
 from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
 from ordertrack_dagster_tests.orchestration import DAGSTER_YAML, daemon_location
 from ordertrack_dagster_tests.test_cli_flow import dagster_materialize
@@ -100,10 +102,13 @@ def _daemon(
             daemon.wait()
 
 
-def _wait_for_run(instance: DagsterInstance, daemon: subprocess.Popen, log: Path) -> DagsterRun:
+def _wait_for_run(
+    instance: DagsterInstance, daemon: subprocess.Popen, log: Path, tag: str = FLOW_TAG
+) -> DagsterRun:
+    """The flow's latest run carrying `tag`, once it has finished."""
     deadline = time.monotonic() + DEADLINE_SECONDS
     while time.monotonic() < deadline:
-        records = instance.get_run_records(RunsFilter(tags={FLOW_TAG: FLOW}), limit=1)
+        records = instance.get_run_records(RunsFilter(tags={tag: FLOW}), limit=1)
         if records and records[0].dagster_run.status in FINISHED:
             return records[0].dagster_run
         assert daemon.poll() is None, f"the daemon exited:\n{log.read_text()[-3000:]}"
@@ -111,7 +116,9 @@ def _wait_for_run(instance: DagsterInstance, daemon: subprocess.Popen, log: Path
     pytest.fail(f"no finished {FLOW} run within {DEADLINE_SECONDS} s:\n{log.read_text()[-3000:]}")
 
 
-def test_the_daemon_runs_a_scheduled_tick(stack, stack_env, db, tmp_path):
+def test_the_daemon_runs_a_scheduled_tick_and_then_its_side_effects(stack, stack_env, db, tmp_path):
+    """The tick launches the tracking-only job; once it succeeded, the daemon's run-status
+    sensor launches the flow's effects run for it (contract §7), which emails its summary."""
     seeded = seed_orders(db, stack.simulator, FLOW, ["in_transit", "delivered"])
     home, env = _home_and_env(stack_env, tmp_path)
     started = datetime.now(UTC)
@@ -119,16 +126,26 @@ def test_the_daemon_runs_a_scheduled_tick(stack, stack_env, db, tmp_path):
 
     # the instance (its storage) exists before the daemon and the CLI open it side by side
     with DagsterInstance.from_config(str(home)) as instance, _daemon(home, env, log) as daemon:
+        # its first tick sets its cursor: started before the run, so that run is after it
+        _start("sensor", EFFECTS_SENSOR, home, env)
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not _has_ticked(instance, EFFECTS_SENSOR) and time.monotonic() < deadline:
+            time.sleep(1)
         # started through the instance, as the UI's toggle does; the next minute ticks
         _start("schedule", schedule_name(FLOW), home, env)
         run = _wait_for_run(instance, daemon, log)
+        effects = _wait_for_run(instance, daemon, log, EFFECTS_TAG)
 
     assert run.status == DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
+    assert run.job_name == "tracking_only_job"
     assert run.tags["dagster/schedule_name"] == schedule_name(FLOW)
     assert run.tags["dagster/partition"] == FLOW
     orders = orders_by_id(db, seeded)
     assert {doc["courier_status"] for doc in orders.values()} == {"ud-in_transit", "dl-delivered"}
     assert all(doc["last_tracking_time"] >= started for doc in orders.values())
+    assert effects.status == DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
+    assert (effects.job_name, effects.tags[SOURCE_RUN_TAG]) == ("tracking_effects_job", run.run_id)
+    assert [mail for mail in stack.mailbox() if run.run_id in str(mail)]
 
 
 def _has_ticked(instance: DagsterInstance, sensor: str) -> bool:

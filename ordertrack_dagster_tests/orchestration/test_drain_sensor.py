@@ -39,6 +39,7 @@ def test_a_run_that_hit_its_cap_or_deferred_for_the_budget_is_followed_at_once(i
     result = evaluate(instance, mongo)
     requested = {request.partition_key: request for request in result.run_requests}
     assert set(requested) == {"delhivery_fallback", "delhivery_b2c"}
+    assert SENSOR.job_name == "tracking_only_job"  # its effects follow in their own run
     for flow, request in requested.items():
         assert run_tags(get_flow(flow)).items() <= request.tags.items()  # max runtime too
         assert request.run_key.startswith("drain:")

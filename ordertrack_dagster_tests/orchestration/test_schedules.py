@@ -16,6 +16,7 @@ from ordertrack_dagster.definitions import defs
 from ordertrack_dagster.flows import FLOWS, MAX_RUNTIME_TAG, SCHEDULE_TIMEZONE, schedule_interval
 from ordertrack_dagster.orchestration import SCHEDULES
 from ordertrack_dagster.orchestration.guards import (
+    EFFECTS_TAG,
     FLOW_TAG,
     PARTITION_TAG,
 )
@@ -41,7 +42,8 @@ def test_every_flow_has_its_cron_in_india_time():
         schedule = BY_NAME[schedule_name(flow.key)]
         assert schedule.cron_schedule == flow.cron
         assert schedule.execution_timezone == SCHEDULE_TIMEZONE
-        assert schedule.job_name == "tracking_job"
+        # the tracking part alone: its side effects follow in their own run (contract §7)
+        assert schedule.job_name == "tracking_only_job"
 
 
 def test_schedule_interval_is_the_longest_gap_between_ticks():
@@ -74,6 +76,15 @@ def test_a_manual_run_of_the_partition_holds_the_schedule_too(instance, mongo, a
     manual = add_run(DagsterRunStatus.STARTED, {PARTITION_TAG: "delhivery_b2b"})
     result = tick(instance, mongo, "delhivery_b2b")
     assert manual.run_id in result.skip_message
+
+
+def test_a_flows_effects_run_does_not_hold_its_next_tick(instance, mongo, add_run):
+    """Side effects are off the critical path (contract §7): their run in flight (queued or
+    sending) is no tracking run, so the tick goes ahead."""
+    add_run(DagsterRunStatus.STARTED, {EFFECTS_TAG: "velocity", PARTITION_TAG: "velocity"})
+    add_run(DagsterRunStatus.QUEUED, {EFFECTS_TAG: "velocity", PARTITION_TAG: "velocity"})
+    [request] = tick(instance, mongo, "velocity").run_requests
+    assert request.partition_key == "velocity"
 
 
 def test_finished_runs_and_other_flows_do_not_hold_a_tick(instance, mongo, add_run):
@@ -117,11 +128,32 @@ def test_schedules_and_sensors_run_by_default_only_in_prod(monkeypatch, env, on)
     assert set(sensors.values()) == {expected_sensor}
 
 
-def test_shipped_dagster_yaml_limits_one_run_per_flow_and_partition(tmp_path):
+def test_shipped_dagster_yaml_limits_one_tracking_and_one_effects_run_per_flow(tmp_path):
+    """Each under its own tag: a limit on `dagster/partition`, which both carry, would queue
+    a flow's effects run behind its next tracking run and the other way round."""
     shutil.copy(DAGSTER_YAML, tmp_path / "dagster.yaml")
     with DagsterInstance.from_config(str(tmp_path)) as instance:
         limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
     by_key = {limit["key"]: limit for limit in limits}
-    for tag in (FLOW_TAG, PARTITION_TAG):
-        assert by_key[tag]["limit"] == 1
-        assert by_key[tag]["value"] == {"applyLimitPerUniqueValue": True}
+    assert set(by_key) == {FLOW_TAG, EFFECTS_TAG}
+    for limit in by_key.values():
+        assert limit["limit"] == 1
+        assert limit["value"] == {"applyLimitPerUniqueValue": True}
+
+
+@pytest.mark.parametrize(
+    "job, tag",
+    [
+        ("tracking_job", FLOW_TAG),
+        ("tracking_only_job", FLOW_TAG),
+        ("repoll_orders_job", FLOW_TAG),
+        ("tracking_effects_job", EFFECTS_TAG),
+    ],
+)
+def test_every_run_of_a_flow_job_carries_its_limits_tag(job, tag):
+    """Whoever launches it (Launchpad, backfill, schedule, sensor): the job's partition tags,
+    which Dagster adds to every partitioned run, carry the tag the run queue limits."""
+    tags = REPOSITORY.get_job(job).get_tags_for_partition_key("shiprocket", None)
+    assert tags[tag] == "shiprocket"
+    assert ({FLOW_TAG, EFFECTS_TAG} - {tag}).isdisjoint(tags)
+    assert tags[MAX_RUNTIME_TAG] == str(3 * 8 * 60)

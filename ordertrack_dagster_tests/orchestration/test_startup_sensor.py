@@ -36,6 +36,7 @@ def test_first_tick_after_a_daemon_start_runs_every_flow_once(instance, mongo):
     daemon_started(instance, "daemon-a")
     first = evaluate(instance, mongo)
     assert set(requested(first)) == set(FLOWS)
+    assert SENSOR.job_name == "tracking_only_job"  # its effects follow in their own run
     for flow, request in requested(first).items():
         assert request.tags[FLOW_TAG] == flow
         assert request.run_key == f"startup:daemon-a:{flow}"
