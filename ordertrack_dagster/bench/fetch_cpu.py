@@ -106,8 +106,9 @@ def _per_request_ms(work: Callable[[int], object], repeats: int, requests: int) 
 def measure(repeats: int = REPEATS, requests: int = REQUESTS) -> FetchCpuFigures:
     """The engine's and the mapping's CPU per answer of 50 waybills."""
     bodies = answers()
-    state = SharedState(MongoClient("mongodb://127.0.0.1:9", connect=False)["unused"])
-    client = DelhiveryB2CClient(FLOW, state, "http://courier.invalid/", "token")
+    # reading an answer asks nothing of the shared state: a client that never connects serves
+    never = MongoClient("mongodb://127.0.0.1:9", connect=False)
+    client = DelhiveryB2CClient(FLOW, SharedState(never["unused"]), "http://x/", "token")
     responses = [
         (keys, httpx.Response(200, headers={"Content-Type": "application/json"}, content=body))
         for keys, body in bodies
@@ -131,6 +132,7 @@ def measure(repeats: int = REPEATS, requests: int = REQUESTS) -> FetchCpuFigures
 
     reading = _per_request_ms(read, repeats, requests)
     mapping = _per_request_ms(map_records, repeats, requests)
+    never.close()
     return FetchCpuFigures(
         waybills=FLOW.batch_size,
         body_kib=round(sum(len(body) for _, body in bodies) / len(bodies) / 1024, 1),
