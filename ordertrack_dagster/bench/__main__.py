@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ordertrack_dagster.bench import freshness
+from ordertrack_dagster.bench import fetch_cpu, freshness
 from ordertrack_dagster.bench.freshness_e2e import validate
 from ordertrack_dagster.bench.report import write_report
 from ordertrack_dagster.bench.results import Results, keep_unmeasured, machine, read_results
@@ -30,7 +30,18 @@ from ordertrack_dagster.devstack.demo import PROJECT_ROOT
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.tracking.selection import SelectionPolicy
 
-PARTS = ("flows", "growth", "limited", "shared", "head_of_line", "bounded", "freshness")
+PARTS = (
+    "flows",
+    "growth",
+    "limited",
+    "shared",
+    "head_of_line",
+    "bounded",
+    "freshness",
+    "fetch_cpu",
+)
+#: Parts that need no server: measured before the stack starts, and without it when alone.
+STANDALONE = {"fetch_cpu"}
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -81,18 +92,21 @@ def measure(args: argparse.Namespace) -> Results:
     ]  # fmt: skip
     print(f"benchmark ({'smoke' if args.smoke else 'full'}); logs in {workdir}", flush=True)
     started, load_before = time.perf_counter(), os.getloadavg()
-    with EmbeddedStack(workdir=workdir, simulator_args=simulator_args) as stack:
-        bench = Bench(stack, workdir, args.latency_mean_ms)
-        try:
-            flows = throughput(bench, scale) if "flows" in parts else []
-            grown = growth(bench, scale) if "growth" in parts else []
-            limited = rate_limited(bench, scale) if "limited" in parts else None
-            shared = shared_limit(bench, scale) if "shared" in parts else None
-            line = head_of_line(bench, scale) if "head_of_line" in parts else None
-            capped = bounded(bench, scale) if "bounded" in parts else None
-            fresh = measure_freshness(bench, args.smoke) if "freshness" in parts else None
-        finally:
-            bench.close()
+    cpu = fetch_cpu.measure() if "fetch_cpu" in parts else None
+    flows, grown, limited, shared, line, capped, fresh = [], [], None, None, None, None, None
+    if parts - STANDALONE:
+        with EmbeddedStack(workdir=workdir, simulator_args=simulator_args) as stack:
+            bench = Bench(stack, workdir, args.latency_mean_ms)
+            try:
+                flows = throughput(bench, scale) if "flows" in parts else []
+                grown = growth(bench, scale) if "growth" in parts else []
+                limited = rate_limited(bench, scale) if "limited" in parts else None
+                shared = shared_limit(bench, scale) if "shared" in parts else None
+                line = head_of_line(bench, scale) if "head_of_line" in parts else None
+                capped = bounded(bench, scale) if "bounded" in parts else None
+                fresh = measure_freshness(bench, args.smoke) if "freshness" in parts else None
+            finally:
+                bench.close()
     return Results(
         mode="smoke" if args.smoke else "full",
         scale=scale,
@@ -109,6 +123,7 @@ def measure(args: argparse.Namespace) -> Results:
         head_of_line=line,
         bounded=capped,
         freshness=fresh,
+        fetch_cpu=cpu,
     )
 
 

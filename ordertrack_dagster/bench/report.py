@@ -4,6 +4,7 @@ figure), BENCH.md (the BENCH.md.j2 template filled in) and the growth plot besid
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def to_json(figures: Report) -> dict[str, Any]:
         "head_of_line": results.head_of_line.as_dict() if results.head_of_line else None,
         "bounded": results.bounded.as_dict() if results.bounded else None,
         "freshness": results.freshness.as_dict() if results.freshness else None,
+        "fetch_cpu": asdict(results.fetch_cpu) if results.fetch_cpu else None,
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import psutil
 
+from ordertrack_dagster.bench.fetch_cpu import FetchCpuFigures
 from ordertrack_dagster.bench.freshness import FreshnessFigures
 from ordertrack_dagster.bench.measure import RunFigures
 from ordertrack_dagster.bench.scenarios import (
@@ -75,6 +76,7 @@ class Results:
     head_of_line: HeadOfLineFigures | None = None
     bounded: RunFigures | None = None
     freshness: FreshnessFigures | None = None
+    fetch_cpu: FetchCpuFigures | None = None
     generated_at: str = field(default_factory=_now)
 
     def runs(self) -> list[RunFigures]:
@@ -138,6 +140,7 @@ def results_from_json(data: dict[str, Any]) -> Results:
         head_of_line=_optional(HeadOfLineFigures.from_dict, data.get("head_of_line")),
         bounded=_optional(RunFigures.from_dict, data.get("bounded")),
         freshness=_optional(FreshnessFigures.from_dict, data.get("freshness")),
+        fetch_cpu=_optional(FetchCpuFigures.from_dict, data.get("fetch_cpu")),
         generated_at=data["generated_at"],
     )
 
@@ -155,6 +158,7 @@ PART_FIELDS = {
     "head_of_line": "head_of_line",
     "bounded": "bounded",
     "freshness": "freshness",
+    "fetch_cpu": "fetch_cpu",
 }
 
 

@@ -11,10 +11,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+import msgspec
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from ordertrack_dagster.couriers.answers import implausible_time, parse_courier_time
+from ordertrack_dagster.couriers.answers import (
+    implausible_time,
+    parse_courier_time,
+    read_json_text,
+)
 from ordertrack_dagster.couriers.description import (
     CourierDescription,
     CourierSetting,
@@ -174,6 +180,46 @@ def interpret_fallback(answer: Any, order: OrderContext, now: datetime) -> Inter
     )
 
 
+class _Entry(msgspec.Struct):
+    """One `ShipmentData` entry, its `Shipment` left as the bytes it came as."""
+
+    Shipment: msgspec.Raw = msgspec.Raw()
+
+
+class _ShipmentData(msgspec.Struct):
+    ShipmentData: list[_Entry]
+
+
+class _Waybill(msgspec.Struct):
+    AWB: Any = None
+
+
+_READ_SHIPMENT_DATA = msgspec.json.Decoder(_ShipmentData)
+_READ_WAYBILL = msgspec.json.Decoder(_Waybill)
+#: A body the cut does not take: not JSON, not UTF-8, too deep, or another shape (an error).
+_NOT_CUT = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def cut_shipments(body: bytes) -> list[tuple[str, str]] | None:
+    """Each `Shipment` of a well-formed express answer with an AWB, as (AWB, its JSON text as
+    it came), in the answer's order; None for any other body, which `split_answer` judges.
+
+    The text is cut from the body, not parsed and written again: the whole body is checked
+    to be JSON, but only each shipment's AWB is read; the mapping parses each text once. A
+    shipment keeps the courier's own spacing and escapes, and parses to the same value.
+    """
+    try:
+        shipments = _READ_SHIPMENT_DATA.decode(body).ShipmentData
+        cut = []
+        for entry in shipments:
+            awb = _READ_WAYBILL.decode(entry.Shipment).AWB
+            if awb is not None:
+                cut.append((str(awb).strip(), str(memoryview(entry.Shipment), "utf-8")))
+    except _NOT_CUT:
+        return None
+    return cut
+
+
 class _DelhiveryExpressClient(CourierClient):
     block_statuses = frozenset({403})  # Delhivery's firewall answers 403, not 429
     block_seconds = DELHIVERY_BLOCK_SECONDS
@@ -201,8 +247,26 @@ class _DelhiveryExpressClient(CourierClient):
             "unexpected answer shape (no ShipmentData)", retryable=False, http_status=200
         )
 
+    def answer_texts(self, keys: Sequence[str], response: httpx.Response) -> dict[str, str]:
+        """Each shipment's text cut from the body (`cut_shipments`); any other body is read
+        whole, as every courier's is."""
+        cut = cut_shipments(response.content)
+        if cut is None:
+            return super().answer_texts(keys, response)
+        texts: dict[str, str] = {}
+        for awb, text in cut:
+            kept = texts.get(awb)
+            texts[awb] = text if kept is None else self._newer_text(awb, kept, text)
+        return texts
+
     def error_answer(self, keys: Sequence[str], error: str) -> dict[str, Any]:
         raise NotAnswered(error or "no such waybill")
+
+    def _newer_text(self, awb: str, kept: str, text: str) -> str:
+        """`_newer` for two shipments kept as text (the same AWB twice is rare: both are read)."""
+        kept_shipment = read_json_text(kept)
+        newer = self._newer(awb, kept_shipment, read_json_text(text))
+        return kept if newer is kept_shipment else text
 
     def _newer(self, awb: str, kept: dict | None, shipment: dict) -> dict:
         """The same AWB twice in one answer: the newer status wins, and ops hear of it when

@@ -2,8 +2,9 @@
 jitter, rate-limit pauses, the request budget and per-batch failure isolation, once.
 
 A courier module only says how to build one request, how to split an answer into one raw
-answer per tracking key, and how to log in; reading one raw answer is its pure half
-(`answers.py` holds the helpers for it).
+answer per tracking key (or, faster, how to cut each key's JSON text from the answer as it
+came), and how to log in; reading one raw answer is its pure half (`answers.py` holds the
+helpers for it).
 """
 
 from __future__ import annotations
@@ -153,6 +154,13 @@ class CourierClient(ABC):
     def split_answer(self, keys: Sequence[str], payload: Any) -> dict[str, Any]:
         """One raw answer per key that was answered; raise BatchFailure for a batch error."""
 
+    def answer_texts(self, keys: Sequence[str], response: httpx.Response) -> dict[str, str]:
+        """Each answered key's answer as JSON text, as the records keep it: the body read and
+        split (`split_answer`), each answer written back as text. A courier whose answers can
+        be cut from the body as they came overrides this, to skip writing them again."""
+        answers = self.split_answer(keys, decode_json(response))
+        return {key: json_text(answer) for key, answer in answers.items()}
+
     async def auth_headers(self, http: httpx.AsyncClient) -> dict[str, str]:
         """Headers that authenticate a request; a login happens here, once, when needed."""
         return {}
@@ -292,11 +300,11 @@ class CourierClient(ABC):
         batch.sent_at, batch.sent_clock = datetime.now(UTC), 0.0
         http_status: int | None = None
         try:
-            http_status, answers = await self._send(http, batch)
+            http_status, texts = await self._send(http, batch)
             latency_ms = batch.latency_ms()
             records = [
                 self._answer_record(
-                    batch, key, answers.get(key), http_status, batch.sent_at, latency_ms
+                    batch, key, texts.get(key), http_status, batch.sent_at, latency_ms
                 )
                 for key in batch.keys
             ]
@@ -339,25 +347,25 @@ class CourierClient(ABC):
         self,
         batch: _Batch,
         key: str,
-        answer: Any,
+        text: str | None,
         http_status: int,
         fetched_at: datetime,
         latency_ms: float | None,
     ) -> FetchRecord:
         return FetchRecord(
             tracking_key=key,
-            state=FetchState.NOT_ANSWERED if answer is None else FetchState.ANSWERED,
+            state=FetchState.NOT_ANSWERED if text is None else FetchState.ANSWERED,
             batch=batch.index,
             http_status=http_status,
             fetched_at=fetched_at,
             latency_ms=latency_ms,
             attempts=batch.attempts,
-            raw=None if answer is None else json_text(answer),
-            error=self.answer_notes.get(key) if answer is not None else "asked but not answered",
+            raw=text,
+            error=self.answer_notes.get(key) if text is not None else "asked but not answered",
         )
 
-    async def _send(self, http: httpx.AsyncClient, batch: _Batch) -> tuple[int, dict]:
-        """One request (and at most one re-authentication); the per-key answers."""
+    async def _send(self, http: httpx.AsyncClient, batch: _Batch) -> tuple[int, dict[str, str]]:
+        """One request (and at most one re-authentication); each answered key's JSON text."""
         spec = self.build_request(batch.keys)
         for attempt in range(2):
             headers = await self.auth_headers(http)
@@ -407,7 +415,7 @@ class CourierClient(ABC):
         if response.status_code in self.block_statuses:
             raise RateLimited(now + timedelta(seconds=self.block_seconds), response.status_code)
 
-    def _read(self, response: httpx.Response, keys: Sequence[str]) -> dict[str, Any]:
+    def _read(self, response: httpx.Response, keys: Sequence[str]) -> dict[str, str]:
         status = response.status_code
         self._raise_if_told_to_stop(response, datetime.now(UTC))
         if status >= 500:
@@ -415,7 +423,7 @@ class CourierClient(ABC):
         if status == 401:
             raise BatchFailure("HTTP 401: credentials refused", retryable=False, http_status=401)
         try:
-            return self.split_answer(keys, decode_json(response))
+            return self.answer_texts(keys, response)
         except (NotAnswered, BatchFailure) as answer_error:
             # couriers answer "unknown key" with 200 or 404: the record keeps which it was
             answer_error.http_status = answer_error.http_status or status

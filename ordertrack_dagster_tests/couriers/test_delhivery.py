@@ -1,7 +1,9 @@
 """Delhivery express (B2C) and fallback: every contract §5 row, the rules, the error shapes."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from ordertrack_dagster.couriers.delhivery import (
@@ -10,6 +12,7 @@ from ordertrack_dagster.couriers.delhivery import (
     PAIR_TABLE,
     DelhiveryB2CClient,
     DelhiveryFallbackClient,
+    cut_shipments,
     interpret_express,
     interpret_fallback,
     references_match,
@@ -18,7 +21,7 @@ from ordertrack_dagster.couriers.failures import BatchFailure, NotAnswered
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.records import OrderContext, Outcome
 from ordertrack_dagster.statuses import Canonical as C
-from ordertrack_dagster_tests.fixtures import sample
+from ordertrack_dagster_tests.fixtures import SAMPLES, sample
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)  # 11:30 in India
 ORDER = OrderContext(order_id="2237", tracking_key="26805710004060")
@@ -202,6 +205,82 @@ def test_unexpected_shapes_fail_the_batch(payload):
     client = DelhiveryB2CClient(FLOWS["delhivery_b2c"], state=None, url="u", token="t")
     with pytest.raises(BatchFailure):
         client.split_answer(["1"], payload)
+
+
+def answer_texts(body: bytes, keys: list[str]) -> dict[str, str]:
+    client = DelhiveryB2CClient(FLOWS["delhivery_b2c"], state=None, url="u", token="t")
+    response = httpx.Response(200, headers={"Content-Type": "application/json"}, content=body)
+    return client.answer_texts(keys, response)
+
+
+def shipments_in(body: bytes) -> dict[str, object]:
+    """Each shipment of an answer by AWB, as a standard JSON reader sees the body."""
+    payload = json.loads(body.decode("utf-8", "surrogatepass"))
+    items = [item.get("Shipment") for item in payload["ShipmentData"] if isinstance(item, dict)]
+    return {
+        str(s["AWB"]).strip(): s for s in items if isinstance(s, dict) and s.get("AWB") is not None
+    }
+
+
+def test_each_waybill_keeps_its_shipment_as_the_courier_sent_it():
+    """The sample is spaced as a person writes it: each text is the courier's own bytes."""
+    body = (SAMPLES / "delhivery_b2c_track.json").read_bytes()
+    keys = ["26805710004060", "26805710004071", "26805710004085"]
+    texts = answer_texts(body, keys)
+    assert cut_shipments(body) is not None  # cut from the body, not written again
+    assert set(texts) == set(keys)
+    for key, text in texts.items():
+        assert text in body.decode()
+        assert json.loads(text) == shipments_in(body)[key]
+
+
+#: JSON syntax, escapes and raw UTF-8 inside a string, as JSON text.
+_TRICKY = r"}]},{\"Shipment\":{\"AWB\":\"FAKE1\"}} \\ \u00e9\ud83d\ude00 é 😀 \u2028"
+HOSTILE_BODIES = {
+    "syntax inside strings": '{"ShipmentData":[{"Shipment":{"AWB":"H1","Status":{"Status":'
+    '"In Transit","StatusType":"UD","Instructions":"' + _TRICKY + '"}}}]}',
+    "repeated keys, the last counts": '{"ShipmentData":[{"Shipment":{"AWB":"H1","Status":'
+    '{"Status":"Manifested","StatusType":"UD"},"Status":{"Status":"Delivered","StatusType":"DL"}'
+    "}}]}",
+    "numbers no 64 bits hold": '{"ShipmentData":[{"Shipment":{"AWB":"H1","CODAmount":'
+    '12345678901234567890123,"ChargedWeight":1.5e3,"InvoiceAmount":-0.0,"Status":'
+    '{"Status":"RTO","StatusType":"DL"}}}]}',
+    "spaced and indented": '{\n\t"ShipmentData" : [ { "Shipment" : {\n  "AWB" : " H1 " ,\n'
+    '  "Status" : { "Status" : "Delivered" , "StatusType" : "DL" } } , "Other" : [ ] } ]\n}\n',
+    "a lone surrogate": '{"ShipmentData":[{"Shipment":{"AWB":"H1","Scan":"\\ud800",'
+    '"Status":{"Status":"Delivered","StatusType":"DL"}}}]}',
+    "entries that are not shipments": '{"ShipmentData":[null,{"Other":1},{"Shipment":"x"},'
+    '{"Shipment":{"AWB":null}},{"Shipment":{"AWB":"H1","Status":{"Status":"Delivered",'
+    '"StatusType":"DL"}}}]}',
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+def test_each_kept_text_is_the_json_of_its_shipment_in_hostile_answers(body):
+    raw = body.encode("utf-8", "surrogatepass")
+    expected = shipments_in(raw)
+    texts = answer_texts(raw, list(expected))
+    assert set(texts) == set(expected)
+    for key, text in texts.items():
+        assert json.loads(text) == expected[key]
+
+
+def test_the_same_awb_twice_keeps_the_text_of_the_newest():
+    def entry(status: str, when: str) -> str:
+        status_json = {"Status": status, "StatusType": "UD", "StatusDateTime": when}
+        return json.dumps({"Shipment": {"AWB": "T1", "Status": status_json}})
+
+    body = f'{{"ShipmentData":[{entry("Dispatched", "2024-09-21T10:00:00")},'
+    body += f"{entry('In Transit', '2024-09-20T10:00:00')}]}}"
+    [text] = answer_texts(body.encode(), ["T1"]).values()
+    assert json.loads(text)["Status"]["Status"] == "Dispatched"
+    assert text in body
+
+
+def test_an_error_body_read_from_bytes_is_still_not_answered():
+    body = (SAMPLES / "delhivery_b2c_error.json").read_bytes()
+    with pytest.raises(NotAnswered, match="No such waybill"):
+        answer_texts(body, ["1"])
 
 
 def test_b2c_asks_fifty_waybills_in_one_get():

@@ -218,6 +218,28 @@ def test_two_due_orders_sharing_an_awb_get_no_status_from_it(state):
     assert all("held by live orders OT-0, OT-1" in alert for alert in rows["alert"])
 
 
+def test_each_stored_text_is_its_shipment_as_the_courier_sent_it(state):
+    """One batch answer whose strings carry JSON syntax, escapes and raw UTF-8, spaced as a
+    person writes it: each key's stored text is its shipment's JSON in that answer, byte for
+    byte, and maps as the shipment does."""
+    tricky = r"}]},{\"Shipment\":{\"AWB\":\"AWBFAKE000001\"}} \\ \u00e9 é 😀 \u2028"
+    awbs = ["AWBTEXT000001", "AWBTEXT000002"]
+    shipments = [
+        f'{{\n  "AWB": "{awb}", "Instructions": "{tricky}",\n  "Status": {{"Status": '
+        f'"In Transit", "StatusType": "UD", "StatusDateTime": "2026-11-30T10:00:00"}}\n}}'
+        for awb in awbs
+    ]
+    body = '{"ShipmentData": [' + ", ".join(f'{{"Shipment": {s}}}' for s in shipments) + "]}"
+    with hostile_server(lambda seen: json_answer(body)) as server:
+        result = run_fetch(client_for(server.url, state, batch_size=50), awbs)
+    records = records_by_key(result)
+    for awb, shipment_text in zip(awbs, shipments, strict=True):
+        assert records[awb].raw == shipment_text
+        assert json.loads(records[awb].raw)["Instructions"].startswith('}]},{"Shipment"')
+    rows = _read(result, awbs, datetime.now(UTC))
+    assert set(rows["status"]) == {Canonical.IN_TRANSIT.value}
+
+
 @pytest.mark.parametrize("bad", [TOKEN + "\n", TOKEN + "\r\nX-Injected: 1", f" {TOKEN}"])
 def test_a_malformed_token_is_refused_before_sending_and_never_echoed(state, bad):
     with hostile_server(by_waybill({})) as server:
