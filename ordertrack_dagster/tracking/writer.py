@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from bson import ObjectId
@@ -35,14 +36,14 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from ordertrack_dagster.killpoints import kill_point
-from ordertrack_dagster.markers import OUTBOX_FIELD, Event, marker
+from ordertrack_dagster.markers import OUTBOX_FIELD, Event, Transition, events_for, marker
 from ordertrack_dagster.polling import (
     ASKED_FIELD,
     NEXT_POLL_FIELD,
     STATUS_CHANGED_FIELD,
     next_poll_at,
 )
-from ordertrack_dagster.records import INDIA, Outcome
+from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.resources.mongo import BULK_CHUNK, BulkLog, Rejected, bulk_update
 from ordertrack_dagster.statuses import (
     Canonical,
@@ -146,24 +147,6 @@ class WriteReport(BulkLog):
 def _literal(value: Any) -> dict[str, Any]:
     """Values inside pipeline updates must not be read as field paths (`$`-prefixed text)."""
     return {"$literal": value}
-
-
-def _events_for(order: PolledOrder, new: Canonical, flow_key: str) -> tuple[Event, ...]:
-    if new in (Canonical.RTO, Canonical.RTO_IN_TRANSIT):
-        return (Event.CRM_RTO,)
-    if new is Canonical.BOOKING_CANCELLED:
-        return (Event.SLACK_CANCELLED,)
-    if new in (Canonical.LOST, Canonical.DESTROY):
-        return (Event.SLACK_LOST_DESTROY,)
-    if new is Canonical.DELIVERED and flow_key == "delhivery_b2b" and _same_india_day(order):
-        return (Event.SLACK_B2B_SAME_DAY_DELIVERY,)
-    return ()
-
-
-def _same_india_day(order: PolledOrder) -> bool:
-    if order.booked_at is None or order.event_time is None:
-        return False
-    return order.booked_at.astimezone(INDIA).date() == order.event_time.astimezone(INDIA).date()
 
 
 def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
@@ -276,13 +259,30 @@ class _Moves:
         return self._orders[new]
 
 
-#: The CRM webhook's guard: neither return status was reached before (the old service's).
-_FIRST_RETURN = {
-    "$and": [
-        {"$eq": [{"$ifNull": ["$tracking_timestamps.rto", None]}, None]},
-        {"$eq": [{"$ifNull": ["$tracking_timestamps.rto_in_transit", None]}, None]},
-    ]
-}
+@cache
+def _first_entry(statuses: frozenset[Canonical]) -> dict[str, Any]:
+    """On the stored document: the order never entered any of `statuses` (their
+    `tracking_timestamps` are unset), the guard the earlier service had on the CRM webhook."""
+    return {
+        "$and": [
+            {"$eq": [{"$ifNull": [f"$tracking_timestamps.{timestamp_key(status)}", None]}, None]}
+            for status in sorted(statuses)
+        ]
+    }
+
+
+def _queued_markers(
+    events: Sequence[Event], status: Canonical, flow_key: str, tracking_key: str, now: datetime
+) -> list[Any]:
+    """Each event's marker, under its first-entry guard when its trigger has one."""
+    queued: list[Any] = []
+    for event in events:
+        one = {event.value: _literal(marker(status.value, flow_key, tracking_key, now))}
+        trigger = event.trigger
+        queued.append(
+            {"$cond": [_first_entry(trigger.statuses), one, {}]} if trigger.first_entry else one
+        )
+    return queued
 
 
 def _status_op(
@@ -317,17 +317,8 @@ def _status_op(
     fields[NEXT_POLL_FIELD] = {"$cond": [arrived, _literal(moved), _literal(stayed)]}
     fields[STATUS_CHANGED_FIELD] = {"$cond": [allowed, entry_time, _changed_at_unless_set(now)]}
     if events:
-        markers = {
-            event.value: _literal(marker(new.value, flow_key, order.tracking_key, now))
-            for event in events
-        }
-        guard: Any = _FIRST_RETURN if Event.CRM_RTO in events else True
-        merged = {
-            "$mergeObjects": [
-                {"$ifNull": [f"${OUTBOX_FIELD}", {}]},
-                {"$cond": [guard, markers, {}]},
-            ]
-        }
+        queued = _queued_markers(events, new, flow_key, order.tracking_key, now)
+        merged = {"$mergeObjects": [{"$ifNull": [f"${OUTBOX_FIELD}", {}]}, *queued]}
         fields[OUTBOX_FIELD] = {"$cond": [allowed, merged, f"${OUTBOX_FIELD}"]}
     return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
 
@@ -423,7 +414,7 @@ def plan_writes(
             plan.order_ops.append(_poll_op(order, current, now, moves))
             plan.decisions.append(unchanged)
             continue
-        events = _events_for(order, new, flow_key)
+        events = events_for(Transition(flow_key, new, order.booked_at, order.event_time))
         plan.order_ops.append(_status_op(order, current, new, moves, events, flow_key, now))
         plan.changes[order.order_oid] = catalogue.ids[new]
         plan.decisions.append(
