@@ -32,7 +32,7 @@ from ordertrack_dagster.security.redaction import redact
 from ordertrack_dagster.tracking.mapping import interpret_answers
 from ordertrack_dagster.tracking.plan import Decision, StatusCatalogue
 from ordertrack_dagster.tracking.selection import shared_key_holders
-from ordertrack_dagster.tracking.writer import WriteReport, record_part, write_updates
+from ordertrack_dagster.tracking.writer import write_updates
 
 STREAM_EVERY_ENV = "ORDERTRACK_STREAM_WRITES_EVERY_SECONDS"
 DEFAULT_STREAM_EVERY = timedelta(seconds=20)
@@ -122,9 +122,11 @@ class StreamedWriter:
         now = datetime.now(UTC)
         holders = shared_key_holders(self._db, self._flow, keys, now)
         updates = interpret_answers(orders, raw, COURIERS[self._flow.key].interpret, now, holders)
-        write_updates(self._db, updates, self._flow, self._catalogue, after_part=self._record)
+        write_updates(
+            self._db, updates, self._flow, self._catalogue, self._run_id, after_part=self._count
+        )
         kill_point("after_streamed_write")
 
-    def _record(self, decisions: list[Decision], report: WriteReport) -> None:
-        record_part(self._db, self._flow.key, self._run_id, decisions, report)
+    def _count(self, decisions: list[Decision]) -> None:
+        """A part is written and recorded: count it (the fetch's metadata reports it)."""
         self.written += len(decisions)

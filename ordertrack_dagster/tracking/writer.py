@@ -5,9 +5,9 @@ this fetch and reports the whole run (its table and metadata). `write_updates` w
 rows one bulk's worth at a time: it plans them (`plan.py`, pure), sends the plan as a few
 bulk writes (`apply_plan`: one operation per polled order), brings orderTracking to the
 orders (`sync_order_tracking`) and settles the decisions by what MongoDB did (`settle`).
-The fetch's streamed writes (`streaming.py`) call it too, and each written part's decisions
-are recorded at once (`record_part`, in `ordertrack_streamed`), so a later write of the run
-reports them instead of writing them again (`written_earlier`; `discard` lets them go).
+The fetch's streamed writes (`streaming.py`) call it too. Each written part's decisions are
+recorded at once (in `ordertrack_streamed`), so a later write of the run reports them
+instead of writing them again (`written_earlier`; `discard` lets them go).
 
 orderTracking follows the order. Every write that leaves the order's status differing from
 the one orderTracking was last brought to marks the order (in the same update);
@@ -24,7 +24,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -77,17 +76,11 @@ def write_statuses(
     what happened to it. Orders already written for this fetch (`fetch_run_id`: the run that
     fetched these answers), by its streamed writes or an earlier attempt of this step, are
     reported, not written again; each part written here is recorded the same way
-    (`record_part`; let go once this table is stored: `discard`)."""
+    (let go once this table is stored: `discard`)."""
     with Measured() as measured:
         earlier = written_earlier(db, fetch_run_id)
         rest = updates[~updates["order_oid"].isin(earlier.decisions)]
-        decided, report = write_updates(
-            db,
-            rest,
-            flow,
-            StatusCatalogue.load(db),
-            after_part=partial(record_part, db, flow.key, fetch_run_id),
-        )
+        decided, report = write_updates(db, rest, flow, StatusCatalogue.load(db), fetch_run_id)
         kill_point("after_write")
     report = added(earlier.report, report)
     by_order = earlier.decisions | {str(d.order_oid): d for d in decided}
@@ -157,12 +150,14 @@ def write_updates(
     updates: pd.DataFrame,
     flow: Flow,
     catalogue: StatusCatalogue,
-    after_part: Callable[[list[Decision], WriteReport], None] | None = None,
+    run_id: str,
+    after_part: Callable[[list[Decision]], None] | None = None,
 ) -> tuple[list[Decision], WriteReport]:
     """Plan and apply the writes of mapped rows, one bulk's worth at a time (a plan of a
     whole cap's operations at once costs a run its largest share of memory); the decisions
-    as MongoDB settled them, and the report of all parts. `after_part` hears of each part as
-    soon as it is written."""
+    as MongoDB settled them, and the report of all parts. Each part's decisions are recorded
+    under `run_id` (the run that fetched the answers) as soon as it is written, and then
+    `after_part` hears of them."""
     decisions: list[Decision] = []
     total = WriteReport()
     # an empty part still syncs orderTracking: every run repairs what a crash left marked
@@ -171,8 +166,9 @@ def write_updates(
         plan = plan_writes(polled_orders(part), catalogue, flow.key, datetime.now(UTC))
         report = apply_plan(db, plan, catalogue)
         settled = settle(plan, report)
+        _record_part(db, flow.key, run_id, settled, report)
         if after_part is not None:
-            after_part(settled, report)
+            after_part(settled)
         decisions += settled
         total = added(total, report)
     return decisions, total
@@ -277,7 +273,7 @@ def settle(plan: WritePlan, report: WriteReport) -> list[Decision]:
     return settled
 
 
-def record_part(
+def _record_part(
     db: Database, flow_key: str, run_id: str, decisions: list[Decision], report: WriteReport
 ) -> None:
     """Store what one written part of a run decided, at once: a later write of the run (the
