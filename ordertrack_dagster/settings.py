@@ -18,6 +18,7 @@ from ordertrack_dagster.couriers import DESCRIPTIONS, SettingKind
 from ordertrack_dagster.effects.crm import CrmResource
 from ordertrack_dagster.effects.settings import EffectsSettings
 from ordertrack_dagster.effects.smtp import SmtpResource
+from ordertrack_dagster.markers import SLACK_CHANNEL_SETTINGS
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager
 from ordertrack_dagster.resources.slack import DEFAULT_SLACK_API_URL, OrdertrackSlackResource
@@ -61,6 +62,15 @@ def _optional_secret(env: Mapping[str, str], name: str) -> EnvVar | None:
     return EnvVar(name) if _optional(env, name) else None
 
 
+def _status_channels(env: Mapping[str, str]) -> dict[str, str]:
+    """Each Slack status event's channel, from the setting its declaration names."""
+    return {
+        event.value: channel
+        for event, setting in SLACK_CHANNEL_SETTINGS.items()
+        if (channel := _optional(env, setting))
+    }
+
+
 def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
     """Every resource of the code location, configured from the settings in `env`, which
     are checked first (`docs/security.md`): a malformed secret stops the load, by name."""
@@ -90,9 +100,7 @@ def build_resources(env: Mapping[str, str]) -> dict[str, Any]:
         # (kept and retried), never the run's status writes.
         "effects": EffectsSettings(
             bucket=_optional(env, "AWS_S3_BUCKET"),
-            booking_cancelled_channel=_optional(env, "BOOKING_CANCELED_CHANNEL_ID"),
-            lost_destroy_channel=_optional(env, "LOST_DESTROY_SLACK_CHANNEL_ID"),
-            b2b_delivered_channel=_optional(env, "DELIVERED_B2B_SLACK_CHANNEL_ID"),
+            status_channels=_status_channels(env),
             alerts_channel=_optional(env, "TRACKING_ALERTS_SLACK_CHANNEL"),
             query_channel=_optional(env, "TRACKING_QUERY_SLACK_CHANNEL"),
             webserver_url=_optional(env, "DAGSTER_WEBSERVER_URL"),

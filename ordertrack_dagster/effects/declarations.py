@@ -1,5 +1,6 @@
 """One declaration per effect: what it sends, where, and how often. `assets.py` builds one
-sending asset from each.
+sending asset from each. Which status changes queue a per-order event, and a Slack event's
+channel setting, are declared with the event (`markers.Event`), where the write path reads them.
 
 How often: an effect without `queue` sends what the status writes queued, once per order and
 transition (drained by `effects_outbox`); one with `queue` puts one report per flow run in
@@ -50,7 +51,7 @@ from ordertrack_dagster.effects.reports import (
 from ordertrack_dagster.effects.senders import post_slack, put_and_presign
 from ordertrack_dagster.effects.smtp import RecipientsRefused
 from ordertrack_dagster.flows import Flow
-from ordertrack_dagster.markers import Event
+from ordertrack_dagster.markers import SLACK_CHANNEL_SETTINGS, Event
 from ordertrack_dagster.resources.s3 import SOURCE_RUN_TAG
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.run_summary import summarise, summary_per_status
@@ -299,11 +300,7 @@ EFFECTS = (
         name="slack_status_alerts",
         description="Slack messages for booking_cancelled, lost/destroy and same-day B2B "
         "deliveries (contract §7), once per order and transition, from the outbox.",
-        kinds=(
-            Event.SLACK_CANCELLED.value,
-            Event.SLACK_LOST_DESTROY.value,
-            Event.SLACK_B2B_SAME_DAY_DELIVERY.value,
-        ),
+        kinds=tuple(event.value for event in SLACK_CHANNEL_SETTINGS),
         dagster_kinds=frozenset({"mongodb", "slack"}),
         resources=frozenset(),
         sender=_status_alert_sender,

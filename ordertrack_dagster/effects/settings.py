@@ -17,14 +17,10 @@ class EffectsSettings(ConfigurableResource):
 
     bucket: str | None = Field(default=None, description="AWS_S3_BUCKET")
     prefix: str = Field(default="ordertrack", description="key prefix of the logs")
-    booking_cancelled_channel: str | None = Field(
-        default=None, description="BOOKING_CANCELED_CHANNEL_ID"
-    )
-    lost_destroy_channel: str | None = Field(
-        default=None, description="LOST_DESTROY_SLACK_CHANNEL_ID"
-    )
-    b2b_delivered_channel: str | None = Field(
-        default=None, description="DELIVERED_B2B_SLACK_CHANNEL_ID"
+    status_channels: dict[str, str] = Field(
+        default_factory=dict,
+        description="the Slack channel of each status event, by event: the setting each "
+        "event declares (markers.Event.channel_setting)",
     )
     alerts_channel: str | None = Field(default=None, description="TRACKING_ALERTS_SLACK_CHANNEL")
     query_channel: str | None = Field(default=None, description="TRACKING_QUERY_SLACK_CHANNEL")
@@ -63,11 +59,7 @@ class EffectsSettings(ConfigurableResource):
 
     def status_channel(self, kind: str) -> str | None:
         """The channel of a status event's Slack message."""
-        return {
-            Event.SLACK_CANCELLED.value: self.booking_cancelled_channel,
-            Event.SLACK_LOST_DESTROY.value: self.lost_destroy_channel,
-            Event.SLACK_B2B_SAME_DAY_DELIVERY.value: self.b2b_delivered_channel,
-        }.get(kind)
+        return self.status_channels.get(kind)
 
     def run_url(self, run_id: str) -> str | None:
         return f"{self.webserver_url.rstrip('/')}/runs/{run_id}" if self.webserver_url else None

@@ -39,8 +39,8 @@ from ordertrack_dagster.resources.slack import OrdertrackSlackResource
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, RAW_COURIER_RESPONSES, flow_partitions
+from ordertrack_dagster.tracking.plan import StatusCatalogue
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
-from ordertrack_dagster.tracking.writer import StatusCatalogue
 
 FRESHNESS_INTERVALS = 3
 

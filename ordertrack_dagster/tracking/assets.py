@@ -1,8 +1,8 @@
 """The tracking flow as partitioned assets: snapshot -> raw answers -> mapped -> MongoDB write.
 
 One partition per flow, so ops re-run one courier's partition and analysts load one
-courier's DataFrames. Each body hands its inputs to one step of `steps.py`, which returns the
-table and the metadata ops judge the run by.
+courier's DataFrames. Each body hands its inputs to one step (`steps.py`, and for the write
+`writer.write_statuses`), which returns the table and the metadata ops judge the run by.
 """
 
 from collections.abc import Iterator
@@ -37,7 +37,7 @@ from ordertrack_dagster.tables import (
     STATUS_UPDATES,
     flow_partitions,
 )
-from ordertrack_dagster.tracking import metadata, steps, streaming
+from ordertrack_dagster.tracking import metadata, steps, writer
 from ordertrack_dagster.tracking.selection import ChosenOrders
 
 COURIER_RESOURCE_KEYS = frozenset(binding.resource_key for binding in COURIERS.values())
@@ -45,7 +45,7 @@ NO_REJECTED_WRITES = "no_rejected_writes"
 DETECTION_DELAY = "detection_delay"
 
 
-def _output(table: steps.Table) -> Output[pd.DataFrame]:
+def _output(table: metadata.Table) -> Output[pd.DataFrame]:
     return Output(table.frame, metadata=table.metadata)
 
 
@@ -164,11 +164,11 @@ def order_status_writes(
 ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
     flow = get_flow(context.partition_key)
     db, fetch_run = mongo.get_database(), _fetching_run(context)
-    table = steps.write_statuses(db, status_updates, flow, fetch_run, context.log)
+    table = writer.write_statuses(db, status_updates, flow, fetch_run, context.log)
     yield _output(table)
     # stored (Dagster stores an output before the body goes on): a write that failed to store
     # its table is re-executed with the run's recorded decisions still there to report
-    streaming.discard(db, fetch_run, context.log)
+    writer.discard(db, fetch_run, context.log)
     rejected = int(table.metadata["rejected_updates"])
     yield AssetCheckResult(
         check_name=NO_REJECTED_WRITES,

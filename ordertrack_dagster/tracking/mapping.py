@@ -13,13 +13,10 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from bson import ObjectId
 
 from ordertrack_dagster.couriers import Interpreter, implausible_time, read_json_text
 from ordertrack_dagster.records import FetchState, Interpretation, OrderContext, Outcome
-from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tables import UPDATE_COLUMNS
-from ordertrack_dagster.tracking.writer import PolledOrder
 
 #: What a tracking key may look like before we put it in a URL or a request body.
 VALID_TRACKING_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_/-]{2,39}$")
@@ -77,7 +74,7 @@ def interpret_answers(
                 "event_time": reading.event_time,
                 "stop_tracking": reading.stop_tracking,
                 "alert": reading.alert,
-                "status_changed_at": _stored_time(order, "status_changed_at"),
+                "status_changed_at": stored_time(order, "status_changed_at"),
             }
         )
     frame = pd.DataFrame(rows, columns=UPDATE_COLUMNS)
@@ -184,36 +181,8 @@ def _with_notes(
     )
 
 
-def _stored_time(row: Any, column: str) -> datetime | None:
+def stored_time(row: Any, column: str) -> datetime | None:
     """A time column of a stored table; None when empty, or absent from a table stored before
     the column existed (a write re-executed on an older run's input)."""
     value = getattr(row, column, None)
     return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
-
-
-def polled_orders(updates: pd.DataFrame) -> list[PolledOrder]:
-    """The writer's view of the mapped rows."""
-    orders = []
-    for row in updates.itertuples(index=False):
-        orders.append(
-            PolledOrder(
-                order_oid=ObjectId(row.order_oid),
-                order_id=str(row.order_id),
-                tracking_key=row.tracking_key,
-                current_status_id=None
-                if pd.isna(row.current_status_id)
-                else int(row.current_status_id),
-                booked_at=None
-                if pd.isna(row.booked_at)
-                else pd.Timestamp(row.booked_at).to_pydatetime(),
-                outcome=Outcome(row.outcome),
-                courier_status=None if pd.isna(row.courier_status) else row.courier_status,
-                status=None if pd.isna(row.status) else Canonical(row.status),
-                event_time=None
-                if pd.isna(row.event_time)
-                else pd.Timestamp(row.event_time).to_pydatetime(),
-                stop_tracking=bool(row.stop_tracking),
-                status_changed_at=_stored_time(row, "status_changed_at"),
-            )
-        )
-    return orders

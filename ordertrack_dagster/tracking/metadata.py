@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from dagster import MetadataValue
@@ -12,13 +12,15 @@ from dagster import MetadataValue
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.records import FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import COMMANDS
-from ordertrack_dagster.run_summary import (
-    detection_delay_summary,
-    summarise,
-    summary_per_status,
-)
+from ordertrack_dagster.run_summary import detection_delay_summary
 from ordertrack_dagster.tracking.selection import ChosenOrders, OrderQuery
-from ordertrack_dagster.tracking.writer import WriteReport
+
+
+class Table(NamedTuple):
+    """One step's output: the stored table and its metadata."""
+
+    frame: pd.DataFrame
+    metadata: dict[str, Any]
 
 
 class Measured:
@@ -123,30 +125,6 @@ def mapping_metadata(flow: Flow, frame: pd.DataFrame, seconds: float) -> dict[st
         "unmapped_raw_statuses": MetadataValue.json(dict(unmapped.most_common(20))),
         "alerts": int(frame["alert"].notna().sum()),
         "seconds": round(seconds, 3),
-    }
-
-
-def write_metadata(
-    flow: Flow,
-    updates: pd.DataFrame,
-    writes: pd.DataFrame,
-    report: WriteReport,
-    measured: Measured,
-) -> dict[str, Any]:
-    """`order_status_writes`: the run summary, its detection delay and what MongoDB said."""
-    return {
-        "flow": flow.key,
-        **summarise(updates, writes),
-        **detection_delay_metadata(writes),
-        "updated_per_status": MetadataValue.json(summary_per_status(writes)),
-        "orders_matched": report.orders_matched,
-        "orders_modified": report.orders_modified,
-        "order_tracking_upserted": report.tracking_upserted,
-        "order_tracking_modified": report.tracking_modified,
-        "order_tracking_synced": report.tracking_synced,
-        "rejected_updates": len(report.rejected),
-        "bulk_writes": report.bulk_calls,
-        **measured.metadata(),
     }
 
 

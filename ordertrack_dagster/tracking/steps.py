@@ -1,13 +1,13 @@
-"""The four steps of a flow run, one function per tracking asset: each returns its table and
-the metadata ops judge the run by. The assets only hand them their inputs."""
+"""The first three steps of a flow run, one function per tracking asset: each returns its
+table and the metadata ops judge the run by. The assets only hand them their inputs; the
+fourth, the write, is `writer.write_statuses`."""
 
 from __future__ import annotations
 
 import logging
 import time
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 from dagster import Failure
@@ -26,12 +26,13 @@ from ordertrack_dagster.polling import STATUS_CHANGED_FIELD
 from ordertrack_dagster.records import ODD_KEY_BATCH, FetchRecord, FetchResult, FetchState
 from ordertrack_dagster.resources.mongo import DatabaseNotReady, prepare_database
 from ordertrack_dagster.resources.state import SharedState
-from ordertrack_dagster.tables import SNAPSHOT_COLUMNS, WRITE_COLUMNS
+from ordertrack_dagster.tables import SNAPSHOT_COLUMNS
 from ordertrack_dagster.tracking import metadata, streaming
 from ordertrack_dagster.tracking.mapping import (
     interpret_answers,
     tracking_key_problem,
 )
+from ordertrack_dagster.tracking.metadata import Table
 from ordertrack_dagster.tracking.selection import (
     SNAPSHOT_FIELDS,
     ChosenOrders,
@@ -39,14 +40,6 @@ from ordertrack_dagster.tracking.selection import (
     build_query,
     shared_key_holders,
 )
-from ordertrack_dagster.tracking.writer import StatusCatalogue
-
-
-class Table(NamedTuple):
-    """One step's output: the stored table and its metadata."""
-
-    frame: pd.DataFrame
-    metadata: dict[str, Any]
 
 
 def _text(value: Any) -> str | None:
@@ -196,50 +189,3 @@ def map_answers(db: Database, pending: pd.DataFrame, raw: pd.DataFrame, flow: Fl
     holders = shared_key_holders(db, flow, answered, now)
     frame = interpret_answers(pending, raw, COURIERS[flow.key].interpret, now, holders)
     return Table(frame, metadata.mapping_metadata(flow, frame, time.perf_counter() - started))
-
-
-def write_statuses(
-    db: Database, updates: pd.DataFrame, flow: Flow, fetch_run_id: str, log: logging.Logger
-) -> Table:
-    """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
-    what happened to it. Orders already written for this fetch (`fetch_run_id`: the run that
-    fetched these answers), by its streamed writes or an earlier attempt of this step, are
-    reported, not written again; each part written here is recorded the same way
-    (`streaming.py`; let go once this table is stored)."""
-    with metadata.Measured() as measured:
-        earlier = streaming.written_earlier(db, fetch_run_id)
-        rest = updates[~updates["order_oid"].isin(earlier.decisions)]
-        decided, report = streaming.write_updates(
-            db,
-            rest,
-            flow,
-            StatusCatalogue.load(db),
-            after_part=partial(streaming.record_part, db, flow.key, fetch_run_id),
-        )
-        kill_point("after_write")
-    report = streaming.added(earlier.report, report)
-    by_order = earlier.decisions | {str(d.order_oid): d for d in decided}
-    decisions = pd.DataFrame(
-        [
-            {
-                "action": decision.action.value,
-                "from_status": decision.from_status,
-                "to_status": decision.to_status,
-                "events": ",".join(decision.events),
-                "decision_alert": decision.alert,
-                "written_at": decision.written_at,
-            }
-            for decision in (by_order[oid] for oid in updates["order_oid"])
-        ]
-    )
-    frame = updates[["order_oid", "order_id", "tracking_key", "outcome", "alert", "event_time"]]
-    frame = frame.copy()
-    if not decisions.empty:
-        frame = pd.concat([frame.reset_index(drop=True), decisions], axis=1)
-        frame["alert"] = frame["decision_alert"].combine_first(frame["alert"])
-        frame = frame.drop(columns=["decision_alert"])
-    frame = frame.reindex(columns=WRITE_COLUMNS)
-    frame["written_at"] = pd.to_datetime(frame["written_at"], utc=True)
-    for rejected in report.rejected:
-        log.error(f"MongoDB rejected an update: {rejected}")
-    return Table(frame, metadata.write_metadata(flow, updates, frame, report, measured))

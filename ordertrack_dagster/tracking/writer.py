@@ -1,130 +1,56 @@
-"""Contract §6: turning mapped answers into MongoDB writes, and applying them in bulk.
+"""Contract §6, the write path: from the mapped rows to the run's report, in one place.
 
-`plan_writes` is pure: it decides per order what to write and builds the operations.
-`apply_plan` sends them as a few bulk writes, one operation per polled order (plus one per
-orderTracking change). The guards inside the updates repeat the transition rule of
-`statuses.py` in MongoDB, so a concurrent run, a stale snapshot or an out-of-order answer can
-never move an order backwards or append a History entry twice.
+`write_statuses` is the `order_status_writes` step: it writes the orders not written yet for
+this fetch and reports the whole run (its table and metadata). `write_updates` writes mapped
+rows one bulk's worth at a time: it plans them (`plan.py`, pure), sends the plan as a few
+bulk writes (`apply_plan`: one operation per polled order), brings orderTracking to the
+orders (`sync_order_tracking`) and settles the decisions by what MongoDB did (`settle`).
+The fetch's streamed writes (`streaming.py`) call it too. Each written part's decisions are
+recorded at once (in `ordertrack_streamed`), so a later write of the run reports them
+instead of writing them again (`written_earlier`; `discard` lets them go).
 
 orderTracking follows the order. Every write that leaves the order's status differing from
-the one orderTracking was last brought to marks the order (`ordertrack_tracking_due`, in the
-same update); `sync_order_tracking` then brings each marked order's orderTracking to the
-order's *stored* status and clears the mark. A crash between the two bulks leaves the mark,
-so the next run (of any flow) repairs it; an order whose status another system changed
-(cancelled, then rebooked) converges on its next poll. The order's `last_tracking_time` is
-the version orderTracking is synced by: no write moves it back (two runs of one order may
-apply their plans in either order), every write that leaves a status to sync moves it on,
-orderTracking never takes a version older than its own, and the mark is cleared only while
-the order is still at the version synced.
-
-Side effects are not sent here. An order's first entry into a status that has one leaves a
-marker in the same document update (`ordertrack_outbox.<event>`), atomically with the
-status change; the effects assets drain those markers, so a crash between the write and
-the send loses nothing and repeats nothing.
+the one orderTracking was last brought to marks the order (in the same update);
+`sync_order_tracking` then brings each marked order's orderTracking to the order's *stored*
+status and clears the mark. A crash between the two bulks leaves the mark, so the next run
+(of any flow) repairs it; an order whose status another system changed (cancelled, then
+rebooked) converges on its next poll. orderTracking never takes a version older than its
+own, and the mark is cleared only while the order is still at the version synced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 from bson import ObjectId
+from dagster import MetadataValue
 from pymongo import UpdateOne
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
+from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.killpoints import kill_point
-from ordertrack_dagster.markers import OUTBOX_FIELD, Event, marker
-from ordertrack_dagster.polling import (
-    ASKED_FIELD,
-    NEXT_POLL_FIELD,
-    STATUS_CHANGED_FIELD,
-    next_poll_at,
+from ordertrack_dagster.markers import Event
+from ordertrack_dagster.resources.mongo import BULK_CHUNK, STREAMED, BulkLog, Rejected, bulk_update
+from ordertrack_dagster.run_summary import summarise, summary_per_status
+from ordertrack_dagster.security.redaction import redact
+from ordertrack_dagster.tables import WRITE_COLUMNS, Action
+from ordertrack_dagster.tracking.metadata import Measured, Table, detection_delay_metadata
+from ordertrack_dagster.tracking.plan import (
+    TRACKING_DUE_FIELD,
+    TRACKING_SYNCED_FIELD,
+    Decision,
+    StatusCatalogue,
+    WritePlan,
+    follow_op,
+    plan_writes,
+    polled_orders,
 )
-from ordertrack_dagster.records import INDIA, Outcome
-from ordertrack_dagster.resources.mongo import BULK_CHUNK, BulkLog, Rejected, bulk_update
-from ordertrack_dagster.statuses import (
-    Canonical,
-    is_allowed,
-    refused_predecessors,
-    timestamp_key,
-)
-from ordertrack_dagster.tables import Action
-
-#: Set on an order whose orderTracking must be brought to its status: the History time to use.
-TRACKING_DUE_FIELD = "ordertrack_tracking_due"
-#: The status id orderTracking was last brought to (orders whose status equals it need nothing).
-TRACKING_SYNCED_FIELD = "ordertrack_tracking_synced"
-#: On orderTracking: the order's `last_tracking_time` it was brought up to date with, so a
-#: slower run that read the order earlier cannot put back an older status.
-SYNCED_AT_FIELD = "ordertrack_synced_at"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class StatusCatalogue:
-    """The `status` collection: canonical name <-> status_id and document _id."""
-
-    ids: dict[Canonical, int]
-    object_ids: dict[Canonical, ObjectId]
-
-    @classmethod
-    def load(cls, db: Database) -> StatusCatalogue:
-        ids: dict[Canonical, int] = {}
-        object_ids: dict[Canonical, ObjectId] = {}
-        names = {status.value: status for status in Canonical}
-        for doc in db["status"].find({"name": {"$in": list(names)}}):
-            status = names[doc["name"]]
-            ids[status] = int(doc["status_id"])
-            object_ids[status] = doc["_id"]
-        return cls(ids=ids, object_ids=object_ids)
-
-    def name_of(self, status_id: int | None) -> Canonical | None:
-        """The canonical status behind an id; None for non-canonical ids (booked, ...)."""
-        for status, known in self.ids.items():
-            if known == status_id:
-                return status
-        return None
-
-
-@dataclass(frozen=True)
-class PolledOrder:
-    """One row of the mapped status updates, as the writer needs it."""
-
-    order_oid: ObjectId
-    order_id: str
-    tracking_key: str
-    current_status_id: int | None
-    booked_at: datetime | None
-    outcome: Outcome
-    courier_status: str | None
-    status: Canonical | None
-    event_time: datetime | None
-    stop_tracking: bool = False
-    #: as stored when selected (`ordertrack_status_changed_at`); None before it was first set
-    status_changed_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Decision:
-    order_oid: ObjectId
-    action: Action
-    from_status: str | None
-    to_status: str | None
-    events: tuple[Event, ...] = ()
-    alert: str | None = None
-    #: the time of the write that decided it (the `last_tracking_time` it wrote); detection
-    #: delay is measured to it
-    written_at: datetime | None = None
-
-
-@dataclass
-class WritePlan:
-    order_ops: list[UpdateOne] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
-    #: the status id each planned status change moves its order to
-    changes: dict[ObjectId, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,304 +69,126 @@ class WriteReport(BulkLog):
     rejected_updates: dict[ObjectId, Rejected] = field(default_factory=dict)
 
 
-def _literal(value: Any) -> dict[str, Any]:
-    """Values inside pipeline updates must not be read as field paths (`$`-prefixed text)."""
-    return {"$literal": value}
-
-
-def _events_for(order: PolledOrder, new: Canonical, flow_key: str) -> tuple[Event, ...]:
-    if new in (Canonical.RTO, Canonical.RTO_IN_TRANSIT):
-        return (Event.CRM_RTO,)
-    if new is Canonical.BOOKING_CANCELLED:
-        return (Event.SLACK_CANCELLED,)
-    if new in (Canonical.LOST, Canonical.DESTROY):
-        return (Event.SLACK_LOST_DESTROY,)
-    if new is Canonical.DELIVERED and flow_key == "delhivery_b2b" and _same_india_day(order):
-        return (Event.SLACK_B2B_SAME_DAY_DELIVERY,)
-    return ()
-
-
-def _same_india_day(order: PolledOrder) -> bool:
-    if order.booked_at is None or order.event_time is None:
-        return False
-    return order.booked_at.astimezone(INDIA).date() == order.event_time.astimezone(INDIA).date()
-
-
-def _poll_fields(order: PolledOrder, now: datetime) -> dict[str, Any]:
-    """What recording a poll writes, whatever becomes of the status (contract §6), as pipeline
-    values; `last_tracking_time` is the caller's (it is also the order's version)."""
-    fields: dict[str, Any] = {ASKED_FIELD: now}
-    if order.courier_status is not None:
-        fields["courier_status"] = order.courier_status
-    if order.stop_tracking:
-        fields["being_tracked"] = False
-    return {name: _literal(value) for name, value in fields.items()}
-
-
-def _next_poll_unchanged(
-    order: PolledOrder, current: Canonical | None, now: datetime
-) -> datetime | None:
-    """The order's next poll when its status stays as it is (polling.py)."""
-    return next_poll_at(current, order.status_changed_at, now, order.courier_status)
-
-
-def _changed_at_unless_set(now: datetime) -> dict[str, Any]:
-    """The stored change time; an order tracked before the field existed starts counting now."""
-    return {"$ifNull": [f"${STATUS_CHANGED_FIELD}", _literal(now)]}
-
-
-def _poll_op(
-    order: PolledOrder, current: Canonical | None, now: datetime, moves: _Moves
-) -> UpdateOne:
-    fields = _poll_fields(order, now)
-    fields["last_tracking_time"] = moves.poll_time("$order_status")
-    fields[TRACKING_DUE_FIELD] = moves.due_unless_synced
-    fields[NEXT_POLL_FIELD] = _literal(_next_poll_unchanged(order, current, now))
-    fields[STATUS_CHANGED_FIELD] = _changed_at_unless_set(now)
-    return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
-
-
-class _Moves:
-    """The update expressions of a move to each status, built once per plan.
-
-    Every order moving to the same status shares them; only the order's own values are built
-    per order. A 36,000-order plan otherwise spends seconds building (and garbage-collecting)
-    identical nested expressions.
-    """
-
-    def __init__(self, catalogue: StatusCatalogue, now: datetime) -> None:
-        self._catalogue = catalogue
-        self._now = now
-        self._orders: dict[Canonical, tuple[dict[str, Any], dict[str, Any]]] = {}
-        due = f"${TRACKING_DUE_FIELD}"
-        synced = {"$ifNull": [f"${TRACKING_SYNCED_FIELD}", None]}
-        #: Marks the order when orderTracking was not brought to its stored status (a status
-        #: another system set, or an earlier crash); an existing mark keeps its time.
-        self.due_unless_synced = {
-            "$cond": [
-                {"$eq": ["$order_status", synced]},
-                due,
-                {"$ifNull": [due, _literal(now)]},
-            ]
-        }
-        self._synced = synced
-        stored = "$last_tracking_time"
-        stored_time = {"$cond": [{"$eq": [{"$type": stored}, "date"]}, stored, None]}
-        #: never back: a writer that planned earlier than one already applied keeps its time
-        self._not_back = {"$max": [_literal(now), stored_time]}
-        #: strictly after the stored time: a new version of the order's status
-        self._after = {"$max": [_literal(now), {"$add": [stored_time, 1]}]}
-
-    def poll_time(self, status_after: Any) -> dict[str, Any]:
-        """`last_tracking_time`, which is also the version orderTracking is synced by: never
-        earlier than the stored one, and later than it whenever the write leaves the order
-        with a status orderTracking was not brought to (`status_after`, the stored status
-        after this update), so two different statuses never share a version."""
-        unsynced = {"$ne": [status_after, self._synced]}
-        return {"$cond": [unsynced, self._after, self._not_back]}
-
-    def status_id(self, status: Canonical) -> int:
-        return self._catalogue.ids[status]
-
-    def order(self, new: Canonical) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(the guard: the stored status allows the move, the status fields under it)."""
-        if new not in self._orders:
-            catalogue = self._catalogue
-            refused = [catalogue.ids[s] for s in refused_predecessors(new) if s in catalogue.ids]
-            new_oid = _literal(catalogue.object_ids[new])
-            history = "$order_status_map"
-            stamp = f"tracking_timestamps.{timestamp_key(new)}"
-            changes: dict[str, Any] = {
-                "order_status": _literal(catalogue.ids[new]),
-                # append only when different from the last element; a non-array is left alone
-                "order_status_map": {
-                    "$cond": [
-                        {"$isArray": history},
-                        {
-                            "$cond": [
-                                {"$eq": [{"$arrayElemAt": [history, -1]}, new_oid]},
-                                history,
-                                {"$concatArrays": [history, [new_oid]]},
-                            ]
-                        },
-                        {"$ifNull": [history, [new_oid]]},
-                    ]
-                },
-                stamp: {"$ifNull": [f"${stamp}", _literal(self._now)]},
+def write_statuses(
+    db: Database, updates: pd.DataFrame, flow: Flow, fetch_run_id: str, log: logging.Logger
+) -> Table:
+    """`order_status_writes`: the MongoDB write (contract §6), one row per selected order saying
+    what happened to it. Orders already written for this fetch (`fetch_run_id`: the run that
+    fetched these answers), by its streamed writes or an earlier attempt of this step, are
+    reported, not written again; each part written here is recorded the same way
+    (let go once this table is stored: `discard`)."""
+    with Measured() as measured:
+        earlier = written_earlier(db, fetch_run_id)
+        rest = updates[~updates["order_oid"].isin(earlier.decisions)]
+        decided, report = write_updates(db, rest, flow, StatusCatalogue.load(db), fetch_run_id)
+        kill_point("after_write")
+    report = added(earlier.report, report)
+    by_order = earlier.decisions | {str(d.order_oid): d for d in decided}
+    decisions = pd.DataFrame(
+        [
+            {
+                "action": decision.action.value,
+                "from_status": decision.from_status,
+                "to_status": decision.to_status,
+                "events": ",".join(decision.events),
+                "decision_alert": decision.alert,
+                "written_at": decision.written_at,
             }
-            allowed = {"$not": [{"$in": ["$order_status", _literal(refused)]}]}
-            guarded = {
-                name: {"$cond": [allowed, value, f"${name}"]} for name, value in changes.items()
-            }
-            self._orders[new] = (allowed, guarded)
-        return self._orders[new]
+            for decision in (by_order[oid] for oid in updates["order_oid"])
+        ]
+    )
+    frame = updates[["order_oid", "order_id", "tracking_key", "outcome", "alert", "event_time"]]
+    frame = frame.copy()
+    if not decisions.empty:
+        frame = pd.concat([frame.reset_index(drop=True), decisions], axis=1)
+        frame["alert"] = frame["decision_alert"].combine_first(frame["alert"])
+        frame = frame.drop(columns=["decision_alert"])
+    frame = frame.reindex(columns=WRITE_COLUMNS)
+    frame["written_at"] = pd.to_datetime(frame["written_at"], utc=True)
+    for rejected in report.rejected:
+        log.error(f"MongoDB rejected an update: {rejected}")
+    return Table(frame, _write_metadata(flow, updates, frame, report, measured))
 
 
-#: The CRM webhook's guard: neither return status was reached before (the old service's).
-_FIRST_RETURN = {
-    "$and": [
-        {"$eq": [{"$ifNull": ["$tracking_timestamps.rto", None]}, None]},
-        {"$eq": [{"$ifNull": ["$tracking_timestamps.rto_in_transit", None]}, None]},
-    ]
-}
-
-
-def _status_op(
-    order: PolledOrder,
-    current: Canonical | None,
-    new: Canonical,
-    moves: _Moves,
-    events: Sequence[Event],
-    flow_key: str,
-    now: datetime,
-) -> UpdateOne:
-    """The poll and the status change as one update of the order.
-
-    The poll fields always land; the status fields change only if the stored status still
-    allows the move (MongoDB evaluates the guard on the stored document, so a concurrent run
-    or a stale snapshot cannot move the order backwards). One operation instead of a poll
-    update plus a conditional one halves the writes of a changed order.
-    """
-    allowed, guarded = moves.order(new)
-    fields = _poll_fields(order, now)
-    fields.update(guarded)
-    fields["last_tracking_time"] = moves.poll_time(guarded["order_status"])
-    # orderTracking gets the answer's time; the mark is in the same atomic update
-    changed_at = order.event_time or now
-    entry_time = _literal(changed_at)
-    fields[TRACKING_DUE_FIELD] = {"$cond": [allowed, entry_time, moves.due_unless_synced]}
-    # the next poll follows the status MongoDB leaves: the new one when the guard lets the
-    # move through or another run already made it, else the one the snapshot saw
-    moved = next_poll_at(new, changed_at, now, order.courier_status)
-    stayed = _next_poll_unchanged(order, current, now)
-    arrived = {"$or": [allowed, {"$eq": ["$order_status", _literal(moves.status_id(new))]}]}
-    fields[NEXT_POLL_FIELD] = {"$cond": [arrived, _literal(moved), _literal(stayed)]}
-    fields[STATUS_CHANGED_FIELD] = {"$cond": [allowed, entry_time, _changed_at_unless_set(now)]}
-    if events:
-        markers = {
-            event.value: _literal(marker(new.value, flow_key, order.tracking_key, now))
-            for event in events
-        }
-        guard: Any = _FIRST_RETURN if Event.CRM_RTO in events else True
-        merged = {
-            "$mergeObjects": [
-                {"$ifNull": [f"${OUTBOX_FIELD}", {}]},
-                {"$cond": [guard, markers, {}]},
-            ]
-        }
-        fields[OUTBOX_FIELD] = {"$cond": [allowed, merged, f"${OUTBOX_FIELD}"]}
-    return UpdateOne({"_id": order.order_oid}, [{"$set": fields}])
-
-
-def _follow_op(order_oid: ObjectId, status: Canonical, at: Any, version: Any) -> UpdateOne:
-    """Upsert orderTracking to the order's stored status: currentStatus, and a History entry
-    unless the last one has that status. `version` (the order's last write time as read)
-    keeps a run that read the order earlier from putting back an older status."""
-    fresh = {"$lte": [{"$ifNull": [f"${SYNCED_AT_FIELD}", _literal(_EPOCH)]}, _literal(version)]}
-    last_status = {
-        "$getField": {
-            "field": "status",
-            "input": {"$arrayElemAt": [{"$ifNull": ["$History", []]}, -1]},
-        }
+def _write_metadata(
+    flow: Flow,
+    updates: pd.DataFrame,
+    writes: pd.DataFrame,
+    report: WriteReport,
+    measured: Measured,
+) -> dict[str, Any]:
+    """`order_status_writes`: the run summary, its detection delay and what MongoDB said."""
+    return {
+        "flow": flow.key,
+        **summarise(updates, writes),
+        **detection_delay_metadata(writes),
+        "updated_per_status": MetadataValue.json(summary_per_status(writes)),
+        "orders_matched": report.orders_matched,
+        "orders_modified": report.orders_modified,
+        "order_tracking_upserted": report.tracking_upserted,
+        "order_tracking_modified": report.tracking_modified,
+        "order_tracking_synced": report.tracking_synced,
+        "rejected_updates": len(report.rejected),
+        "bulk_writes": report.bulk_calls,
+        **measured.metadata(),
     }
-    append = {"$and": [fresh, {"$ne": [last_status, _literal(status.value)]}]}
-    entry = {"status": status.value, "timeStamp": at}
-    history = {"$concatArrays": [{"$ifNull": ["$History", []]}, [_literal(entry)]]}
-    changes = {
-        "History": {"$cond": [append, history, "$History"]},
-        "currentStatus": {"$cond": [fresh, _literal(status.value), "$currentStatus"]},
-        SYNCED_AT_FIELD: {"$cond": [fresh, _literal(version), f"${SYNCED_AT_FIELD}"]},
-    }
-    return UpdateOne({"orderId": order_oid}, [{"$set": changes}], upsert=True)
 
 
-def _unchanged(
-    order: PolledOrder,
-    current: Canonical | None,
-    from_status: str | None,
-    new: Canonical | None,
+#: The WriteReport counters a streamed write adds to the run's.
+_COUNTERS = (
+    "bulk_calls",
+    "orders_matched",
+    "orders_modified",
+    "tracking_upserted",
+    "tracking_modified",
+    "tracking_synced",
+)
+
+
+def write_updates(
+    db: Database,
+    updates: pd.DataFrame,
+    flow: Flow,
     catalogue: StatusCatalogue,
-    now: datetime,
-) -> Decision | None:
-    """The decision for an answer that leaves the status alone (the poll is still recorded);
-    None when the answer moves the order."""
-    if new is None or new == current:
-        return Decision(
-            order.order_oid, Action.POLL_RECORDED, from_status, from_status, written_at=now
-        )
-    if new not in catalogue.ids:
-        return Decision(
-            order.order_oid,
-            Action.POLL_RECORDED,
-            from_status,
-            from_status,
-            alert=f"status {new.value!r} is missing from the status collection",
-            written_at=now,
-        )
-    if not is_allowed(current, new):
-        return Decision(
-            order.order_oid,
-            Action.REFUSED,
-            from_status,
-            new.value,
-            alert=f"refused move {from_status!r} -> {new.value!r} (would go backwards)",
-            written_at=now,
-        )
-    return None
+    run_id: str,
+    after_part: Callable[[list[Decision]], None] | None = None,
+) -> tuple[list[Decision], WriteReport]:
+    """Plan and apply the writes of mapped rows, one bulk's worth at a time (a plan of a
+    whole cap's operations at once costs a run its largest share of memory); the decisions
+    as MongoDB settled them, and the report of all parts. Each part's decisions are recorded
+    under `run_id` (the run that fetched the answers) as soon as it is written, and then
+    `after_part` hears of them."""
+    decisions: list[Decision] = []
+    total = WriteReport()
+    # an empty part still syncs orderTracking: every run repairs what a crash left marked
+    for start in range(0, max(len(updates), 1), BULK_CHUNK):
+        part = updates.iloc[start : start + BULK_CHUNK]
+        plan = plan_writes(polled_orders(part), catalogue, flow.key, datetime.now(UTC))
+        report = apply_plan(db, plan, catalogue)
+        settled = settle(plan, report)
+        _record_part(db, flow.key, run_id, settled, report)
+        if after_part is not None:
+            after_part(settled)
+        decisions += settled
+        total = added(total, report)
+    return decisions, total
 
 
-def plan_writes(
-    orders: Iterable[PolledOrder],
-    catalogue: StatusCatalogue,
-    flow_key: str,
-    now: datetime,
-) -> WritePlan:
-    """Decide, per polled order, what contract §6 asks to write; build the bulk operations."""
-    plan = WritePlan()
-    moves = _Moves(catalogue, now)
-    for order in orders:
-        current = catalogue.name_of(order.current_status_id)
-        from_status = current.value if current else _as_text(order.current_status_id)
-        if not order.outcome.was_read:
-            if order.stop_tracking:
-                plan.order_ops.append(_poll_op(order, current, now, moves))
-            elif order.outcome is not Outcome.DEFERRED:  # asked in vain: behind the unasked
-                asked = {
-                    ASKED_FIELD: now,
-                    NEXT_POLL_FIELD: _next_poll_unchanged(order, current, now),
-                }
-                # an order the courier keeps not answering backs off like an unchanged one
-                since = {STATUS_CHANGED_FIELD: now}
-                update = {"$set": asked, "$min": since}
-                plan.order_ops.append(UpdateOne({"_id": order.order_oid}, update))
-            plan.decisions.append(
-                Decision(order.order_oid, Action.UNTOUCHED, from_status, None, written_at=now)
-            )
-            continue
-        new = order.status if order.outcome is Outcome.MAPPED else None
-        unchanged = _unchanged(order, current, from_status, new, catalogue, now)
-        if unchanged is not None:
-            plan.order_ops.append(_poll_op(order, current, now, moves))
-            plan.decisions.append(unchanged)
-            continue
-        events = _events_for(order, new, flow_key)
-        plan.order_ops.append(_status_op(order, current, new, moves, events, flow_key, now))
-        plan.changes[order.order_oid] = catalogue.ids[new]
-        plan.decisions.append(
-            Decision(
-                order.order_oid,
-                Action.STATUS_CHANGED,
-                from_status,
-                new.value,
-                events,
-                written_at=now,
-            )
-        )
-    return plan
+def added(report: WriteReport, more: WriteReport) -> WriteReport:
+    """`report` with the counters and rejections of `more` added (the figures of a run
+    written in parts)."""
+    for name in _COUNTERS:
+        setattr(report, name, getattr(report, name) + getattr(more, name))
+    report.rejected = report.rejected + more.rejected
+    return report
 
 
-def _as_text(value: Any) -> str | None:
-    return None if value is None else str(value)
+@dataclass
+class Written:
+    """What the streamed writes of a run decided, and the counters of their report."""
+
+    decisions: dict[str, Decision] = field(default_factory=dict)  # by order oid (hex)
+    report: WriteReport = field(default_factory=WriteReport)
 
 
 def apply_plan(db: Database, plan: WritePlan, catalogue: StatusCatalogue) -> WriteReport:
@@ -486,7 +234,7 @@ def sync_order_tracking(
         status = catalogue.name_of(status_id)
         version = doc.get("last_tracking_time")
         if status is not None:
-            follow.append(_follow_op(oid, status, due, version or due))
+            follow.append(follow_op(oid, status, due, version or due))
         read = {"order_status": status_id, "last_tracking_time": version, TRACKING_DUE_FIELD: due}
         clears[oid] = UpdateOne(
             {"_id": oid, **read},
@@ -523,3 +271,76 @@ def settle(plan: WritePlan, report: WriteReport) -> list[Decision]:
         else:
             settled.append(decision)
     return settled
+
+
+def _record_part(
+    db: Database, flow_key: str, run_id: str, decisions: list[Decision], report: WriteReport
+) -> None:
+    """Store what one written part of a run decided, at once: a later write of the run (the
+    write step after the fetch's, or its re-execution) skips and reports those orders. One
+    document per part stays far below MongoDB's document limit."""
+    db[STREAMED].insert_one(
+        {
+            "flow": flow_key,
+            "run_id": run_id,
+            "created_at": datetime.now(UTC),
+            "written": [_decision_fields(d) for d in decisions],
+            **_report_fields(report),
+        }
+    )
+
+
+def written_earlier(db: Database, run_id: str) -> Written:
+    """What the run's streamed writes decided (the write step skips those orders)."""
+    written = Written()
+    for doc in db[STREAMED].find({"run_id": run_id}):
+        for fields_ in doc["written"]:
+            decision = _decision(fields_)
+            written.decisions[str(decision.order_oid)] = decision
+        written.report = added(written.report, _stored_report(doc))
+    return written
+
+
+def _report_fields(report: WriteReport) -> dict:
+    return {
+        "counters": {name: getattr(report, name) for name in _COUNTERS},
+        "rejected": [asdict(r) | {"key": str(r.key)} for r in report.rejected],
+    }
+
+
+def _stored_report(doc: dict) -> WriteReport:
+    """The report `_report_fields` stored (its counters and rejections)."""
+    report = WriteReport(rejected=[Rejected(**r) for r in doc.get("rejected") or []])
+    for name in _COUNTERS:
+        setattr(report, name, int(doc["counters"].get(name, 0)))
+    return report
+
+
+def _decision_fields(decision: Decision) -> dict:
+    return {f.name: getattr(decision, f.name) for f in fields(decision)} | {
+        "events": [event.value for event in decision.events]
+    }
+
+
+def _decision(stored: dict) -> Decision:
+    return Decision(
+        order_oid=ObjectId(stored["order_oid"]),
+        action=Action(stored["action"]),
+        from_status=stored.get("from_status"),
+        to_status=stored.get("to_status"),
+        events=tuple(Event(e) for e in stored.get("events") or ()),
+        alert=stored.get("alert"),
+        written_at=stored.get("written_at"),
+    )
+
+
+def discard(db: Database, run_id: str, log: logging.Logger) -> None:
+    """The run is written and its table stored: its recorded decisions are no longer needed.
+    A failure here fails nothing: they expire within a day."""
+    try:
+        db[STREAMED].delete_many({"run_id": run_id})
+    except PyMongoError as error:
+        log.warning(
+            f"the run's recorded decisions stay until they expire (within a day): "
+            f"{redact(str(error))[:300]}"
+        )

@@ -32,7 +32,8 @@ from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.resources.state import STATE_COLLECTION
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
-from ordertrack_dagster.tracking.writer import PolledOrder, StatusCatalogue, apply_plan, plan_writes
+from ordertrack_dagster.tracking.plan import PolledOrder, StatusCatalogue, plan_writes
+from ordertrack_dagster.tracking.writer import apply_plan
 from ordertrack_dagster_tests.helpers import load_definitions
 
 FLOW = "delhivery_b2c"

@@ -12,6 +12,7 @@ from ordertrack_dagster.effects.crm import encode_body
 from ordertrack_dagster.effects.messages import (
     crm_payload,
     dead_letter_text,
+    describe_delivery,
     slack_escape,
     status_alert_text,
 )
@@ -25,6 +26,7 @@ from ordertrack_dagster.effects.reports import (
     query_log_document,
     render_email,
 )
+from ordertrack_dagster.markers import SLACK_CHANNEL_SETTINGS, Event
 from ordertrack_dagster.resources.s3 import history_key
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
@@ -61,6 +63,16 @@ def test_b2b_alerts_name_the_lr_number():
         event("slack_b2b_same_day_delivery", flow="delhivery_b2b", status="delivered")
     )
     assert "*LR:* 1490123" in text and "*Courier:* Delhivery B2B" in text
+
+
+@pytest.mark.parametrize("slack_event", list(SLACK_CHANNEL_SETTINGS))
+def test_every_declared_slack_event_has_its_title(slack_event):
+    assert status_alert_text(event(slack_event.value)).splitlines()[0].startswith(":")
+
+
+@pytest.mark.parametrize("declared", list(Event))
+def test_every_declared_event_has_a_name_in_dead_letter_notices(declared):
+    assert not describe_delivery(event(declared.value)).startswith(declared.value)
 
 
 def test_crm_payload_has_the_spec_fields():

@@ -23,8 +23,8 @@ from ordertrack_dagster.tracking.steps import (
     ask_courier,
     map_answers,
     select_pending,
-    write_statuses,
 )
+from ordertrack_dagster.tracking.writer import write_statuses
 from ordertrack_dagster_tests.helpers import courier_resource, seed_orders
 
 LOG = logging.getLogger(__name__)

@@ -18,14 +18,14 @@ from ordertrack_dagster.tables import (
     RAW_COURIER_RESPONSES,
     STATUS_UPDATES,
 )
-from ordertrack_dagster.tracking import streaming
+from ordertrack_dagster.tracking import streaming, writer
 from ordertrack_dagster.tracking.steps import (
     ask_courier,
     map_answers,
     select_pending,
-    write_statuses,
 )
 from ordertrack_dagster.tracking.streaming import STREAM_EVERY_ENV
+from ordertrack_dagster.tracking.writer import write_statuses
 from ordertrack_dagster_tests.faults.invariants import invariant_i
 from ordertrack_dagster_tests.helpers import courier_resource, load_definitions, seed_orders
 
@@ -80,7 +80,7 @@ def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
         FetchRecord(**(fields_ | {"state": FetchState(fields_["state"])}))
         for fields_ in raw.frame.drop(columns=["flow", "run_id"]).to_dict("records")
     ]
-    applied = streaming.apply_plan
+    applied = writer.apply_plan
 
     def third_part_lost(*args):
         parts.append(len(parts) + 1)
@@ -89,14 +89,14 @@ def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
         return applied(*args)
 
     parts: list[int] = []
-    monkeypatch.setattr(streaming, "BULK_CHUNK", 2)
-    monkeypatch.setattr(streaming, "apply_plan", third_part_lost)
-    writer = streaming.StreamedWriter(db, FLOW, pending, "r", LOG, asking=len(records))
-    writer(records)  # never raises: what it could not write, the write step writes
-    assert writer.written == 4
+    monkeypatch.setattr(writer, "BULK_CHUNK", 2)
+    monkeypatch.setattr(writer, "apply_plan", third_part_lost)
+    stream = streaming.StreamedWriter(db, FLOW, pending, "r", LOG, asking=len(records))
+    stream(records)  # never raises: what it could not write, the write step writes
+    assert stream.written == 4
     assert [len(doc["written"]) for doc in db[STREAMED].find({"run_id": "r"})] == [2, 2]
 
-    monkeypatch.setattr(streaming, "apply_plan", applied)
+    monkeypatch.setattr(writer, "apply_plan", applied)
     written = write_statuses(db, map_answers(db, pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
     assert list(written.frame["action"]) == ["status_changed"] * 5  # none seen as refused
     assert written.metadata["updated"] == 5
@@ -184,5 +184,5 @@ class _DeleteFails:
 
 def test_letting_go_of_a_runs_decisions_never_fails_the_write(caplog):
     with caplog.at_level(logging.WARNING):
-        streaming.discard(_DeleteFails(), "r", LOG)
+        writer.discard(_DeleteFails(), "r", LOG)
     assert "expire" in caplog.text

@@ -16,15 +16,14 @@ from ordertrack_dagster.polling import (
 from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster.tables import Action
-from ordertrack_dagster.tracking.writer import (
+from ordertrack_dagster.tracking.plan import (
     TRACKING_DUE_FIELD,
     TRACKING_SYNCED_FIELD,
     PolledOrder,
     StatusCatalogue,
-    apply_plan,
     plan_writes,
-    settle,
 )
+from ordertrack_dagster.tracking.writer import apply_plan, settle
 from ordertrack_dagster_tests.faults.invariants import invariant_i
 
 NOW = datetime(2024, 9, 22, 6, 0, tzinfo=UTC)
