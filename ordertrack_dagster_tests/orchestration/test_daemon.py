@@ -1,4 +1,5 @@
-"""End to end: the Dagster daemon launches a scheduled run against the embedded stack."""
+"""End to end: a real Dagster daemon's sensors against the embedded stack (its schedule ticks:
+the deploy tests)."""
 
 import os
 import signal
@@ -7,38 +8,33 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorType
 
 from ordertrack_dagster.analytics.assets import GROUP as ANALYTICS
 from ordertrack_dagster.analytics.models import discover_models
 from ordertrack_dagster.flows import MAX_RUNTIME_TAG
 from ordertrack_dagster.killpoints import KILL_AT_ENV
-from ordertrack_dagster.orchestration.guards import FLOW_TAG
-from ordertrack_dagster.orchestration.schedules import schedule_name
 from ordertrack_dagster.orchestration.sensors import (
     AUTOMATION_SENSOR,
     DEAD_RUN_SENSOR,
     FAILURE_SENSOR,
 )
-from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
+from ordertrack_dagster_tests.helpers import seed_orders
 from ordertrack_dagster_tests.orchestration import DAGSTER_YAML, daemon_location
 from ordertrack_dagster_tests.test_cli_flow import dagster_materialize
 
 pytestmark = pytest.mark.slow
 
 FLOW = daemon_location.FLOW
-LOCATION = ("-m", daemon_location.__name__)
 #: The project's own code location, as the `dagster` CLI runs it: the failure sensor watches
-#: the runs of its own location only.
+#: the runs of its own location only. (A schedule's tick run by a daemon: the deploy tests.)
 PROJECT = ("-m", "ordertrack_dagster.definitions")
 DEADLINE_SECONDS = 150
-FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
 def _command(name: str, *args: str) -> list[str]:
@@ -61,12 +57,10 @@ def _home_and_env(
     return home, {**os.environ, **stack_env, "DAGSTER_HOME": str(home), "PYTHONPATH": pythonpath}
 
 
-def _start(
-    kind: str, name: str, home: Path, env: dict[str, str], location: tuple[str, str] = LOCATION
-) -> None:
+def _start(kind: str, name: str, home: Path, env: dict[str, str]) -> None:
     """Start a schedule or sensor through the instance, as the UI's toggle does."""
     start = subprocess.run(
-        _command("dagster", kind, "start", name, *location),
+        _command("dagster", kind, "start", name, *PROJECT),
         cwd=home,
         env=env,
         capture_output=True,
@@ -76,13 +70,11 @@ def _start(
 
 
 @contextmanager
-def _daemon(
-    home: Path, env: dict[str, str], log: Path, location: tuple[str, str] = LOCATION
-) -> Iterator[subprocess.Popen]:
+def _daemon(home: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """`dagster-daemon run` in its own process group; the group (runs included) goes on exit."""
     with log.open("wb") as out:
         daemon = subprocess.Popen(
-            _command("dagster-daemon", "run", *location),
+            _command("dagster-daemon", "run", *PROJECT),
             cwd=home,
             env=env,
             stdout=out,
@@ -98,37 +90,6 @@ def _daemon(
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait()
-
-
-def _wait_for_run(instance: DagsterInstance, daemon: subprocess.Popen, log: Path) -> DagsterRun:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        records = instance.get_run_records(RunsFilter(tags={FLOW_TAG: FLOW}), limit=1)
-        if records and records[0].dagster_run.status in FINISHED:
-            return records[0].dagster_run
-        assert daemon.poll() is None, f"the daemon exited:\n{log.read_text()[-3000:]}"
-        time.sleep(2)
-    pytest.fail(f"no finished {FLOW} run within {DEADLINE_SECONDS} s:\n{log.read_text()[-3000:]}")
-
-
-def test_the_daemon_runs_a_scheduled_tick(stack, stack_env, db, tmp_path):
-    seeded = seed_orders(db, stack.simulator, FLOW, ["in_transit", "delivered"])
-    home, env = _home_and_env(stack_env, tmp_path)
-    started = datetime.now(UTC)
-    log = tmp_path / "daemon.log"
-
-    # the instance (its storage) exists before the daemon and the CLI open it side by side
-    with DagsterInstance.from_config(str(home)) as instance, _daemon(home, env, log) as daemon:
-        # started through the instance, as the UI's toggle does; the next minute ticks
-        _start("schedule", schedule_name(FLOW), home, env)
-        run = _wait_for_run(instance, daemon, log)
-
-    assert run.status == DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
-    assert run.tags["dagster/schedule_name"] == schedule_name(FLOW)
-    assert run.tags["dagster/partition"] == FLOW
-    orders = orders_by_id(db, seeded)
-    assert {doc["courier_status"] for doc in orders.values()} == {"ud-in_transit", "dl-delivered"}
-    assert all(doc["last_tracking_time"] >= started for doc in orders.values())
 
 
 def _has_ticked(instance: DagsterInstance, sensor: str) -> bool:
@@ -155,14 +116,12 @@ def test_the_daemon_marks_a_dead_cli_run_failed_and_slack_hears_of_it(
     with DagsterInstance.from_config(str(home)) as instance:
         [dead] = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
         instance.add_run_tags(dead.run_id, {MAX_RUNTIME_TAG: "20"})
-        with _daemon(home, env, log, PROJECT) as daemon:
-            _start(
-                "sensor", FAILURE_SENSOR, home, env, PROJECT
-            )  # its cursor starts at its first tick
+        with _daemon(home, env, log) as daemon:
+            _start("sensor", FAILURE_SENSOR, home, env)  # its cursor starts at its first tick
             deadline = time.monotonic() + DEADLINE_SECONDS
             while not _has_ticked(instance, FAILURE_SENSOR) and time.monotonic() < deadline:
                 time.sleep(1)
-            _start("sensor", DEAD_RUN_SENSOR, home, env, PROJECT)
+            _start("sensor", DEAD_RUN_SENSOR, home, env)
             while time.monotonic() < deadline and not _alerts_for(stack, dead.run_id):
                 assert daemon.poll() is None, f"the daemon exited:\n{log.read_text()[-3000:]}"
                 time.sleep(2)
@@ -194,7 +153,7 @@ def test_the_daemon_refreshes_the_analytics_models_after_a_tracking_run(
     after_writes = [key for name, key in models.items() if not crons[name]]
     on_cron = [key for name, key in models.items() if crons[name]]
     assert after_writes and on_cron
-    with DagsterInstance.from_config(str(home)) as instance, _daemon(home, env, log, PROJECT):
+    with DagsterInstance.from_config(str(home)) as instance, _daemon(home, env, log):
         # its first evaluation sees nothing written yet, so nothing is stale
         deadline = time.monotonic() + DEADLINE_SECONDS
         while not _has_ticked(instance, AUTOMATION_SENSOR):
