@@ -33,11 +33,11 @@ LONGEST = (
     "ordertrack_dagster_tests/deploy/test_local_deployment.py",
     "ordertrack_dagster_tests/test_bench_smoke.py",
     "ordertrack_dagster_tests/orchestration/test_daemon.py",
-    "ordertrack_dagster_tests/test_wheel.py",
     "ordertrack_dagster_tests/security/test_no_secret_leaves.py",
     "ordertrack_dagster_tests/faults/test_two_runs.py",
     "ordertrack_dagster_tests/test_leak_check.py",
     "ordertrack_dagster_tests/faults/test_faults.py",
+    "ordertrack_dagster_tests/test_wheel.py",
     "ordertrack_dagster_tests/test_cli_flow.py",
     "ordertrack_dagster_tests/devstack/test_commands.py",
 )
