@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 DG := VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg
 # `make test` runs the suite in this many worker processes, each with its own stack of local
 # servers: the tests mostly wait on servers and subprocesses, so more workers than cores pay.
-# One module's tests stay on one worker (loadscope), so a module's own servers start once.
+# The tests go out one by one, longest first; a module that starts servers of its own for all
+# its tests stays on one worker, so they start once (ordertrack_dagster_tests/scheduling.py).
 TEST_WORKERS ?= 3
 
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28

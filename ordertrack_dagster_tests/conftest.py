@@ -15,6 +15,7 @@ from pymongo.database import Database
 
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.resources.mongo import mongo_client
+from ordertrack_dagster_tests import scheduling
 from ordertrack_dagster_tests.leaks import describe, wait_until_gone
 
 
@@ -50,10 +51,20 @@ def stack_env(stack: EmbeddedStack, db_name: str, monkeypatch: pytest.MonkeyPatc
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Alone, keep the whole-flow tests last: they are the slowest and need everything else
-    green. In worker processes (`-n`), start them first instead: the workers take the
-    modules of the longest tests while all are free, and the short ones fill the gaps after."""
-    in_workers = hasattr(config, "workerinput")
-    items.sort(key=lambda item: bool(item.get_closest_marker("slow")) != in_workers)
+    green. In worker processes (`-n`), start the longest first instead (`scheduling.py`):
+    the short ones fill the gaps after."""
+    if hasattr(config, "workerinput"):
+        scheduling.in_worker_order(items)
+    else:
+        items.sort(key=lambda item: bool(item.get_closest_marker("slow")))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`--dist loadscope` (`make test`) by test rather than by module, longest first."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    return scheduling.LongestFirstScheduling(config, log)
 
 
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")

@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import venv
 import zipfile
 from pathlib import Path
 
@@ -19,6 +18,9 @@ import pytest
 from ordertrack_dagster.analytics.models import SQL_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: uv (pinned with the development tools) builds, installs and checks as pip does, from the
+#: same hashed lock, in a fraction of pip's time: the environment is made anew on every run.
+UV = Path(sys.executable).with_name("uv")
 #: Parts of the repository that sit beside the code location and never ship in its wheel.
 BESIDE = ("ordertrack_dagster/devstack/", "ordertrack_dagster/bench/")
 DEVELOPMENT_ONLY = (
@@ -69,16 +71,16 @@ def test_the_wheel_without_extras_loads_every_sql_model(tmp_path: Path) -> None:
         ignore=shutil.ignore_patterns("__pycache__"),
     )
     wheels = tmp_path / "wheels"
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, source,
-         cwd=tmp_path)  # fmt: skip
+    _run(UV, "build", "--wheel", "-q", "-o", wheels, source, cwd=tmp_path)
     (wheel,) = wheels.glob("ordertrack_dagster-*.whl")
 
-    venv.create(tmp_path / "venv", with_pip=True)
+    _run(UV, "venv", "-q", "--python", sys.executable, tmp_path / "venv", cwd=tmp_path)
     python = tmp_path / "venv" / "bin" / "python"
     lock = PROJECT_ROOT / "requirements" / "runtime.lock"
-    _run(python, "-m", "pip", "install", "-q", "--require-hashes", "-r", lock, cwd=tmp_path)
-    _run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, cwd=tmp_path)
-    _run(python, "-m", "pip", "check", cwd=tmp_path)
+    install = (UV, "pip", "install", "-q", "--python", python)
+    _run(*install, "--require-hashes", "-r", lock, cwd=tmp_path)
+    _run(*install, "--no-deps", wheel, cwd=tmp_path)
+    _run(UV, "pip", "check", "--python", python, cwd=tmp_path)
 
     empty = tmp_path / "elsewhere"
     empty.mkdir()

@@ -8,6 +8,7 @@ flow must wait in the queue while the first runs, and all of it must be in Postg
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
@@ -25,6 +26,7 @@ from ordertrack_dagster_tests.deploy.graphql import (
     start_schedule,
 )
 from ordertrack_dagster_tests.deploy.local_deployment import Deployment
+from ordertrack_dagster_tests.helpers import orders_by_id
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +53,10 @@ def _scheduled_run(deployment: Deployment) -> Run | None:
     return runs[-1] if runs else None
 
 
-def test_a_tick_runs_the_flow_and_a_second_run_waits_for_it(deployment, deploy_stack):
+def test_a_tick_runs_the_flow_and_a_second_run_waits_for_it(
+    deployment, deploy_stack, deploy_db, deploy_orders
+):
+    started = datetime.now(UTC)
     state = start_schedule(deployment, schedule_name(FLOW))
     assert state == "RUNNING"
 
@@ -75,6 +80,10 @@ def test_a_tick_runs_the_flow_and_a_second_run_waits_for_it(deployment, deploy_s
         time.sleep(1)
     assert first_status == "SUCCESS", deployment.all_logs()
     assert waited_while_first_ran >= 2
+    # The scheduled run polled the flow's orders and wrote what the courier answered.
+    orders = orders_by_id(deploy_db, deploy_orders)
+    assert {doc["courier_status"] for doc in orders.values()} == {"ud-in_transit", "dl-delivered"}
+    assert all(doc["last_tracking_time"] >= started for doc in orders.values())
 
     # Once the first is done the queue lets the second go, and it succeeds too.
     _wait_for(
