@@ -7,11 +7,11 @@ from collections.abc import Mapping
 
 from dagster import Definitions, in_process_executor
 
-from ordertrack_dagster.analytics.assets import sql_model_assets
-from ordertrack_dagster.effects.assets import EFFECT_ASSETS
+from ordertrack_dagster.analytics import sql_model_assets
+from ordertrack_dagster.effects import EFFECT_ASSETS
 from ordertrack_dagster.orchestration import CHECKS, JOBS, SCHEDULES, SENSORS
 from ordertrack_dagster.settings import build_resources
-from ordertrack_dagster.tracking.assets import TRACKING_ASSETS
+from ordertrack_dagster.tracking import TRACKING_ASSETS
 
 
 def build_definitions(env: Mapping[str, str]) -> Definitions:

@@ -13,11 +13,9 @@ from typing import Any
 
 from dagster import EnvVar
 
-from ordertrack_dagster.analytics.assets import HistoryResource
+from ordertrack_dagster.analytics import HistoryResource
 from ordertrack_dagster.couriers import DESCRIPTIONS, SettingKind
-from ordertrack_dagster.effects.crm import CrmResource
-from ordertrack_dagster.effects.settings import EffectsSettings
-from ordertrack_dagster.effects.smtp import SmtpResource
+from ordertrack_dagster.effects import CrmResource, EffectsSettings, SmtpResource
 from ordertrack_dagster.markers import SLACK_CHANNEL_SETTINGS
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.s3 import OrdertrackS3Resource, ParquetHistoryIOManager

@@ -11,7 +11,7 @@ import ordertrack_dagster
 
 PACKAGE = Path(ordertrack_dagster.__file__).parent
 #: The concerns reached from outside their folder only through their package (`__init__.py`).
-PUBLIC_FACES = ("couriers", "orchestration")
+PUBLIC_FACES = ("couriers", "orchestration", "tracking", "effects", "analytics")
 #: The one owner of the `ordertrack_state` collection and the names of its documents.
 SHARED_STORE = "resources/state.py"
 STATE_NAMES = ("ordertrack_state", "pause:", "budget:", "token:", "login_block:")
@@ -71,8 +71,16 @@ def test_the_public_face_rule_sees_an_inner_module_but_not_an_exported_name() ->
             "ordertrack_dagster.couriers.engine.CourierClient",
         },
         "couriers/engine.py": {"ordertrack_dagster.couriers.budget"},
-        "definitions.py": {"ordertrack_dagster.orchestration.sensors"},
-        "bench/run.py": {"ordertrack_dagster.couriers.engine"},
+        "definitions.py": {
+            "ordertrack_dagster.orchestration.sensors",
+            "ordertrack_dagster.tracking",
+            "ordertrack_dagster.tracking.TRACKING_ASSETS",
+        },
+        "settings.py": {"ordertrack_dagster.effects.crm.CrmResource"},
+        "orchestration/checks.py": {"ordertrack_dagster.tracking.selection"},
+        "effects/assets.py": {"ordertrack_dagster.effects.outbox"},
+        "bench/run.py": {"ordertrack_dagster.couriers.engine", "ordertrack_dagster.tracking.steps"},
+        "devstack/demo.py": {"ordertrack_dagster.tracking.streaming"},
     }
     assert _behind_public_faces(imports) == {
         "orchestration/sensors.py": [
@@ -80,6 +88,8 @@ def test_the_public_face_rule_sees_an_inner_module_but_not_an_exported_name() ->
             "ordertrack_dagster.couriers.engine.CourierClient",
         ],
         "definitions.py": ["ordertrack_dagster.orchestration.sensors"],
+        "settings.py": ["ordertrack_dagster.effects.crm.CrmResource"],
+        "orchestration/checks.py": ["ordertrack_dagster.tracking.selection"],
     }
 
 

@@ -28,9 +28,7 @@ from pydantic import Field
 from pymongo import ASCENDING
 from pymongo.database import Database
 
-from ordertrack_dagster.effects.delivery import DeliveryDeferred, DeliveryError
-from ordertrack_dagster.effects.senders import post_slack
-from ordertrack_dagster.effects.settings import EffectsSettings
+from ordertrack_dagster.effects import DeliveryDeferred, DeliveryError, EffectsSettings, post_slack
 from ordertrack_dagster.flows import Flow, get_flow, schedule_interval
 from ordertrack_dagster.polling import max_interval
 from ordertrack_dagster.resources.history_queue import RETENTION, HistoryQueue
@@ -39,8 +37,7 @@ from ordertrack_dagster.resources.slack import OrdertrackSlackResource
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, RAW_COURIER_RESPONSES, flow_partitions
-from ordertrack_dagster.tracking.plan import StatusCatalogue
-from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
+from ordertrack_dagster.tracking import SelectionPolicy, StatusCatalogue, build_query
 
 FRESHNESS_INTERVALS = 3
 

@@ -16,9 +16,7 @@ from typing import Any
 from dagster import Config, MetadataValue, OpExecutionContext, job, op
 from pydantic import Field
 
-from ordertrack_dagster.effects.declarations import EFFECTS
-from ordertrack_dagster.effects.outbox import Outbox, dead_letter_filter
-from ordertrack_dagster.effects.settings import EffectsSettings
+from ordertrack_dagster.effects import EFFECTS, EffectsSettings, Outbox, dead_letter_filter
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.resources.mongo import MongoResource
 from ordertrack_dagster.resources.state import SharedState

@@ -36,9 +36,7 @@ from dagster import (
 )
 from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
 
-from ordertrack_dagster.effects.assets import TABLELESS_EFFECTS
-from ordertrack_dagster.effects.outbox import waiting_effects
-from ordertrack_dagster.effects.settings import EffectsSettings
+from ordertrack_dagster.effects import TABLELESS_EFFECTS, EffectsSettings, waiting_effects
 from ordertrack_dagster.flows import (
     MAX_RUNTIME_TAG,
     Flow,
