@@ -118,8 +118,8 @@ def measure(repeats: int = REPEATS, requests: int = REQUESTS) -> FetchCpuFigures
     def read(index: int) -> list[FetchRecord]:
         keys, response = responses[index % len(responses)]
         batch = _Batch(index, keys, attempts=1)
-        answered = client._read(response, keys)
-        return [client._answer_record(batch, key, answered.get(key), 200, now, 1.0) for key in keys]
+        answered = client.read_answer(response, keys)
+        return [client.answer_record(batch, key, answered.get(key), 200, now, 1.0) for key in keys]
 
     records = [read(index) for index in range(len(responses))]
     interpret = COURIERS[FLOW.key].interpret

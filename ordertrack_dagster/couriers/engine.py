@@ -303,7 +303,7 @@ class CourierClient(ABC):
             http_status, texts = await self._send(http, batch)
             latency_ms = batch.latency_ms()
             records = [
-                self._answer_record(
+                self.answer_record(
                     batch, key, texts.get(key), http_status, batch.sent_at, latency_ms
                 )
                 for key in batch.keys
@@ -343,7 +343,7 @@ class CourierClient(ABC):
             return
         self._records.extend(records)
 
-    def _answer_record(
+    def answer_record(
         self,
         batch: _Batch,
         key: str,
@@ -352,6 +352,7 @@ class CourierClient(ABC):
         fetched_at: datetime,
         latency_ms: float | None,
     ) -> FetchRecord:
+        """The record of one key asked in `batch` (`text`: its answer, None if not answered)."""
         return FetchRecord(
             tracking_key=key,
             state=FetchState.NOT_ANSWERED if text is None else FetchState.ANSWERED,
@@ -405,7 +406,7 @@ class CourierClient(ABC):
                 and await self.on_unauthorized(http, headers)
             ):
                 continue
-            return response.status_code, self._read(response, batch.keys)
+            return response.status_code, self.read_answer(response, batch.keys)
         raise AssertionError("unreachable")
 
     def _raise_if_told_to_stop(self, response: httpx.Response, now: datetime) -> None:
@@ -415,7 +416,9 @@ class CourierClient(ABC):
         if response.status_code in self.block_statuses:
             raise RateLimited(now + timedelta(seconds=self.block_seconds), response.status_code)
 
-    def _read(self, response: httpx.Response, keys: Sequence[str]) -> dict[str, str]:
+    def read_answer(self, response: httpx.Response, keys: Sequence[str]) -> dict[str, str]:
+        """Each answered key's JSON text from one HTTP answer, or why there is none (a pause,
+        a failed batch); public so the benchmark can time the reading alone."""
         status = response.status_code
         self._raise_if_told_to_stop(response, datetime.now(UTC))
         if status >= 500:

@@ -107,7 +107,7 @@ def test_realistic_samples():
 def test_not_found_comes_with_http_404_or_200(http_status):
     response = httpx.Response(http_status, json=sample("delhivery_b2b_not_found"))
     with pytest.raises(NotAnswered, match="Data not found") as raised:
-        offline_client()._read(response, ["220110000"])
+        offline_client().read_answer(response, ["220110000"])
     assert raised.value.http_status == http_status
 
 
