@@ -328,6 +328,11 @@ class LimitedReading:
     idle_parts: list[tuple[str, float]]  # where that idle time went, summed over the runs
 
     @property
+    def failed_runs(self) -> list[str]:
+        """The drain's runs that failed: then none of its figures is measured."""
+        return [run.label for run in self.figures.runs if not run.ok]
+
+    @property
     def ask_ratio(self) -> float:
         return (self.figures.worst_first_ask_seconds or 0) / self.figures.bound_seconds
 

@@ -360,6 +360,8 @@ def test_targets_of_a_scenario_whose_run_failed_are_not_measured_never_met():
         "| run shared-delhivery_b2c failed | **NOT MEASURED** |"
     ) in markdown.splitlines()
     assert "| run limited-2 failed | **NOT MEASURED** |" in markdown
+    assert "**NOT MEASURED**: run limited-2 failed" in markdown
+    assert "**403 answers" not in markdown and "**Budget used" not in markdown
     written = to_json(figures)["targets"]
     assert {t["verdict"] for t in written if t["target"] in {u.target for u in unmeasured}} == {
         "NOT MEASURED"
