@@ -516,7 +516,7 @@ def _drain_run(
 
 @dataclass
 class SharedLimitFigures:
-    """B2C and fallback running at the same time under Delhivery's one (scaled) limit."""
+    """B2C and fallback running at the same time under Delhivery's one limit, as scaled."""
 
     courier_limit: RateBudget
     client_budget: RateBudget

@@ -68,7 +68,12 @@ def run_figures(label: str, flow: str, orders: int, **changes) -> RunFigures:
         "service_cpu_seconds": {"mongodb": 9.0, "simulator": 0.8},
         "others_cpu_share": 0.02,
         "assets": {
-            "raw_courier_responses": {"fetch_cpu_seconds": 0.6, "rate_limited_answers": 0},
+            "raw_courier_responses": {
+                "fetch_cpu_seconds": 0.6,
+                "rate_limited_answers": 0,
+                "keys_answered": orders,
+                "keys_deferred": 0,
+            },
             "order_status_writes": {"orders_matched": orders, "updated": orders // 2},
             FIRST_EFFECT: {"sent": 150, "failed": 0, "rate_limited": 0},
         },
