@@ -28,6 +28,9 @@ MAX_RUNTIME_INTERVALS = 3
 #: and the hand-off, so a slow courier defers its last keys instead of getting the run
 #: cancelled before anything is written.
 FETCH_SHARE_OF_MAX_RUNTIME = 0.5
+#: No order is asked more often than its flow's schedule fires, and a run may take three
+#: intervals: below this many schedule intervals unpolled, an order is never late.
+LONGEST_WAIT_INTERVALS = 3
 
 
 class Selection(StrEnum):
@@ -63,6 +66,9 @@ class Flow:
     timeout_seconds: float  # per request
     default_rate_budget: RateBudget | None  # client-side budget shared by the courier's runs
     budget_scope: str  # flows that share one courier limit share one budget scope
+    # How long the flow's cap and schedule need to ask every live order once, where that is
+    # more than `LONGEST_WAIT_INTERVALS` schedule intervals (None: they hold every live order)
+    budget_wait: timedelta | None = None
 
     @property
     def workers(self) -> int:
@@ -177,6 +183,10 @@ FLOWS: dict[str, Flow] = {
             timeout_seconds=30.0,
             default_rate_budget=_DELHIVERY_EXPRESS_BUDGET,
             budget_scope="delhivery_express",
+            # 3,000 live waybills / 600 per run x 2 h = 10 h before each was asked once,
+            # whatever the order; 12 h leaves one schedule interval of slack. More live
+            # waybills than that and the freshness check fails: the path cannot keep up.
+            budget_wait=timedelta(hours=12),
         ),
     )
 }
@@ -243,6 +253,14 @@ def schedule_interval(cron: str) -> timedelta:
     start = datetime(2024, 1, 1, tzinfo=UTC)
     moments = cron_ticks(cron, start, start + timedelta(days=7))
     return max(later - earlier for earlier, later in pairwise(moments))
+
+
+def longest_wait(flow: Flow) -> timedelta:
+    """The least any order of the flow may be held to between polls: three schedule intervals,
+    and never less than what its cap and schedule can ask every live order in (`budget_wait`).
+    A bound below that would fail on capacity, not on a fault, and be ignored."""
+    floor = LONGEST_WAIT_INTERVALS * schedule_interval(flow.cron)
+    return max(floor, flow.budget_wait) if flow.budget_wait else floor
 
 
 def max_runtime(flow: Flow) -> timedelta:

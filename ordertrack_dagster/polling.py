@@ -6,8 +6,9 @@ the benchmark's simulated clock all run this same code:
 - `next_poll_at(status, last_changed_at, last_polled_at, courier_status) -> datetime | None`:
   when the order is next due; None for an order never asked (it goes first).
 - `poll_interval(status, unchanged_for, courier_status) -> timedelta`: the gap behind it.
-- `max_interval(status) -> timedelta`: the longest gap the table allows a status, the bound
-  that keeps anything from starving and that the freshness check applies.
+- `max_interval(status, flow) -> timedelta`: the longest gap an order of the flow in a
+  status may wait: the bound that keeps anything from starving, that the freshness check
+  applies and that the benchmark measures against.
 - `queue_key(next_poll_at, asked_at, last_tracking_time)` and `polling_order(orders, cap)`:
   the order selection takes orders in, earliest next poll first, never-asked first, exactly
   as MongoDB sorts by `SELECTION_SORT` (a missing value sorts before any date there too).
@@ -21,9 +22,10 @@ Why a priority and not a filter: the next poll time only orders the queue. While
 due orders fit its cap, every one of them is still taken at every tick, as before; only when
 they do not (a courier's limit binds) does it decide who waits, and then the shipments within
 their status's usual stay (about to change) are asked before those stuck past it. An order's
-key is at most `BACKED_OFF_SHARE` of `max_interval` after its last poll, so it is overdue
-before its bound and goes before every order not yet due: nothing starves while the orders
-asked at their shortest fit the cap with that share to spare (the queue then lags by less).
+key is at most `BACKED_OFF_SHARE` of its row's longest (never above `max_interval`) after its
+last poll, so it is overdue before its bound and goes before every order not yet due: nothing
+starves while the orders asked at their shortest fit the cap with that share to spare (the
+queue then lags by less).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
+from ordertrack_dagster.flows import Flow, longest_wait
 from ordertrack_dagster.statuses import Canonical, normalise_raw_status
 
 #: When ordertrack last asked the courier about an order, answered or not (contract §2).
@@ -162,9 +165,12 @@ def cadence(status: Canonical | str | None) -> Cadence:
         return CADENCES[None]
 
 
-def max_interval(status: Canonical | str | None) -> timedelta:
-    """The longest an order in `status` waits between polls, whatever the courier said."""
-    return cadence(status).longest
+def max_interval(status: Canonical | str | None, flow: Flow) -> timedelta:
+    """The longest an order of `flow` in `status` waits between polls, whatever the courier
+    said: the table's longest for the status, never below what the flow can hold
+    (`flows.longest_wait`: its schedule, and its budget where that cannot ask every live
+    order more often)."""
+    return max(cadence(status).longest, longest_wait(flow))
 
 
 def _said(courier_status: str | None, wordings: frozenset[str]) -> bool:

@@ -48,6 +48,9 @@ def assert_limits(figures: dict, out: Path) -> None:
     assert limited["polled"] == limited["due"] > 0
     assert limited["forbidden"] >= 0 and limited["budget_share_fetching"] > 0
     assert limited["worst_first_ask_seconds"] > 0 and limited["bound_seconds"] > 0
+    drain_runs = limited["drain_runs"]  # each run's own record: who started it, what it did
+    assert [run["label"] for run in drain_runs] == [run["label"] for run in limited["runs"]]
+    assert drain_runs[0]["started_by"] == "schedule" and drain_runs[0]["answered"] > 0
     shared = figures["shared_limit"]
     assert {run["flow"] for run in shared["runs"]} == {"delhivery_b2c", "delhivery_fallback"}
     assert shared["forbidden"] == 0

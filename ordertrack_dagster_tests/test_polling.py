@@ -8,11 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ordertrack_dagster.flows import get_flow
 from ordertrack_dagster.polling import (
     BACKED_OFF_SHARE,
     BACKOFF_SHARE,
     CADENCES,
     NEAR_DELIVERY_LONGEST,
+    cadence,
     max_interval,
     next_poll_at,
     poll_interval,
@@ -20,6 +22,7 @@ from ordertrack_dagster.polling import (
 )
 from ordertrack_dagster.statuses import Canonical
 
+B2C = get_flow("delhivery_b2c")
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 TICK = timedelta(minutes=8)
 
@@ -51,7 +54,7 @@ def test_never_asked_has_no_next_poll_and_goes_first() -> None:
 
 def test_out_for_delivery_is_due_at_the_next_tick_and_never_more_than_30_minutes_apart() -> None:
     assert next_poll_at(Canonical.OUT_FOR_DELIVERY, NOW, NOW, "ud-dispatched") == NOW
-    assert max_interval(Canonical.OUT_FOR_DELIVERY) == timedelta(minutes=30)
+    assert max_interval(Canonical.OUT_FOR_DELIVERY, B2C) == timedelta(minutes=30)
     assert poll_interval(Canonical.OUT_FOR_DELIVERY, timedelta(days=2), None) == (
         timedelta(minutes=30) * BACKED_OFF_SHARE
     )
@@ -68,8 +71,8 @@ def test_in_transit_stays_frequent_through_its_usual_stay_and_backs_off_only_whe
     half_a_day_stuck = poll_interval(Canonical.IN_TRANSIT, stuck_after + timedelta(hours=12), None)
     assert half_a_day_stuck == timedelta(hours=12) * BACKOFF_SHARE == timedelta(minutes=90)
     a_week = poll_interval(Canonical.IN_TRANSIT, timedelta(days=7), "ud-in_transit")
-    assert max_interval(Canonical.IN_TRANSIT) == timedelta(hours=4)
-    assert a_week == max_interval(Canonical.IN_TRANSIT) * BACKED_OFF_SHARE == timedelta(hours=3)
+    assert max_interval(Canonical.IN_TRANSIT, B2C) == timedelta(hours=4)
+    assert a_week == cadence(Canonical.IN_TRANSIT).longest * BACKED_OFF_SHARE == timedelta(hours=3)
 
 
 def test_every_status_a_change_is_likely_from_is_asked_every_tick_within_its_usual_stay() -> None:
@@ -84,7 +87,7 @@ def test_returned_to_origin_backs_off_at_once() -> None:
     ends the shipment, so it waits the row's longest at once, freeing the budget."""
     for raw in ("dl-rto", "RTO_DELIVERED", "RTO Delivered"):
         assert poll_interval(Canonical.RTO, timedelta(minutes=5), raw) == (
-            max_interval(Canonical.RTO) * BACKED_OFF_SHARE
+            cadence(Canonical.RTO).longest * BACKED_OFF_SHARE
         )
 
 
@@ -100,8 +103,8 @@ def test_courier_wording_near_delivery_shortens_a_long_interval() -> None:
 
 
 def test_non_canonical_statuses_share_the_not_picked_up_row() -> None:
-    assert max_interval("booked") == max_interval(None) == CADENCES[None].longest
-    assert max_interval("in transit") == max_interval(Canonical.IN_TRANSIT)
+    assert cadence("booked") == cadence(None) == CADENCES[None]
+    assert cadence("in transit") == cadence(Canonical.IN_TRANSIT)
 
 
 @pytest.mark.parametrize("status", [*Canonical, None, "manifested"])
@@ -111,7 +114,7 @@ def test_no_interval_exceeds_the_status_maximum(status: Canonical | str | None) 
         unchanged = timedelta(minutes=rng.uniform(-60, 60 * 24 * 40))
         courier = rng.choice([None, "", "IN_TRANSIT", "REACHED_DEST_CITY", "ud-pending"])
         interval = poll_interval(status, unchanged, courier)
-        assert timedelta(0) <= interval <= max_interval(status)
+        assert timedelta(0) <= interval <= cadence(status).longest
 
 
 def test_unknown_change_time_counts_from_the_poll() -> None:
@@ -183,12 +186,12 @@ def test_simulated_backlog_starves_nothing() -> None:
         for order in polling_order(orders, cap=cap):
             if order.asked_at is not None:
                 gap = clock - order.asked_at
-                assert gap <= max_interval(order.status) + TICK, order
+                assert gap <= max_interval(order.status, B2C) + TICK, order
                 gaps[order.name].append(gap)
             order.polled(clock)
         clock += TICK
     for order in orders:
-        assert clock - order.asked_at <= max_interval(order.status) + TICK, order
+        assert clock - order.asked_at <= max_interval(order.status, B2C) + TICK, order
 
     def mean_gap(status: Canonical, stuck: bool) -> timedelta:
         stuck_after = CADENCES[status].stuck_after

@@ -55,8 +55,7 @@ from ordertrack_dagster.flows import (
     get_flow,
     schedule_interval,
 )
-from ordertrack_dagster.orchestration.checks import max_age_of
-from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, next_poll_at
+from ordertrack_dagster.polling import ASKED_FIELD, NEXT_POLL_FIELD, max_interval, next_poll_at
 from ordertrack_dagster.resources.budget_window import BudgetWindow
 from ordertrack_dagster.statuses import Canonical, normalise_raw_status
 from ordertrack_dagster.tracking.selection import SelectionPolicy, build_query
@@ -557,7 +556,7 @@ class FreshnessModel:
         gap = until - order.last_asked
         bound = self._bounds.get((flow, order.status))
         if bound is None:
-            bound = max_age_of(self._flows[flow], order.status).total_seconds()
+            bound = max_interval(order.status, self._flows[flow]).total_seconds()
             self._bounds[flow, order.status] = bound
         counts.longest_unpolled_s = max(counts.longest_unpolled_s, gap)
         if gap > bound * counts.worst_unpolled_share:

@@ -5,9 +5,10 @@ failure.)
 A run can succeed while orders fall behind (a courier pause, failed batches, a cap too small,
 a stopped schedule or a stuck run). One check per flow, on `order_status_writes`, counts the
 flow's due orders (its contract §2 selection) whose last poll is older than their status
-allows: the polling table's maximum interval (polling.py), the bound adaptive polling keeps
-when a courier's limit binds, and never less than three schedule intervals; one threshold for
-all when configured. The checks run on their own schedule, apart from the tracking runs, so
+allows: the polling policy's maximum interval (polling.py `max_interval`, the bound adaptive
+polling keeps when a courier's limit binds), never less than three schedule intervals nor
+than what the flow's budget can hold (flows.py `longest_wait`); one threshold for all when
+configured. The checks run on their own schedule, apart from the tracking runs, so
 they also notice when no run happens at all.
 """
 
@@ -29,7 +30,7 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 
 from ordertrack_dagster.effects import DeliveryDeferred, DeliveryError, EffectsSettings, post_slack
-from ordertrack_dagster.flows import Flow, get_flow, schedule_interval
+from ordertrack_dagster.flows import Flow, get_flow
 from ordertrack_dagster.polling import max_interval
 from ordertrack_dagster.resources.history_queue import RETENTION, HistoryQueue
 from ordertrack_dagster.resources.mongo import MongoResource
@@ -38,9 +39,6 @@ from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tables import ORDER_STATUS_WRITES, RAW_COURIER_RESPONSES, flow_partitions
 from ordertrack_dagster.tracking import SelectionPolicy, StatusCatalogue, build_query
-
-FRESHNESS_INTERVALS = 3
-
 
 #: How the check's metadata names the statuses that are not canonical (booked, manifested...).
 OTHER_STATUSES = "other"
@@ -55,16 +53,6 @@ class Staleness:
     oldest_order_id: str | None = None
     oldest_polled_at: datetime | None = None  # None: never polled
     oldest_booked_at: datetime | None = None
-
-
-def default_max_age(flow: Flow) -> timedelta:
-    return FRESHNESS_INTERVALS * schedule_interval(flow.cron)
-
-
-def max_age_of(flow: Flow, status: Canonical | None) -> timedelta:
-    """How long an order in `status` may go unpolled: the polling table's maximum interval,
-    and never less than three schedule intervals (no flow polls faster than its schedule)."""
-    return max(max_interval(status), default_max_age(flow))
 
 
 def _not_polled_since(cutoff: datetime) -> dict[str, Any]:
@@ -116,9 +104,9 @@ def find_stale(
 ) -> Staleness:
     """Two cheap queries: a count, and the stale order polled longest ago (never polled
     first; not the selection's order, which is by next poll). Each status's bound is
-    `max_age_of` unless `max_age` sets one for all."""
-    bounds = {status.value: max_age or max_age_of(flow, status) for status in Canonical} | {
-        OTHER_STATUSES: max_age or max_age_of(flow, None)
+    the policy's `max_interval` unless `max_age` sets one for all."""
+    bounds = {status.value: max_age or max_interval(status, flow) for status in Canonical} | {
+        OTHER_STATUSES: max_age or max_interval(None, flow)
     }
     selection = build_query(flow, policy, now)
     query = stale_filter(selection.filter, StatusCatalogue.load(db), bounds, now)
@@ -163,7 +151,8 @@ class FreshnessConfig(Config):
     max_age_minutes: float | None = Field(
         default=None,
         description="How long a due order may go unpolled, whatever its status; default the "
-        "polling table's maximum interval of its status, at least three schedule intervals.",
+        "polling table's maximum interval of its status, at least three schedule intervals "
+        "and what the flow's budget can hold.",
     )
 
 
@@ -245,7 +234,8 @@ _FLOW_OF_CHECK = {check_name(key): key for key in flow_partitions.get_partition_
             asset=ORDER_STATUS_WRITES,
             description=f"Every order the {key} flow is due to track was polled within the "
             "polling table's maximum interval of its status, at least three schedule intervals "
-            "(or max_age_minutes); reports how many were not and the oldest.",
+            "and what the flow's budget can hold (or max_age_minutes); reports how many were "
+            "not and the oldest.",
         )
         for name, key in _FLOW_OF_CHECK.items()
     ],

@@ -4,20 +4,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ordertrack_dagster.flows import FLOWS
-from ordertrack_dagster.orchestration.checks import (
-    HISTORY_CHECK,
-    check_name,
-    default_max_age,
-    evaluate_flow,
-    max_age_of,
-)
-from ordertrack_dagster.polling import max_interval
+from ordertrack_dagster.flows import FLOWS, longest_wait, schedule_interval
+from ordertrack_dagster.orchestration.checks import HISTORY_CHECK, check_name, evaluate_flow
+from ordertrack_dagster.polling import cadence, max_interval
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster_tests.helpers import Shipment, load_definitions, seed_orders
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 B2C = FLOWS["delhivery_b2c"]
+FALLBACK = FLOWS["delhivery_fallback"]
 
 
 def seed(
@@ -36,15 +31,22 @@ def seed(
     return order
 
 
-def test_default_threshold_is_three_schedule_intervals():
-    assert default_max_age(B2C) == timedelta(minutes=24)
-    assert default_max_age(FLOWS["delhivery_fallback"]) == timedelta(hours=6)
+def test_no_bound_is_below_three_schedule_intervals():
+    assert longest_wait(B2C) == timedelta(minutes=24)
+    ofd = Canonical.OUT_FOR_DELIVERY
+    assert max_interval(ofd, B2C) == cadence(ofd).longest == timedelta(minutes=30)
+    assert max_interval(Canonical.IN_TRANSIT, B2C) == timedelta(hours=4)
 
 
-def test_each_status_has_the_polling_tables_maximum_at_least_three_intervals():
-    assert max_age_of(B2C, Canonical.OUT_FOR_DELIVERY) == max_interval(Canonical.OUT_FOR_DELIVERY)
-    assert max_age_of(B2C, Canonical.IN_TRANSIT) == timedelta(hours=4)
-    assert max_age_of(FLOWS["delhivery_fallback"], Canonical.OUT_FOR_DELIVERY) == timedelta(hours=6)
+def test_the_fallback_bound_is_what_its_budget_can_hold():
+    """600 waybills per run every 2 hours ask 3,000 live waybills once each in 10 hours,
+    whatever the order: no status of the fallback may be held to less."""
+    every_waybill_once = 3_000 / FALLBACK.cap * schedule_interval(FALLBACK.cron)
+    assert every_waybill_once == timedelta(hours=10)
+    assert longest_wait(FALLBACK) == timedelta(hours=12) > every_waybill_once
+    for status in (Canonical.OUT_FOR_DELIVERY, Canonical.IN_TRANSIT, Canonical.RTO, None):
+        assert max_interval(status, FALLBACK) == timedelta(hours=12), status
+    assert max_interval(Canonical.DELIVERED, FALLBACK) == cadence(Canonical.DELIVERED).longest
 
 
 def test_the_check_follows_the_polling_table(stack, db):
@@ -58,6 +60,20 @@ def test_the_check_follows_the_polling_table(stack, db):
     assert result.metadata["stale_orders"].value == 1
     assert result.metadata["oldest_order_id"].value == late.order_id
     assert result.metadata["max_age_minutes"].value["out_for_delivery"] == 30
+
+
+def test_a_fallback_order_may_wait_what_the_budget_can_hold(stack, db):
+    """Unpolled 7 hours (past three 2-hour schedule intervals, within the 12 hours the
+    fallback's budget can hold): fresh; unpolled 13 hours: stale."""
+    flow, status = "delhivery_fallback", Canonical.RTO
+    seed(db, stack, flow=flow, polled_minutes_ago=7 * 60, status=status)
+    assert evaluate_flow(db, FALLBACK, None, NOW).passed
+    late = seed(db, stack, flow=flow, polled_minutes_ago=13 * 60, status=status)
+    result = evaluate_flow(db, FALLBACK, None, NOW)
+    assert not result.passed
+    assert result.metadata["stale_orders"].value == 1
+    assert result.metadata["oldest_order_id"].value == late.order_id
+    assert result.metadata["max_age_minutes"].value["rto"] == 12 * 60
 
 
 def test_fresh_orders_pass(stack, db):

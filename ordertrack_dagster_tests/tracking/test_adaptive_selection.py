@@ -129,7 +129,7 @@ def test_the_write_path_stores_the_next_poll_from_the_policy(stack, stack_env, d
         next_poll = doc[NEXT_POLL_FIELD].replace(tzinfo=UTC)
         status = names[doc["order_status"]]
         assert asked >= before.replace(microsecond=0) - timedelta(seconds=1)
-        assert asked <= next_poll <= asked + max_interval(status), (order, status)
+        assert asked <= next_poll <= asked + max_interval(status, flow), (order, status)
         if order is not unanswerable:
             changed = doc[STATUS_CHANGED_FIELD].replace(tzinfo=UTC)
             expected = next_poll_at(status, changed, asked, doc.get("courier_status"))
@@ -179,7 +179,7 @@ def test_half_a_day_over_the_cap_on_mongodb_starves_nothing(stack, db):
     assert set(asked) == set(state)
     for oid, (status, _, _) in state.items():
         waited = [*gaps[oid], clock - TICK - asked[oid]]
-        assert max(waited) <= max_interval(status) + TICK, (status, waited)
+        assert max(waited) <= max_interval(status, flow) + TICK, (status, waited)
 
     def mean_gap(status: Canonical) -> timedelta:
         waits = [gap for oid, (s, _, _) in state.items() if s is status for gap in gaps[oid]]
