@@ -141,8 +141,8 @@ def _busy_cpu_seconds() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def _probe_command(record: Path, flow: str) -> list[str]:
-    """What a scheduled tick launches: the tracking job, the flow's partition, its tags.
+def _probe_command(record: Path, flow: str, job: str) -> list[str]:
+    """A run as automation launches it: the job, the flow's partition, its tags.
 
     `dagster job execute`, not `dg launch`: `dg launch` takes no tags, and a tick's run
     carries the flow tag; the run prints Dagster's warning that the command is superseded.
@@ -151,7 +151,7 @@ def _probe_command(record: Path, flow: str) -> list[str]:
     return [
         sys.executable, "-m", "ordertrack_dagster.bench.probe", str(record),
         "job", "execute", "-m", "ordertrack_dagster.definitions",
-        "-j", tracking_job.name, "--tags", json.dumps(tags),
+        "-j", job, "--tags", json.dumps(tags),
     ]  # fmt: skip
 
 
@@ -163,8 +163,10 @@ def materialize_measured(
     logs: Path,
     service_pids: Mapping[str, int],
     mean_latency_s: float,
+    job: str = tracking_job.name,
 ) -> RunFigures:
-    """Materialize one flow through the `dagster` CLI, as a scheduled tick runs it; measure it."""
+    """Materialize one flow through the `dagster` CLI and measure it: by default the whole flow
+    in one run (`tracking_job`: the tracking and the side effects a tick's two runs share)."""
     logs.mkdir(parents=True, exist_ok=True)
     record = logs / f"{label}.mongodb.json"
     record.unlink(missing_ok=True)
@@ -172,7 +174,7 @@ def materialize_measured(
     started_at, started = time.time(), time.perf_counter()
     with (logs / f"{label}.log").open("wb") as log:
         process = subprocess.Popen(
-            _probe_command(record, flow_key),
+            _probe_command(record, flow_key, job),
             env=dict(env),
             cwd=PROJECT_ROOT,
             stdout=log,
