@@ -39,6 +39,9 @@ def assert_flows_and_growth(figures: dict, out: Path) -> None:
         assert_run_figures(run)
     assert figures["growth"]
     assert (out / "bench_growth.png").read_bytes().startswith(b"\x89PNG")
+    cpu = figures["fetch_cpu"]  # the client's CPU for reading one answer, measured alone
+    assert cpu["waybills"] == 50 and 0 < cpu["read_ms_min"] <= cpu["read_ms_median"]
+    assert 0 < cpu["map_ms_min"] <= cpu["map_ms_median"]
 
 
 def assert_limits(figures: dict, out: Path) -> None:
@@ -76,7 +79,11 @@ def assert_bounded_and_freshness(figures: dict, out: Path) -> None:
 #: The measurements of `--smoke` (every part of `ordertrack_dagster.bench.PARTS` once), the
 #: report sections they fill and what their figures must hold.
 GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[dict, Path], None]]] = {
-    "flows-growth": (("flows", "growth"), ("## Every flow", "## Growth"), assert_flows_and_growth),
+    "flows-growth": (
+        ("flows", "growth", "fetch_cpu"),
+        ("## Every flow", "## Growth"),
+        assert_flows_and_growth,
+    ),
     "limits": (
         ("limited", "shared", "head_of_line"),
         ("## Under the courier", "## Budget"),

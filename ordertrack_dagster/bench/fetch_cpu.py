@@ -34,7 +34,7 @@ from ordertrack_dagster.couriers.engine import _Batch
 from ordertrack_dagster.devstack.seed import SCENARIO_WEIGHTS
 from ordertrack_dagster.devstack.simulator.base import JSONResponse
 from ordertrack_dagster.devstack.simulator.core import CourierSimulator
-from ordertrack_dagster.devstack.simulator.delhivery import DelhiveryB2c
+from ordertrack_dagster.devstack.simulator.delhivery import SIMULATOR as DELHIVERY_EXPRESS
 from ordertrack_dagster.devstack.simulator.settings import SimulatorSettings
 from ordertrack_dagster.flows import FLOWS
 from ordertrack_dagster.records import FetchRecord, OrderContext
@@ -65,7 +65,7 @@ class FetchCpuFigures:
 def answers(bodies: int = BODIES, waybills: int = FLOW.batch_size) -> list[tuple[list[str], bytes]]:
     """`bodies` answers of `waybills` shipments each, in the demo seed's mix of life cycles,
     each as the simulator's B2C endpoint renders it (keys, body)."""
-    simulator = CourierSimulator(SimulatorSettings(latency_mean_ms=0), [DelhiveryB2c])
+    simulator = CourierSimulator(SimulatorSettings(latency_mean_ms=0), [DELHIVERY_EXPRESS])
     rng = random.Random(22)
     scenarios, weights = list(SCENARIO_WEIGHTS), list(SCENARIO_WEIGHTS.values())
     api = simulator.api("delhivery_b2c")
