@@ -138,10 +138,14 @@ def shared_keys_pipeline(
     tracks them (an answer for such a key cannot say whose it is), with their order ids. It
     reads the orders holding the keys through the index on the key field."""
     field = flow.tracking_key_field
-    clauses = [{field: {"$in": list(keys)}}, *_base_clauses(policy, now)]
+    clauses = _base_clauses(policy, now)
     if flow.selection is not Selection.LR_NUMBER:
         clauses.append(_absent("delhivery_lr_number"))  # LR orders are asked by their LR
     return [
+        # the keys first, alone: MongoDB merges the two stages into one indexed match anyway,
+        # and the embedded database used in development only uses the index for a lone `$in`
+        # (inside an `$and` it took 17x longer for 2,000 keys over 20,000 orders)
+        {"$match": {field: {"$in": list(keys)}}},
         {"$match": {"$and": clauses}},
         {"$group": {"_id": f"${field}", "order_ids": {"$push": "$order_id"}, "n": {"$sum": 1}}},
         {"$match": {"n": {"$gt": 1}}},
