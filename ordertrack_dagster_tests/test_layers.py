@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 import ordertrack_dagster
+from ordertrack_dagster_tests.helpers import docstring_ids
 
 PACKAGE = Path(ordertrack_dagster.__file__).parent
 #: The concerns reached from outside their folder only through their package (`__init__.py`).
@@ -170,14 +171,7 @@ def _state_names(path: Path) -> list[str]:
     """The strings of a module's code that name the shared collection or one of its
     documents (`f"pause:{scope}"` included), and its imports of the collection's name."""
     tree = ast.parse(path.read_text())
-    docstrings = {
-        id(node.body[0].value)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.body
-        and isinstance(node.body[0], ast.Expr)
-        and isinstance(node.body[0].value, ast.Constant)
-    }
+    docstrings = docstring_ids(tree)
     named = [
         node.value
         for node in ast.walk(tree)

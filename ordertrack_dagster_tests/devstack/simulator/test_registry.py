@@ -19,6 +19,7 @@ from ordertrack_dagster.devstack.simulator import (
     simulators,
 )
 from ordertrack_dagster.flows import FLOWS
+from ordertrack_dagster_tests.helpers import docstring_ids
 
 MODULES = {
     path.stem: path for path in Path(package.__file__).parent.glob("*.py") if path.stem[0] != "_"
@@ -46,13 +47,7 @@ def naming_a_courier(source: str, names: set[str], courier_modules: set[str]) ->
     """Where a module's code names a courier: a string (docstrings aside) holding one of
     `names`, or an import of a courier module."""
     tree = ast.parse(source)
-    docstrings = {
-        id(node.body[0].value)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.body
-        and isinstance(node.body[0], ast.Expr)
-    }
+    docstrings = docstring_ids(tree)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
