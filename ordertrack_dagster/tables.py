@@ -1,4 +1,5 @@
-"""The tracking tables every concern reads: their group, partitions, keys and columns.
+"""The tracking tables every concern reads: their group, partitions, keys and columns, and
+which run's table a step works with.
 
 tracking/ writes them; effects/ reports them, analytics/ reads their history and
 orchestration/ schedules and checks them: each takes the schema from here, never from the
@@ -9,7 +10,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from dagster import AssetKey, StaticPartitionsDefinition
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    EventLogRecord,
+    StaticPartitionsDefinition,
+)
 
 from ordertrack_dagster.flows import FLOWS, get_flow, max_runtime_tag
 from ordertrack_dagster.records import FetchRecord
@@ -98,3 +106,39 @@ class Action(StrEnum):
     REFUSED = "refused"  # the move would go backwards: alert, status left alone
     UNTOUCHED = "untouched"  # not found, failed or deferred: status and poll fields unchanged
     REJECTED = "rejected"  # MongoDB refused the update: alert, the order stays due
+
+
+def materialization_in_run(
+    instance: DagsterInstance, run_id: str, key: AssetKey
+) -> EventLogRecord | None:
+    """The run's last materialization of `key` (a run materializes one flow's partition)."""
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    return next((record for record in reversed(records) if record.asset_key == key), None)
+
+
+def nearest_materialization(
+    instance: DagsterInstance, run_id: str | None, key: AssetKey
+) -> EventLogRecord | None:
+    """`key`'s materialization by the nearest run from `run_id` up its parent runs: the table
+    this run's steps loaded, whether it made it or a re-execution took it from its parent."""
+    while run_id is not None:
+        record = materialization_in_run(instance, run_id, key)
+        if record is not None:
+            return record
+        run = instance.get_run_by_id(run_id)
+        run_id = run.parent_run_id if run is not None else None
+    return None
+
+
+def latest_materialization(
+    instance: DagsterInstance, key: AssetKey, partition: str, before: int | None = None
+) -> EventLogRecord | None:
+    """The partition's latest materialization of `key` (before the storage id `before`),
+    whichever run made it: only for a step whose run neither made nor inherited the table."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition], before_storage_id=before),
+        limit=1,
+    ).records
+    return records[0] if records else None

@@ -23,8 +23,6 @@ from bson import Binary
 from dagster import (
     AssetExecutionContext,
     AssetKey,
-    AssetRecordsFilter,
-    DagsterEventType,
     EventLogRecord,
     MetadataValue,
 )
@@ -55,11 +53,16 @@ from ordertrack_dagster.markers import SLACK_CHANNEL_SETTINGS, Event
 from ordertrack_dagster.resources.s3 import SOURCE_RUN_TAG
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.run_summary import summarise, summary_per_status
+from ordertrack_dagster.tables import (
+    latest_materialization,
+    materialization_in_run,
+    nearest_materialization,
+)
 
 
 @dataclass(frozen=True)
 class SourceRun:
-    """The run whose outputs an effect reports: this run, unless the effect is re-run alone."""
+    """The run whose outputs an effect reports (`source_run`)."""
 
     run_id: str
     materialized_at: float | None
@@ -78,39 +81,36 @@ class EffectRun:
     resources: Mapping[str, Any]  # the configured resources, by key (not their clients)
 
     def source(self, key: AssetKey) -> SourceRun:
-        """A tracking table's materialization in this flow's partition by the run this run
-        reports: the one its `SOURCE_RUN_TAG` names (an effects run launched for a tracking
-        run), else the latest (this run's own, in a whole-flow run). The same run whose
-        tables the inputs load, so a report never mixes two runs."""
-        record = self._materialization(key)
-        materialization = record.asset_materialization if record else None
-        if record is None or materialization is None:
-            return SourceRun(self.context.run_id, None, {})
-        return SourceRun(
-            record.run_id,
-            record.timestamp,
-            {name: value.value for name, value in materialization.metadata.items()},
-        )
+        return source_run(self.context, key)
 
-    def _materialization(self, key: AssetKey) -> EventLogRecord | None:
-        context, partition = self.context, self.context.partition_key
-        source = context.run.tags.get(SOURCE_RUN_TAG)
-        if source is None:
-            records = context.instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-            ).records
-            return records[0] if records else None
-        events = context.instance.get_records_for_run(
-            source, of_type=DagsterEventType.ASSET_MATERIALIZATION
-        ).records
-        return next(
-            (
-                record
-                for record in reversed(events)
-                if record.asset_key == key and record.partition_key == partition
-            ),
-            None,
-        )
+
+def source_run(context: AssetExecutionContext, key: AssetKey) -> SourceRun:
+    """The tracking table `key` an effect in `context` reports, in this flow's partition: the
+    materialization by the run its `SOURCE_RUN_TAG` names (an effects run launched for a
+    tracking run), else its own (a whole-flow run, or the failed run a re-execution took the
+    table from), else the latest (an effect re-run alone). The same run whose tables the
+    inputs load, so a report never mixes two runs, even while another run of the flow writes
+    (a partition re-run by hand beside a scheduled run)."""
+    record = _reported_materialization(context, key)
+    materialization = record.asset_materialization if record else None
+    if record is None or materialization is None:
+        return SourceRun(context.run_id, None, {})
+    return SourceRun(
+        record.run_id,
+        record.timestamp,
+        {name: value.value for name, value in materialization.metadata.items()},
+    )
+
+
+def _reported_materialization(
+    context: AssetExecutionContext, key: AssetKey
+) -> EventLogRecord | None:
+    instance, partition = context.instance, context.partition_key
+    source = context.run.tags.get(SOURCE_RUN_TAG)
+    if source is not None:
+        return materialization_in_run(instance, source, key)
+    own = nearest_materialization(instance, context.run_id, key)
+    return own if own is not None else latest_materialization(instance, key, partition)
 
 
 #: Queues this run's report (if any); returns metadata for the asset.

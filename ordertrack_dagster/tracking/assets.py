@@ -14,12 +14,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
-    AssetRecordsFilter,
     Config,
-    DagsterEventType,
-    DagsterInstance,
-    EventLogRecord,
     Output,
     asset,
 )
@@ -36,6 +31,8 @@ from ordertrack_dagster.tables import (
     RAW_COURIER_RESPONSES,
     STATUS_UPDATES,
     flow_partitions,
+    latest_materialization,
+    nearest_materialization,
 )
 from ordertrack_dagster.tracking import metadata, steps, writer
 from ordertrack_dagster.tracking.selection import ChosenOrders
@@ -190,45 +187,19 @@ def _fetching_run(context: AssetExecutionContext) -> str:
     partition's latest `status_updates` (its input); when that was mapped on its own too, the
     run of the last `raw_courier_responses` before it (what it mapped)."""
     instance, partition = context.instance, context.partition_key
-    fetched = _up_the_chain(instance, context.run_id, RAW_COURIER_RESPONSES)
+    fetched = nearest_materialization(instance, context.run_id, RAW_COURIER_RESPONSES)
     if fetched is not None:
-        return fetched
-    mapped = _latest(instance, STATUS_UPDATES, partition)
+        return fetched.run_id
+    mapped = latest_materialization(instance, STATUS_UPDATES, partition)
     if mapped is None:
         return context.run_id
-    fetched = _up_the_chain(instance, mapped.run_id, RAW_COURIER_RESPONSES)
+    fetched = nearest_materialization(instance, mapped.run_id, RAW_COURIER_RESPONSES)
     if fetched is not None:
-        return fetched
-    before = _latest(instance, RAW_COURIER_RESPONSES, partition, before=mapped.storage_id)
+        return fetched.run_id
+    before = latest_materialization(
+        instance, RAW_COURIER_RESPONSES, partition, before=mapped.storage_id
+    )
     return before.run_id if before is not None else context.run_id
-
-
-def _latest(
-    instance: DagsterInstance, key: AssetKey, partition: str, before: int | None = None
-) -> EventLogRecord | None:
-    """The partition's latest materialization of `key` (before the storage id `before`)."""
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=[partition], before_storage_id=before),
-        limit=1,
-    ).records
-    return records[0] if records else None
-
-
-def _up_the_chain(instance: DagsterInstance, run_id: str | None, key: AssetKey) -> str | None:
-    """The nearest run from `run_id` up its parent runs that materialized `key`."""
-    while run_id is not None:
-        events = instance.get_records_for_run(
-            run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
-        ).records
-        if any(
-            record.event_log_entry.dagster_event.asset_key == key
-            for record in events
-            if record.event_log_entry.dagster_event is not None
-        ):
-            return run_id
-        run = instance.get_run_by_id(run_id)
-        run_id = run.parent_run_id if run is not None else None
-    return None
 
 
 TRACKING_ASSETS = [pending_orders, raw_courier_responses, status_updates, order_status_writes]
