@@ -195,7 +195,7 @@ def prepare_database(db: Database) -> list[str]:
             {},
         ),
         ("orders", [("awb_number", ASCENDING)], {}),
-        # the LR orders sharing a key (tracking/selection.shared_key_holders)
+        # orders looked up by LR number (a re-poll ops ask for by tracking key)
         ("orders", [("delhivery_lr_number", ASCENDING)], {"sparse": True}),
         ("orders", [("ordertrack_outbox", ASCENDING)], {"sparse": True}),
         (ALERTED, [("first_run", ASCENDING)], {}),

@@ -185,7 +185,6 @@ def map_answers(db: Database, pending: pd.DataFrame, raw: pd.DataFrame, flow: Fl
     """`status_updates`: each selected order's answer mapped onto a canonical status; an answer
     for a key other live orders hold too reaches one order at most."""
     started, now = time.perf_counter(), datetime.now(UTC)
-    answered = raw.loc[raw["state"] == FetchState.ANSWERED.value, "tracking_key"]
-    holders = shared_key_holders(db, flow, answered, now)
+    holders = shared_key_holders(db, flow, now)
     frame = interpret_answers(pending, raw, COURIERS[flow.key].interpret, now, holders)
     return Table(frame, metadata.mapping_metadata(flow, frame, time.perf_counter() - started))

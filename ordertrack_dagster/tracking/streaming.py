@@ -73,7 +73,13 @@ def parse_fetch_progress(line: str) -> tuple[int, int] | None:
 
 class StreamedWriter:
     """The fetch's `stream` callback for one run: writes the statuses of new answers. It never
-    raises: what it could not write, the write step writes."""
+    raises: what it could not write, the write step writes.
+
+    The tracking keys several live orders hold (`shared_key_holders`, one aggregation over
+    every live order) are read once, at the first hand-over, and kept for the run: a snapshot
+    taken then is as good as one per hand-over, since an order booked during the run with a
+    key already answered is the same race a query per hand-over had (checked once before the
+    write, booked after it). The mapping step reads them afresh for the rest."""
 
     def __init__(
         self,
@@ -91,6 +97,7 @@ class StreamedWriter:
         self._run_id = run_id
         self._log = log
         self._catalogue: StatusCatalogue | None = None
+        self._holders: dict[str, list[str]] | None = None
         self.written = 0
         self.asking = asking  # the keys the fetch asks, for its progress line
         self.asked = 0
@@ -120,8 +127,10 @@ class StreamedWriter:
         orders = self._pending[self._pending["tracking_key"].isin(keys)]
         raw = pd.DataFrame([r.__dict__ for r in answered])
         now = datetime.now(UTC)
-        holders = shared_key_holders(self._db, self._flow, keys, now)
-        updates = interpret_answers(orders, raw, COURIERS[self._flow.key].interpret, now, holders)
+        if self._holders is None:
+            self._holders = shared_key_holders(self._db, self._flow, now)
+        interpret = COURIERS[self._flow.key].interpret
+        updates = interpret_answers(orders, raw, interpret, now, self._holders)
         write_updates(
             self._db, updates, self._flow, self._catalogue, self._run_id, after_part=self._count
         )

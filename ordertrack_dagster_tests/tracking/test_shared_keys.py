@@ -15,6 +15,11 @@ from ordertrack_dagster.markers import OUTBOX_FIELD
 from ordertrack_dagster.records import FetchState, Outcome
 from ordertrack_dagster.statuses import Canonical
 from ordertrack_dagster.tracking.mapping import interpret_answers
+from ordertrack_dagster.tracking.selection import (
+    SelectionPolicy,
+    shared_key_holders,
+    shared_keys_pipeline,
+)
 from ordertrack_dagster_tests.helpers import materialize_flow, seed_orders, stored_frame
 
 AWB = "AWBSHARED0001"
@@ -71,6 +76,52 @@ def test_a_holder_outside_the_selection_still_counts():
     rows = _map(["1001-C"], "1001", holders={AWB: ["1001", "1001-C"]})
     assert rows.loc["1001-C", "outcome"] == Outcome.FAILED.value
     assert "held by live orders 1001, 1001-C" in rows.loc["1001-C", "alert"]
+
+
+def _clauses_on(value, field: str):
+    """Every clause on `field` anywhere in a query or pipeline."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == field:
+                yield item
+            yield from _clauses_on(item, field)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _clauses_on(item, field)
+
+
+@pytest.mark.parametrize("flow", ["delhivery_b2c", "delhivery_b2b", "delhivery_fallback"])
+def test_the_shared_keys_are_one_group_of_the_live_orders_with_no_list_of_keys(flow):
+    """A `$in` of the answered keys costs keys x orders on the embedded database, so the
+    query names no key: it groups every live order by the flow's key field."""
+    field = get_flow(flow).tracking_key_field
+    policy = SelectionPolicy(tracking_status_ids=(4, 5), buffer_days=31)
+    pipeline = shared_keys_pipeline(get_flow(flow), policy, NOW)
+    assert [next(iter(stage)) for stage in pipeline] == ["$match", "$group", "$match"]
+    assert pipeline[1]["$group"]["_id"] == f"${field}"
+    assert pipeline[2] == {"$match": {"n": {"$gt": 1}}}
+    assert list(_clauses_on(pipeline, field)) == [{"$exists": True, "$nin": [None, ""]}]
+
+
+def test_the_shared_keys_are_those_several_live_orders_of_any_flow_hold(stack, stack_env, db):
+    """Held by two flows' orders: shared. Held by an order no longer live, by an LR order (asked
+    by its LR) or empty: not."""
+    express, fallback = get_flow("delhivery_b2c"), get_flow("delhivery_fallback")
+    first, second, stopped, *blanks = seed_orders(db, stack.simulator, express.key, [None] * 5)
+    [other_flows] = seed_orders(db, stack.simulator, fallback.key, [None])
+    [lr_order] = seed_orders(db, stack.simulator, "delhivery_b2b", [None])
+    shared = {"awb_number": first.tracking_key}
+    for order in (second, other_flows, lr_order):
+        db["orders"].update_one({"_id": order.oid}, {"$set": shared})
+    db["orders"].update_one({"_id": stopped.oid}, {"$set": {**shared, "being_tracked": False}})
+    for order in blanks:
+        db["orders"].update_one({"_id": order.oid}, {"$set": {"awb_number": ""}})
+
+    now = datetime.now(UTC)
+    holders = {key: sorted(ids) for key, ids in shared_key_holders(db, express, now).items()}
+    expected = sorted([first.order_id, second.order_id, other_flows.order_id])
+    assert holders == {first.tracking_key: expected}
+    assert shared_key_holders(db, get_flow("delhivery_b2b"), now) == {}
 
 
 @pytest.mark.slow

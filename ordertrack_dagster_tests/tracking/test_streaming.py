@@ -4,8 +4,10 @@ table and figures tell the whole run."""
 
 import logging
 
+import pandas as pd
 import pytest
 from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+from pymongo import MongoClient, monitoring
 from pymongo.errors import AutoReconnect
 
 from ordertrack_dagster.flows import get_flow
@@ -76,10 +78,7 @@ def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
     raw = ask_courier(
         db, pending, FLOW, courier_resource(FLOW.key, stack_env), force=False, run_id="r", log=LOG
     )
-    records = [
-        FetchRecord(**(fields_ | {"state": FetchState(fields_["state"])}))
-        for fields_ in raw.frame.drop(columns=["flow", "run_id"]).to_dict("records")
-    ]
+    records = _records(raw.frame)
     applied = writer.apply_plan
 
     def third_part_lost(*args):
@@ -100,6 +99,51 @@ def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
     written = write_statuses(db, map_answers(db, pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
     assert list(written.frame["action"]) == ["status_changed"] * 5  # none seen as refused
     assert written.metadata["updated"] == 5
+
+
+def _records(raw: pd.DataFrame) -> list[FetchRecord]:
+    """The fetch's records back from its table, as the fetch hands them over."""
+    return [
+        FetchRecord(**(fields_ | {"state": FetchState(fields_["state"])}))
+        for fields_ in raw.drop(columns=["flow", "run_id"]).to_dict("records")
+    ]
+
+
+class _Aggregations(monitoring.CommandListener):
+    """The aggregations a client sent to `orders`, as the database received them."""
+
+    def __init__(self) -> None:
+        self.pipelines: list[list[dict]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "aggregate" and event.command["aggregate"] == "orders":
+            self.pipelines.append(event.command["pipeline"])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_the_shared_keys_are_read_once_per_run_not_per_hand_over(stack, stack_env, db, monkeypatch):
+    """The shared-key query groups every live order: a run's streamed writes read it at their
+    first hand-over and reuse it, however many hand-overs the fetch makes."""
+    seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 3)
+    monkeypatch.setenv(STREAM_EVERY_ENV, "10800")  # the fetch itself streams nothing here
+    pending = select_pending(db, FLOW, LOG).frame
+    raw = ask_courier(
+        db, pending, FLOW, courier_resource(FLOW.key, stack_env), force=False, run_id="r", log=LOG
+    )
+    records = _records(raw.frame)
+    aggregations = _Aggregations()
+    with MongoClient(stack_env["MONGODB_URI"], tz_aware=True, event_listeners=[aggregations]) as c:
+        stream = streaming.StreamedWriter(c[db.name], FLOW, pending, "r", LOG, asking=3)
+        for record in records:  # one hand-over per answer
+            stream([record])
+    assert stream.written == 3
+    assert len(aggregations.pipelines) == 1
+    assert "$group" in aggregations.pipelines[0][1]
 
 
 def tracking_job():
