@@ -49,6 +49,10 @@ from ordertrack_dagster.security.redaction import http_error_text, redact
 MAX_ATTEMPTS = 3
 #: How much of an unforeseen error's text a record keeps.
 MAX_ERROR_CHARS = 300
+#: A worker about to wait this long (for its budget or a courier pause) first hands over what
+#: the fetch has answered: at Delhivery's real window a run sends its 700 requests in seconds
+#: and then waits minutes for the window to free, and 35,000 answers would wait with it.
+HAND_OVER_BEFORE_WAIT_SECONDS = 5.0
 
 #: Receives finished records while the fetch goes on (a run writes their statuses meanwhile).
 StreamRecords = Callable[[list[FetchRecord]], None]
@@ -229,19 +233,29 @@ class CourierClient(ABC):
             if self.flow.pause_seconds and not queue.empty():
                 await asyncio.sleep(self.flow.pause_seconds)
 
-    async def _stream_finished(self) -> None:
-        """Hand the records finished since the last hand-over to `stream` when it is time: in a
-        thread, so the other workers go on asking while this one waits for it."""
+    async def _stream_finished(self, *, now: bool = False) -> bool:
+        """Hand the records finished since the last hand-over to `stream` when it is time (or
+        `now`): in a thread, so the other workers go on asking while this one waits for it.
+        True when it handed some over."""
         if self._stream is None or self._streaming or len(self._records) == self._streamed:
+            return False
+        if not now and time.monotonic() - self._streamed_at < self._stream_every:
+            return False
+        self._streaming = True
+        chunk = self._records[self._streamed :]
+        self._streamed, self._streamed_at = len(self._records), time.monotonic()
+        try:
+            await asyncio.to_thread(self._stream, chunk)
+        finally:
+            self._streaming = False
+        return True
+
+    async def _wait(self, seconds: float) -> None:
+        """Wait before a request; a long wait first hands over the answers the fetch has (then
+        only what is left of the wait, which the caller reads afresh, is waited)."""
+        if seconds >= HAND_OVER_BEFORE_WAIT_SECONDS and await self._stream_finished(now=True):
             return
-        if time.monotonic() - self._streamed_at >= self._stream_every:
-            self._streaming = True
-            chunk = self._records[self._streamed :]
-            self._streamed, self._streamed_at = len(self._records), time.monotonic()
-            try:
-                await asyncio.to_thread(self._stream, chunk)
-            finally:
-                self._streaming = False
+        await asyncio.sleep(seconds)
 
     async def _permit(self) -> None:
         """Hold one request (data, retry, re-send or login) until a pause is over and the
@@ -254,7 +268,8 @@ class CourierClient(ABC):
                     raise Deferred(f"courier paused until {self._resume_at:%Y-%m-%d %H:%M:%S}Z")
                 if wait > 0:
                     self._within_time_box(wait)
-                    await asyncio.sleep(wait)
+                    await self._wait(wait)
+                    continue
             if self._budget.pause_hinted() and self._adopt_stored_pause():
                 continue  # another process met a limit: this request waits for it too
             wait = await self._take_budget()
@@ -265,7 +280,7 @@ class CourierClient(ABC):
             if self._box_closes is None and wait > MAX_INLINE_WAIT_SECONDS:
                 raise Deferred("request budget for this window is used up")
             self._within_time_box(wait, "request budget frees only after the run's time box")
-            await asyncio.sleep(wait)
+            await self._wait(wait)
 
     async def _take_budget(self) -> float | None:
         """`SharedBudget.take`, with a reservation's MongoDB round trip in a thread: on the
