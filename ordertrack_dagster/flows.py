@@ -236,11 +236,12 @@ def also_claimed_by(flow: Flow, booking_courier: str | None) -> list[Flow]:
 def cron_ticks(cron: str, start: datetime, end: datetime) -> list[datetime]:
     """The ticks of `cron` in production's time zone from `start` up to `end`, as Dagster's
     schedules fire them. Dagster has no public cron iterator; a time-window partitioning
-    walks the ticks the way its schedules do (time zone included), and each key is one tick."""
+    walks the ticks the way its schedules do (time zone included), and each key is one tick.
+    It is read as at `end`: read now, it would hold no tick still to come."""
     tick_format = "%Y-%m-%dT%H:%M%z"
     keys = TimeWindowPartitionsDefinition(
         cron_schedule=cron, start=start, end=end, timezone=SCHEDULE_TIMEZONE, fmt=tick_format
-    ).get_partition_keys()
+    ).get_partition_keys(current_time=end)
     return [datetime.strptime(key, tick_format) for key in keys]
 
 

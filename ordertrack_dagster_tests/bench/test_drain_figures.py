@@ -2,6 +2,7 @@
 although it did within its time box (pure), and who starts its runs (the product's drain
 sensor, against the local servers; the schedule's ticks). Nothing is measured here."""
 
+import time
 from datetime import UTC, datetime
 from itertools import pairwise
 
@@ -86,6 +87,14 @@ def test_the_schedule_ticks_after_a_run_are_the_flows_cron():
     ticks = ticks_after(get_flow("delhivery_b2c").cron, since)
     assert ticks[0] > since and ticks[0] - since <= 8 * 60
     assert {later - earlier for earlier, later in pairwise(ticks[:10])} <= {4 * 60.0, 8 * 60.0}
+
+
+def test_the_schedule_ticks_after_now_are_the_coming_ones():
+    """The drain waits for the next tick after its last run: ticks in the future count (a
+    partitioning read at the current time would hold only those already past)."""
+    since = time.time()
+    ticks = ticks_after(get_flow("delhivery_b2c").cron, since)
+    assert ticks and since < ticks[0] <= since + 8 * 60
 
 
 def test_the_drain_scenario_asks_the_products_drain_sensor(stack, db):
