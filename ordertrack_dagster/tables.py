@@ -109,13 +109,21 @@ class Action(StrEnum):
 
 
 def materialization_in_run(
-    instance: DagsterInstance, run_id: str, key: AssetKey
+    instance: DagsterInstance, run_id: str, key: AssetKey, partition: str | None = None
 ) -> EventLogRecord | None:
-    """The run's last materialization of `key` (a run materializes one flow's partition)."""
+    """The run's last materialization of `key` (in `partition`, when given: a run named by a
+    tag may be another flow's)."""
     records = instance.get_records_for_run(
         run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
     ).records
-    return next((record for record in reversed(records) if record.asset_key == key), None)
+    return next(
+        (
+            record
+            for record in reversed(records)
+            if record.asset_key == key and partition in (None, record.partition_key)
+        ),
+        None,
+    )
 
 
 def nearest_materialization(

@@ -66,8 +66,9 @@ class FetchOptions:
     met during the run still pauses it. Keys not yet asked when `time_box` closes are
     deferred, so a slow courier cannot hold the run past its max runtime. `stream` gets the
     records finished since its last call every `stream_every` while the fetch goes on (in a
-    thread, so the workers go on asking); it must not raise. A fetch shorter than
-    `stream_every` never calls it.
+    thread, so the workers go on asking), and before any wait of
+    `HAND_OVER_BEFORE_WAIT_SECONDS` or more; it must not raise. A fetch shorter than
+    `stream_every` that never waits that long never calls it.
     """
 
     ignore_stored_pause: bool = False
@@ -144,6 +145,7 @@ class CourierClient(ABC):
         self._streamed_at = 0.0  # monotonic time of the last hand-over
         self._stream_every = 0.0
         self._streaming = False
+        self._hand_over: asyncio.Task[None] | None = None  # one started before a long wait
         #: Notes a courier module leaves on one key's answer (e.g. duplicates resolved).
         self.answer_notes: dict[str, str] = {}
         self._tls: ssl.SSLContext | None = None
@@ -204,6 +206,8 @@ class CourierClient(ABC):
             try:
                 await asyncio.gather(*workers)
             finally:
+                if self._hand_over is not None:  # the fetch's answers written before it ends
+                    await self._hand_over
                 try:
                     self._budget.close()
                 except PyMongoError as error:  # the answers are in: this only over-counts
@@ -233,14 +237,13 @@ class CourierClient(ABC):
             if self.flow.pause_seconds and not queue.empty():
                 await asyncio.sleep(self.flow.pause_seconds)
 
-    async def _stream_finished(self, *, now: bool = False) -> bool:
+    async def _stream_finished(self, *, now: bool = False) -> None:
         """Hand the records finished since the last hand-over to `stream` when it is time (or
-        `now`): in a thread, so the other workers go on asking while this one waits for it.
-        True when it handed some over."""
+        `now`): in a thread, so the other workers go on asking while this one waits for it."""
         if self._stream is None or self._streaming or len(self._records) == self._streamed:
-            return False
+            return
         if not now and time.monotonic() - self._streamed_at < self._stream_every:
-            return False
+            return
         self._streaming = True
         chunk = self._records[self._streamed :]
         self._streamed, self._streamed_at = len(self._records), time.monotonic()
@@ -248,13 +251,15 @@ class CourierClient(ABC):
             await asyncio.to_thread(self._stream, chunk)
         finally:
             self._streaming = False
-        return True
 
     async def _wait(self, seconds: float) -> None:
-        """Wait before a request; a long wait first hands over the answers the fetch has (then
-        only what is left of the wait, which the caller reads afresh, is waited)."""
-        if seconds >= HAND_OVER_BEFORE_WAIT_SECONDS and await self._stream_finished(now=True):
-            return
+        """Wait before a request; a long wait starts handing over the answers the fetch has,
+        beside the wait: a hand-over of a whole burst may outlast the wait, and this worker's
+        next request must not wait for it."""
+        if seconds >= HAND_OVER_BEFORE_WAIT_SECONDS and (
+            self._hand_over is None or self._hand_over.done()
+        ):
+            self._hand_over = asyncio.create_task(self._stream_finished(now=True))
         await asyncio.sleep(seconds)
 
     async def _permit(self) -> None:

@@ -108,7 +108,7 @@ def _reported_materialization(
     instance, partition = context.instance, context.partition_key
     source = context.run.tags.get(SOURCE_RUN_TAG)
     if source is not None:
-        return materialization_in_run(instance, source, key)
+        return materialization_in_run(instance, source, key, partition)
     own = nearest_materialization(instance, context.run_id, key)
     return own if own is not None else latest_materialization(instance, key, partition)
 

@@ -9,7 +9,9 @@ written part decided goes into `ordertrack_streamed`. The write step then writes
 orders not written yet (not answered, failed, deferred, and the answers of the last
 seconds), recording its own parts the same way, and reports the run as a whole; once its
 table is stored the run's documents are deleted (a dead run's expire after a day). A fetch
-shorter than the interval streams nothing: the write step writes everything.
+about to wait 5 s or more (its budget spent, a courier pause) hands over first; one shorter
+than the interval that never waits that long streams nothing: the write step writes
+everything.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -39,6 +42,8 @@ DEFAULT_STREAM_EVERY = timedelta(seconds=20)
 #: The longest fetch time box (the fallback flow's): with a longer interval a fetch would
 #: write nothing while it goes on.
 MAX_STREAM_EVERY = timedelta(hours=3)
+#: How long the streamed writes of a run use one reading of the shared tracking keys.
+HOLDERS_FRESH_FOR = timedelta(minutes=1)
 
 
 def stream_every(env: Mapping[str, str] = os.environ) -> timedelta:
@@ -76,10 +81,12 @@ class StreamedWriter:
     raises: what it could not write, the write step writes.
 
     The tracking keys several live orders hold (`shared_key_holders`, one aggregation over
-    every live order) are read once, at the first hand-over, and kept for the run: a snapshot
-    taken then is as good as one per hand-over, since an order booked during the run with a
-    key already answered is the same race a query per hand-over had (checked once before the
-    write, booked after it). The mapping step reads them afresh for the rest."""
+    every live order) are read at the first hand-over and again only when that reading is
+    older than `HOLDERS_FRESH_FOR`: an order booked with a key shared with one this run
+    answers is then seen within a minute, close to the interval of a check per hand-over (a
+    burst's first hand-over may come seconds into a fetch that lasts its whole time box),
+    without a group of every live order at each hand-over. The mapping step reads them
+    afresh for the rest."""
 
     def __init__(
         self,
@@ -97,7 +104,8 @@ class StreamedWriter:
         self._run_id = run_id
         self._log = log
         self._catalogue: StatusCatalogue | None = None
-        self._holders: dict[str, list[str]] | None = None
+        self._holders: dict[str, list[str]] = {}
+        self._holders_read_at: float | None = None  # monotonic
         self.written = 0
         self.asking = asking  # the keys the fetch asks, for its progress line
         self.asked = 0
@@ -127,8 +135,10 @@ class StreamedWriter:
         orders = self._pending[self._pending["tracking_key"].isin(keys)]
         raw = pd.DataFrame([r.__dict__ for r in answered])
         now = datetime.now(UTC)
-        if self._holders is None:
+        read_at = self._holders_read_at
+        if read_at is None or time.monotonic() - read_at > HOLDERS_FRESH_FOR.total_seconds():
             self._holders = shared_key_holders(self._db, self._flow, now)
+            self._holders_read_at = time.monotonic()
         interpret = COURIERS[self._flow.key].interpret
         updates = interpret_answers(orders, raw, interpret, now, self._holders)
         write_updates(
