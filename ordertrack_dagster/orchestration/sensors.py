@@ -61,7 +61,7 @@ from ordertrack_dagster.resources.s3 import SOURCE_RUN_TAG
 from ordertrack_dagster.resources.slack import OrdertrackSlackResource
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.security.redaction import redact
-from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions
+from ordertrack_dagster.tables import ORDER_STATUS_WRITES, flow_partitions, latest_materialization
 
 STARTUP_SENSOR = "tracking_startup_runs"
 DRAIN_SENSOR = "tracking_drain_runs"
@@ -158,10 +158,7 @@ def build_startup_sensor() -> SensorDefinition:
 
 def latest_write(instance: DagsterInstance, flow: Flow) -> EventLogRecord | None:
     """The flow's latest `order_status_writes` materialization (a finished write)."""
-    writes = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=ORDER_STATUS_WRITES, asset_partitions=[flow.key]), limit=1
-    ).records
-    return writes[0] if writes else None
+    return latest_materialization(instance, ORDER_STATUS_WRITES, flow.key)
 
 
 def work_left(instance: DagsterInstance, flow: Flow) -> tuple[str, str] | None:
