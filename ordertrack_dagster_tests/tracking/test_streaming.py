@@ -21,6 +21,7 @@ from ordertrack_dagster.tables import (
     STATUS_UPDATES,
 )
 from ordertrack_dagster.tracking import streaming, writer
+from ordertrack_dagster.tracking.metadata import Table
 from ordertrack_dagster.tracking.steps import (
     ask_courier,
     map_answers,
@@ -72,13 +73,7 @@ def test_a_long_fetch_writes_as_it_goes_and_the_write_step_writes_the_rest(
 def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
     stack, stack_env, db, monkeypatch
 ):
-    seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 5)
-    monkeypatch.setenv(STREAM_EVERY_ENV, "10800")  # the fetch itself streams nothing here
-    pending = select_pending(db, FLOW, LOG).frame
-    raw = ask_courier(
-        db, pending, FLOW, courier_resource(FLOW.key, stack_env), force=False, run_id="r", log=LOG
-    )
-    records = _records(raw.frame)
+    pending, raw, records = _fetched_unstreamed(stack, stack_env, db, monkeypatch, orders=5)
     applied = writer.apply_plan
 
     def third_part_lost(*args):
@@ -99,6 +94,20 @@ def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
     written = write_statuses(db, map_answers(db, pending, raw.frame, FLOW).frame, FLOW, "r", LOG)
     assert list(written.frame["action"]) == ["status_changed"] * 5  # none seen as refused
     assert written.metadata["updated"] == 5
+
+
+def _fetched_unstreamed(
+    stack, stack_env, db, monkeypatch, orders: int
+) -> tuple[pd.DataFrame, Table, list[FetchRecord]]:
+    """`orders` delivered orders selected and asked about by a fetch that streams nothing
+    itself: the selection, the fetch's table and its records, for a test to hand over."""
+    seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * orders)
+    monkeypatch.setenv(STREAM_EVERY_ENV, "10800")
+    pending = select_pending(db, FLOW, LOG).frame
+    raw = ask_courier(
+        db, pending, FLOW, courier_resource(FLOW.key, stack_env), force=False, run_id="r", log=LOG
+    )
+    return pending, raw, _records(raw.frame)
 
 
 def _records(raw: pd.DataFrame) -> list[FetchRecord]:
@@ -128,14 +137,8 @@ class _Aggregations(monitoring.CommandListener):
 
 def test_the_shared_keys_are_read_once_per_run_not_per_hand_over(stack, stack_env, db, monkeypatch):
     """The shared-key query groups every live order: a run's streamed writes read it at their
-    first hand-over and reuse it, however many hand-overs the fetch makes."""
-    seed_orders(db, stack.simulator, FLOW.key, ["delivered"] * 3)
-    monkeypatch.setenv(STREAM_EVERY_ENV, "10800")  # the fetch itself streams nothing here
-    pending = select_pending(db, FLOW, LOG).frame
-    raw = ask_courier(
-        db, pending, FLOW, courier_resource(FLOW.key, stack_env), force=False, run_id="r", log=LOG
-    )
-    records = _records(raw.frame)
+    first hand-over and reuse it for a minute, however many hand-overs the fetch makes."""
+    pending, _, records = _fetched_unstreamed(stack, stack_env, db, monkeypatch, orders=3)
     aggregations = _Aggregations()
     with MongoClient(stack_env["MONGODB_URI"], tz_aware=True, event_listeners=[aggregations]) as c:
         stream = streaming.StreamedWriter(c[db.name], FLOW, pending, "r", LOG, asking=3)
