@@ -31,6 +31,7 @@ from ordertrack_dagster.couriers import COURIERS
 from ordertrack_dagster.flows import Flow
 from ordertrack_dagster.killpoints import kill_point
 from ordertrack_dagster.records import FetchRecord, FetchState
+from ordertrack_dagster.resources.mongo import BULK_CHUNK
 from ordertrack_dagster.security.redaction import redact
 from ordertrack_dagster.tracking.mapping import interpret_answers
 from ordertrack_dagster.tracking.plan import Decision, StatusCatalogue
@@ -77,8 +78,8 @@ def parse_fetch_progress(line: str) -> tuple[int, int] | None:
 
 
 class StreamedWriter:
-    """The fetch's `stream` callback for one run: writes the statuses of new answers. It never
-    raises: what it could not write, the write step writes.
+    """The fetch's `stream` callback for one run: writes the statuses of new answers, one
+    bulk's worth at a time. It never raises: what it could not write, the write step writes.
 
     The tracking keys several live orders hold (`shared_key_holders`, one aggregation over
     every live order) are read at the first hand-over and again only when that reading is
@@ -118,15 +119,18 @@ class StreamedWriter:
     def __call__(self, records: list[FetchRecord]) -> None:
         self.progress(self.asked + len(records))
         answered = [r for r in records if r.state is FetchState.ANSWERED]
-        if not answered:
-            return
-        try:
-            self._write(answered)
-        except Exception as error:  # noqa: BLE001 - the write step writes them instead
-            self._log.warning(
-                f"{len(answered)} answers not written while fetching "
-                f"({type(error).__name__}: {redact(str(error))[:300]}); the write step will"
-            )
+        # one bulk's worth at a time: a hand-over before a long wait holds everything a burst
+        # got (about 35,000 answers at Delhivery's real window), and mapping it whole holds
+        # every answer's reading and row at once
+        for start in range(0, len(answered), BULK_CHUNK):
+            part = answered[start : start + BULK_CHUNK]
+            try:
+                self._write(part)
+            except Exception as error:  # noqa: BLE001 - the write step writes them instead
+                self._log.warning(
+                    f"{len(part)} answers not written while fetching "
+                    f"({type(error).__name__}: {redact(str(error))[:300]}); the write step will"
+                )
 
     def _write(self, answered: list[FetchRecord]) -> None:
         if self._catalogue is None:

@@ -96,6 +96,29 @@ def test_each_part_of_a_streamed_write_is_recorded_as_soon_as_it_is_written(
     assert written.metadata["updated"] == 5
 
 
+def test_a_large_hand_over_is_mapped_and_written_a_bulk_at_a_time(
+    stack, stack_env, db, monkeypatch
+):
+    """A fetch about to wait for its budget hands over all it got (about 35,000 answers at
+    Delhivery's real window): mapped and written a bulk's worth at a time, so what a run
+    holds while writing does not grow with the hand-over."""
+    pending, _, records = _fetched_unstreamed(stack, stack_env, db, monkeypatch, orders=5)
+    interpret = streaming.interpret_answers
+
+    def counted(orders, raw, *args):
+        mapped.append(len(raw))
+        return interpret(orders, raw, *args)
+
+    mapped: list[int] = []
+    monkeypatch.setattr(streaming, "BULK_CHUNK", 2)
+    monkeypatch.setattr(streaming, "interpret_answers", counted)
+    stream = streaming.StreamedWriter(db, FLOW, pending, "r", LOG, asking=len(records))
+    stream(records)
+    assert mapped == [2, 2, 1]
+    assert stream.written == 5
+    assert [len(doc["written"]) for doc in db[STREAMED].find({"run_id": "r"})] == [2, 2, 1]
+
+
 def _fetched_unstreamed(
     stack, stack_env, db, monkeypatch, orders: int
 ) -> tuple[pd.DataFrame, Table, list[FetchRecord]]:
