@@ -76,6 +76,10 @@ SESSION_MARK = "ORDERTRACK_TEST_SESSION"
 os.environ[SESSION_MARK] = uuid.uuid4().hex
 
 
+#: How long the end of the session waits for the tests' processes to end before calling them
+#: left behind (the leak check's own test shortens it: its leak never ends).
+LEAK_GRACE_ENV = "ORDERTRACK_TEST_LEAK_GRACE_SECONDS"
+
 #: What the workers (`-n`) found left behind, reported by the controller at the end.
 _LEFT_ON_WORKERS: list[str] = []
 
@@ -89,7 +93,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     processes of its own mark (its tests' children carry it) and hands what it found to the
     controller, which checks after the workers stopped (last: they carry its mark).
     """
-    leftovers = wait_until_gone(SESSION_MARK, os.environ[SESSION_MARK], seconds=10)
+    grace = float(os.environ.get(LEAK_GRACE_ENV, "10"))
+    leftovers = wait_until_gone(SESSION_MARK, os.environ[SESSION_MARK], seconds=grace)
     leftovers += [p for p in psutil.Process().children(recursive=True) if p not in leftovers]
     lines = [describe(process) for process in leftovers]
     for process in leftovers:

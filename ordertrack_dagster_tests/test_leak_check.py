@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ordertrack_dagster_tests.conftest import LEAK_GRACE_ENV
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LEAKY_TEST = """
 import os, pathlib, subprocess, sys
@@ -36,7 +38,7 @@ def test_a_process_left_behind_fails_the_run_and_is_killed(tmp_path, workers):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, str(suite)],
         cwd=suite, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT),
-                        "LEAKED_PID_FILE": str(pid_file)},
+                        "LEAKED_PID_FILE": str(pid_file), LEAK_GRACE_ENV: "1"},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout[-2000:]
