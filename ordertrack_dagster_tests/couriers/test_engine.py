@@ -395,6 +395,44 @@ def test_what_was_answered_is_handed_over_while_the_fetch_waits_for_its_budget(
     assert hand_overs == [(2, 2, 3)]
 
 
+def test_what_was_answered_is_handed_over_while_the_fetch_waits_out_a_courier_pause(
+    stack, state, monkeypatch
+):
+    """A rate limit met mid-fetch (a 429 with a short Retry-After) makes the next request wait
+    for the pause inside the run: what the fetch has is handed over before that wait, as
+    before a wait for the budget (shortened here: the long wait 0.5 s, the pause 2 s, one
+    request a second)."""
+    monkeypatch.setattr(engine, "HAND_OVER_BEFORE_WAIT_SECONDS", 0.5)
+    keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 3)
+    asked_before = simulator_counts(stack.simulator, FLOW)["requests"]
+
+    def asked() -> int:
+        return simulator_counts(stack.simulator, FLOW)["requests"] - asked_before
+
+    def limit_the_second_request() -> None:
+        deadline = time.monotonic() + 30
+        while asked() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.simulator.inject_fault(FLOW, "rate_limited", retry_after=2)
+
+    hand_overs = []  # (keys handed over, requests the courier had seen then)
+    options = FetchOptions(
+        stream=lambda records: hand_overs.append(([r.tracking_key for r in records], asked())),
+        stream_every=timedelta(minutes=1),
+    )
+    fetcher = client(stack, state, pause_seconds=1, **ONE_AT_A_TIME)
+    limiter = threading.Thread(target=limit_the_second_request)
+    limiter.start()
+    try:
+        result = asyncio.run(fetcher.fetch(keys, options))
+    finally:
+        limiter.join()
+    states = [records_by_key(result)[key].state for key in keys]
+    assert states == [FetchState.ANSWERED, FetchState.DEFERRED, FetchState.ANSWERED]
+    # what the first two requests got, handed over during the pause: before the third went out
+    assert hand_overs[0] == (keys[:2], 2)
+
+
 def test_a_fetch_shorter_than_the_streaming_interval_streams_nothing(stack, state):
     keys = register_shipments(stack.simulator, FLOW, ["in_transit"] * 3)
     client = courier_client(FLOW, stack.env, state, flow_changes=ONE_AT_A_TIME)
