@@ -1,20 +1,17 @@
 """`make bench-smoke` once, so the benchmark cannot rot: it must produce every figure.
 
-Its measurements run in three groups (`--only`), each a test of its own, so that workers
-run them side by side instead of one worker running all of them one after another; together
-they are the whole of `--smoke`. How fast anything is, is never asserted here (the benchmark
-measures, tests do not).
+One run of every measurement on one embedded stack: each `dagster` run's start-up costs more
+than its orders, and three groups of measurements side by side each started a stack, a
+Dagster instance and the benchmark's own imports again on the same two cores. How fast
+anything is, is never asserted here (the benchmark measures, tests do not).
 """
 
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from ordertrack_dagster.bench.__main__ import PARTS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PHASES = {"selection", "fetch", "mapping", "write", "effects", "other", "dagster"}
@@ -44,7 +41,7 @@ def assert_flows_and_growth(figures: dict, out: Path) -> None:
     assert 0 < cpu["map_ms_min"] <= cpu["map_ms_median"]
 
 
-def assert_limits(figures: dict, out: Path) -> None:
+def assert_limits(figures: dict) -> None:
     limited = figures["rate_limited"]
     for run in limited["runs"]:
         assert_run_figures(run)
@@ -64,7 +61,7 @@ def assert_limits(figures: dict, out: Path) -> None:
         assert_run_figures(run)
 
 
-def assert_bounded_and_freshness(figures: dict, out: Path) -> None:
+def assert_bounded_and_freshness(figures: dict) -> None:
     assert_run_figures(figures["bounded"])
     fresh = figures["freshness"]
     assert [policy["policy"] for policy in fresh["policies"]] == ["oldest-first", "adaptive"]
@@ -76,40 +73,22 @@ def assert_bounded_and_freshness(figures: dict, out: Path) -> None:
     assert check["model"]["detected"] >= 0
 
 
-#: The measurements of `--smoke` (every part of `ordertrack_dagster.bench.PARTS` once), the
-#: report sections they fill and what their figures must hold.
-GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[dict, Path], None]]] = {
-    "flows-growth": (
-        ("flows", "growth", "fetch_cpu"),
-        ("## Every flow", "## Growth"),
-        assert_flows_and_growth,
-    ),
-    "limits": (
-        ("limited", "shared", "head_of_line"),
-        ("## Under the courier", "## Budget"),
-        assert_limits,
-    ),
-    "bounded-freshness": (
-        ("bounded", "freshness"),
-        ("## Budget", "## Detection delay"),
-        assert_bounded_and_freshness,
-    ),
-}
-
-
-def test_the_groups_are_every_part_once():
-    grouped = [part for parts, _, _ in GROUPS.values() for part in parts]
-    assert sorted(grouped) == sorted(PARTS)
+#: The report's sections the measurements fill.
+SECTIONS = (
+    "## Targets",
+    "## Every flow",
+    "## Growth",
+    "## Under the courier",
+    "## Budget",
+    "## Detection delay",
+)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group", list(GROUPS))
-def test_bench_smoke_produces_every_figure(tmp_path, group):
-    parts, sections, assert_figures = GROUPS[group]
+def test_bench_smoke_produces_every_figure(tmp_path):
     out = tmp_path / "out"
-    only = [argument for part in parts for argument in ("--only", part)]
     result = subprocess.run(
-        [sys.executable, "-m", "ordertrack_dagster.bench", "--smoke", *only,
+        [sys.executable, "-m", "ordertrack_dagster.bench", "--smoke",
          "--out", str(out), "--workdir", str(tmp_path / "work")],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -119,7 +98,9 @@ def test_bench_smoke_produces_every_figure(tmp_path, group):
     assert figures["mode"] == "smoke"
     assert figures["machine"]["cores"] and figures["machine"]["packages"]["dagster"]
     assert figures["targets"] and all("met" in target for target in figures["targets"])
-    assert_figures(figures, out)
+    assert_flows_and_growth(figures, out)
+    assert_limits(figures)
+    assert_bounded_and_freshness(figures)
     report = (out / "BENCH.md").read_text()
-    for section in ("## Targets", *sections):
+    for section in SECTIONS:
         assert section in report

@@ -43,6 +43,7 @@ from ordertrack_dagster.resources.state import SharedState
 FLOW = FLOWS["delhivery_b2c"]
 BODIES = 20  # distinct answers, so no one answer's shape decides the figure
 REQUESTS = 400  # answers read per repeat
+SMOKE_REQUESTS = 20  # in smoke mode: the figures are produced, their precision is not the point
 REPEATS = 5
 
 

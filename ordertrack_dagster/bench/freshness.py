@@ -93,12 +93,13 @@ PRODUCTION = Population(
     measured_hours=4,
     tail_hours=1,
 )
-#: A few hundred shipments: the unit test's and the smoke run's population.
+#: The smoke run's population: a few dozen shipments per flow for four simulated hours, so
+#: that every flow ticks in the measured span (the fallback every 2 h) and every figure exists.
 SMALL = Population(
-    live={"delhivery_b2c": 400, "delhivery_b2b": 60, "delhivery_fallback": 30},
-    warmup_hours=4,
-    measured_hours=12,
-    tail_hours=6,
+    live={"delhivery_b2c": 100, "delhivery_b2b": 20, "delhivery_fallback": 10},
+    warmup_hours=1,
+    measured_hours=2,
+    tail_hours=1,
 )
 
 

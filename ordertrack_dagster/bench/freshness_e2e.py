@@ -38,7 +38,7 @@ class ValidationScale:
 
 
 FULL_VALIDATION = ValidationScale(orders=2_000, runs=6, time_scale=30.0)
-SMOKE_VALIDATION = ValidationScale(orders=100, runs=2, time_scale=120.0)
+SMOKE_VALIDATION = ValidationScale(orders=50, runs=2, time_scale=120.0)
 
 
 def _epoch(value: str) -> float:
