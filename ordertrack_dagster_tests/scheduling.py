@@ -16,10 +16,11 @@ import pytest
 from xdist.scheduler import LoadScopeScheduling
 
 #: Test modules (or folders of them) whose tests share servers started for the module: the
-#: local production deployment, the fault stack, the stack without simulator, a simulator of
-#: its own, the two runs the effect assets' tests read, the freshness model's run.
+#: local production deployment, the daemon, the fault stack, the stack without simulator, a
+#: simulator of its own, the two runs the effect assets' tests read, the freshness model's run.
 WHOLE_MODULES = (
     "ordertrack_dagster_tests/deploy/test_local_deployment.py",
+    "ordertrack_dagster_tests/orchestration/test_daemon.py",
     "ordertrack_dagster_tests/faults/",
     "ordertrack_dagster_tests/devstack/test_stack.py",
     "ordertrack_dagster_tests/devstack/simulator/",
