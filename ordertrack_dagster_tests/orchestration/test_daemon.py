@@ -110,8 +110,13 @@ def _start(kind: str, names: list[str], daemon_home: Path, env: dict[str, str]) 
         )
         for name in names
     ]
-    for start in starts:
-        output, _ = start.communicate(timeout=120)
+    try:
+        outputs = [start.communicate(timeout=120)[0] for start in starts]
+    finally:
+        for start in starts:  # a no-op unless a command outlived its time-out
+            start.kill()
+            start.wait()
+    for start, output in zip(starts, outputs, strict=True):
         assert start.returncode == 0, output[-3000:]
 
 
