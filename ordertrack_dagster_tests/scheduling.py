@@ -16,10 +16,11 @@ import pytest
 from xdist.scheduler import LoadScopeScheduling
 
 #: Test modules (or folders of them) whose tests share servers started for the module: the
-#: local production deployment, the fault stack, the stack without simulator, a simulator of
-#: its own, the two runs the effect assets' tests read, the freshness model's run.
+#: local production deployment, the daemon, the fault stack, the stack without simulator, a
+#: simulator of its own, the two runs the effect assets' tests read, the freshness model's run.
 WHOLE_MODULES = (
     "ordertrack_dagster_tests/deploy/test_local_deployment.py",
+    "ordertrack_dagster_tests/orchestration/test_daemon.py",
     "ordertrack_dagster_tests/faults/",
     "ordertrack_dagster_tests/devstack/test_stack.py",
     "ordertrack_dagster_tests/devstack/simulator/",
@@ -30,8 +31,8 @@ WHOLE_MODULES = (
 #: The longest units of work, longest first, as `--durations` measured them on two cores
 #: (a test or module missing here only starts later than it could: list a new long one).
 LONGEST = (
-    "ordertrack_dagster_tests/deploy/test_local_deployment.py",
     "ordertrack_dagster_tests/test_bench_smoke.py",
+    "ordertrack_dagster_tests/deploy/test_local_deployment.py",
     "ordertrack_dagster_tests/orchestration/test_daemon.py",
     "ordertrack_dagster_tests/security/test_no_secret_leaves.py",
     "ordertrack_dagster_tests/faults/test_two_runs.py",

@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from ordertrack_dagster_tests.deploy.local_deployment import PROJECT_ROOT
@@ -23,23 +24,24 @@ def chromium() -> str:
     return found
 
 
-def _render(url: str, profile: Path, *action: str) -> str:
-    """Load `url` in a fresh profile, let the app render, then do `action`; its stdout."""
+def _render(url: str, target: Path, profile: Path) -> str:
+    """Load `url` in a fresh profile, let the app render, save what it shows as a PNG at
+    `target`; the page's DOM then (what a reader of the page sees, as text)."""
     profile.mkdir()
     return subprocess.run(
         [chromium(), *FLAGS, f"--user-data-dir={profile}",
-         f"--virtual-time-budget={RENDER_BUDGET_MS}", *action, url],
+         f"--virtual-time-budget={RENDER_BUDGET_MS}", "--dump-dom", f"--screenshot={target}",
+         url],
         check=True, capture_output=True, text=True, timeout=120,
     ).stdout  # fmt: skip
 
 
-def screenshot(url: str, target: Path, scratch: Path) -> Path:
-    """Load `url` and save what it shows as a PNG at `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _render(url, scratch / f"profile-{target.stem}", f"--screenshot={target}")
-    return target
-
-
-def rendered_html(url: str, scratch: Path, name: str) -> str:
-    """The page's DOM once the app has rendered it: what a reader of the page sees, as text."""
-    return _render(url, scratch / f"profile-dom-{name}", "--dump-dom")
+def photograph(pages: Mapping[Path, str], scratch: Path) -> dict[Path, str]:
+    """Each page (a PNG to write, its URL) in a Chromium of its own, one after another (side
+    by side they starve each other on two cores, and a render can then hang); the DOM of
+    each page, by its PNG."""
+    doms = {}
+    for target, url in pages.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        doms[target] = _render(url, target, scratch / f"profile-{target.stem}")
+    return doms

@@ -13,11 +13,13 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +254,9 @@ def local_deployment(
         code_server = running.enter_context(
             process_group(_command("dagster", *grpc_args), code_log, env=env, cwd=home)
         )
+        # The port opens once the definitions are loaded; then the probe a container's health
+        # check runs (one `dagster` process, not one per poll: each costs seconds of CPU).
+        _wait_until(lambda: _listens(code_port), code_server, code_log, "the code server")
         health = _command("dagster", "api", "grpc-health-check", "--host", HOST)
         health += ["--port", str(code_port)]
         _wait_until(
@@ -261,7 +266,7 @@ def local_deployment(
             "the code server",
         )
         workspace = ("-w", str(DEPLOY / "workspace.yaml"))
-        running.enter_context(
+        daemon = running.enter_context(
             process_group(
                 _command("dagster-daemon", "run", *workspace), logs / "daemon.log", env=env,
                 cwd=home,
@@ -276,7 +281,21 @@ def local_deployment(
         )  # fmt: skip
         url = f"http://{HOST}:{web_port}"
         _wait_until(lambda: _answers(f"{url}/server_info"), webserver, web_log, "the webserver")
+        # Dagster's three processes stop side by side (each may take seconds), then Postgres.
+        running.callback(_stop_groups, [webserver, daemon, code_server])
         yield Deployment(url, postgres, logs, home)
+
+
+def _stop_groups(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the groups side by side, not one after another (each `process_group` exit then
+    finds its group gone)."""
+    with ThreadPoolExecutor(len(processes)) as pool:
+        list(pool.map(lambda process: _stop_group(process, signal.SIGTERM), processes))
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((HOST, port)) == 0
 
 
 def _answers(url: str) -> bool:

@@ -9,13 +9,14 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from ordertrack_dagster.orchestration.guards import FLOW_TAG, PARTITION_TAG
 from ordertrack_dagster.orchestration.schedules import schedule_name
-from ordertrack_dagster_tests.deploy.browser import DOCS_IMAGES, rendered_html, screenshot
+from ordertrack_dagster_tests.deploy.browser import DOCS_IMAGES, photograph
 from ordertrack_dagster_tests.deploy.conftest import FLOW
 from ordertrack_dagster_tests.deploy.graphql import (
     Run,
@@ -169,24 +170,32 @@ def test_screenshots_of_the_ui_for_the_runbook(deployment, tmp_path):
             lambda: run_status(deployment, run_id) == "SUCCESS",
         )
     _skip_community_dialog(deployment)
-    folder = DOCS_IMAGES if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
-    for name, path in SCREENSHOTS.items():
-        image = screenshot(f"{deployment.webserver_url}{path}", folder / name, tmp_path)
-        assert image.read_bytes().startswith(b"\x89PNG"), name
-        assert image.stat().st_size > 20_000, f"{name} looks empty"
+    folder = _images_folder(tmp_path)
+    pages = {folder / name: deployment.webserver_url + path for name, path in SCREENSHOTS.items()}
+    for image in photograph(pages, tmp_path):
+        assert image.read_bytes().startswith(b"\x89PNG"), image.name
+        assert image.stat().st_size > 20_000, f"{image.name} looks empty"
 
 
 def test_the_ops_jobs_launchpads_and_an_analytics_models_columns(deployment, tmp_path):
     """Each ops job opens in the launchpad with its typed config; a model's page lists the
     columns its query returns before it is materialized. `UPDATE_SCREENSHOTS=1` as above."""
     _skip_community_dialog(deployment)
-    page = rendered_html(deployment.webserver_url + ANALYTICS_MODEL, tmp_path, "model")
+    folder = _images_folder(tmp_path)
+    model = folder / "analytics-model.png"
+    launchpads = {
+        folder / name: (job, deployment.webserver_url + JOB.format(job, quote(config)))
+        for name, (job, config) in OPS_JOBS.items()
+    }
+    pages = {model: deployment.webserver_url + ANALYTICS_MODEL}
+    doms = photograph(pages | {image: url for image, (_, url) in launchpads.items()}, tmp_path)
     for column in ("most_common_error", "latency_ms_p99", "not_answered"):
-        assert column in page, f"the model's page does not list {column}"
-    folder = DOCS_IMAGES if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
-    screenshot(deployment.webserver_url + ANALYTICS_MODEL, folder / "analytics-model.png", tmp_path)
-    for name, (job, config) in OPS_JOBS.items():
-        url = deployment.webserver_url + JOB.format(job, quote(config))
-        assert job in rendered_html(url, tmp_path, job), f"{job} is not in the UI"
-        image = screenshot(url, folder / name, tmp_path)
-        assert image.read_bytes().startswith(b"\x89PNG"), name
+        assert column in doms[model], f"the model's page does not list {column}"
+    for image, (job, _) in launchpads.items():
+        assert job in doms[image], f"{job} is not in the UI"
+        assert image.read_bytes().startswith(b"\x89PNG"), image.name
+
+
+def _images_folder(tmp_path: Path) -> Path:
+    """docs/images/ with `UPDATE_SCREENSHOTS=1`, else the test's own folder."""
+    return DOCS_IMAGES if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path

@@ -1,12 +1,20 @@
-"""End to end: the Dagster daemon launches a scheduled run against the embedded stack."""
+"""End to end: one Dagster daemon launches scheduled, sensor and automation runs against the
+embedded stack.
+
+A daemon and its code server take tens of seconds to start on two cores, and its sensors tick
+every 30 to 60 s: the module's tests share one daemon, one instance and one database (its runs
+read `MONGODB_DB` from the daemon's environment), each test with orders and runs of its own.
+"""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,9 +22,11 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorType
+from pymongo.database import Database
 
 from ordertrack_dagster.analytics.assets import GROUP as ANALYTICS
 from ordertrack_dagster.analytics.models import discover_models
+from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.flows import MAX_RUNTIME_TAG
 from ordertrack_dagster.killpoints import KILL_AT_ENV
 from ordertrack_dagster.orchestration.guards import EFFECTS_TAG, FLOW_TAG
@@ -27,6 +37,7 @@ from ordertrack_dagster.orchestration.sensors import (
     EFFECTS_SENSOR,
     FAILURE_SENSOR,
 )
+from ordertrack_dagster.resources.mongo import mongo_client
 from ordertrack_dagster.resources.s3 import SOURCE_RUN_TAG
 from ordertrack_dagster_tests.helpers import orders_by_id, seed_orders
 from ordertrack_dagster_tests.orchestration import DAGSTER_YAML, daemon_location
@@ -35,12 +46,18 @@ from ordertrack_dagster_tests.test_cli_flow import dagster_materialize
 pytestmark = pytest.mark.slow
 
 FLOW = daemon_location.FLOW
+#: The project's code location with the flow's schedule ticking every minute; its sensors
+#: (run-status sensors among them) watch the runs of every location, the CLI's runs too.
 LOCATION = ("-m", daemon_location.__name__)
-#: The project's own code location, as the `dagster` CLI runs it: the failure sensor watches
-#: the runs of its own location only.
-PROJECT = ("-m", "ordertrack_dagster.definitions")
 DEADLINE_SECONDS = 150
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+#: The reaper is for what run monitoring cannot stop: with monitoring off it is the only
+#: safeguard; it waits one monitoring poll and cancel time beyond the max runtime (short
+#: here). Nothing else in this module depends on run monitoring.
+QUICK_MONITORING = {"enabled": False, "poll_interval_seconds": 5, "cancel_timeout_seconds": 5}
+#: The dead run's max runtime, and how long the reaper lets it go without an event.
+MAX_RUNTIME_SECONDS = 1
+ALLOWED_SILENCE_SECONDS = MAX_RUNTIME_SECONDS + 5 + 5
 
 
 def _command(name: str, *args: str) -> list[str]:
@@ -48,43 +65,67 @@ def _command(name: str, *args: str) -> list[str]:
     return [sys.executable, str(Path(sys.executable).parent / name), *args]
 
 
-def _home_and_env(
-    stack_env: dict[str, str], tmp_path: Path, monitoring: dict[str, int] | None = None
-) -> tuple[Path, dict[str, str]]:
-    """A Dagster home with the project's dagster.yaml (run monitoring's times overridden by
-    `monitoring`), and the environment of its processes."""
-    home = tmp_path / "dagster_home"
+@dataclass(frozen=True)
+class Daemon:
+    """The module's running daemon: its instance, the environment and home of its processes,
+    the database its runs write, its log."""
+
+    process: subprocess.Popen
+    instance: DagsterInstance
+    home: Path
+    env: dict[str, str]
+    db: Database
+    log: Path
+
+    def assert_alive(self) -> None:
+        assert self.process.poll() is None, f"the daemon exited:\n{self.log_tail()}"
+
+    def log_tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+
+def _home_and_env(stack_env: dict[str, str], home: Path) -> dict[str, str]:
+    """A Dagster home with the project's dagster.yaml (run monitoring's times shortened), and
+    the environment of its processes."""
     home.mkdir()
     settings = yaml.safe_load(DAGSTER_YAML.read_text())
-    settings["run_monitoring"] |= monitoring or {}
+    settings["run_monitoring"] |= QUICK_MONITORING
     (home / "dagster.yaml").write_text(yaml.safe_dump(settings))
     root = str(DAGSTER_YAML.parent)
     pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    return home, {**os.environ, **stack_env, "DAGSTER_HOME": str(home), "PYTHONPATH": pythonpath}
+    return {**os.environ, **stack_env, "DAGSTER_HOME": str(home), "PYTHONPATH": pythonpath}
 
 
-def _start(
-    kind: str, name: str, home: Path, env: dict[str, str], location: tuple[str, str] = LOCATION
-) -> None:
-    """Start a schedule or sensor through the instance, as the UI's toggle does."""
-    start = subprocess.run(
-        _command("dagster", kind, "start", name, *location),
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert start.returncode == 0, start.stdout[-3000:] + start.stderr[-3000:]
+def _start(kind: str, names: list[str], daemon_home: Path, env: dict[str, str]) -> None:
+    """Start schedules or sensors through the instance, as the UI's toggle does (side by side:
+    each command loads the code location)."""
+    starts = [
+        subprocess.Popen(
+            _command("dagster", kind, "start", name, *LOCATION),
+            cwd=daemon_home,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in names
+    ]
+    try:
+        outputs = [start.communicate(timeout=120)[0] for start in starts]
+    finally:
+        for start in starts:  # a no-op unless a command outlived its time-out
+            start.kill()
+            start.wait()
+    for start, output in zip(starts, outputs, strict=True):
+        assert start.returncode == 0, output[-3000:]
 
 
 @contextmanager
-def _daemon(
-    home: Path, env: dict[str, str], log: Path, location: tuple[str, str] = LOCATION
-) -> Iterator[subprocess.Popen]:
+def _daemon_process(home: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """`dagster-daemon run` in its own process group; the group (runs included) goes on exit."""
     with log.open("wb") as out:
         daemon = subprocess.Popen(
-            _command("dagster-daemon", "run", *location),
+            _command("dagster-daemon", "run", *LOCATION),
             cwd=home,
             env=env,
             stdout=out,
@@ -102,52 +143,6 @@ def _daemon(
             daemon.wait()
 
 
-def _wait_for_run(
-    instance: DagsterInstance, daemon: subprocess.Popen, log: Path, tag: str = FLOW_TAG
-) -> DagsterRun:
-    """The flow's latest run carrying `tag`, once it has finished."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        records = instance.get_run_records(RunsFilter(tags={tag: FLOW}), limit=1)
-        if records and records[0].dagster_run.status in FINISHED:
-            return records[0].dagster_run
-        assert daemon.poll() is None, f"the daemon exited:\n{log.read_text()[-3000:]}"
-        time.sleep(2)
-    pytest.fail(f"no finished {FLOW} run within {DEADLINE_SECONDS} s:\n{log.read_text()[-3000:]}")
-
-
-def test_the_daemon_runs_a_scheduled_tick_and_then_its_side_effects(stack, stack_env, db, tmp_path):
-    """The tick launches the tracking-only job; once it succeeded, the daemon's run-status
-    sensor launches the flow's effects run for it (contract §7), which emails its summary."""
-    seeded = seed_orders(db, stack.simulator, FLOW, ["in_transit", "delivered"])
-    home, env = _home_and_env(stack_env, tmp_path)
-    started = datetime.now(UTC)
-    log = tmp_path / "daemon.log"
-
-    # the instance (its storage) exists before the daemon and the CLI open it side by side
-    with DagsterInstance.from_config(str(home)) as instance, _daemon(home, env, log) as daemon:
-        # its first tick sets its cursor: started before the run, so that run is after it
-        _start("sensor", EFFECTS_SENSOR, home, env)
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while not _has_ticked(instance, EFFECTS_SENSOR) and time.monotonic() < deadline:
-            time.sleep(1)
-        # started through the instance, as the UI's toggle does; the next minute ticks
-        _start("schedule", schedule_name(FLOW), home, env)
-        run = _wait_for_run(instance, daemon, log)
-        effects = _wait_for_run(instance, daemon, log, EFFECTS_TAG)
-
-    assert run.status == DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
-    assert run.job_name == "tracking_only_job"
-    assert run.tags["dagster/schedule_name"] == schedule_name(FLOW)
-    assert run.tags["dagster/partition"] == FLOW
-    orders = orders_by_id(db, seeded)
-    assert {doc["courier_status"] for doc in orders.values()} == {"ud-in_transit", "dl-delivered"}
-    assert all(doc["last_tracking_time"] >= started for doc in orders.values())
-    assert effects.status == DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
-    assert (effects.job_name, effects.tags[SOURCE_RUN_TAG]) == ("tracking_effects_job", run.run_id)
-    assert [mail for mail in stack.mailbox() if run.run_id in str(mail)]
-
-
 def _has_ticked(instance: DagsterInstance, sensor: str) -> bool:
     for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
         if state.instigator_name == sensor:
@@ -155,75 +150,132 @@ def _has_ticked(instance: DagsterInstance, sensor: str) -> bool:
     return False
 
 
-def test_the_daemon_marks_a_dead_cli_run_failed_and_slack_hears_of_it(
-    stack, stack_env, db, tmp_path
-):
+def _wait_until_ticked(daemon: Daemon, sensors: list[str]) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not all(_has_ticked(daemon.instance, sensor) for sensor in sensors):
+        assert time.monotonic() < deadline, f"{sensors} never ticked:\n{daemon.log_tail()}"
+        daemon.assert_alive()
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def daemon(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the module, with the effects and failure sensors on and every sensor's
+    first tick (it sets the sensor's cursor) behind it, so that the tests' runs come after."""
+    folder = tmp_path_factory.mktemp("daemon")
+    db_name = f"t_{uuid.uuid4().hex[:12]}"
+    client = mongo_client(stack.env["MONGODB_URI"])
+    home = folder / "dagster_home"
+    env = _home_and_env({**stack.env, "MONGODB_DB": db_name}, home)
+    log = folder / "daemon.log"
+    # the instance (its storage) exists before the daemon and the CLI open it side by side
+    with DagsterInstance.from_config(str(home)) as instance, _daemon_process(home, env, log) as p:
+        running = Daemon(p, instance, home, env, client[db_name], log)
+        _start("sensor", [EFFECTS_SENSOR, FAILURE_SENSOR], home, env)
+        # the automation sensor runs by default: its first evaluation sees nothing written
+        _wait_until_ticked(running, [EFFECTS_SENSOR, FAILURE_SENSOR, AUTOMATION_SENSOR])
+        yield running
+    client.drop_database(db_name)
+
+
+def _wait_for_run(daemon: Daemon, tag: str, **tags: str) -> DagsterRun:
+    """The flow's latest run carrying `tag` (and `tags`), once it has finished."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        records = daemon.instance.get_run_records(RunsFilter(tags={tag: FLOW, **tags}), limit=1)
+        if records and records[0].dagster_run.status in FINISHED:
+            return records[0].dagster_run
+        daemon.assert_alive()
+        time.sleep(2)
+    pytest.fail(f"no finished {FLOW} run within {DEADLINE_SECONDS} s:\n{daemon.log_tail()}")
+
+
+def _alerts_for(stack: EmbeddedStack, run_id: str) -> list[str]:
+    return [m["text"] for m in stack.slack_messages() if run_id in m["text"]]
+
+
+def test_the_daemon_marks_a_dead_cli_run_failed_and_slack_hears_of_it(stack, daemon):
     """ZOMBIE-RUN (daemon): a CLI run SIGKILLed after its fetch stays STARTED; with a max
-    runtime of 20 s (the tag set on its record, as a launch with that tag would carry), the
-    daemon's `tracking_dead_runs` marks it failed and the failure sensor posts to Slack."""
-    seed_orders(db, stack.simulator, FLOW, ["in_transit"])
-    # The reaper is for what run monitoring cannot stop: with monitoring off it is the only
-    # safeguard; it waits one monitoring poll and cancel time beyond the max runtime (short).
-    quick = {"enabled": False, "poll_interval_seconds": 5, "cancel_timeout_seconds": 5}
-    home, env = _home_and_env(stack_env, tmp_path, quick)
-    killed = dagster_materialize(FLOW, {**stack_env, KILL_AT_ENV: "after_fetch"}, home)
+    runtime of 1 s (the tag set on its record, as a launch with that tag would carry), the
+    daemon's `tracking_dead_runs` marks it failed and the failure sensor posts to Slack.
+
+    First in the module: its dead run holds the flow's queue slot until it is reaped."""
+    seed_orders(daemon.db, stack.simulator, FLOW, ["in_transit"])
+    stack_env = {**stack.env, "MONGODB_DB": daemon.db.name}
+    killed = dagster_materialize(FLOW, {**stack_env, KILL_AT_ENV: "after_fetch"}, daemon.home)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    log = tmp_path / "daemon.log"
-    with DagsterInstance.from_config(str(home)) as instance:
-        [dead] = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
-        instance.add_run_tags(dead.run_id, {MAX_RUNTIME_TAG: "20"})
-        with _daemon(home, env, log, PROJECT) as daemon:
-            _start(
-                "sensor", FAILURE_SENSOR, home, env, PROJECT
-            )  # its cursor starts at its first tick
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            while not _has_ticked(instance, FAILURE_SENSOR) and time.monotonic() < deadline:
-                time.sleep(1)
-            _start("sensor", DEAD_RUN_SENSOR, home, env, PROJECT)
-            while time.monotonic() < deadline and not _alerts_for(stack, dead.run_id):
-                assert daemon.poll() is None, f"the daemon exited:\n{log.read_text()[-3000:]}"
-                time.sleep(2)
-        run = instance.get_run_by_id(dead.run_id)
-    assert run.status == DagsterRunStatus.FAILURE, log.read_text()[-3000:]
+    instance = daemon.instance
+    [dead] = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    instance.add_run_tags(dead.run_id, {MAX_RUNTIME_TAG: str(MAX_RUNTIME_SECONDS)})
+    # the sensor ticks every minute: started once the run has been silent long enough, its
+    # first tick finds it dead
+    [last] = instance.get_records_for_run(dead.run_id, limit=1, ascending=False).records
+    time.sleep(max(0.0, last.timestamp + ALLOWED_SILENCE_SECONDS + 1 - time.time()))
+    _start("sensor", [DEAD_RUN_SENSOR], daemon.home, daemon.env)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline and not _alerts_for(stack, dead.run_id):
+        daemon.assert_alive()
+        time.sleep(2)
+    run = instance.get_run_by_id(dead.run_id)
+    assert run.status == DagsterRunStatus.FAILURE, daemon.log_tail()
     [alert] = _alerts_for(stack, dead.run_id)
     assert f"flow *{FLOW}*" in alert and "max runtime" in alert
 
 
-def _alerts_for(stack, run_id: str) -> list[str]:
-    return [m["text"] for m in stack.slack_messages() if run_id in m["text"]]
+def _materialized_since(
+    instance: DagsterInstance, keys: list[AssetKey], since: float
+) -> set[AssetKey]:
+    """The assets among `keys` materialized at or after the timestamp `since`."""
+    events = {key: instance.get_latest_materialization_event(key) for key in keys}
+    return {key for key, event in events.items() if event and event.timestamp >= since}
 
 
-def _materialized(instance: DagsterInstance, keys: list[AssetKey]) -> set[AssetKey]:
-    return {key for key in keys if instance.get_latest_materialization_event(key) is not None}
-
-
-def test_the_daemon_refreshes_the_analytics_models_after_a_tracking_run(
-    stack, stack_env, db, tmp_path
+def test_the_daemon_runs_a_scheduled_tick_then_its_side_effects_and_the_analytics_models(
+    stack, daemon
 ):
-    """Automation as shipped (dagster.yaml, the sensor running by default): once a tracking
+    """The tick launches the tracking-only job; once it succeeded, the daemon's run-status
+    sensor launches the flow's effects run for it (contract §7), which emails its summary.
+
+    Automation as shipped (dagster.yaml, the sensor running by default): once the tracking
     run has written, the next evaluation materializes the models that refresh after writes;
     a model on a cron waits for its tick."""
-    seed_orders(db, stack.simulator, FLOW, ["in_transit", "unmapped"])
-    home, env = _home_and_env(stack_env, tmp_path)
-    log = tmp_path / "daemon.log"
+    seeded = seed_orders(daemon.db, stack.simulator, FLOW, ["in_transit", "delivered", "unmapped"])
     crons = {model.name: model.cron for model in discover_models()}
     models = {name: AssetKey([ANALYTICS, name]) for name in crons}
     after_writes = [key for name, key in models.items() if not crons[name]]
     on_cron = [key for name, key in models.items() if crons[name]]
     assert after_writes and on_cron
-    with DagsterInstance.from_config(str(home)) as instance, _daemon(home, env, log, PROJECT):
-        # its first evaluation sees nothing written yet, so nothing is stale
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while not _has_ticked(instance, AUTOMATION_SENSOR):
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
-        tracking = dagster_materialize(FLOW, stack_env, home)
-        assert tracking.returncode == 0, tracking.stderr[-3000:]
-        while _materialized(instance, after_writes) != set(after_writes):
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(2)
-        assert _materialized(instance, on_cron) == set()
-        unmapped = instance.get_latest_materialization_event(models["unmapped_statuses"])
+    started = datetime.now(UTC)
+
+    # started through the instance, as the UI's toggle does; the next minute ticks
+    _start("schedule", [schedule_name(FLOW)], daemon.home, daemon.env)
+    run = _wait_for_run(daemon, FLOW_TAG, **{"dagster/schedule_name": schedule_name(FLOW)})
+    effects = _wait_for_run(daemon, EFFECTS_TAG)
+    instance = daemon.instance
+    written = instance.get_latest_materialization_event(AssetKey("order_status_writes"))
+    assert written is not None and written.run_id == run.run_id
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while _materialized_since(instance, after_writes, written.timestamp) != set(after_writes):
+        assert time.monotonic() < deadline, daemon.log_tail()
+        daemon.assert_alive()
+        time.sleep(2)
+
+    assert run.status == DagsterRunStatus.SUCCESS, daemon.log_tail()
+    assert run.job_name == "tracking_only_job"
+    assert run.tags["dagster/partition"] == FLOW
+    orders = orders_by_id(daemon.db, seeded)
+    mapped = [order for order in seeded if order.shipment.step != "unmapped"]
+    assert {orders[o.order_id]["courier_status"] for o in mapped} == {
+        "ud-in_transit",
+        "dl-delivered",
+    }
+    assert all(doc["last_tracking_time"] >= started for doc in orders.values())
+    assert effects.status == DagsterRunStatus.SUCCESS, daemon.log_tail()
+    assert (effects.job_name, effects.tags[SOURCE_RUN_TAG]) == ("tracking_effects_job", run.run_id)
+    assert [mail for mail in stack.mailbox() if run.run_id in str(mail)]
+
+    assert _materialized_since(instance, on_cron, 0) == set()
+    unmapped = instance.get_latest_materialization_event(models["unmapped_statuses"])
     metadata = unmapped.asset_materialization.metadata
     assert metadata["dagster/row_count"].value == 1
     assert [column.name for column in metadata["dagster/column_schema"].value.columns][:2] == [
