@@ -58,7 +58,11 @@ FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus
 QUICK_MONITORING = {"enabled": False, "poll_interval_seconds": 5, "cancel_timeout_seconds": 5}
 #: The dead run's max runtime, and how long the reaper lets it go without an event.
 MAX_RUNTIME_SECONDS = 1
-ALLOWED_SILENCE_SECONDS = MAX_RUNTIME_SECONDS + 5 + 5
+ALLOWED_SILENCE_SECONDS = (
+    MAX_RUNTIME_SECONDS
+    + QUICK_MONITORING["poll_interval_seconds"]
+    + QUICK_MONITORING["cancel_timeout_seconds"]
+)
 
 
 def _command(name: str, *args: str) -> list[str]:
