@@ -155,6 +155,17 @@ def _has_ticked(instance: DagsterInstance, sensor: str) -> bool:
     return False
 
 
+def _stop_schedule(instance: DagsterInstance, name: str) -> None:
+    """Stop a started schedule through its stored state, as the UI's toggle does, without
+    loading the code location again."""
+    [state] = [
+        state
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE)
+        if state.instigator_name == name
+    ]
+    instance.stop_schedule(state.instigator_origin_id, state.selector_id)
+
+
 def _wait_until_ticked(daemon: Daemon, sensors: list[str]) -> None:
     deadline = time.monotonic() + DEADLINE_SECONDS
     while not all(_has_ticked(daemon.instance, sensor) for sensor in sensors):
@@ -184,10 +195,12 @@ def daemon(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def _wait_for_run(daemon: Daemon, tag: str, **tags: str) -> DagsterRun:
-    """The flow's latest run carrying `tag` (and `tags`), once it has finished."""
+    """The flow's first run carrying `tag` (and `tags`), once it has finished: the schedule
+    ticks every minute, so the latest may be a later tick's, still queued or running."""
     deadline = time.monotonic() + DEADLINE_SECONDS
+    runs = RunsFilter(tags={tag: FLOW, **tags})
     while time.monotonic() < deadline:
-        records = daemon.instance.get_run_records(RunsFilter(tags={tag: FLOW, **tags}), limit=1)
+        records = daemon.instance.get_run_records(runs, limit=1, ascending=True)
         if records and records[0].dagster_run.status in FINISHED:
             return records[0].dagster_run
         daemon.assert_alive()
@@ -255,7 +268,9 @@ def test_the_daemon_runs_a_scheduled_tick_then_its_side_effects_and_the_analytic
     # started through the instance, as the UI's toggle does; the next minute ticks
     _start("schedule", [schedule_name(FLOW)], daemon.home, daemon.env)
     run = _wait_for_run(daemon, FLOW_TAG, **{"dagster/schedule_name": schedule_name(FLOW)})
-    effects = _wait_for_run(daemon, EFFECTS_TAG)
+    # one tick is the test: later ticks' runs would only compete with its effects and models
+    _stop_schedule(daemon.instance, schedule_name(FLOW))
+    effects = _wait_for_run(daemon, EFFECTS_TAG, **{SOURCE_RUN_TAG: run.run_id})
     instance = daemon.instance
     # the run's own write: the schedule ticks every minute, so later runs may write after it
     written = materialization_in_run(instance, run.run_id, AssetKey("order_status_writes"))
