@@ -118,21 +118,24 @@ class Redactor:
             return type(value)(self.value(item) for item in value)
         return value
 
-    def frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Text columns redacted, identifiers kept (IDENTIFIER_COLUMNS); the frame itself is
-        returned when nothing matched."""
+    def columns_to_redact(self, frame: pd.DataFrame) -> list[str]:
+        """The text columns holding a secret, identifiers aside (IDENTIFIER_COLUMNS)."""
         if self._pattern is None:
-            return frame
-        changed: dict[str, pd.Series] = {}
-        for column in frame.columns:
-            if column in IDENTIFIER_COLUMNS:
-                continue
-            values = frame[column]
-            if not (is_object_dtype(values.dtype) or is_string_dtype(values.dtype)):
-                continue
-            # one search over the whole column; cell by cell only when something matched
-            if self.found_in("\x00".join(v for v in values if isinstance(v, str))):
-                changed[column] = values.map(self.value)
+            return []
+        return [
+            column
+            for column in frame.columns
+            if column not in IDENTIFIER_COLUMNS
+            and (is_object_dtype(frame[column].dtype) or is_string_dtype(frame[column].dtype))
+            # cell by cell: the column joined would be a second copy of all its text
+            and any(self.found_in(value) for value in frame[column] if isinstance(value, str))
+        ]
+
+    def frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Text columns redacted, identifiers kept; the frame itself when nothing matched."""
+        changed = {
+            column: frame[column].map(self.value) for column in self.columns_to_redact(frame)
+        }
         return frame.assign(**changed) if changed else frame
 
 

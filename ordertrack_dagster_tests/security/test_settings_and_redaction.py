@@ -1,14 +1,17 @@
 """Settings refused at load (SEC-MALFORMED-SECRET, SEC-TLS-POLICY) and the redaction step."""
 
+import io
 import logging
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from cryptography.fernet import Fernet
 
 from ordertrack_dagster.definitions import build_definitions
+from ordertrack_dagster.resources.s3 import ROW_GROUP_ROWS, dataframe_to_parquet, redacted_parquet
 from ordertrack_dagster.resources.state import SharedState
 from ordertrack_dagster.security.redaction import Redactor, redactor, remember_secret
 from ordertrack_dagster.security.settings import (
@@ -244,3 +247,19 @@ def test_the_crm_key_horizon_must_be_a_positive_number(value, why):
     with pytest.raises(SettingsError, match=f"CRM_IDEMPOTENCY_HOURS .*{why}"):
         validate_settings({**GOOD, "CRM_IDEMPOTENCY_HOURS": value}, SETTING_NAMES)
     assert validate_settings({**GOOD, "CRM_IDEMPOTENCY_HOURS": "24"}, SETTING_NAMES) == []
+
+
+def test_a_parquet_object_is_redacted_whichever_row_group_holds_the_secret():
+    """Searched a row group at a time (the whole table read back was a run's peak memory): a
+    secret echoed in the last row group is still masked, and a clean object leaves as is."""
+    remember_secret("jwt-echoed-in-the-last-row-group-7")
+    rows = 2 * ROW_GROUP_ROWS + 1
+    answers = ['{"status": "ok"}'] * rows
+    clean_body = dataframe_to_parquet(pd.DataFrame({"tracking_key": range(rows), "raw": answers}))
+    assert redacted_parquet(clean_body) is clean_body
+    answers[-1] = '{"echo": "Bearer jwt-echoed-in-the-last-row-group-7"}'
+    body = dataframe_to_parquet(pd.DataFrame({"tracking_key": range(rows), "raw": answers}))
+    assert pq.ParquetFile(io.BytesIO(body)).num_row_groups == 3
+    redacted = pd.read_parquet(io.BytesIO(redacted_parquet(body)))
+    assert redacted["raw"].iloc[-1] == '{"echo": "Bearer ***"}'
+    assert redacted["raw"].iloc[:-1].eq('{"status": "ok"}').all()
