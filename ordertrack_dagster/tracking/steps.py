@@ -110,26 +110,30 @@ def _odd_key_records(keys: list[str]) -> list[FetchRecord]:
     ]
 
 
-#: Answers enter pandas' Arrow text storage this many at a time: one array of 36,000 grows its
-#: buffer by doubling, and at the end of the fetch that was the run's peak memory.
-ANSWER_CHUNK = 1_000
+#: Text enters pandas' Arrow storage this many rows at a time: one array of 36,000 answers
+#: grows its buffer by doubling, and at the end of the fetch that was the run's peak memory.
+TEXT_CHUNK = 1_000
+#: The record's optional text: a text column in every run's table (not a null-typed one when
+#: no key was answered or none failed), so the runs' Parquet objects read as one table.
+TEXT_FIELDS = ("raw", "error")
 
 
-def _answers_column(answers: list[str | None]) -> pd.Series:
-    """The answers' text as one column built a chunk at a time (its Arrow chunks are kept)."""
+def _text_column(texts: list[str | None]) -> pd.Series:
+    """One text column built a chunk at a time (its Arrow chunks are kept)."""
     chunks = [
-        pd.Series(answers[start : start + ANSWER_CHUNK], dtype="str")
-        for start in range(0, len(answers), ANSWER_CHUNK)
+        pd.Series(texts[start : start + TEXT_CHUNK], dtype="str")
+        for start in range(0, len(texts), TEXT_CHUNK)
     ]
     return pd.concat(chunks, ignore_index=True) if chunks else pd.Series(dtype="str")
 
 
 def fetch_frame(records: list[FetchRecord]) -> pd.DataFrame:
-    """One row per record, its fields as columns; the answers' text is always a text column."""
+    """`raw_courier_responses`' table: one row per record, its fields as columns."""
     fields = list(FetchRecord.__dataclass_fields__)
-    others = [field for field in fields if field != "raw"]
+    others = [field for field in fields if field not in TEXT_FIELDS]
     frame = pd.DataFrame([[getattr(r, f) for f in others] for r in records], columns=others)
-    frame.insert(fields.index("raw"), "raw", _answers_column([r.raw for r in records]))
+    for field in TEXT_FIELDS:
+        frame.insert(fields.index(field), field, _text_column([getattr(r, field) for r in records]))
     frame["state"] = frame["state"].astype(str)
     return frame
 
