@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
-from dagster._core.scheduler.instigation import InstigatorType
+from dagster._core.scheduler.instigation import InstigatorState, InstigatorType
 from pymongo.database import Database
 
 from ordertrack_dagster.analytics.assets import GROUP as ANALYTICS
@@ -148,21 +148,26 @@ def _daemon_process(home: Path, env: dict[str, str], log: Path) -> Iterator[subp
             daemon.wait()
 
 
+def _stored_state(
+    instance: DagsterInstance, kind: InstigatorType, name: str
+) -> InstigatorState | None:
+    """The state the instance keeps for the sensor or schedule `name`, once it was started."""
+    states = instance.all_instigator_state(instigator_type=kind)
+    return next((state for state in states if state.instigator_name == name), None)
+
+
 def _has_ticked(instance: DagsterInstance, sensor: str) -> bool:
-    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-        if state.instigator_name == sensor:
-            return bool(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1))
-    return False
+    state = _stored_state(instance, InstigatorType.SENSOR, sensor)
+    return bool(
+        state and instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+    )
 
 
 def _stop_schedule(instance: DagsterInstance, name: str) -> None:
     """Stop a started schedule through its stored state, as the UI's toggle does, without
     loading the code location again."""
-    [state] = [
-        state
-        for state in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE)
-        if state.instigator_name == name
-    ]
+    state = _stored_state(instance, InstigatorType.SCHEDULE, name)
+    assert state is not None, f"{name} was never started"
     instance.stop_schedule(state.instigator_origin_id, state.selector_id)
 
 
