@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, IndexModel, UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
@@ -36,6 +36,7 @@ from ordertrack_dagster.resources.mongo import (
     BulkLog,
     Rejected,
     bulk_update,
+    ensure_indexes,
     update_many_idempotent,
 )
 
@@ -152,14 +153,8 @@ class Outbox:
     def ensure_indexes(self) -> None:
         """Every query of a sending asset names the flow, a state and its kinds: with all
         three in the index, none reads the sent documents, which only grow."""
-        self.collection.create_index(
-            [
-                ("flow", ASCENDING),
-                ("state", ASCENDING),
-                ("kind", ASCENDING),
-                ("next_attempt_at", ASCENDING),
-            ]
-        )
+        keys = ["flow", "state", "kind", "next_attempt_at"]
+        ensure_indexes(self.collection, [IndexModel([(key, ASCENDING) for key in keys])])
 
     def _bulk(self, ops: list[UpdateOne], collection: Collection | None = None) -> _Bulked:
         """Bulk by _id; a concurrent run's identical upsert is a no-op, not an error."""

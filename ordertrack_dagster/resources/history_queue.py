@@ -21,10 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import Binary
-from pymongo import ASCENDING
+from pymongo import ASCENDING, IndexModel
 from pymongo.database import Database
 
-from ordertrack_dagster.resources.mongo import OncePerDatabase, update_many_idempotent
+from ordertrack_dagster.resources.mongo import (
+    OncePerDatabase,
+    ensure_indexes,
+    update_many_idempotent,
+)
 
 OBJECTS = "ordertrack_history"
 CHUNKS = "ordertrack_history_chunks"
@@ -76,14 +80,16 @@ class HistoryQueue:
         self.chunks = db[CHUNKS]
 
     def ensure_indexes(self) -> None:
-        """Once per process and database: an index that exists is not created again, but
-        asking costs a round trip per index, and a run stores four outputs."""
+        """Once per process and database, and only the missing ones (`ensure_indexes`): a
+        run stores four outputs."""
         db = self.objects.database
         if _indexed.done(db):
             return
-        self.objects.create_index([("state", ASCENDING), ("created_at", ASCENDING)])
-        for collection in (self.objects, self.chunks):
-            collection.create_index("expire_at", expireAfterSeconds=0)
+        expiry = IndexModel([("expire_at", ASCENDING)], expireAfterSeconds=0)
+        ensure_indexes(
+            self.objects, [IndexModel([("state", ASCENDING), ("created_at", ASCENDING)]), expiry]
+        )
+        ensure_indexes(self.chunks, [expiry])
         _indexed.mark(db)
 
     def store(

@@ -10,7 +10,7 @@ from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
-from pymongo import ASCENDING, MongoClient, UpdateOne, monitoring
+from pymongo import ASCENDING, IndexModel, MongoClient, UpdateOne, monitoring
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
@@ -159,13 +159,41 @@ def server_version(db: Database) -> tuple[int, ...]:
     return tuple(int(part) for part in list(numbers)[:2])
 
 
+def _index_identity(index: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two index descriptions the same index for the tracker: its keys and the
+    options it relies on (a listing may give a direction as 1.0)."""
+    keys = tuple(
+        (name, int(way) if isinstance(way, int | float) else way)
+        for name, way in index["key"].items()
+    )
+    return (
+        keys,
+        bool(index.get("unique")),
+        bool(index.get("sparse")),
+        index.get("expireAfterSeconds"),
+    )
+
+
+def ensure_indexes(collection: Collection, wanted: Sequence[IndexModel]) -> None:
+    """Create the indexes of `wanted` the collection lacks, in one command.
+
+    Creating an index that exists is a no-op for MongoDB, but still a round trip per index at
+    every run (seconds each on the embedded database); one listing says which are missing. An
+    index on the same keys with other options counts as missing, so MongoDB's own conflict
+    error names it."""
+    existing = {_index_identity(index) for index in collection.list_indexes()}
+    missing = [index for index in wanted if _index_identity(index.document) not in existing]
+    if missing:
+        collection.create_indexes(missing)
+
+
 def prepare_database(db: Database) -> list[str]:
     """Check the server version and create the indexes the tracker relies on.
 
     Refuses (DatabaseNotReady) a server older than MongoDB 5.0, and a database where the
     unique `orderTracking.orderId` index cannot be built: without it two runs could each
     create an orderTracking for one order. The other indexes only speed queries up, so a
-    failure there is a warning. Creating an index that exists is a no-op.
+    failure there is a warning. Indexes that exist are not asked for again (`ensure_indexes`).
     """
     if _prepared.done(db):
         return []
@@ -176,39 +204,45 @@ def prepare_database(db: Database) -> list[str]:
             f"{'.'.join(map(str, MINIMUM_SERVER_VERSION))} or newer ($getField); nothing written"
         )
     try:
-        db["orderTracking"].create_index([("orderId", ASCENDING)], unique=True)
+        ensure_indexes(db["orderTracking"], [IndexModel([("orderId", ASCENDING)], unique=True)])
     except OperationFailure as error:
         raise DatabaseNotReady(
             "the unique index orderTracking.orderId cannot be built, so one orderTracking per "
             f"order cannot be guaranteed; nothing written. Remove the duplicates first: {error}"
         ) from None
     warnings: list[str] = []
-    specs = [
-        ("orders", [("order_status", ASCENDING), ("last_tracking_time", ASCENDING)], {}),
-        (  # selection's sort (polling.SELECTION_SORT): earliest next poll first
-            "orders",
-            [
-                ("ordertrack_next_poll_at", ASCENDING),
-                ("ordertrack_asked_at", ASCENDING),
-                ("last_tracking_time", ASCENDING),
-            ],
-            {},
-        ),
-        ("orders", [("awb_number", ASCENDING)], {}),
-        # orders looked up by LR number (a re-poll ops ask for by tracking key)
-        ("orders", [("delhivery_lr_number", ASCENDING)], {"sparse": True}),
-        ("orders", [("ordertrack_outbox", ASCENDING)], {"sparse": True}),
-        (ALERTED, [("first_run", ASCENDING)], {}),
-        (ALERTED, [("first_seen", ASCENDING)], {"expireAfterSeconds": 31 * 86_400}),
-        ("orders", [("ordertrack_tracking_due", ASCENDING)], {"sparse": True}),
-        (STREAMED, [("run_id", ASCENDING)], {}),
-        (STREAMED, [("created_at", ASCENDING)], {"expireAfterSeconds": 86_400}),
-    ]
-    for collection, keys, options in specs:
+    wanted = {
+        "orders": [
+            IndexModel([("order_status", ASCENDING), ("last_tracking_time", ASCENDING)]),
+            # selection's sort (polling.SELECTION_SORT): earliest next poll first
+            IndexModel(
+                [
+                    ("ordertrack_next_poll_at", ASCENDING),
+                    ("ordertrack_asked_at", ASCENDING),
+                    ("last_tracking_time", ASCENDING),
+                ]
+            ),
+            IndexModel([("awb_number", ASCENDING)]),
+            # orders looked up by LR number (a re-poll ops ask for by tracking key)
+            IndexModel([("delhivery_lr_number", ASCENDING)], sparse=True),
+            IndexModel([("ordertrack_outbox", ASCENDING)], sparse=True),
+            IndexModel([("ordertrack_tracking_due", ASCENDING)], sparse=True),
+        ],
+        ALERTED: [
+            IndexModel([("first_run", ASCENDING)]),
+            IndexModel([("first_seen", ASCENDING)], expireAfterSeconds=31 * 86_400),
+        ],
+        STREAMED: [
+            IndexModel([("run_id", ASCENDING)]),
+            IndexModel([("created_at", ASCENDING)], expireAfterSeconds=86_400),
+        ],
+    }
+    for collection, indexes in wanted.items():
         try:
-            db[collection].create_index(keys, **options)
+            ensure_indexes(db[collection], indexes)
         except OperationFailure as error:
-            warnings.append(f"index {collection}.{keys} not created: {error}")
+            keys = [dict(index.document["key"]) for index in indexes]
+            warnings.append(f"indexes of {collection} ({keys}) not all created: {error}")
     _prepared.mark(db)
     return warnings
 
