@@ -68,6 +68,7 @@ def to_json(figures: Report) -> dict[str, Any]:
         "bounded": results.bounded.as_dict() if results.bounded else None,
         "freshness": results.freshness.as_dict() if results.freshness else None,
         "fetch_cpu": asdict(results.fetch_cpu) if results.fetch_cpu else None,
+        "kept": asdict(results.kept) if results.kept else None,
     }
 
 

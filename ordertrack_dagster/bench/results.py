@@ -57,6 +57,15 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class Kept:
+    """The measurements a report took from an earlier bench.json (`--keep`), and that run's
+    date and time: a combined report must not pass for one run."""
+
+    parts: tuple[str, ...]
+    generated_at: str
+
+
 @dataclass
 class Results:
     """Everything one benchmark produced."""
@@ -78,6 +87,8 @@ class Results:
     freshness: FreshnessFigures | None = None
     fetch_cpu: FetchCpuFigures | None = None
     generated_at: str = field(default_factory=_now)
+    #: set when some measurements come from an earlier run (`keep_unmeasured`)
+    kept: Kept | None = None
 
     def runs(self) -> list[RunFigures]:
         return [*self.flows, *self.growth, *(self.limited.runs if self.limited else [])]
@@ -142,7 +153,12 @@ def results_from_json(data: dict[str, Any]) -> Results:
         freshness=_optional(FreshnessFigures.from_dict, data.get("freshness")),
         fetch_cpu=_optional(FetchCpuFigures.from_dict, data.get("fetch_cpu")),
         generated_at=data["generated_at"],
+        kept=_optional(_kept, data.get("kept")),
     )
+
+
+def _kept(data: dict[str, Any]) -> Kept:
+    return Kept(tuple(data["parts"]), data["generated_at"])
 
 
 def read_results(path: Path) -> Results:
@@ -165,16 +181,18 @@ PART_FIELDS = {
 def keep_unmeasured(new: Results, old: Results, measured: set[str]) -> Results:
     """`new`, with the figures of every part it did not measure taken from `old`, with the
     scale, machine and load they were measured at (the report's settings describe the runs,
-    which are all `old`'s); the time both took together is what all of it took."""
-    kept = {name: getattr(old, name) for part, name in PART_FIELDS.items() if part not in measured}
-    if not kept:
+    which are all `old`'s). Its time stays `new`'s own, and `kept` says which parts come from
+    `old` and when that run was (the earliest, when `old` was itself combined)."""
+    parts = tuple(part for part in PART_FIELDS if part not in measured)
+    if not parts:
         return new
+    earliest = min(old.kept.generated_at, old.generated_at) if old.kept else old.generated_at
     return replace(
         new,
         scale=old.scale,
         machine=old.machine,
         load_before=old.load_before,
         load_after=old.load_after,
-        seconds=new.seconds + old.seconds,
-        **kept,
+        kept=Kept(parts, earliest),
+        **{PART_FIELDS[part]: getattr(old, PART_FIELDS[part]) for part in parts},
     )

@@ -3,6 +3,7 @@ drives (selection sort, request budget) and the report of its targets. Nothing i
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -154,13 +155,23 @@ def test_the_report_shows_the_model_and_keeps_what_another_run_measured(oldest_f
     only_fresh = hand_made_results(flows=[], growth=[], limited=None, freshness=fresh)
     merged = keep_unmeasured(only_fresh, earlier, {"freshness"})
     assert merged.flows == earlier.flows and merged.freshness is fresh
-    assert merged.seconds == earlier.seconds + only_fresh.seconds
+    # the report says it combines two runs, and gives no time for a full run
+    assert merged.seconds == only_fresh.seconds
+    assert "freshness" not in merged.kept.parts and "flows" in merged.kept.parts
+    assert merged.kept.generated_at == earlier.generated_at
     markdown = render_markdown(report(merged), None)
+    assert f"kept from a run of {earlier.generated_at}" in markdown
+    assert "every figure below comes from one run" not in markdown
+    assert "min here" not in markdown
     assert "## Detection delay" in markdown and "## Every flow at production scale" in markdown
     assert f"| {BASELINE_POLICY} | delhivery_b2b |" in markdown
     written = json.loads(json.dumps(to_json(report(merged)), default=str))
     again = results_from_json(written)
-    assert again.freshness == merged.freshness
+    assert again.freshness == merged.freshness and again.kept == merged.kept
+    # measured again on top of a combined report: the oldest figures' run is the one named
+    later = replace(only_fresh, generated_at="2099-01-01T00:00:00+00:00")
+    assert keep_unmeasured(later, again, {"freshness"}).kept == merged.kept
+    assert "every figure below comes from one run" in render_markdown(report(earlier), None)
 
 
 def test_end_to_end_delays_run_from_the_scan_to_our_write_in_simulated_seconds():
