@@ -22,7 +22,7 @@ from ordertrack_dagster.bench.scenarios import (
     SharedLimitFigures,
 )
 from ordertrack_dagster.devstack.simulator import lognormal_params
-from ordertrack_dagster.flows import get_flow
+from ordertrack_dagster.flows import Flow, get_flow
 from ordertrack_dagster.resources.state import STATE_COLLECTION
 
 TRACKING_PHASES = ("selection", "fetch", "mapping", "write")
@@ -293,6 +293,20 @@ class PacedReading:
     run: RunFigures
     workers: int
     pause_seconds: float
+    #: the flow's own request budget per window (None: the courier has none)
+    budget_requests: int | None = None
+
+    @property
+    def logins(self) -> int:
+        fetched = self.run.assets.get("raw_courier_responses", {})
+        return int(fetched.get("logins") or 0)
+
+    @property
+    def login_outran_budget(self) -> bool:
+        """The run's logins and requests together were more than one window's budget: its
+        last request waited for the window to free (a login is counted like any request)."""
+        budget = self.budget_requests
+        return bool(self.logins) and budget is not None and self.run.requests + self.logins > budget
 
 
 @dataclass(frozen=True)
@@ -369,6 +383,12 @@ class Report:
 
 
 # -- computing them -------------------------------------------------------------------------
+
+
+def _budget_requests(flow: Flow) -> int | None:
+    """The flow's production budget per window (the benchmark raises only the express one)."""
+    budget = flow.rate_budget_in({})
+    return budget.requests if budget else None
 
 
 def _row(label: str, run: RunFigures) -> RunRow:
@@ -967,7 +987,12 @@ def report(results: Results) -> Report:
         fetch=fetch,
         effects=effects_reading(results.flows),
         paced=[
-            PacedReading(flows[key], get_flow(key).workers, get_flow(key).pause_seconds)
+            PacedReading(
+                flows[key],
+                get_flow(key).workers,
+                get_flow(key).pause_seconds,
+                _budget_requests(get_flow(key)),
+            )
             for key in PACED_FLOWS
             if key in flows
         ],

@@ -375,3 +375,30 @@ def test_targets_of_a_scenario_whose_run_failed_are_not_measured_never_met():
     assert {t["verdict"] for t in written if t["target"] in {u.target for u in unmeasured}} == {
         "NOT MEASURED"
     }
+
+
+def test_a_paced_run_whose_login_outran_its_budget_says_why_its_last_request_waited():
+    """Delhivery B2B's cap equals its budget (480 per window): on a new database the run logs
+    in first, a login is counted like any request, so its last request waits for the window."""
+    b2b = get_flow("delhivery_b2b")
+    login = {"raw_courier_responses": {"logins": 1, "keys_answered": b2b.cap}}
+    logged_in, cached = (
+        run_figures(
+            "flows-delhivery_b2b",
+            "delhivery_b2b",
+            b2b.cap,
+            requests=b2b.cap,
+            assets=assets,
+            fetch_seconds=310.0,
+            fetch_bound_seconds=20.8,
+        )
+        for assets in (login, {})
+    )
+    for run, waited in ((logged_in, True), (cached, False)):
+        base = hand_made_results()
+        results = hand_made_results(flows=[*base.flows, run])
+        (paced,) = [p for p in report(results).paced if p.run.flow == "delhivery_b2b"]
+        assert paced.login_outran_budget is waited
+        markdown = render_markdown(report(results), None)
+        assert ("it logged in first (1 login)" in markdown) is waited
+        assert ("counted against the same budget (480 per window)" in markdown) is waited
