@@ -2,7 +2,8 @@
 `StatusCatalogue.load` reads the database).
 
 `plan_writes` decides per polled order what to write and builds one operation per order;
-`follow_op` is the orderTracking upsert the sync sends. The write path (`writer.py`) sends
+`follow_op` and `synced_op` are the orderTracking upsert and the clearing of the order's mark
+that the sync sends. The write path (`writer.py`) sends
 them and reads back what MongoDB did. The guards inside the updates repeat the transition
 rule of `statuses.py` in MongoDB, so a concurrent run, a stale snapshot or an out-of-order
 answer can never move an order backwards or append a History entry twice.
@@ -349,6 +350,29 @@ def follow_op(order_oid: ObjectId, status: Canonical, at: Any, version: Any) -> 
         SYNCED_AT_FIELD: {"$cond": [fresh, _literal(version), f"${SYNCED_AT_FIELD}"]},
     }
     return UpdateOne({"orderId": order_oid}, [{"$set": changes}], upsert=True)
+
+
+def synced_op(order_oid: ObjectId, read: dict[str, Any]) -> UpdateOne:
+    """Clear the order's mark once its orderTracking was brought to the version `read`
+    (`order_status`, `last_tracking_time` and the mark as the sync read them), and record the
+    status synced; an order that moved on since keeps its mark for the next sync.
+
+    The version check is in the update, not the filter: found by `_id` alone, the order is
+    looked up by its primary key on any server (the embedded database scans for a filter on
+    more fields: twice the cost of the update itself). Missing and null compare alike, as they
+    would in a filter."""
+    still = {
+        "$and": [
+            {"$eq": [{"$ifNull": [f"${name}", None]}, _literal(value)]}
+            for name, value in read.items()
+        ]
+    }
+    status_id = read["order_status"]
+    changes = {
+        TRACKING_SYNCED_FIELD: {"$cond": [still, _literal(status_id), f"${TRACKING_SYNCED_FIELD}"]},
+        TRACKING_DUE_FIELD: {"$cond": [still, "$$REMOVE", f"${TRACKING_DUE_FIELD}"]},
+    }
+    return UpdateOne({"_id": order_oid}, [{"$set": changes}])
 
 
 def _unchanged(

@@ -43,13 +43,13 @@ from ordertrack_dagster.tables import WRITE_COLUMNS, Action
 from ordertrack_dagster.tracking.metadata import Measured, Table, detection_delay_metadata
 from ordertrack_dagster.tracking.plan import (
     TRACKING_DUE_FIELD,
-    TRACKING_SYNCED_FIELD,
     Decision,
     StatusCatalogue,
     WritePlan,
     follow_op,
     plan_writes,
     polled_orders,
+    synced_op,
 )
 
 
@@ -236,10 +236,7 @@ def sync_order_tracking(
         if status is not None:
             follow.append(follow_op(oid, status, due, version or due))
         read = {"order_status": status_id, "last_tracking_time": version, TRACKING_DUE_FIELD: due}
-        clears[oid] = UpdateOne(
-            {"_id": oid, **read},
-            {"$set": {TRACKING_SYNCED_FIELD: status_id}, "$unset": {TRACKING_DUE_FIELD: ""}},
-        )
+        clears[oid] = synced_op(oid, read)
     _, report.tracking_modified, report.tracking_upserted = bulk_update(
         db["orderTracking"], follow, report
     )

@@ -22,6 +22,7 @@ from ordertrack_dagster.tracking.plan import (
     PolledOrder,
     StatusCatalogue,
     plan_writes,
+    synced_op,
 )
 from ordertrack_dagster.tracking.writer import apply_plan, settle
 from ordertrack_dagster_tests.faults.invariants import invariant_i
@@ -255,6 +256,29 @@ def test_two_writers_applied_out_of_order_never_leave_order_tracking_behind(db, 
     invariant_i(db, [oid])
     assert doc["last_tracking_time"] > later_now  # never back, and a new version
     assert TRACKING_DUE_FIELD not in doc
+
+
+def test_the_mark_is_cleared_only_while_the_order_is_at_the_version_synced(db):
+    """The sync read the order, brought orderTracking to it, and clears its mark: not when
+    another writer moved the order on meanwhile (its next sync brings orderTracking there).
+    A field the order lacks reads as None and matches, as it would in a query filter."""
+    moved_on = make_order(db, last_tracking_time=NOW, **{TRACKING_DUE_FIELD: NOW})
+    unversioned = make_order(db, **{TRACKING_DUE_FIELD: NOW})  # no last_tracking_time
+    read = {"order_status": STATUS_IDS[C.IN_TRANSIT], TRACKING_DUE_FIELD: NOW}
+    later = {"order_status": STATUS_IDS[C.DELIVERED], "last_tracking_time": NOW + timedelta(1)}
+    db["orders"].update_one({"_id": moved_on}, {"$set": later})
+    db["orders"].bulk_write(
+        [
+            synced_op(moved_on, read | {"last_tracking_time": NOW}),
+            synced_op(unversioned, read | {"last_tracking_time": None}),
+        ]
+    )
+    stays = db["orders"].find_one({"_id": moved_on})
+    assert TRACKING_DUE_FIELD in stays
+    assert TRACKING_SYNCED_FIELD not in stays
+    cleared = db["orders"].find_one({"_id": unversioned})
+    assert TRACKING_DUE_FIELD not in cleared
+    assert cleared[TRACKING_SYNCED_FIELD] == STATUS_IDS[C.IN_TRANSIT]
 
 
 @pytest.mark.parametrize("outcome", [Outcome.NOT_FOUND, Outcome.FAILED, Outcome.DEFERRED])
