@@ -160,7 +160,7 @@ def test_the_report_shows_the_model_and_keeps_what_another_run_measured(oldest_f
     assert "freshness" not in merged.kept.parts and "flows" in merged.kept.parts
     assert merged.kept.generated_at == earlier.generated_at
     markdown = render_markdown(report(merged), None)
-    assert f"kept from a run of {earlier.generated_at}" in markdown
+    assert f"kept from earlier runs (the earliest of {earlier.generated_at})" in markdown
     assert "every figure below comes from one run" not in markdown
     assert "min here" not in markdown
     assert "## Detection delay" in markdown and "## Every flow at production scale" in markdown
