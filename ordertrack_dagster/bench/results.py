@@ -59,8 +59,8 @@ def _now() -> str:
 
 @dataclass(frozen=True)
 class Kept:
-    """The measurements a report took from an earlier bench.json (`--keep`), and that run's
-    date and time: a combined report must not pass for one run."""
+    """The measurements a report took from an earlier bench.json (`--keep`), and the date of
+    the earliest run they come from: a combined report must not pass for one run."""
 
     parts: tuple[str, ...]
     generated_at: str
