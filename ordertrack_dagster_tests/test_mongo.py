@@ -51,7 +51,7 @@ def test_a_run_on_a_prepared_database_lists_the_indexes_and_creates_none(
     stack: EmbeddedStack, db_name: str
 ):
     """Each run is a new process: on a database an earlier run prepared it costs one listing
-    per collection, not a `createIndexes` per index (seconds each on the embedded database)."""
+    per collection, not a `createIndexes` per index."""
     clients = []
     try:
         for _ in range(2):  # two processes' clients: the preparation is kept per client

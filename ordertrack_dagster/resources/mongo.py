@@ -178,7 +178,7 @@ def ensure_indexes(collection: Collection, wanted: Sequence[IndexModel]) -> None
     """Create the indexes of `wanted` the collection lacks, in one command.
 
     Creating an index that exists is a no-op for MongoDB, but still a round trip per index at
-    every run (seconds each on the embedded database); one listing says which are missing. An
+    every run; one listing per collection says which are missing. An
     index on the same keys with other options counts as missing, so MongoDB's own conflict
     error names it."""
     existing = {_index_identity(index) for index in collection.list_indexes()}
