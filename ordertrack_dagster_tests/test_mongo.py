@@ -4,9 +4,10 @@ the client options a connection string overrides and the indexes it asks for."""
 from types import SimpleNamespace
 
 import pytest
-from pymongo import IndexModel, MongoClient, monitoring
+from pymongo import IndexModel, MongoClient
 from pymongo.errors import OperationFailure
 
+from ordertrack_dagster.bench.probe import CommandRecorder
 from ordertrack_dagster.devstack.stack import EmbeddedStack
 from ordertrack_dagster.resources.mongo import (
     DatabaseNotReady,
@@ -33,20 +34,6 @@ def test_the_connection_string_wins_over_the_client_defaults():
     assert chosen["serverSelectionTimeoutMS"] == 10_000
 
 
-class _CommandNames(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.names.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 def test_a_run_on_a_prepared_database_lists_the_indexes_and_creates_none(
     stack: EmbeddedStack, db_name: str
 ):
@@ -55,15 +42,16 @@ def test_a_run_on_a_prepared_database_lists_the_indexes_and_creates_none(
     clients = []
     try:
         for _ in range(2):  # two processes' clients: the preparation is kept per client
-            names = _CommandNames()
-            clients.append(MongoClient(stack.env["MONGODB_URI"], event_listeners=[names]))
+            recorder = CommandRecorder()
+            clients.append(MongoClient(stack.env["MONGODB_URI"], event_listeners=[recorder]))
             assert prepare_database(clients[-1][db_name]) == []
         db = clients[0][db_name]
         orders = {tuple(index["key"]) for index in db["orders"].list_indexes()}
         assert ("ordertrack_next_poll_at", "ordertrack_asked_at", "last_tracking_time") in orders
         assert len(orders) == 7  # _id and the tracker's six
         assert db["orderTracking"].index_information()["orderId_1"]["unique"] is True
-        asked = [name for name in names.names if name not in ("buildinfo", "buildInfo")]
+        names = [name for _, _, name, _ in recorder.commands]
+        asked = [name for name in names if name not in ("buildinfo", "buildInfo")]
         assert asked == ["listIndexes"] * 4
     finally:
         clients[0].drop_database(db_name)
