@@ -987,14 +987,9 @@ def report(results: Results) -> Report:
         fetch=fetch,
         effects=effects_reading(results.flows),
         paced=[
-            PacedReading(
-                flows[key],
-                get_flow(key).workers,
-                get_flow(key).pause_seconds,
-                _budget_requests(get_flow(key)),
-            )
-            for key in PACED_FLOWS
-            if key in flows
+            PacedReading(flows[flow.key], flow.workers, flow.pause_seconds, _budget_requests(flow))
+            for flow in map(get_flow, PACED_FLOWS)
+            if flow.key in flows
         ],
         growth=growth_reading(results.growth),
         limited=limited_reading(results.limited) if results.limited else None,
