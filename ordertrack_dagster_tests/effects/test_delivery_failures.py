@@ -168,12 +168,12 @@ def test_a_webhook_retry_past_the_crms_key_horizon_is_a_dead_letter_not_a_call(
     stack, stack_env, db, instance
 ):
     """CRM-KEY-HORIZON: the CRM forgets an idempotency key CRM_IDEMPOTENCY_HOURS after the
-    first call (one second here); a retry due before it but run after it (the runs stopped
-    for a day) is not sent, since it could cancel the order twice: ops get a dead letter."""
+    first call (one minute here); a retry due before it but run after it (the runs stopped
+    for a day) is not sent, since it could cancel the order twice: ops get a dead letter.
+    The horizon passes by moving the first call back, not by waiting: a loaded machine's
+    slow run must not count as the horizon passing."""
     [rto] = write_markers(db, [Canonical.RTO])
-    runner = Runner(
-        instance, effects={"retry_base_seconds": 0.0, "crm_idempotency_hours": 1 / 3600}
-    )
+    runner = Runner(instance, effects={"retry_base_seconds": 0.0, "crm_idempotency_hours": 1 / 60})
     stack.inject_fault("crm", "500", count=1)
     first = runner.run(*OUTBOX_AND_CRM)
     assert metadata(first, "crm_rto_webhooks")["errors"] == ["CRM webhook answered HTTP 500"]
@@ -181,7 +181,11 @@ def test_a_webhook_retry_past_the_crms_key_horizon_is_a_dead_letter_not_a_call(
     [doc] = outbox(db).values()
     assert doc["state"] == "pending" and doc["first_claimed_at"] <= doc["next_attempt_at"]
 
-    time.sleep(1.1)  # the run after the horizon
+    # the run after the horizon: the first call moves a minute back
+    db[OUTBOX_COLLECTION].update_one(
+        {"_id": doc["_id"]},
+        {"$set": {"first_claimed_at": doc["first_claimed_at"] - timedelta(minutes=1)}},
+    )
     late = runner.run("crm_rto_webhooks")
     assert metadata(late, "crm_rto_webhooks")["became_dead"] == 1
     assert metadata(late, "crm_rto_webhooks")["sent"] == 0
@@ -192,7 +196,7 @@ def test_a_webhook_retry_past_the_crms_key_horizon_is_a_dead_letter_not_a_call(
     alerts = stack.slack_messages(SLACK_CHANNELS["TRACKING_ALERTS_SLACK_CHANNEL"])
     [notice] = mentioning(alerts, rto["order_id"])
     assert "forgets the idempotency key" in notice["text"]
-    assert "after failing for 0.000277778 hours" in notice["text"]  # the horizon, not 72 h
+    assert "after failing for 0.0166667 hours" in notice["text"]  # the horizon, not 72 h
 
     config = delivery_config("crm_rto_webhooks", retry_dead_letters=True)  # ops checked the CRM
     assert (
