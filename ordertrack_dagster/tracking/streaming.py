@@ -43,8 +43,18 @@ DEFAULT_STREAM_EVERY = timedelta(seconds=20)
 #: The longest fetch time box (the fallback flow's): with a longer interval a fetch would
 #: write nothing while it goes on.
 MAX_STREAM_EVERY = timedelta(hours=3)
-#: How long the streamed writes of a run use one reading of the shared tracking keys.
+#: How long the streamed writes of a run use one reading of the shared tracking keys, at
+#: least: a reading is kept `HOLDERS_KEPT_PER_READ_SECOND` times as long as it took, so the
+#: group of every live order never takes more than a tenth of the write's time (on MongoDB it
+#: takes well under a second; on a slow server tens of seconds, once per hand-over).
 HOLDERS_FRESH_FOR = timedelta(minutes=1)
+HOLDERS_KEPT_PER_READ_SECOND = 10
+
+
+def holders_kept_for(read_seconds: float) -> float:
+    """How many seconds a reading of the shared tracking keys that took `read_seconds` is
+    used before it is read again."""
+    return max(HOLDERS_FRESH_FOR.total_seconds(), HOLDERS_KEPT_PER_READ_SECOND * read_seconds)
 
 
 def stream_every(env: Mapping[str, str] = os.environ) -> timedelta:
@@ -83,11 +93,12 @@ class StreamedWriter:
 
     The tracking keys several live orders hold (`shared_key_holders`, one aggregation over
     every live order) are read at the first hand-over and again only when that reading is
-    older than `HOLDERS_FRESH_FOR`: an order booked with a key shared with one this run
-    answers is then seen within a minute, close to the interval of a check per hand-over (a
-    burst's first hand-over may come seconds into a fetch that lasts its whole time box),
-    without a group of every live order at each hand-over. The mapping step reads them
-    afresh for the rest."""
+    older than `holders_kept_for` its reading time (a minute, longer only where the reading
+    itself is slow): an order booked with a key shared with one this run answers is then
+    seen within a minute, close to the interval of a check per hand-over (a burst's first
+    hand-over may come seconds into a fetch that lasts its whole time box), without a group
+    of every live order at each hand-over. The mapping step reads them afresh for the
+    rest."""
 
     def __init__(
         self,
@@ -107,6 +118,7 @@ class StreamedWriter:
         self._catalogue: StatusCatalogue | None = None
         self._holders: dict[str, list[str]] = {}
         self._holders_read_at: float | None = None  # monotonic
+        self._holders_kept_for = HOLDERS_FRESH_FOR.total_seconds()
         self.written = 0
         self.asking = asking  # the keys the fetch asks, for its progress line
         self.asked = 0
@@ -140,9 +152,11 @@ class StreamedWriter:
         raw = pd.DataFrame([r.__dict__ for r in answered])
         now = datetime.now(UTC)
         read_at = self._holders_read_at
-        if read_at is None or time.monotonic() - read_at > HOLDERS_FRESH_FOR.total_seconds():
+        if read_at is None or time.monotonic() - read_at > self._holders_kept_for:
+            started = time.monotonic()
             self._holders = shared_key_holders(self._db, self._flow, now)
             self._holders_read_at = time.monotonic()
+            self._holders_kept_for = holders_kept_for(self._holders_read_at - started)
         interpret = COURIERS[self._flow.key].interpret
         updates = interpret_answers(orders, raw, interpret, now, self._holders)
         write_updates(

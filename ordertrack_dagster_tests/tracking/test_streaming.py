@@ -172,6 +172,16 @@ def test_the_shared_keys_are_read_once_per_run_not_per_hand_over(stack, stack_en
     assert "$group" in aggregations.pipelines[0][1]
 
 
+def test_a_slow_reading_of_the_shared_keys_is_kept_ten_times_its_own_time():
+    """A minute on MongoDB, where the group takes well under a second; on a server where it
+    takes 30 s it is kept 5 minutes, rather than read again at every hand-over (each part of a
+    large run writes for longer than a minute there), so it never costs more than a tenth of
+    the write."""
+    assert streaming.holders_kept_for(0.3) == 60
+    assert streaming.holders_kept_for(6) == 60
+    assert streaming.holders_kept_for(30) == 300
+
+
 def tracking_job():
     """The code location's tracking job, rebuilt in each step process."""
     return load_definitions().resolve_job_def("tracking_job")
