@@ -59,6 +59,25 @@ def test_a_run_on_a_prepared_database_lists_the_indexes_and_creates_none(
             client.close()
 
 
+def test_a_database_dropped_and_seeded_anew_is_prepared_again_when_asked(
+    stack: EmbeddedStack, db_name: str
+):
+    """A process prepares a database once; the benchmark, which drops and seeds its databases
+    under the same names, asks `again` so each one has its indexes before its first run."""
+    with MongoClient(stack.env["MONGODB_URI"]) as client:
+        db = client[db_name]
+        try:
+            prepare_database(db)
+            client.drop_database(db_name)
+            db["orders"].insert_one({"order_id": "1"})
+            prepare_database(db)  # remembered: nothing asked
+            assert len(list(db["orders"].list_indexes())) == 1
+            prepare_database(db, again=True)
+            assert len(list(db["orders"].list_indexes())) == 7
+        finally:
+            client.drop_database(db_name)
+
+
 def test_an_index_on_the_same_keys_with_other_options_is_asked_for_and_refused(db):
     """An existing index differing in an option the tracker relies on is not taken for the one
     wanted: MongoDB's own conflict error says so (prepare_database turns it into a warning)."""

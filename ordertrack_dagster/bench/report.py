@@ -58,6 +58,7 @@ def to_json(figures: Report) -> dict[str, Any]:
             "latency_p99_ms": results.latency_p99_ms,
             "scale": scale_as_dict(results.scale),
             "unlimited_client_budget": budget_env(UNLIMITED_BUDGET),
+            "indexes_before_runs": results.indexes_before_runs,
         },
         "targets": [target.as_dict() for target in figures.targets],
         "flows": [run.as_dict() for run in results.flows],

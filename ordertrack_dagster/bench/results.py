@@ -64,6 +64,8 @@ class Kept:
 
     parts: tuple[str, ...]
     generated_at: str
+    #: whether those runs' databases had the product's indexes before their first run
+    indexes_before_runs: bool = False
 
 
 @dataclass
@@ -89,6 +91,9 @@ class Results:
     generated_at: str = field(default_factory=_now)
     #: set when some measurements come from an earlier run (`keep_unmeasured`)
     kept: Kept | None = None
+    #: each scenario's database got the product's indexes before its first run (before
+    #: 7 December 2026 the first run built them, inside its selection)
+    indexes_before_runs: bool = True
 
     def runs(self) -> list[RunFigures]:
         return [*self.flows, *self.growth, *(self.limited.runs if self.limited else [])]
@@ -154,11 +159,12 @@ def results_from_json(data: dict[str, Any]) -> Results:
         fetch_cpu=_optional(FetchCpuFigures.from_dict, data.get("fetch_cpu")),
         generated_at=data["generated_at"],
         kept=_optional(_kept, data.get("kept")),
+        indexes_before_runs=data["settings"].get("indexes_before_runs", False),
     )
 
 
 def _kept(data: dict[str, Any]) -> Kept:
-    return Kept(tuple(data["parts"]), data["generated_at"])
+    return Kept(tuple(data["parts"]), data["generated_at"], data.get("indexes_before_runs", False))
 
 
 def read_results(path: Path) -> Results:
@@ -187,12 +193,13 @@ def keep_unmeasured(new: Results, old: Results, measured: set[str]) -> Results:
     if not parts:
         return new
     earliest = min(old.kept.generated_at, old.generated_at) if old.kept else old.generated_at
+    indexed = old.indexes_before_runs and (old.kept.indexes_before_runs if old.kept else True)
     return replace(
         new,
         scale=old.scale,
         machine=old.machine,
         load_before=old.load_before,
         load_after=old.load_after,
-        kept=Kept(parts, earliest),
+        kept=Kept(parts, earliest, indexed),
         **{PART_FIELDS[part]: getattr(old, PART_FIELDS[part]) for part in parts},
     )

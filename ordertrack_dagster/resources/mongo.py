@@ -187,15 +187,16 @@ def ensure_indexes(collection: Collection, wanted: Sequence[IndexModel]) -> None
         collection.create_indexes(missing)
 
 
-def prepare_database(db: Database) -> list[str]:
+def prepare_database(db: Database, *, again: bool = False) -> list[str]:
     """Check the server version and create the indexes the tracker relies on.
 
     Refuses (DatabaseNotReady) a server older than MongoDB 5.0, and a database where the
     unique `orderTracking.orderId` index cannot be built: without it two runs could each
     create an orderTracking for one order. The other indexes only speed queries up, so a
     failure there is a warning. Indexes that exist are not asked for again (`ensure_indexes`).
+    Once per process and database, unless `again` (a database dropped and seeded anew).
     """
-    if _prepared.done(db):
+    if _prepared.done(db) and not again:
         return []
     version = server_version(db)
     if version < MINIMUM_SERVER_VERSION:

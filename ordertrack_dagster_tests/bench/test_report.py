@@ -17,7 +17,12 @@ from ordertrack_dagster.bench.figures import (
 )
 from ordertrack_dagster.bench.measure import PHASES, MongoFigures, RunFigures
 from ordertrack_dagster.bench.report import render_markdown, to_json, write_report
-from ordertrack_dagster.bench.results import Results, read_results, results_from_json
+from ordertrack_dagster.bench.results import (
+    Results,
+    keep_unmeasured,
+    read_results,
+    results_from_json,
+)
 from ordertrack_dagster.bench.scenarios import (
     BY_SCHEDULE,
     SMOKE,
@@ -402,3 +407,24 @@ def test_a_paced_run_whose_login_outran_its_budget_says_why_its_last_request_wai
         markdown = render_markdown(report(results), None)
         assert ("it logged in first (1 login)" in markdown) is waited
         assert ("counted against the same budget (480 per window)" in markdown) is waited
+
+
+def test_the_report_says_whether_the_first_run_on_each_database_built_its_indexes():
+    """A deployed database has its indexes before a backlog arrives, so the scenarios build
+    them before their first run; figures kept from runs made before that still carry the
+    build in their first run's selection, and the report says so."""
+    built_before = "given the product's indexes before its first run"
+    built_in_run = "first run on its newly seeded database built the product's indexes"
+    kept_in_run = "The kept measurements come from runs made before that"
+    now = render_markdown(report(hand_made_results()), None)
+    assert built_before in now and built_in_run not in now and kept_in_run not in now
+    earlier = hand_made_results(indexes_before_runs=False)
+    assert built_in_run in render_markdown(report(earlier), None)
+    written = json.loads(json.dumps(to_json(report(earlier)), default=str))
+    assert results_from_json(written).indexes_before_runs is False
+    merged = keep_unmeasured(hand_made_results(flows=[], growth=[]), earlier, {"limited"})
+    assert not merged.kept.indexes_before_runs
+    markdown = render_markdown(report(merged), None)
+    assert built_before in markdown and kept_in_run in markdown
+    again = results_from_json(json.loads(json.dumps(to_json(report(merged)), default=str)))
+    assert again.kept == merged.kept and again.indexes_before_runs
