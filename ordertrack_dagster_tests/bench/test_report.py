@@ -2,6 +2,7 @@
 readings) and what BENCH.md and bench.json say. Nothing is measured here."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -428,3 +429,19 @@ def test_the_report_says_whether_the_first_run_on_each_database_built_its_indexe
     assert built_before in markdown and kept_in_run in markdown
     again = results_from_json(json.loads(json.dumps(to_json(report(merged)), default=str)))
     assert again.kept == merged.kept and again.indexes_before_runs
+
+
+def test_the_drain_says_how_long_the_runs_before_the_last_waited_on_the_database():
+    """One run at a time: the last run asks only once the runs before it have written, so
+    their waits on the database are a floor under the worst first ask."""
+    results = hand_made_results()
+    drain = results.limited
+    runs = [run_figures(f"limited-{n}", "delhivery_b2c", 1500, whole_seconds=50.0) for n in (1, 2)]
+    two_runs = replace(results, limited=replace(drain, runs=runs))
+    first_ask = {t.target: t for t in report(two_runs).targets}[
+        "worst wait for the first request <= 1.1x the rate bound"
+    ]
+    assert first_ask.why.endswith(
+        "; the runs before the last alone waited 8 s on it, 0.22x the bound: one run at a "
+        "time, the last run asks only once they have written"
+    )
