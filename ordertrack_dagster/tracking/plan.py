@@ -313,7 +313,7 @@ def _status_op(
     allows the move (MongoDB evaluates the guard on the stored document, so a concurrent run
     or a stale snapshot cannot move the order backwards). One operation instead of a poll
     update plus a conditional one halves the writes of a changed order. The guard is
-    evaluated once (`MOVE_ALLOWED_FIELD`) rather than in each of the seven fields it decides:
+    evaluated once (`MOVE_ALLOWED_FIELD`) rather than in each of the fields it decides:
     the embedded database's cost of an update grows with the size of its expressions.
     """
     guard, guarded = moves.order(new)

@@ -43,11 +43,12 @@ DEFAULT_STREAM_EVERY = timedelta(seconds=20)
 #: The longest fetch time box (the fallback flow's): with a longer interval a fetch would
 #: write nothing while it goes on.
 MAX_STREAM_EVERY = timedelta(hours=3)
-#: How long the streamed writes of a run use one reading of the shared tracking keys, at
-#: least: a reading is kept `HOLDERS_KEPT_PER_READ_SECOND` times as long as it took, so the
-#: group of every live order never takes more than a tenth of the write's time (on MongoDB it
-#: takes well under a second; on a slow server tens of seconds, once per hand-over).
+#: The shortest time the streamed writes of a run use one reading of the shared tracking keys.
 HOLDERS_FRESH_FOR = timedelta(minutes=1)
+#: A slower reading is used this many times as long as it took, so that, as long as readings
+#: take alike, the group of every live order costs about a tenth of the write's time (on
+#: MongoDB it takes well under a second; on a slow server tens of seconds, and read at each
+#: hand-over it took most of the write's time).
 HOLDERS_KEPT_PER_READ_SECOND = 10
 
 
@@ -94,8 +95,9 @@ class StreamedWriter:
     The tracking keys several live orders hold (`shared_key_holders`, one aggregation over
     every live order) are read at the first hand-over and again only when that reading is
     older than `holders_kept_for` its reading time (a minute, longer only where the reading
-    itself is slow): an order booked with a key shared with one this run answers is then
-    seen within a minute, close to the interval of a check per hand-over (a burst's first
+    itself is slow: five minutes for a 30-s reading): an order booked with a key shared with
+    one this run answers is then seen within a minute on MongoDB, close to the interval of a
+    check per hand-over (a burst's first
     hand-over may come seconds into a fetch that lasts its whole time box), without a group
     of every live order at each hand-over. The mapping step reads them afresh for the
     rest."""

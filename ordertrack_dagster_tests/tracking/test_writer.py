@@ -17,6 +17,7 @@ from ordertrack_dagster.records import Outcome
 from ordertrack_dagster.statuses import Canonical as C
 from ordertrack_dagster.tables import Action
 from ordertrack_dagster.tracking.plan import (
+    MOVE_ALLOWED_FIELD,
     TRACKING_DUE_FIELD,
     TRACKING_SYNCED_FIELD,
     PolledOrder,
@@ -97,6 +98,7 @@ def test_status_change_writes_every_field(db, catalogue):
     assert doc["last_tracking_time"] == NOW
     assert doc["courier_status"] == "ud-x"
     assert doc["stockShipStatus"] == "untouched"
+    assert MOVE_ALLOWED_FIELD not in doc  # the guard's field lives for the update alone
     tracking = db["orderTracking"].find_one({"orderId": oid})
     assert tracking["currentStatus"] == "out_for_delivery"
     assert tracking["History"] == [
@@ -165,6 +167,7 @@ def test_stale_snapshot_cannot_move_an_order_backwards(db, catalogue):
     doc = db["orders"].find_one({"_id": oid})
     assert doc["order_status"] == STATUS_IDS[C.DELIVERED]
     assert "out_for_delivery" not in doc.get("tracking_timestamps", {})
+    assert MOVE_ALLOWED_FIELD not in doc  # refused or not, the update removes it
     tracking = db["orderTracking"].find_one({"orderId": oid})
     assert tracking["currentStatus"] == "delivered"
     assert [h["status"] for h in tracking["History"]] == ["delivered"]
