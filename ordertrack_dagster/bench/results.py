@@ -91,8 +91,8 @@ class Results:
     generated_at: str = field(default_factory=_now)
     #: set when some measurements come from an earlier run (`keep_unmeasured`)
     kept: Kept | None = None
-    #: each scenario's database got the product's indexes before its first run (before
-    #: 7 December 2026 the first run built them, inside its selection)
+    #: each scenario's database got the product's indexes before its first run (in runs
+    #: before 8 December 2026 the first run built them, inside its selection)
     indexes_before_runs: bool = True
 
     def runs(self) -> list[RunFigures]:
@@ -193,7 +193,13 @@ def keep_unmeasured(new: Results, old: Results, measured: set[str]) -> Results:
     if not parts:
         return new
     earliest = min(old.kept.generated_at, old.generated_at) if old.kept else old.generated_at
-    indexed = old.indexes_before_runs and (old.kept.indexes_before_runs if old.kept else True)
+    # per part: from the run that measured it (old's own or one old kept in turn)
+    indexed = all(
+        old.kept.indexes_before_runs
+        if old.kept and part in old.kept.parts
+        else old.indexes_before_runs
+        for part in parts
+    )
     return replace(
         new,
         scale=old.scale,

@@ -144,7 +144,9 @@ class Bench:
         self.stack.simulator.reset()
         self._client.drop_database(name)
         seed_demo_orders(self._client[name], self.stack.simulator, dict(counts), datetime.now(UTC))
-        prepare_database(self._client[name], again=True)  # the same name, dropped before
+        # the same name was dropped before; a failed index would be built by the first run
+        if warnings := prepare_database(self._client[name], again=True):
+            raise RuntimeError(f"{name}: the product's indexes were not built: {warnings}")
         try:
             yield name
         finally:
