@@ -178,9 +178,8 @@ def ensure_indexes(collection: Collection, wanted: Sequence[IndexModel]) -> None
     """Create the indexes of `wanted` the collection lacks, in one command.
 
     Creating an index that exists is a no-op for MongoDB, but still a round trip per index at
-    every run; one listing per collection says which are missing. An
-    index on the same keys with other options counts as missing, so MongoDB's own conflict
-    error names it."""
+    every run; one listing per collection says which are missing. An index on the same keys
+    with other options counts as missing, so MongoDB's own conflict error names it."""
     existing = {_index_identity(index) for index in collection.list_indexes()}
     missing = [index for index in wanted if _index_identity(index.document) not in existing]
     if missing:

@@ -97,10 +97,9 @@ class StreamedWriter:
     older than `holders_kept_for` its reading time (a minute, longer only where the reading
     itself is slow: five minutes for a 30-s reading): an order booked with a key shared with
     one this run answers is then seen within a minute on MongoDB, close to the interval of a
-    check per hand-over (a burst's first
-    hand-over may come seconds into a fetch that lasts its whole time box), without a group
-    of every live order at each hand-over. The mapping step reads them afresh for the
-    rest."""
+    check per hand-over (a burst's first hand-over may come seconds into a fetch that lasts
+    its whole time box), without a group of every live order at each hand-over. The mapping
+    step reads them afresh for the rest."""
 
     def __init__(
         self,
@@ -119,8 +118,7 @@ class StreamedWriter:
         self._log = log
         self._catalogue: StatusCatalogue | None = None
         self._holders: dict[str, list[str]] = {}
-        self._holders_read_at: float | None = None  # monotonic
-        self._holders_kept_for = HOLDERS_FRESH_FOR.total_seconds()
+        self._holders_stale_at: float | None = None  # monotonic; None: not read yet
         self.written = 0
         self.asking = asking  # the keys the fetch asks, for its progress line
         self.asked = 0
@@ -153,12 +151,12 @@ class StreamedWriter:
         orders = self._pending[self._pending["tracking_key"].isin(keys)]
         raw = pd.DataFrame([r.__dict__ for r in answered])
         now = datetime.now(UTC)
-        read_at = self._holders_read_at
-        if read_at is None or time.monotonic() - read_at > self._holders_kept_for:
+        stale_at = self._holders_stale_at
+        if stale_at is None or time.monotonic() > stale_at:
             started = time.monotonic()
             self._holders = shared_key_holders(self._db, self._flow, now)
-            self._holders_read_at = time.monotonic()
-            self._holders_kept_for = holders_kept_for(self._holders_read_at - started)
+            read_at = time.monotonic()
+            self._holders_stale_at = read_at + holders_kept_for(read_at - started)
         interpret = COURIERS[self._flow.key].interpret
         updates = interpret_answers(orders, raw, interpret, now, self._holders)
         write_updates(
